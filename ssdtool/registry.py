@@ -1,0 +1,524 @@
+"""Load and validate the model registry (``models.yml``) into frozen dataclasses.
+
+Validation collects every problem with its location (``models.NAME.files[0].sha256``) and what was expected,
+so one run shows a registry author everything to fix. Only ``yaml.SafeLoader`` is used (through a subclass
+that additionally rejects duplicate keys, which plain ``safe_load`` silently overwrites).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from ssdtool.errors import RegistryError, UnknownModelError
+
+REGISTRY_ENV = "SSDTOOL_REGISTRY"
+REGISTRY_FORMAT_VERSION = 1
+PACKAGED_REGISTRY_NAME = "models.yml"
+
+ALLOWED_SCHEMES = ("http", "https", "file", "synthetic")
+TASKS = ("detection",)
+LAYOUTS = ("NCHW", "NHWC")
+COLOR_ORDERS = ("RGB", "BGR")
+INTERPOLATIONS = ("bilinear", "nearest", "bicubic")
+BOX_FORMATS = ("xyxy",)
+BOX_UNITS = ("normalized", "pixels")
+PRECISIONS = ("FP32", "FP16", "INT8")
+_HASH_LENGTHS = {"sha256": 64, "sha384": 96}
+_HEX = re.compile(r"[0-9a-f]*")
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One file of a model, with everything needed to fetch and verify it."""
+
+    name: str
+    size: int
+    sources: tuple[str, ...]
+    sha256: str | None = None
+    sha384: str | None = None
+
+    @property
+    def checksums(self) -> dict[str, str]:
+        """Algorithm name -> expected hex digest, for every checksum the registry lists."""
+        return {algo: value for algo, value in (("sha256", self.sha256), ("sha384", self.sha384)) if value}
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    name: str
+    shape: tuple[int, ...]
+    layout: str
+    color_order: str
+    mean: tuple[float, ...]
+    scale: tuple[float, ...]
+    resize: tuple[int, int]  # (width, height)
+    interpolation: str
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    boxes: str
+    labels: str
+    scores: str
+    box_format: str
+    box_units: str
+    label_offset: int
+
+
+@dataclass(frozen=True)
+class ConvertSpec:
+    color_order: str
+    output_count: int
+    precision: str
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    description: str
+    task: str
+    license: str
+    files: tuple[FileEntry, ...]
+    input: InputSpec
+    outputs: OutputSpec
+    labels: str
+    convert: ConvertSpec
+    registry_dir: Path | None = field(default=None, compare=False)
+
+    @property
+    def primary_file(self) -> FileEntry:
+        """The model file itself (the first listed)."""
+        return self.files[0]
+
+    @property
+    def total_size(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def label_path(self) -> Path:
+        """The label file: shipped in the package, or else relative to the registry that names it."""
+        packaged = resources.files("ssdtool") / "data" / self.labels
+        if packaged.is_file():
+            return Path(str(packaged))
+        if self.registry_dir is not None and (self.registry_dir / self.labels).is_file():
+            return self.registry_dir / self.labels
+        raise RegistryError(
+            [f"models.{self.name}.labels: label file {self.labels!r} not found in the package"
+             + (f" or in {self.registry_dir}" if self.registry_dir else "")],
+            hint="ship the label file next to your registry file",
+        )
+
+    def label_names(self) -> tuple[str, ...]:
+        """Label names by index (index 0 is the background)."""
+        lines = self.label_path().read_text(encoding="utf-8").splitlines()
+        return tuple(line.strip() for line in lines if line.strip())
+
+
+@dataclass(frozen=True)
+class Registry:
+    version: int
+    default_model: str
+    models: Mapping[str, ModelEntry]
+    source: str  # where it was loaded from, for messages
+
+    def model(self, name: str | None = None) -> ModelEntry:
+        """The entry called ``name`` (the default model when None); unknown names suggest close matches."""
+        wanted = name or self.default_model
+        try:
+            return self.models[wanted]
+        except KeyError:
+            close = difflib.get_close_matches(wanted, list(self.models), n=3, cutoff=0.5)
+            if not close:
+                close = [known for known in self.models if wanted.lower() in known.lower()][:3]
+            suggestion = f"did you mean {', '.join(close)}?" if close else "no similar names"
+            raise UnknownModelError(
+                f"unknown model {wanted!r} in {self.source}; {suggestion}",
+                hint="run 'ssdtool models' to list the registry",
+            ) from None
+
+    def __iter__(self) -> Iterator[ModelEntry]:
+        return iter(self.models.values())
+
+    def __len__(self) -> int:
+        return len(self.models)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that reports duplicate mapping keys (plain safe_load keeps the last one silently)."""
+
+    duplicate_keys: list[str]
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                self.duplicate_keys.append(
+                    f"line {key_node.start_mark.line + 1}: duplicate key {key!r} "
+                    f"(first defined on line {seen[key] + 1})"
+                )
+            elif isinstance(key, (str, int, float, bool)):
+                seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _parse_yaml(text: str, source: str) -> tuple[Any, list[str]]:
+    loader = _UniqueKeyLoader(text)
+    loader.duplicate_keys = []
+    try:
+        data = loader.get_single_data()
+    except yaml.YAMLError as exc:
+        raise RegistryError([f"{source}: not valid YAML: {exc}"]) from None
+    finally:
+        loader.dispose()
+    return data, [f"{source}: {problem}" for problem in loader.duplicate_keys]
+
+
+class _Checker:
+    """Walks the parsed YAML, collecting located problems instead of stopping at the first."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.problems: list[str] = []
+
+    def problem(self, where: str, message: str) -> None:
+        self.problems.append(f"{self.source}: {where}: {message}")
+
+    def mapping(self, value: Any, where: str, required: tuple[str, ...], optional: tuple[str, ...] = ()
+                ) -> dict[str, Any] | None:
+        if not isinstance(value, dict):
+            self.problem(where, f"expected a mapping, got {_type_name(value)}")
+            return None
+        for key in value:
+            if key not in required and key not in optional:
+                allowed = ", ".join(required + optional)
+                self.problem(f"{where}.{key}" if where else str(key), f"unknown key (allowed: {allowed})")
+        for key in required:
+            if key not in value:
+                self.problem(where or "top level", f"missing key {key!r}")
+        return value
+
+    def string(self, value: Any, where: str, choices: tuple[str, ...] | None = None) -> str | None:
+        if not isinstance(value, str) or not value.strip():
+            self.problem(where, f"expected a non-empty string, got {_describe(value)}")
+            return None
+        if choices is not None and value not in choices:
+            self.problem(where, f"expected one of {', '.join(choices)}, got {value!r}")
+            return None
+        return value
+
+    def integer(self, value: Any, where: str, minimum: int = 0) -> int | None:
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.problem(where, f"expected an integer, got {_describe(value)}")
+            return None
+        if value < minimum:
+            self.problem(where, f"expected an integer >= {minimum}, got {value}")
+            return None
+        return value
+
+    def number_list(self, value: Any, where: str, length: int | None = None, positive: bool = False
+                    ) -> tuple[float, ...] | None:
+        if not isinstance(value, list) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+        ):
+            self.problem(where, f"expected a list of numbers, got {_describe(value)}")
+            return None
+        if length is not None and len(value) != length:
+            self.problem(where, f"expected {length} numbers, got {len(value)}")
+            return None
+        if positive and any(v <= 0 for v in value):
+            self.problem(where, f"expected numbers > 0, got {value}")
+            return None
+        return tuple(float(v) for v in value)
+
+    def int_list(self, value: Any, where: str, length: int | None = None) -> tuple[int, ...] | None:
+        if not isinstance(value, list) or not value or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value
+        ):
+            self.problem(where, f"expected a list of positive integers, got {_describe(value)}")
+            return None
+        if length is not None and len(value) != length:
+            self.problem(where, f"expected {length} integers, got {len(value)}")
+            return None
+        return tuple(value)
+
+
+def _type_name(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", type(None): "nothing (null)",
+            bool: "a boolean", int: "an integer", float: "a number"}.get(type(value), type(value).__name__)
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, (dict, list)) or value is None:
+        return _type_name(value)
+    return f"{_type_name(value)} {value!r}"
+
+
+def check_file_name(name: str) -> str | None:
+    """Why ``name`` is unsafe as a file name inside the cache, or None when it is safe."""
+    if "\x00" in name:
+        return "must not contain NUL"
+    if name.startswith("/") or PurePosixPath(name).is_absolute() or re.match(r"^[A-Za-z]:", name):
+        return f"must be a plain file name, not an absolute path: {name!r}"
+    if ".." in PurePosixPath(name.replace("\\", "/")).parts or name in (".", ".."):
+        return f"must not contain '..': {name!r}"
+    if "/" in name or "\\" in name or os.sep in name:
+        return f"must not contain path separators: {name!r}"
+    if name.endswith(".part"):
+        return f"must not end in .part (reserved for partial downloads): {name!r}"
+    return None
+
+
+def check_source_url(url: str) -> str | None:
+    """Why ``url`` is not an acceptable source, or None when it is."""
+    scheme = urlsplit(url).scheme.lower()
+    if scheme not in ALLOWED_SCHEMES:
+        return f"expected a URL with scheme {', '.join(ALLOWED_SCHEMES)}, got {url!r}"
+    parts = urlsplit(url)
+    if scheme in ("http", "https") and not parts.netloc:
+        return f"expected a host in the URL, got {url!r}"
+    if scheme == "file" and not parts.path:
+        return f"expected a path in the file URL, got {url!r}"
+    if scheme == "synthetic" and not parts.path:
+        return f"expected synthetic:NAME?params, got {url!r}"
+    return None
+
+
+def _check_file(check: _Checker, raw: Any, where: str) -> FileEntry | None:
+    data = check.mapping(raw, where, ("name", "size", "sources"), ("sha256", "sha384"))
+    if data is None:
+        return None
+    name = check.string(data.get("name"), f"{where}.name") if "name" in data else None
+    if name is not None and (reason := check_file_name(name)):
+        check.problem(f"{where}.name", reason)
+        name = None
+    size = check.integer(data.get("size"), f"{where}.size", minimum=0) if "size" in data else None
+    digests: dict[str, str | None] = {}
+    for algo, length in _HASH_LENGTHS.items():
+        if algo not in data:
+            digests[algo] = None
+            continue
+        value = data[algo]
+        if not isinstance(value, str):
+            check.problem(f"{where}.{algo}", f"expected {length} hex characters, got {_describe(value)}")
+            digests[algo] = None
+        elif len(value) != length:
+            check.problem(f"{where}.{algo}", f"expected {length} hex characters, got {len(value)}")
+            digests[algo] = None
+        elif not _HEX.fullmatch(value.lower()):
+            check.problem(f"{where}.{algo}", f"expected {length} hex characters (0-9, a-f), got {value!r}")
+            digests[algo] = None
+        else:
+            digests[algo] = value.lower()
+    if "sha256" not in data and "sha384" not in data:
+        check.problem(where, "missing checksum: expected 'sha256' and/or 'sha384'")
+    sources: list[str] = []
+    raw_sources = data.get("sources")
+    if "sources" in data:
+        if not isinstance(raw_sources, list) or not raw_sources:
+            check.problem(f"{where}.sources", f"expected a non-empty list of URLs, got {_describe(raw_sources)}")
+        else:
+            for index, url in enumerate(raw_sources):
+                spot = f"{where}.sources[{index}]"
+                if not isinstance(url, str):
+                    check.problem(spot, f"expected a URL string, got {_describe(url)}")
+                elif reason := check_source_url(url):
+                    check.problem(spot, reason)
+                else:
+                    sources.append(url)
+    if name is None or size is None or not sources or not (digests["sha256"] or digests["sha384"]):
+        return None
+    return FileEntry(name=name, size=size, sources=tuple(sources),
+                     sha256=digests["sha256"], sha384=digests["sha384"])
+
+
+def _check_input(check: _Checker, raw: Any, where: str) -> InputSpec | None:
+    keys = ("name", "shape", "layout", "color_order", "mean", "scale", "resize", "interpolation")
+    data = check.mapping(raw, where, keys)
+    if data is None:
+        return None
+    name = check.string(data.get("name"), f"{where}.name") if "name" in data else None
+    shape = check.int_list(data.get("shape"), f"{where}.shape", length=4) if "shape" in data else None
+    layout = check.string(data.get("layout"), f"{where}.layout", LAYOUTS) if "layout" in data else None
+    color = (check.string(data.get("color_order"), f"{where}.color_order", COLOR_ORDERS)
+             if "color_order" in data else None)
+    mean = check.number_list(data.get("mean"), f"{where}.mean", length=3) if "mean" in data else None
+    scale = (check.number_list(data.get("scale"), f"{where}.scale", length=3, positive=True)
+             if "scale" in data else None)
+    resize = check.int_list(data.get("resize"), f"{where}.resize", length=2) if "resize" in data else None
+    interpolation = (check.string(data.get("interpolation"), f"{where}.interpolation", INTERPOLATIONS)
+                     if "interpolation" in data else None)
+    if shape is not None and layout is not None and resize is not None:
+        height, width = (shape[2], shape[3]) if layout == "NCHW" else (shape[1], shape[2])
+        channels = shape[1] if layout == "NCHW" else shape[3]
+        if channels != 3:
+            check.problem(f"{where}.shape", f"expected 3 colour channels for layout {layout}, got {channels}")
+        if (width, height) != tuple(resize):
+            check.problem(f"{where}.resize",
+                          f"expected [width, height] = [{width}, {height}] to match shape {list(shape)}, "
+                          f"got {list(resize)}")
+    values = (name, shape, layout, color, mean, scale, resize, interpolation)
+    if any(v is None for v in values):
+        return None
+    return InputSpec(name=name, shape=shape, layout=layout, color_order=color,  # type: ignore[arg-type]
+                     mean=mean, scale=scale, resize=(resize[0], resize[1]),  # type: ignore[index]
+                     interpolation=interpolation)  # type: ignore[arg-type]
+
+
+def _check_outputs(check: _Checker, raw: Any, where: str) -> OutputSpec | None:
+    data = check.mapping(raw, where, ("boxes", "labels", "scores", "box_format", "box_units", "label_offset"))
+    if data is None:
+        return None
+    fields: dict[str, Any] = {}
+    for key in ("boxes", "labels", "scores"):
+        fields[key] = check.string(data.get(key), f"{where}.{key}") if key in data else None
+    fields["box_format"] = (check.string(data.get("box_format"), f"{where}.box_format", BOX_FORMATS)
+                            if "box_format" in data else None)
+    fields["box_units"] = (check.string(data.get("box_units"), f"{where}.box_units", BOX_UNITS)
+                           if "box_units" in data else None)
+    if "label_offset" in data:
+        offset = data["label_offset"]
+        if isinstance(offset, bool) or not isinstance(offset, int):
+            check.problem(f"{where}.label_offset", f"expected an integer, got {_describe(offset)}")
+        else:
+            fields["label_offset"] = offset
+    if any(fields.get(k) is None for k in ("boxes", "labels", "scores", "box_format", "box_units",
+                                            "label_offset")):
+        return None
+    return OutputSpec(**fields)
+
+
+def _check_convert(check: _Checker, raw: Any, where: str) -> ConvertSpec | None:
+    data = check.mapping(raw, where, ("color_order", "output_count", "precision"))
+    if data is None:
+        return None
+    color = (check.string(data.get("color_order"), f"{where}.color_order", COLOR_ORDERS)
+             if "color_order" in data else None)
+    count = check.integer(data.get("output_count"), f"{where}.output_count", minimum=1) \
+        if "output_count" in data else None
+    precision = (check.string(data.get("precision"), f"{where}.precision", PRECISIONS)
+                 if "precision" in data else None)
+    if color is None or count is None or precision is None:
+        return None
+    return ConvertSpec(color_order=color, output_count=count, precision=precision)
+
+
+def _check_model(check: _Checker, name: str, raw: Any, registry_dir: Path | None) -> ModelEntry | None:
+    where = f"models.{name}"
+    if not _MODEL_NAME.fullmatch(name):
+        check.problem(where, "model names use letters, digits, '.', '_' and '-', starting with a letter or digit")
+    keys = ("description", "task", "license", "files", "input", "outputs", "labels", "convert")
+    data = check.mapping(raw, where, keys)
+    if data is None:
+        return None
+    description = check.string(data.get("description"), f"{where}.description") if "description" in data else None
+    task = check.string(data.get("task"), f"{where}.task", TASKS) if "task" in data else None
+    license_name = check.string(data.get("license"), f"{where}.license") if "license" in data else None
+    files: list[FileEntry] = []
+    files_ok = False
+    if "files" in data:
+        raw_files = data["files"]
+        if not isinstance(raw_files, list) or not raw_files:
+            check.problem(f"{where}.files", f"expected a non-empty list of files, got {_describe(raw_files)}")
+        else:
+            parsed = [_check_file(check, item, f"{where}.files[{i}]") for i, item in enumerate(raw_files)]
+            names = [f.name for f in parsed if f is not None]
+            for dup in sorted({n for n in names if names.count(n) > 1}):
+                check.problem(f"{where}.files", f"duplicate file name {dup!r}")
+            files = [f for f in parsed if f is not None]
+            files_ok = len(files) == len(parsed) and len(set(names)) == len(names)
+    sections: dict[str, Callable[[_Checker, Any, str], Any]] = {
+        "input": _check_input, "outputs": _check_outputs, "convert": _check_convert}
+    parsed_sections = {key: fn(check, data[key], f"{where}.{key}") if key in data else None
+                       for key, fn in sections.items()}
+    labels = check.string(data.get("labels"), f"{where}.labels") if "labels" in data else None
+    if labels is not None and (reason := check_file_name(labels)):
+        check.problem(f"{where}.labels", reason)
+        labels = None
+    required = (description, task, license_name, labels, *parsed_sections.values())
+    if not files_ok or any(v is None for v in required):
+        return None
+    return ModelEntry(name=name, description=description.strip(), task=task,  # type: ignore[union-attr]
+                      license=license_name, files=tuple(files),  # type: ignore[arg-type]
+                      input=parsed_sections["input"], outputs=parsed_sections["outputs"],
+                      labels=labels, convert=parsed_sections["convert"],  # type: ignore[arg-type]
+                      registry_dir=registry_dir)
+
+
+def parse_registry(text: str, source: str = "models.yml", registry_dir: Path | None = None) -> Registry:
+    """Validate registry YAML text; raise :class:`RegistryError` listing every located problem."""
+    data, duplicate_problems = _parse_yaml(text, source)
+    check = _Checker(source)
+    check.problems.extend(duplicate_problems)
+    top = check.mapping(data, "", ("version", "models"), ("default_model",))
+    if top is None:
+        raise RegistryError(check.problems)
+    version = check.integer(top.get("version"), "version", minimum=1) if "version" in top else None
+    if version is not None and version != REGISTRY_FORMAT_VERSION:
+        check.problem("version", f"expected format version {REGISTRY_FORMAT_VERSION}, got {version}; "
+                                 "this ssdtool is too old or the file too new")
+    models: dict[str, ModelEntry] = {}
+    raw_models = top.get("models")
+    if "models" in top:
+        if not isinstance(raw_models, dict) or not raw_models:
+            check.problem("models", f"expected a non-empty mapping of model names, got {_describe(raw_models)}")
+        else:
+            for name, raw in raw_models.items():
+                if not isinstance(name, str):
+                    check.problem(f"models.{name}", f"expected a model name string, got {_describe(name)}")
+                    continue
+                entry = _check_model(check, name, raw, registry_dir)
+                if entry is not None:
+                    models[name] = entry
+    default = top.get("default_model")
+    if default is None and isinstance(raw_models, dict) and raw_models:
+        default = next(iter(raw_models))
+    elif default is not None and (not isinstance(default, str)
+                                  or (isinstance(raw_models, dict) and default not in raw_models)):
+        check.problem("default_model", f"expected the name of a model in 'models', got {_describe(default)}")
+    if check.problems:
+        raise RegistryError(check.problems, hint=f"fix {source}; the format is described in docs/registry.md")
+    return Registry(version=version, default_model=default, models=models, source=source)  # type: ignore[arg-type]
+
+
+def packaged_registry_path() -> Path:
+    """The registry shipped with ssdtool: inside the wheel, or at the repository root in a source checkout."""
+    packaged = resources.files("ssdtool") / PACKAGED_REGISTRY_NAME
+    if packaged.is_file():
+        return Path(str(packaged))
+    # Editable/source checkouts: the one copy lives at the repository root next to the package.
+    checkout = Path(__file__).resolve().parent.parent / PACKAGED_REGISTRY_NAME
+    if checkout.is_file():
+        return checkout
+    raise RegistryError([f"the packaged registry {PACKAGED_REGISTRY_NAME} is missing from this installation"],
+                        hint="reinstall ssdtool, or pass --registry FILE")
+
+
+def load_registry(path: str | os.PathLike[str] | None = None) -> Registry:
+    """Load ``path``, else ``$SSDTOOL_REGISTRY``, else the packaged registry."""
+    if path is None and os.environ.get(REGISTRY_ENV):
+        path = os.environ[REGISTRY_ENV]
+    if path is None:
+        resolved = packaged_registry_path()
+        source = PACKAGED_REGISTRY_NAME
+    else:
+        resolved = Path(path).expanduser()
+        source = str(path)
+    try:
+        text = resolved.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RegistryError([f"{source}: file not found"],
+                            hint="check the --registry / SSDTOOL_REGISTRY path") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RegistryError([f"{source}: cannot read: {exc}"]) from None
+    return parse_registry(text, source=source, registry_dir=resolved.parent)
