@@ -192,7 +192,7 @@ class _Checker:
         self.problems: list[str] = []
 
     def problem(self, where: str, message: str) -> None:
-        self.problems.append(f"{self.source}: {where}: {message}")
+        self.problems.append(f"{self.source}: {where or 'top level'}: {message}")
 
     def mapping(self, value: Any, where: str, required: tuple[str, ...], optional: tuple[str, ...] = ()
                 ) -> dict[str, Any] | None:
