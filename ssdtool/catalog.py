@@ -71,8 +71,11 @@ def list_models(registry: Registry, cache: Cache) -> list[ModelSummary]:
 
 
 def describe_converted(entry: ModelEntry, cache: Cache) -> tuple[dict[str, Any], ...]:
-    """A record per installed IR: its path and the folder's precision name."""
-    return tuple({"path": str(xml), "precision": xml.parent.name} for xml in cache.converted_irs(entry))
+    """A record per installed IR: its path, the folder's precision name and the provenance it carries."""
+    from ssdtool.provenance import read_provenance
+
+    return tuple({"path": str(xml), "precision": xml.parent.name, "provenance": read_provenance(xml)}
+                 for xml in cache.converted_irs(entry))
 
 
 def model_info(registry: Registry, cache: Cache, name: str | None) -> ModelInfo:

@@ -1,0 +1,40 @@
+"""Inference engines behind one small interface: ``engine.infer(tensor) -> {output name: array}``.
+
+``onnxruntime`` runs the source ONNX (normalized input); ``openvino`` runs an IR or an ONNX file. Both modules
+import their engine lazily, and a missing or broken engine becomes a :class:`DependencyError` with an install hint.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+from typing import Protocol
+
+import numpy as np
+
+from ssdtool.errors import DependencyError
+
+BACKENDS = ("openvino", "onnxruntime")
+
+
+class Engine(Protocol):
+    name: str
+    input_name: str
+    input_shape: tuple[int, ...]
+
+    def infer(self, tensor: np.ndarray) -> dict[str, np.ndarray]:
+        """Run one batch; returns every output by tensor name."""
+        ...
+
+
+def import_engine(module: str, package: str | None = None) -> ModuleType:
+    """Import a heavy engine module, turning import failures into an actionable error."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        dist = package or module.split(".")[0]
+        raise DependencyError(
+            f"cannot import {module}: {exc}",
+            hint=f"install it with 'pip install {dist}' (it is a dependency of ssdtool; "
+                 f"'pip install --force-reinstall ssdtool' repairs a broken install)",
+        ) from exc

@@ -1,0 +1,38 @@
+"""onnxruntime engine: runs a source ONNX model on the CPU. One session per engine, created once."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ssdtool.backends import import_engine
+from ssdtool.errors import ModelFormatError
+
+
+class OnnxRuntimeEngine:
+    name = "onnxruntime"
+
+    def __init__(self, model_path: str | os.PathLike[str], threads: int | None = None) -> None:
+        ort = import_engine("onnxruntime")
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # warnings about unused initializers are noise for users
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types for bad files
+            raise ModelFormatError(
+                f"onnxruntime cannot load {model_path}: {exc}",
+                hint="the file is not a valid ONNX model; re-download it with 'ssdtool download --force'",
+            ) from exc
+        first = self.session.get_inputs()[0]
+        self.input_name: str = first.name
+        self.input_shape: tuple[int, ...] = tuple(d if isinstance(d, int) else -1 for d in first.shape)
+        self.output_names: list[str] = [o.name for o in self.session.get_outputs()]
+        self.path = Path(model_path)
+
+    def infer(self, tensor: np.ndarray) -> dict[str, np.ndarray]:
+        values = self.session.run(None, {self.input_name: tensor})
+        return dict(zip(self.output_names, values, strict=True))

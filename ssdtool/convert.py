@@ -1,0 +1,529 @@
+"""ONNX -> OpenVINO IR, driven by the registry, proven against onnxruntime before it is installed.
+
+The IR takes raw 0-255 pixels in the registry's target channel order (BGR for SSD-ResNet34) with channel
+reversal, mean and scale inside the graph (``openvino.preprocess.PrePostProcessor``), and returns outputs of a
+static size (``convert.output_count``): normalized xyxy boxes clipped to [0, 1], labels and scores, padded past
+the last detection with score 0, label 0 and a zero box. Tensor names survive the rewrite.
+
+Every conversion is written to a temporary folder beside its destination, reloaded and checked, passed through
+the parity gate, and only then renamed into place, so a failed or interrupted conversion never leaves a half IR
+where a good one is expected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ssdtool import __version__
+from ssdtool.backends import import_engine
+from ssdtool.cache import Cache
+from ssdtool.errors import ConversionError, LockTimeoutError, ModelFormatError, OfflineError, ParityError
+from ssdtool.imaging import generated_images, normalized_input, raw_input, resize_rgb
+from ssdtool.matching import MatchReport, RawDetections, match_detections
+from ssdtool.provenance import RT_INFO_ROOT, encode, read_provenance, rewrite_provenance
+from ssdtool.registry import ModelEntry
+
+log = logging.getLogger("ssdtool.convert")
+
+PRECISIONS = ("FP32", "FP16")
+INPUT_TYPES = ("f32", "u8")
+INPUT_LAYOUTS = ("NCHW", "NHWC")
+# Bump when the graph rewrite changes, so existing IRs are rebuilt instead of reported as up to date.
+RECIPE_VERSION = 1
+PARITY_IMAGES = 3
+PARITY_IOU = 0.5
+# FP32 must reproduce onnxruntime; FP16 weights shift scores a little, so only agreement is asked of it.
+FP32_TOLERANCE = 1e-4
+FP16_MIN_RECALL = 0.90
+LOCK_TIMEOUT_SECONDS = 600.0
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    precision: str = "FP32"
+    input_type: str = "f32"
+    input_layout: str = "NCHW"
+    verify: bool = True
+    force: bool = False
+    output_dir: Path | None = None
+    parity_images: int = PARITY_IMAGES
+
+    @property
+    def variant(self) -> str:
+        """Folder suffix for non-default inputs, so an f32 NCHW IR and a u8 NHWC IR can live side by side."""
+        if (self.input_type, self.input_layout) == ("f32", "NCHW"):
+            return ""
+        return f"{self.input_type}-{self.input_layout.lower()}"
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    precision: str
+    passed: bool
+    images: int
+    reference_detections: int
+    ir_detections: int
+    matched: int
+    recall: float
+    max_box_diff: float
+    max_score_diff: float
+    criteria: str
+    per_image: tuple[dict[str, Any], ...] = field(default=())
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["per_image"] = list(self.per_image)
+        return data
+
+
+@dataclass(frozen=True)
+class ConversionResult:
+    model: str
+    xml: Path
+    bin: Path
+    precision: str
+    input_type: str
+    input_layout: str
+    input_shape: tuple[int, ...]
+    outputs: dict[str, tuple[int, ...]]
+    up_to_date: bool
+    parity: ParityReport | None
+    seconds: float
+    provenance: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model, "xml": str(self.xml), "bin": str(self.bin), "precision": self.precision,
+            "input_type": self.input_type, "input_layout": self.input_layout, "input_shape": list(self.input_shape),
+            "outputs": {k: list(v) for k, v in self.outputs.items()}, "up_to_date": self.up_to_date,
+            "parity": self.parity.to_dict() if self.parity else None, "seconds": round(self.seconds, 3),
+            "provenance": self.provenance,
+        }
+
+
+def check_options(options: ConvertOptions) -> None:
+    from ssdtool.errors import UsageError
+
+    if options.precision not in PRECISIONS:
+        raise UsageError(f"precision {options.precision!r} is not supported; expected one of {', '.join(PRECISIONS)}")
+    if options.input_type not in INPUT_TYPES:
+        raise UsageError(f"input type {options.input_type!r}: expected one of {', '.join(INPUT_TYPES)}")
+    if options.input_layout not in INPUT_LAYOUTS:
+        raise UsageError(f"input layout {options.input_layout!r}: expected one of {', '.join(INPUT_LAYOUTS)}")
+
+
+def ir_path(entry: ModelEntry, cache: Cache, options: ConvertOptions) -> Path:
+    """Where the IR ``.xml`` for these options lives."""
+    if options.output_dir is not None:
+        return Path(options.output_dir) / f"{entry.name}.xml"
+    return cache.ir_xml(entry, options.precision, options.variant)
+
+
+def conversion_parameters(entry: ModelEntry, options: ConvertOptions) -> dict[str, Any]:
+    """Everything that determines the IR's bytes besides the source file: the idempotency key."""
+    return {
+        "recipe": RECIPE_VERSION,
+        "precision": options.precision,
+        "input_type": options.input_type,
+        "input_layout": options.input_layout,
+        "input_name": entry.input.name,
+        "input_shape": list(entry.input.shape),
+        "source_color_order": entry.input.color_order,
+        "color_order": entry.convert.color_order,
+        "mean": list(entry.input.mean),
+        "scale": list(entry.input.scale),
+        "output_count": entry.convert.output_count,
+        "outputs": [entry.outputs.boxes, entry.outputs.labels, entry.outputs.scores],
+        "box_units": entry.outputs.box_units,
+        "label_offset": entry.outputs.label_offset,
+    }
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _source_path(entry: ModelEntry, cache: Cache, source: Path | None, offline: bool,
+                 progress: Callable[[dict[str, Any]], None] | None) -> Path:
+    if source is not None:
+        if not Path(source).is_file():
+            raise ModelFormatError(f"source model {source} does not exist", hint="check the path")
+        return Path(source)
+    from ssdtool.download import ensure_downloaded
+
+    try:
+        return ensure_downloaded(entry, cache, offline=offline, progress=progress)
+    except OfflineError as exc:
+        raise OfflineError(exc.message, hint=f"run 'ssdtool download {entry.name}' on a machine with network "
+                                             f"access (or copy the cache), then 'ssdtool convert {entry.name}'"
+                           ) from exc
+
+
+def _tensor_names(ports: Any) -> list[str]:
+    return sorted(name for port in ports for name in port.get_names())
+
+
+def _find_port(ports: Any, name: str) -> Any | None:
+    return next((port for port in ports if name in port.get_names()), None)
+
+
+def _rewrite_outputs(ov: Any, model: Any, entry: ModelEntry) -> Any:
+    """Replace the dynamic N outputs with static, padded, clipped, normalized ones under the same names."""
+    ops = import_engine("openvino.opset13")
+    slice_op = import_engine("openvino.opset8").slice
+    count = entry.convert.output_count
+    spec = entry.outputs
+    # model.outputs are the Result nodes' ports; the rewrite must start from what feeds each Result.
+    produced = [(result.output(0), result.input_value(0)) for result in model.get_results()]
+    ports = {key: next((source for named, source in produced if name in named.get_names()), None)
+             for key, name in (("boxes", spec.boxes), ("labels", spec.labels), ("scores", spec.scores))}
+    missing = [getattr(spec, key) for key, port in ports.items() if port is None]
+    if missing:
+        raise ModelFormatError(
+            f"the model has no output {', '.join(missing)}; it has {', '.join(_tensor_names(model.outputs))}",
+            hint=f"the file does not match the registry entry {entry.name!r}: check models.yml 'outputs'")
+
+    def static(port: Any, width: int | None, fill_type: Any, name: str) -> Any:
+        rows = port
+        zeros_shape = [1, count] + ([width] if width else [])
+        zeros = ops.constant(np.zeros(zeros_shape, dtype=fill_type.to_dtype()))
+        joined = ops.concat([rows, zeros], axis=1)
+        head = slice_op(joined, np.array([0]), np.array([count]), np.array([1]), np.array([1]))
+        shaped = ops.reshape(head, np.array(zeros_shape, dtype=np.int64), special_zero=False)
+        port.get_tensor().set_names(set())
+        shaped.output(0).get_tensor().set_names({name})
+        shaped.set_friendly_name(name)
+        return shaped
+
+    boxes = ports["boxes"]
+    if boxes.get_element_type() != ov.Type.f32:
+        boxes = ops.convert(boxes, ov.Type.f32).output(0)
+    if spec.box_units == "pixels":
+        width, height = entry.input.resize
+        boxes = ops.divide(boxes, ops.constant(np.array([width, height, width, height], dtype=np.float32))
+                           ).output(0)
+    boxes = ops.clamp(boxes, 0.0, 1.0).output(0)
+    labels = ports["labels"]
+    if spec.label_offset:
+        labels = ops.add(labels, ops.constant(np.array(spec.label_offset, dtype=labels.get_element_type().to_dtype()))
+                         ).output(0)
+    scores = ports["scores"]
+    # Free the names first: a tensor name may belong to one tensor only.
+    for port in ports.values():
+        port.get_tensor().set_names(set())
+    new_outputs = [
+        static(boxes, 4, ov.Type.f32, spec.boxes),
+        static(labels, None, ports["labels"].get_element_type(), spec.labels),
+        static(scores, None, ports["scores"].get_element_type(), spec.scores),
+    ]
+    results = [ops.result(node) for node in new_outputs]
+    for result, name in zip(results, (spec.boxes, spec.labels, spec.scores), strict=True):
+        result.set_friendly_name(name)
+    return ov.Model(results, model.get_parameters(), entry.name)
+
+
+def _apply_input_preprocessing(ov: Any, model: Any, entry: ModelEntry, options: ConvertOptions) -> Any:
+    from openvino.preprocess import ColorFormat, PrePostProcessor
+
+    spec = entry.input
+    port = _find_port(model.inputs, spec.name)
+    if port is None:
+        raise ModelFormatError(
+            f"the model has no input {spec.name!r}; it has {', '.join(_tensor_names(model.inputs))}",
+            hint=f"the file does not match the registry entry {entry.name!r}: check models.yml 'input.name'")
+    if list(port.get_partial_shape().to_shape() if port.get_partial_shape().is_static else []) != list(spec.shape):
+        raise ModelFormatError(
+            f"input {spec.name!r} has shape {port.get_partial_shape()}, the registry expects {list(spec.shape)}",
+            hint="check models.yml 'input.shape'")
+    colors = {"RGB": ColorFormat.RGB, "BGR": ColorFormat.BGR}
+    ppp = PrePostProcessor(model)
+    step = ppp.input(spec.name)
+    step.tensor().set_element_type(ov.Type.u8 if options.input_type == "u8" else ov.Type.f32) \
+        .set_layout(ov.Layout(options.input_layout)).set_color_format(colors[entry.convert.color_order])
+    step.model().set_layout(ov.Layout(spec.layout))
+    pre = step.preprocess()
+    if options.input_type == "u8":
+        pre.convert_element_type(ov.Type.f32)
+    if entry.convert.color_order != spec.color_order:
+        pre.convert_color(colors[spec.color_order])
+    # mean and scale are in the source model's channel order, so they apply after the channel reversal.
+    pre.mean(list(spec.mean)).scale(list(spec.scale))
+    return ppp.build()
+
+
+def build_ir_model(source: Path, entry: ModelEntry, options: ConvertOptions) -> Any:
+    """Read the source ONNX and return the rewritten ``openvino.Model`` (not saved)."""
+    ov = import_engine("openvino")
+    try:
+        model = ov.convert_model(str(source))
+    except Exception as exc:
+        raise ModelFormatError(
+            f"OpenVINO cannot read {source} as ONNX: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc}",
+            hint=f"the file is not a valid (or is a truncated) ONNX model; run 'ssdtool verify {entry.name} --repair'",
+        ) from exc
+    model = _rewrite_outputs(ov, model, entry)
+    return _apply_input_preprocessing(ov, model, entry, options)
+
+
+def _check_saved(ov: Any, xml: Path, entry: ModelEntry, options: ConvertOptions) -> Any:
+    """Reload the written IR and confirm names, shapes and element types survived serialization."""
+    model = ov.Core().read_model(str(xml))
+    count = entry.convert.output_count
+    width, height = entry.input.resize
+    expected_input = [1, 3, height, width] if options.input_layout == "NCHW" else [1, height, width, 3]
+    problems = []
+    port = _find_port(model.inputs, entry.input.name)
+    if port is None:
+        problems.append(f"input {entry.input.name!r} missing (found {_tensor_names(model.inputs)})")
+    else:
+        if list(port.get_shape()) != expected_input:
+            problems.append(f"input shape {list(port.get_shape())}, expected {expected_input}")
+        wanted_type = "u8" if options.input_type == "u8" else "f32"
+        if port.get_element_type().get_type_name() != wanted_type:
+            problems.append(f"input type {port.get_element_type().get_type_name()}, expected {wanted_type}")
+    for name, shape in ((entry.outputs.boxes, [1, count, 4]), (entry.outputs.labels, [1, count]),
+                        (entry.outputs.scores, [1, count])):
+        out = _find_port(model.outputs, name)
+        if out is None:
+            problems.append(f"output {name!r} missing (found {_tensor_names(model.outputs)})")
+        elif not out.get_partial_shape().is_static or list(out.get_shape()) != shape:
+            problems.append(f"output {name!r} shape {out.get_partial_shape()}, expected {shape}")
+    if problems:
+        raise ConversionError(f"the saved IR {xml} is not what was built: {'; '.join(problems)}",
+                              hint="report this with 'ssdtool --version'")
+    return model
+
+
+def parity_check(source: Path, xml: Path, entry: ModelEntry, options: ConvertOptions,
+                 device: str = "CPU") -> ParityReport:
+    """Run the source ONNX (onnxruntime, host normalization) and the IR (OpenVINO, raw pixels) on generated images.
+
+    FP32 passes when every onnxruntime detection is found in the IR output and vice versa, boxes and scores
+    within 1e-4. FP16 passes when at least 90% of onnxruntime detections are found (label match, IoU >= 0.5).
+    """
+    from ssdtool.backends.onnxruntime import OnnxRuntimeEngine
+    from ssdtool.backends.openvino import OpenVinoEngine
+
+    reference_engine = OnnxRuntimeEngine(source)
+    ir_engine = OpenVinoEngine(xml, device=device)
+    spec = entry.input
+    reports: list[tuple[MatchReport, MatchReport]] = []
+    for rgb in generated_images(options.parity_images, seed=7, size=(640, 480)):
+        resized = resize_rgb(rgb, spec)
+        ref_out = reference_engine.infer(normalized_input(resized, spec))
+        ir_out = ir_engine.infer(raw_input(resized, entry.convert.color_order, options.input_layout,
+                                           options.input_type))
+        reference = _raw(ref_out, entry, normalize_boxes=True)
+        converted = _raw(ir_out, entry, normalize_boxes=False)
+        reports.append((match_detections(reference, converted, PARITY_IOU),
+                        match_detections(converted, reference, PARITY_IOU)))
+    forward = [f for f, _ in reports]
+    ref_total = sum(r.reference_count for r in forward)
+    matched = sum(r.matched for r in forward)
+    ir_total = sum(r.candidate_count for r in forward)
+    box_diff = max((r.max_box_diff for r in forward), default=0.0)
+    score_diff = max((r.max_score_diff for r in forward), default=0.0)
+    recall = 1.0 if ref_total == 0 else matched / ref_total
+    if options.precision == "FP32":
+        passed = all(f.matched == f.reference_count and b.matched == b.reference_count for f, b in reports) \
+            and box_diff <= FP32_TOLERANCE and score_diff <= FP32_TOLERANCE
+        criteria = (f"every detection matched both ways (same label, IoU >= {PARITY_IOU}), boxes and scores within "
+                    f"{FP32_TOLERANCE:g}")
+    else:
+        passed = recall >= FP16_MIN_RECALL
+        criteria = f"at least {FP16_MIN_RECALL:.0%} of onnxruntime detections matched (same label, IoU >= {PARITY_IOU})"
+    return ParityReport(precision=options.precision, passed=passed, images=len(reports),
+                        reference_detections=ref_total, ir_detections=ir_total, matched=matched,
+                        recall=recall, max_box_diff=box_diff, max_score_diff=score_diff, criteria=criteria,
+                        per_image=tuple(f.to_dict() for f in forward))
+
+
+def _raw(outputs: dict[str, np.ndarray], entry: ModelEntry, normalize_boxes: bool) -> RawDetections:
+    """Source-model or IR outputs as normalized detections with label offsets applied."""
+    spec = entry.outputs
+    boxes = np.asarray(outputs[spec.boxes], dtype=np.float32).reshape(-1, 4)
+    if normalize_boxes:
+        if spec.box_units == "pixels":
+            width, height = entry.input.resize
+            boxes = boxes / np.array([width, height, width, height], dtype=np.float32)
+        boxes = np.clip(boxes, 0.0, 1.0)
+    labels = np.asarray(outputs[spec.labels]).reshape(-1) + (spec.label_offset if normalize_boxes else 0)
+    return RawDetections.from_outputs(boxes, labels, outputs[spec.scores])
+
+
+def _provenance(entry: ModelEntry, source: Path, source_sha256: str, options: ConvertOptions,
+                parity: ParityReport | None) -> dict[str, Any]:
+    ov = import_engine("openvino")
+    label_path = entry.label_path()
+    return {
+        "model": entry.name,
+        "source_file": source.name,
+        "source_sha256": source_sha256,
+        "ssdtool_version": __version__,
+        "openvino_version": ov.get_version(),
+        "parameters": conversion_parameters(entry, options),
+        "labels": entry.labels,
+        "labels_sha256": sha256_of(label_path),
+        "parity": "skipped (--no-verify)" if parity is None else {
+            "passed": parity.passed, "images": parity.images, "recall": parity.recall,
+            "max_box_diff": parity.max_box_diff, "max_score_diff": parity.max_score_diff},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def _install(temporary: Path, destination: Path) -> None:
+    """Swap the verified temporary folder into place; the old IR (if any) is removed only afterwards."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    old = None
+    if destination.exists():
+        old = destination.with_name(f".old-{destination.name}-{os.getpid()}")
+        os.replace(destination, old)
+    os.replace(temporary, destination)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _result(entry: ModelEntry, xml: Path, options: ConvertOptions, provenance: dict[str, Any],
+            up_to_date: bool, parity: ParityReport | None, started: float) -> ConversionResult:
+    count = entry.convert.output_count
+    width, height = entry.input.resize
+    shape = (1, 3, height, width) if options.input_layout == "NCHW" else (1, height, width, 3)
+    return ConversionResult(
+        model=entry.name, xml=xml, bin=xml.with_suffix(".bin"), precision=options.precision,
+        input_type=options.input_type, input_layout=options.input_layout, input_shape=shape,
+        outputs={entry.outputs.boxes: (1, count, 4), entry.outputs.labels: (1, count),
+                 entry.outputs.scores: (1, count)},
+        up_to_date=up_to_date, parity=parity, seconds=time.perf_counter() - started, provenance=provenance)
+
+
+def convert(entry: ModelEntry, cache: Cache, options: ConvertOptions | None = None, *, source: Path | None = None,
+            offline: bool = False, progress: Callable[[dict[str, Any]], None] | None = None) -> ConversionResult:
+    """Convert ``entry``'s ONNX file to an OpenVINO IR and install it; see the module docstring."""
+    options = options or ConvertOptions(precision=entry.convert.precision)
+    check_options(options)
+    started = time.perf_counter()
+    source_path = _source_path(entry, cache, source, offline, progress)
+    source_sha256 = (entry.primary_file.sha256 if source is None and entry.primary_file.sha256
+                     else sha256_of(source_path))
+    xml = ir_path(entry, cache, options)
+    wanted = conversion_parameters(entry, options)
+
+    from filelock import FileLock, Timeout
+
+    xml.parent.parent.mkdir(parents=True, exist_ok=True)
+    lock_dir = cache.metadata_dir(entry)
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    target_key = hashlib.sha256(str(xml.parent.resolve()).encode()).hexdigest()[:16]
+    lock = FileLock(str(lock_dir / f"convert-{target_key}.lock"))
+    try:
+        lock.acquire(timeout=LOCK_TIMEOUT_SECONDS)
+    except Timeout:
+        raise LockTimeoutError(f"another ssdtool process has been converting into {xml.parent} for over "
+                               f"{LOCK_TIMEOUT_SECONDS:.0f} s (lock file {lock.lock_file})",
+                               hint="wait for it to finish, or stop it and run the command again") from None
+    try:
+        existing = read_provenance(xml) if xml.is_file() and xml.with_suffix(".bin").is_file() else None
+        if (existing and not options.force and existing.get("source_sha256") == source_sha256
+                and existing.get("parameters") == wanted):
+            log.info("%s is up to date (same source checksum and parameters); pass --force to rebuild", xml)
+            return _result(entry, xml, options, existing, True, None, started)
+        log.info("converting %s (%s, %s %s input) ...", source_path.name, options.precision, options.input_type,
+                 options.input_layout)
+        ov = import_engine("openvino")
+        model = build_ir_model(source_path, entry, options)
+        temporary = Path(tempfile.mkdtemp(prefix=f".tmp-{xml.parent.name}-", dir=xml.parent.parent))
+        _chmod_like_umask(temporary)  # mkdtemp makes 0700; a shared cache needs the usual permissions
+        try:
+            temp_xml = temporary / xml.name
+            provisional = _provenance(entry, source_path, source_sha256, options, None)
+            _store_provenance(model, provisional)
+            ov.save_model(model, str(temp_xml), compress_to_fp16=options.precision == "FP16")
+            del model
+            _check_saved(ov, temp_xml, entry, options)
+            parity = None
+            if options.verify:
+                log.info("parity gate: onnxruntime vs OpenVINO on %d generated images ...", options.parity_images)
+                parity = parity_check(source_path, temp_xml, entry, options)
+                if not parity.passed:
+                    raise ParityError(
+                        f"the {options.precision} IR disagrees with onnxruntime: {parity.matched} of "
+                        f"{parity.reference_detections} detections matched (recall {parity.recall:.4f}), "
+                        f"max box difference {parity.max_box_diff:.3g}, max score difference "
+                        f"{parity.max_score_diff:.3g}; required: {parity.criteria}. Nothing was installed.",
+                        hint="report this with 'ssdtool --version'; --no-verify installs it anyway (not advised)")
+                final = _provenance(entry, source_path, source_sha256, options, parity)
+                _rewrite_provenance(temp_xml, final)
+            else:
+                final = provisional
+            if options.output_dir is None:
+                _install(temporary, xml.parent)
+            else:
+                _install_files(temporary, xml)
+        finally:
+            shutil.rmtree(temporary, ignore_errors=True)
+        return _result(entry, xml, options, read_provenance(xml) or final, False, parity, started)
+    finally:
+        lock.release()
+
+
+def _chmod_like_umask(folder: Path) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(folder, 0o777 & ~umask)
+
+
+def _install_files(temporary: Path, xml: Path) -> None:
+    """For --output-dir: a user's folder may hold other files, so only the IR's two files are replaced."""
+    xml.parent.mkdir(parents=True, exist_ok=True)
+    # .bin first: an .xml never points at a missing or older .bin for longer than one rename.
+    os.replace(temporary / xml.with_suffix(".bin").name, xml.with_suffix(".bin"))
+    os.replace(temporary / xml.name, xml)
+
+
+def _store_provenance(model: Any, record: dict[str, Any]) -> None:
+    for key, value in record.items():
+        model.set_rt_info(encode(value), [RT_INFO_ROOT, key])
+
+
+def _rewrite_provenance(xml: Path, record: dict[str, Any]) -> None:
+    if not rewrite_provenance(xml, record):
+        raise ConversionError(f"{xml} lost its provenance block", hint="report this with 'ssdtool --version'")
+
+
+def check(entry: ModelEntry, cache: Cache, options: ConvertOptions | None = None, *, source: Path | None = None,
+          xml: Path | None = None, offline: bool = False, device: str = "CPU") -> ParityReport:
+    """The parity gate on its own, for an installed IR; raises :class:`ParityError` when it fails."""
+    options = options or ConvertOptions(precision=entry.convert.precision)
+    check_options(options)
+    ir = Path(xml) if xml is not None else ir_path(entry, cache, options)
+    if not ir.is_file():
+        raise ModelFormatError(f"no IR at {ir}",
+                               hint=f"run 'ssdtool convert {entry.name} --precision {options.precision}' first")
+    provenance = read_provenance(ir) or {}
+    parameters = provenance.get("parameters") or {}
+    options = replace(options, input_type=parameters.get("input_type", options.input_type),
+                      input_layout=parameters.get("input_layout", options.input_layout))
+    source_path = _source_path(entry, cache, source, offline, None)
+    report = parity_check(source_path, ir, entry, options, device=device)
+    if not report.passed:
+        raise ParityError(
+            f"{ir} disagrees with onnxruntime on {source_path.name}: {report.matched} of "
+            f"{report.reference_detections} detections matched, max box difference {report.max_box_diff:.3g}, "
+            f"max score difference {report.max_score_diff:.3g}; required: {report.criteria}",
+            hint=f"reconvert with 'ssdtool convert {entry.name} --force'")
+    return report
