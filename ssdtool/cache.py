@@ -7,14 +7,20 @@ Layout under the cache root (``--cache-dir``, else ``$SSDTOOL_HOME``, else ``$XD
     <root>/<model>/<file>.part                   partial download, resumable
     <root>/<model>/.ssdtool/<file>.verified.json size, mtime and checksums recorded after verification
     <root>/<model>/.ssdtool/<file>.lock          inter-process lock for downloading <file>
+    <root>/<model>/.ssdtool/<file>.owner.json    who holds that lock (pid, host, start), for waiting processes
     <root>/<model>/openvino/<precision>[-<variant>]/<model>.xml|.bin   converted IR
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
-from dataclasses import dataclass
+import socket
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from ssdtool.errors import CacheError
 from ssdtool.registry import FileEntry, ModelEntry, check_file_name
@@ -25,6 +31,43 @@ STATE_PARTIAL = "partial"
 STATE_DOWNLOADED = "downloaded"
 STATE_CONVERTED = "converted"
 METADATA_DIR = ".ssdtool"
+
+
+@dataclass(frozen=True)
+class VerificationRecord:
+    """What was verified, so a later run can trust an unchanged file without re-hashing it.
+
+    ``size`` and ``mtime_ns`` identify the file as it was when hashed; ``checksums`` maps algorithm -> hex digest.
+    """
+
+    size: int
+    mtime_ns: int
+    checksums: dict[str, str]
+    source: str | None = None
+    verified_at: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VerificationRecord:
+        checksums = data["checksums"]
+        if not isinstance(checksums, dict):
+            raise TypeError("checksums must be a mapping")
+        return cls(size=int(data["size"]), mtime_ns=int(data["mtime_ns"]),
+                   checksums={str(k): str(v) for k, v in checksums.items()},
+                   source=data.get("source"), verified_at=float(data.get("verified_at", 0.0)))
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    """Write via a unique temporary name and ``os.replace`` (safe with concurrent writers of the same path)."""
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+    try:
+        temporary.write_text(text, encoding="utf-8")
+        os.replace(temporary, path)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
 
 
 def default_cache_dir() -> Path:
@@ -75,6 +118,70 @@ class Cache:
     def lock_path(self, model: ModelEntry | str, file: FileEntry | str) -> Path:
         name = file if isinstance(file, str) else file.name
         return self.metadata_dir(model) / f"{name}.lock"
+
+    def owner_path(self, model: ModelEntry | str, file: FileEntry | str) -> Path:
+        name = file if isinstance(file, str) else file.name
+        return self.metadata_dir(model) / f"{name}.owner.json"
+
+    def read_record(self, model: ModelEntry | str, file: FileEntry | str) -> VerificationRecord | None:
+        """The verification record of a file, or None when absent or unreadable (then the file is re-hashed)."""
+        try:
+            data = json.loads(self.record_path(model, file).read_text(encoding="utf-8"))
+            return VerificationRecord.from_dict(data)
+        except (OSError, ValueError, TypeError, KeyError):
+            return None
+
+    def write_record(self, model: ModelEntry | str, file: FileEntry | str, record: VerificationRecord) -> None:
+        """Write the record atomically, so a reader never sees half a record (it would re-hash, not misjudge)."""
+        path = self.record_path(model, file)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _atomic_write_text(path, json.dumps(record.to_dict(), indent=2) + "\n")
+        except OSError as exc:
+            raise CacheError(f"cannot write the verification record {path}: {exc}",
+                             hint="check permissions and free space in the cache directory") from exc
+
+    def remove_record(self, model: ModelEntry | str, file: FileEntry | str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.record_path(model, file).unlink()
+
+    def recorded_verified(self, model: ModelEntry, file: FileEntry) -> VerificationRecord | None:
+        """The record when it still vouches for the file on disk, without reading the file.
+
+        It vouches when the file's size and mtime are the ones recorded at verification and the recorded checksums
+        are the ones the registry expects now (a registry update invalidates old records). Anything else: None,
+        and the caller re-hashes.
+        """
+        record = self.read_record(model, file)
+        if record is None:
+            return None
+        try:
+            stat = self.file_path(model, file).stat()
+        except FileNotFoundError:
+            return None
+        if (record.size, record.mtime_ns) != (file.size, stat.st_mtime_ns) or stat.st_size != file.size:
+            return None
+        if any(record.checksums.get(algo) != digest for algo, digest in file.checksums.items()):
+            return None
+        return record
+
+    def write_owner(self, model: ModelEntry | str, file: FileEntry | str) -> None:
+        """Note who holds a download lock; only used to tell a waiting process whom it waits for."""
+        path = self.owner_path(model, file)
+        data = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+        with contextlib.suppress(OSError):  # informational only: never fail a download over it
+            _atomic_write_text(path, json.dumps(data) + "\n")
+
+    def read_owner(self, model: ModelEntry | str, file: FileEntry | str) -> dict[str, Any] | None:
+        try:
+            data = json.loads(self.owner_path(model, file).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def remove_owner(self, model: ModelEntry | str, file: FileEntry | str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.owner_path(model, file).unlink()
 
     def ir_root(self, model: ModelEntry | str) -> Path:
         return self.model_dir(model) / "openvino"
