@@ -100,7 +100,8 @@ class Cache:
             raise CacheError(f"file name cannot be used in the cache: {reason}")
         folder = self.model_dir(model)
         path = folder / name
-        if path.resolve().parent != folder.resolve():
+        # Lexical check (symlinks are not followed: a user may link a model file into the cache on purpose).
+        if Path(os.path.abspath(path)).parent != Path(os.path.abspath(folder)):
             raise CacheError(f"file name {name!r} would resolve outside {folder}")
         return path
 
