@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -168,6 +167,8 @@ class Cache:
 
     def write_owner(self, model: ModelEntry | str, file: FileEntry | str) -> None:
         """Note who holds a download lock; only used to tell a waiting process whom it waits for."""
+        import socket  # only when downloading: keeps the cached fast path's imports small
+
         path = self.owner_path(model, file)
         data = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
         with contextlib.suppress(OSError):  # informational only: never fail a download over it

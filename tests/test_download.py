@@ -774,3 +774,18 @@ def test_help_does_not_import_download_libraries() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env(),
                          check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_helper_threads_end_with_the_transfer(model: ModelEntry, cache: Cache, server: FaultyServer,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    import ssdtool.download as download
+
+    monkeypatch.setattr(download, "FLUSH_EVERY", 32 * 1024)  # exercise the background writeback thread
+    server.set_fault(PATH, Fault(drop_after=200_000, times=1))
+    with pytest.raises(NetworkError):
+        get(model, cache)
+    [installed], _ = get(model, cache)
+    assert installed.resumed and cache.file_path("m", "f.bin").read_bytes() == PAYLOAD
+    assert [t.name for t in threading.enumerate() if t.name.startswith("ssdtool-")] == []
