@@ -2,13 +2,15 @@
 
 ``onnxruntime`` runs the source ONNX (normalized input); ``openvino`` runs an IR or an ONNX file. Both modules
 import their engine lazily, and a missing or broken engine becomes a :class:`DependencyError` with an install hint.
+``infer_stream`` runs many tensors with the engine's best concurrency and returns results in input order.
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterable, Iterator
 from types import ModuleType
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -24,6 +26,11 @@ class Engine(Protocol):
 
     def infer(self, tensor: np.ndarray) -> dict[str, np.ndarray]:
         """Run one batch; returns every output by tensor name."""
+        ...
+
+    def infer_stream(self, items: Iterable[tuple[Any, np.ndarray]], requests: int | None = None
+                     ) -> Iterator[tuple[Any, dict[str, np.ndarray]]]:
+        """Run ``(key, tensor)`` pairs, consuming them lazily; yield ``(key, outputs)`` in input order."""
         ...
 
 

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
 from ssdtool.backends import import_engine
 from ssdtool.errors import ModelFormatError
+
+K = TypeVar("K")
 
 
 class OnnxRuntimeEngine:
@@ -32,7 +36,19 @@ class OnnxRuntimeEngine:
         self.input_shape: tuple[int, ...] = tuple(d if isinstance(d, int) else -1 for d in first.shape)
         self.output_names: list[str] = [o.name for o in self.session.get_outputs()]
         self.path = Path(model_path)
+        self.device = "CPU"
 
     def infer(self, tensor: np.ndarray) -> dict[str, np.ndarray]:
         values = self.session.run(None, {self.input_name: tensor})
         return dict(zip(self.output_names, values, strict=True))
+
+    def infer_stream(self, items: Iterable[tuple[K, np.ndarray]], requests: int | None = None
+                     ) -> Iterator[tuple[K, dict[str, np.ndarray]]]:
+        """Yield ``(key, outputs)`` for every ``(key, tensor)`` in order.
+
+        One run at a time: the session already spreads each run over all cores (intra-op threads), and it
+        releases the GIL while running, so tensors prepared in other threads are ready when the next run starts.
+        """
+        del requests  # the same signature as OpenVinoEngine.infer_stream
+        for key, tensor in items:
+            yield key, self.infer(tensor)

@@ -1,20 +1,40 @@
-"""OpenVINO engine: compiles an IR (or ONNX) for a device, with an optional compiled-model cache directory."""
+"""OpenVINO engine: compiles an IR (or ONNX) for a device, with an optional compiled-model cache directory.
+
+Two ways to run it: :meth:`OpenVinoEngine.infer` (one synchronous request, for one image or a parity check) and
+:meth:`OpenVinoEngine.infer_stream` (an ``AsyncInferQueue`` of the device's optimal number of requests, results
+handed back in input order), which keeps every stream of a THROUGHPUT-compiled model busy.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from ssdtool.backends import import_engine
 from ssdtool.errors import BackendError, ModelFormatError
 
+K = TypeVar("K")
+
+HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
+
 
 def available_devices() -> list[str]:
     ov = import_engine("openvino")
     return list(ov.Core().available_devices)
+
+
+def check_device(device: str, devices: list[str]) -> None:
+    """Raise :class:`BackendError` unless ``device`` names an available device (or a virtual one: AUTO, ...)."""
+    if device.startswith(("AUTO", "MULTI", "HETERO", "BATCH")):
+        return
+    if device in devices or device.split(":")[0].split(".")[0] in devices:
+        return
+    raise BackendError(f"OpenVINO device {device!r} is not available; found: {', '.join(devices) or 'none'}",
+                       hint="pass --device with one of those (default CPU)")
 
 
 class OpenVinoEngine:
@@ -24,26 +44,32 @@ class OpenVinoEngine:
                  hint: str = "LATENCY", streams: int | None = None) -> None:
         ov = import_engine("openvino")
         core = ov.Core()
-        devices = list(core.available_devices)
-        if device.split(":")[0].split(".")[0] not in devices and device not in devices and not device.startswith(
-                ("AUTO", "MULTI", "HETERO")):
-            raise BackendError(f"OpenVINO device {device!r} is not available; found: {', '.join(devices)}",
-                               hint="pass --device with one of those (default CPU)")
+        check_device(device, list(core.available_devices))
+        if hint not in HINTS:
+            raise BackendError(f"unknown OpenVINO performance hint {hint!r}; expected one of {', '.join(HINTS)}")
         config: dict[str, Any] = {"PERFORMANCE_HINT": hint}
         if cache_dir:
             config["CACHE_DIR"] = str(cache_dir)
         if streams:
             config["NUM_STREAMS"] = str(streams)
-        try:
-            model = core.read_model(str(model_path))
-        except Exception as exc:
-            raise ModelFormatError(f"OpenVINO cannot read {model_path}: {exc}",
-                                   hint="reconvert it with 'ssdtool convert --force'") from exc
-        try:
-            self.compiled = core.compile_model(model, device, config)
-        except Exception as exc:
-            raise BackendError(f"OpenVINO cannot compile {model_path} for {device}: {exc}",
-                               hint="try --device CPU or --backend onnxruntime") from exc
+        if cache_dir:
+            # Compiling from the path lets OpenVINO find a cached blob without parsing the model first, which
+            # is most of the cost of a warm start (the blob holds the already transformed graph and weights).
+            try:
+                self.compiled = core.compile_model(str(model_path), device, config)
+            except Exception as exc:
+                self._raise_for(core, model_path, device, exc)
+        else:
+            try:
+                model = core.read_model(str(model_path))
+            except Exception as exc:
+                raise ModelFormatError(f"OpenVINO cannot read {model_path}: {exc}",
+                                       hint="reconvert it with 'ssdtool convert --force'") from exc
+            try:
+                self.compiled = core.compile_model(model, device, config)
+            except Exception as exc:
+                raise BackendError(f"OpenVINO cannot compile {model_path} for {device}: {exc}",
+                                   hint="try --device CPU or --backend onnxruntime") from exc
         first = self.compiled.inputs[0]
         self.input_name: str = first.get_any_name()
         self.input_shape: tuple[int, ...] = tuple(int(d) for d in first.get_shape()) \
@@ -52,9 +78,86 @@ class OpenVinoEngine:
         self.output_names: list[str] = [o.get_any_name() for o in self.compiled.outputs]
         self.path = Path(model_path)
         self.device = device
+        self.hint = hint
+        self.cache_dir = Path(cache_dir) if cache_dir else None
         self._request = self.compiled.create_infer_request()
+
+    @staticmethod
+    def _raise_for(core: Any, model_path: str | os.PathLike[str], device: str, exc: Exception) -> None:
+        """Tell a bad model file (22) from a model the device cannot run (31) after a combined read+compile."""
+        try:
+            core.read_model(str(model_path))
+        except Exception as read_exc:
+            raise ModelFormatError(f"OpenVINO cannot read {model_path}: {read_exc}",
+                                   hint="reconvert it with 'ssdtool convert --force'") from exc
+        raise BackendError(f"OpenVINO cannot compile {model_path} for {device}: {exc}",
+                           hint="try --device CPU or --backend onnxruntime") from exc
+
+    @property
+    def optimal_requests(self) -> int:
+        """How many requests keep the compiled model busy (1 for LATENCY, one per stream for THROUGHPUT)."""
+        try:
+            return max(1, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+        except Exception:  # a plugin without the property: run one request at a time
+            return 1
 
     def infer(self, tensor: np.ndarray) -> dict[str, np.ndarray]:
         results = self._request.infer({0: tensor})
         return {name: np.array(results[output]) for name, output in zip(self.output_names, self.compiled.outputs,
                                                                          strict=True)}
+
+    def infer_stream(self, items: Iterable[tuple[K, np.ndarray]], requests: int | None = None
+                     ) -> Iterator[tuple[K, dict[str, np.ndarray]]]:
+        """Run every ``(key, tensor)`` of ``items`` and yield ``(key, outputs)`` in input order.
+
+        Up to ``requests`` (default: :attr:`optimal_requests`) inferences run at once. ``items`` is consumed
+        lazily, so a producer that prepares tensors in other threads overlaps with inference. Closing the
+        iterator early waits for the requests in flight (they write into buffers this engine owns).
+        """
+        jobs = requests or self.optimal_requests
+        if jobs <= 1:
+            for key, tensor in items:
+                yield key, self.infer(tensor)
+            return
+        ov = import_engine("openvino")
+        queue = ov.AsyncInferQueue(self.compiled, jobs)
+        done: dict[int, dict[str, np.ndarray] | BaseException] = {}
+        ports = list(self.compiled.outputs)
+
+        def on_done(request: Any, sequence: int) -> None:
+            # Runs on an OpenVINO thread. The output tensors belong to the request and are overwritten by its next
+            # inference, so they are copied here; a dict assignment is atomic under the GIL.
+            try:
+                done[sequence] = {name: np.array(request.get_tensor(port).data)
+                                  for name, port in zip(self.output_names, ports, strict=True)}
+            except BaseException as exc:
+                done[sequence] = exc
+
+        queue.set_callback(on_done)
+        keys: list[K] = []
+        inputs: dict[int, np.ndarray] = {}  # kept alive while OpenVINO reads them in place (share_inputs)
+        next_out = 0
+
+        def ready() -> Iterator[tuple[K, dict[str, np.ndarray]]]:
+            nonlocal next_out
+            while next_out in done:
+                outputs = done.pop(next_out)
+                inputs.pop(next_out, None)
+                if isinstance(outputs, BaseException):
+                    raise BackendError(f"OpenVINO inference failed: {outputs}") from outputs
+                key = keys[next_out]
+                next_out += 1
+                yield key, outputs
+
+        try:
+            for sequence, (key, tensor) in enumerate(items):
+                keys.append(key)
+                inputs[sequence] = tensor
+                queue.start_async({0: tensor}, userdata=sequence, share_inputs=True)  # waits for a free request
+                yield from ready()
+            queue.wait_all()
+            yield from ready()
+            if next_out != len(keys):
+                raise BackendError(f"OpenVINO finished {next_out} of {len(keys)} inferences")
+        finally:
+            queue.wait_all()
