@@ -1,0 +1,305 @@
+"""``ssdtool detect`` (alias ``ssdtool run``): a thin wrapper over :class:`ssdtool.detect.Detector`.
+
+stdout carries the results (a table for people, or JSON / JSON lines / COCO results); stderr carries per-image
+errors, the progress bar and the summary. Every image is attempted; when some could not be processed, the command
+exits with InputError (30) after all output has been written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import click
+
+from ssdtool.cli import AppContext, _complete_model_names, want_json
+from ssdtool.errors import InputError, UsageError
+
+FORMATS = ("table", "json", "jsonl", "coco")
+BACKEND_NAMES = ("auto", "openvino", "onnxruntime")
+DEFAULT_MAX_PIXELS = 89_478_485  # = ssdtool.detect.DEFAULT_MAX_PIXELS (not imported: keeps --help light)
+
+
+def _complete_backends(_ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[str]:
+    return [name for name in BACKEND_NAMES if name.startswith(incomplete)]
+
+
+class _Output:
+    """stdout, or ``--output FILE`` written through a temporary file renamed into place when complete."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = Path(path) if path else None
+        self._temporary: Path | None = None
+        self.handle: IO[str]
+        if self.path is None:
+            self.handle = sys.stdout
+            return
+        folder = self.path.parent
+        if not folder.is_dir():
+            raise UsageError(f"cannot write {self.path}: folder {folder} does not exist",
+                             hint="create the folder first")
+        fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=folder)
+        self._temporary = Path(name)
+        self.handle = os.fdopen(fd, "w", encoding="utf-8")
+
+    def write(self, text: str) -> None:
+        if self.path is None:
+            click.echo(text, nl=False)
+        else:
+            self.handle.write(text)
+
+    def commit(self) -> None:
+        if self._temporary is None:
+            sys.stdout.flush()
+            return
+        self.handle.close()
+        assert self.path is not None
+        os.chmod(self._temporary, 0o666 & ~_umask())
+        os.replace(self._temporary, self.path)
+        self._temporary = None
+
+    def abort(self) -> None:
+        if self._temporary is not None:
+            self.handle.close()
+            self._temporary.unlink(missing_ok=True)
+            self._temporary = None
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def format_table_block(result: Any) -> str:
+    """One image for people: a header line, then one line per detection (class, score, box in pixels)."""
+    header = f"{result.path} ({result.width}x{result.height}): "
+    if not result.detections:
+        return header + "no detections\n"
+    count = len(result.detections)
+    lines = [header + (f"{count} detection" if count == 1 else f"{count} detections")]
+    width = max(len(d.label) for d in result.detections)
+    for d in result.detections:
+        box = ", ".join(f"{v:.1f}" for v in d.box)
+        lines.append(f"  {d.label.ljust(width)}  {d.score:.3f}  [{box}]")
+    return "\n".join(lines) + "\n"
+
+
+def _annotated_path(save_dir: Path, relative: str, source: str, used: set[str]) -> Path:
+    from ssdtool.annotate import output_name
+
+    name = Path(output_name(relative))
+    candidate = save_dir / name
+    if candidate.resolve() == Path(source).resolve():  # never overwrite the input itself
+        name = name.with_name(f"{name.stem}-annotated{name.suffix}")
+        candidate = save_dir / name
+    counter = 1
+    while str(candidate) in used:
+        candidate = save_dir / name.with_name(f"{name.stem}-{counter}{name.suffix}")
+        counter += 1
+    used.add(str(candidate))
+    return candidate
+
+
+def _download_progress(app: AppContext) -> Callable[[Any], None] | None:
+    try:
+        from ssdtool.commands.download import progress_renderer
+    except ImportError:
+        return None
+    return progress_renderer("auto", quiet=app.verbosity < 0)
+
+
+@click.command("detect")
+@click.argument("sources", nargs=-1, required=True, metavar="SOURCES...")
+@click.option("-m", "--model", "model_name", shell_complete=_complete_model_names,
+              help="Registry model to run [default: the registry's default model].")
+@click.option("-b", "--backend", default="auto", show_default=True, shell_complete=_complete_backends,
+              help="openvino (the converted IR, converted on first use), onnxruntime (the source ONNX), or auto "
+                   "(openvino when it can be imported, else onnxruntime).")
+@click.option("--precision", type=click.Choice(["FP32", "FP16"], case_sensitive=False),
+              help="Which IR to run with OpenVINO [default: the registry's, FP32].")
+@click.option("--device", default="CPU", show_default=True, help="OpenVINO device (CPU, GPU, AUTO, ...).")
+@click.option("-t", "--threshold", type=click.FloatRange(0.0, 1.0), default=0.5, show_default=True,
+              help="Minimum score of a detection.")
+@click.option("-c", "--classes", metavar="NAMES",
+              help="Only these classes: comma-separated names or label ids, e.g. person,car or 1,3.")
+@click.option("-n", "--max-detections", type=click.IntRange(min=1), metavar="N",
+              help="At most N detections per image (the highest scores).")
+@click.option("-f", "--format", "output_format", type=click.Choice(FORMATS), default=None,
+              help="table (for people; the default), json (one array), jsonl (one object per image and line) or "
+                   "coco (COCO results: image_id, category_id, bbox [x, y, w, h], score).")
+@click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Write the results to FILE instead of stdout (atomically: complete or not at all).")
+@click.option("--save-dir", type=click.Path(file_okay=False), metavar="DIR",
+              help="Write a copy of every image with its detections drawn into DIR (same names).")
+@click.option("-r", "--recursive", is_flag=True, help="Search folders (and ** in patterns) recursively.")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True,
+              help="Reject images larger than this (width x height) before decoding them.")
+@click.option("--workers", type=click.IntRange(1, 64), metavar="N",
+              help="Threads decoding and resizing images ahead of inference [default: cores, at most 4].")
+@click.option("--offline", is_flag=True, envvar="SSDTOOL_OFFLINE", show_envvar=True,
+              help="Never use the network: the model must already be downloaded.")
+@click.pass_context
+def detect_command(ctx: click.Context, sources: tuple[str, ...], model_name: str | None, backend: str,
+                   precision: str | None, device: str, threshold: float, classes: str | None,
+                   max_detections: int | None, output_format: str | None, as_json: bool, output: str | None,
+                   save_dir: str | None, recursive: bool, max_pixels: int, workers: int | None,
+                   offline: bool) -> None:
+    """Detect objects in images: files, folders or glob patterns (quote them to let ssdtool expand them).
+
+    Prints one line per detection (class, score, box [x_min, y_min, x_max, y_max] in pixels of the original
+    image), or JSON with --format. The first run downloads and converts the model (unless --offline).
+    An image that cannot be read is reported on stderr (and as an "error" record in JSON formats) and the
+    others are still processed; the exit code is then 30.
+
+    \b
+    Examples:
+      ssdtool detect photo.jpg
+      ssdtool detect photos/ --recursive --format jsonl -o results.jsonl
+      ssdtool detect 'val2017/*.jpg' --format coco --threshold 0.05 -o detections.json
+      ssdtool detect street.jpg --classes person,car --save-dir annotated/
+    """
+    if as_json and output_format not in (None, "json"):
+        raise UsageError(f"--json and --format {output_format} disagree", hint="pass one of them")
+    fmt = "json" if as_json else (output_format or "table")
+    app: AppContext = ctx.obj
+    if fmt != "table" and output is None:
+        want_json(ctx, True)  # setup errors (model missing offline, ...) also reach scripts as JSON
+    from ssdtool.detect import find_images
+
+    files, notes = find_images(sources, recursive=recursive, exclude=[save_dir] if save_dir else [])
+    for note in notes:
+        click.echo(f"warning: {note}", err=True)
+    if not files:
+        raise UsageError(f"no images found in {', '.join(sources)}",
+                         hint="pass image files, folders (with --recursive for subfolders) or patterns like "
+                              "'photos/*.jpg'")
+    _run(app, files, fmt, output, Path(save_dir) if save_dir else None, model_name=model_name, backend=backend,
+         precision=precision, device=device, threshold=threshold, classes=classes, max_detections=max_detections,
+         max_pixels=max_pixels, workers=workers, offline=offline)
+
+
+def _run(app: AppContext, files: list[Any], fmt: str, output: str | None, save_dir: Path | None, **options: Any
+         ) -> None:
+    from PIL import Image
+
+    from ssdtool.detect import Detector, coco_image_ids, coco_results
+    from ssdtool.labels import is_coco_labels, label_names
+
+    registry = app.registry()
+    entry = registry.model(options["model_name"])
+    if fmt == "coco" and not is_coco_labels(label_names(entry)):
+        raise UsageError(f"{entry.name} does not predict the 80 COCO classes, so it has no COCO category ids",
+                         hint="use --format json")
+    # The CLI owns the process, so it may hand the size limit to our own header check alone: Pillow's global
+    # limit would otherwise warn (or fail) by its own rules first. Restored afterwards (tests share a process).
+    pillow_limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        detector = Detector(entry, options["backend"], precision=options["precision"], device=options["device"],
+                            threshold=options["threshold"], classes=options["classes"],
+                            max_detections=options["max_detections"], cache_dir=app.cache(), registry=registry,
+                            offline=options["offline"], performance="latency" if len(files) == 1 else "throughput",
+                            workers=options["workers"], max_pixels=options["max_pixels"],
+                            progress=_download_progress(app))
+        with detector:
+            failed = _write_results(app, detector, files, fmt, output, save_dir, coco_image_ids, coco_results)
+    finally:
+        Image.MAX_IMAGE_PIXELS = pillow_limit
+    if failed:
+        app.json_errors = False  # the records already carry the errors; a trailing JSON object would break them
+        names = ", ".join(failed[:5]) + (f" and {len(failed) - 5} more" if len(failed) > 5 else "")
+        raise InputError(f"{len(failed)} of {len(files)} images could not be processed: {names}",
+                         hint="the other results were written; see the messages above for each file")
+
+
+def _write_results(app: AppContext, detector: Any, files: list[Any], fmt: str, output: str | None,
+                   save_dir: Path | None, coco_image_ids: Callable[..., list[int]],
+                   coco_results: Callable[..., list[dict[str, Any]]]) -> list[str]:
+    from tqdm import tqdm
+
+    quiet = app.verbosity < 0
+    show_bar = not quiet and len(files) > 1 and sys.stderr.isatty()
+    bar = tqdm(total=len(files), unit="img", file=sys.stderr, disable=not show_bar, dynamic_ncols=True,
+               leave=False)
+
+    def tell(message: str) -> None:
+        if show_bar:
+            bar.write(message, file=sys.stderr)
+        else:
+            click.echo(message, err=True)
+
+    image_ids = coco_image_ids([f.path for f in files]) if fmt == "coco" else []
+    sink = _Output(output)
+    records: list[dict[str, Any]] = []
+    coco: list[dict[str, Any]] = []
+    failed: list[str] = []
+    used_names: set[str] = set()
+    detections = 0
+    started = time.perf_counter()
+    try:
+        for result in detector.many([f.path for f in files], keep_images=save_dir is not None):
+            bar.update(1)
+            if not result.ok:
+                failed.append(result.path or str(result.index))
+                tell(f"error: {result.error}")
+            else:
+                detections += len(result.detections)
+                if save_dir is not None:
+                    _save_annotated(result, files[result.index], save_dir, used_names, tell)
+            if fmt == "table" and result.ok:
+                sink.write(format_table_block(result))
+            elif fmt == "jsonl":
+                sink.write(json.dumps(result.to_dict()) + "\n")
+            elif fmt == "json":
+                records.append(result.to_dict())
+            elif fmt == "coco" and result.ok:
+                coco.extend(coco_results(result, image_ids[result.index]))
+        if fmt == "json":
+            sink.write(json.dumps(records, indent=2) + "\n")
+        elif fmt == "coco":
+            sink.write("[\n" + ",\n".join("  " + json.dumps(r) for r in coco) + ("\n" if coco else "") + "]\n")
+        sink.commit()
+    except BaseException:
+        sink.abort()
+        raise
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - started
+    if not quiet:
+        done = len(files) - len(failed)
+        rate = f", {done / seconds:.2f} images/s" if seconds > 0 and done else ""
+        failures = f", {len(failed)} failed" if failed else ""
+        where = f"; results in {output}" if output else ""
+        engine = f"{detector.backend}" + (f" {detector.device} {detector.precision}"
+                                          if detector.backend == "openvino" else "")
+        click.echo(f"{len(files)} image{'s' if len(files) != 1 else ''}, {detections} detection"
+                   f"{'s' if detections != 1 else ''}{failures} in {seconds:.2f} s{rate} ({detector.entry.name}, "
+                   f"{engine}){where}", err=True)
+    return failed
+
+
+def _save_annotated(result: Any, file: Any, save_dir: Path, used: set[str], tell: Callable[[str], None]) -> None:
+    from ssdtool.annotate import annotate, save_image
+
+    target = _annotated_path(save_dir, file.relative, file.path, used)
+    try:
+        save_image(annotate(result.image, result.detections), target)
+    except OSError as exc:
+        # The detections are still reported; a full disk or a read-only folder is the user's to fix.
+        tell(f"warning: cannot write {target}: {exc}")
+
+
+run_command = click.Command(
+    "run", callback=detect_command.callback, params=detect_command.params,
+    help=(detect_command.help or "") + "\n\n'ssdtool run' is another name for 'ssdtool detect'.",
+    short_help="Same as 'detect': detect objects in images.", context_settings=detect_command.context_settings)
+
+COMMANDS = [detect_command, run_command]
