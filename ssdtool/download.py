@@ -28,6 +28,7 @@ import logging
 import os
 import queue
 import random
+import re
 import shutil
 import threading
 import time
@@ -461,6 +462,19 @@ def _describe_exception(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+_CONNECTION_PREFIX = re.compile(r"^(<[^>]*>|\w*Connection(Pool)?\([^)]*\)): ")
+
+
+def _connection_reason(exc: BaseException) -> str:
+    """The root cause of a requests connection error, without urllib3's pool and connection object prefixes."""
+    reason: Any = exc.args[0] if exc.args else exc
+    reason = getattr(reason, "reason", reason)  # MaxRetryError -> NewConnectionError, NameResolutionError, ...
+    text = str(reason)
+    while (shorter := _CONNECTION_PREFIX.sub("", text, count=1)) != text:
+        text = shorter
+    return text.strip("()") if text.startswith("(") else text
+
+
 def _retry_after(value: str | None) -> float | None:
     if not value:
         return None
@@ -619,7 +633,7 @@ class _FileFetcher:
         from filelock import Timeout
 
         holder = self.cache.read_owner(self.model, self.file)
-        log.info("waiting for %s: another process is downloading it (lock %s%s)", self.file.name, lock_path,
+        log.debug("waiting for %s: another process is downloading it (lock %s%s)", self.file.name, lock_path,
                  f", pid {holder.get('pid')} on {holder.get('host')}" if holder else "")
         self.emit(EVENT_WAITING, lock=str(lock_path), holder=holder)
         signature = self._progress_signature()
@@ -676,14 +690,14 @@ class _FileFetcher:
         except FileNotFoundError:
             return None
         if part_size > self.file.size:
-            log.info("discarding %s: %d bytes, more than the expected %d", self.part, part_size, self.file.size)
+            log.debug("discarding %s: %d bytes, more than the expected %d", self.part, part_size, self.file.size)
             self._unlink(self.part)
             return None
         if part_size < self.file.size:
             return None
         size, digests = hash_file(self.part, self.file.checksums)
         if describe_mismatch(self.file, size, digests) is not None:
-            log.info("discarding %s: complete in size but its checksum is wrong", self.part)
+            log.debug("discarding %s: complete in size but its checksum is wrong", self.part)
             self._unlink(self.part)
             return None
         return self._install("partial download", digests, resumed_from=self.file.size)
@@ -766,7 +780,7 @@ class _FileFetcher:
             except requests.exceptions.ProxyError as exc:
                 raise _AttemptFailed(f"proxy error: {exc}", retryable=True) from None
             except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
-                raise _AttemptFailed(f"connection failed: {exc}", retryable=True) from None
+                raise _AttemptFailed(f"connection failed: {_connection_reason(exc)}", retryable=True) from None
             except requests.exceptions.RequestException as exc:
                 raise _AttemptFailed(f"request failed: {exc}") from None
             if not response.is_redirect:
@@ -808,12 +822,12 @@ class _FileFetcher:
                 log.debug("%s: resuming at byte %d", self.file.name, offset)
                 return offset
             if offset:
-                log.info("%s: the server answered Range bytes=%d- with Content-Range %r; restarting from zero",
+                log.debug("%s: the server answered Range bytes=%d- with Content-Range %r; restarting from zero",
                          self.file.name, offset, content_range)
                 return None
             raise _AttemptFailed(f"HTTP 206 with Content-Range {content_range!r} to a request for the whole file")
         if status == 416 and offset:
-            log.info("%s: the server refused Range bytes=%d- (HTTP 416); restarting from zero",
+            log.debug("%s: the server refused Range bytes=%d- (HTTP 416); restarting from zero",
                      self.file.name, offset)
             return None
         if status == 200:
@@ -823,7 +837,7 @@ class _FileFetcher:
                 raise _AttemptFailed(f"the server announces {int(length)} bytes (Content-Length), the registry "
                                      f"expects {self.file.size}", kind=KIND_CONTENT)
             if offset:
-                log.info("%s: the server ignored the Range request (HTTP 200); restarting from zero",
+                log.debug("%s: the server ignored the Range request (HTTP 200); restarting from zero",
                          self.file.name)
             return 0
         reason = f"HTTP {status} {response.reason or ''}".rstrip()

@@ -789,3 +789,17 @@ def test_helper_threads_end_with_the_transfer(model: ModelEntry, cache: Cache, s
     [installed], _ = get(model, cache)
     assert installed.resumed and cache.file_path("m", "f.bin").read_bytes() == PAYLOAD
     assert [t.name for t in threading.enumerate() if t.name.startswith("ssdtool-")] == []
+
+
+def test_connection_refused_reason_is_short(tmp_path: Path, cache: Cache) -> None:
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/m/f.bin"
+    model = load_registry(write_registry(tmp_path / "r.yml", {"m": [file_entry("f.bin", PAYLOAD, [url])]})).model("m")
+    with pytest.raises(NetworkError) as caught:
+        get(model, cache)
+    assert f"  1. {url}: connection failed: Failed to establish a new connection: " in caught.value.message
+    assert "Connection refused" in caught.value.message and "ConnectionPool" not in caught.value.message
