@@ -803,3 +803,12 @@ def test_connection_refused_reason_is_short(tmp_path: Path, cache: Cache) -> Non
         get(model, cache)
     assert f"  1. {url}: connection failed: Failed to establish a new connection: " in caught.value.message
     assert "Connection refused" in caught.value.message and "ConnectionPool" not in caught.value.message
+
+
+def test_offline_installs_from_a_local_mirror(model: ModelEntry, cache: Cache, tmp_path: Path,
+                                              server: FaultyServer) -> None:
+    """Air-gapped provisioning: a copied cache used as a mirror, with the network forbidden."""
+    source_cache = Cache.at(tmp_path / "connected")
+    get(model, source_cache)
+    [installed], _ = get(model, cache, offline=True, mirror=str(source_cache.root))
+    assert installed.source == source_cache.file_path("m", "f.bin").as_uri() and server.hits(PATH) == 1
