@@ -326,19 +326,39 @@ def nms(
     if candidates.size == 0 or max_output <= 0:
         return np.zeros(0, dtype=np.int64)
     order = candidates[np.argsort(-scores[candidates], kind="stable")]
-    cand_boxes = np.asarray(boxes, dtype=np.float32)[order]
-    alive = np.arange(order.size)
-    kept: list[int] = []
+    kept = _greedy(np.asarray(boxes, dtype=np.float32)[order], iou_threshold, max_output)
+    return order[kept].astype(np.int64)
+
+
+_FULL_MATRIX_LIMIT = 1024  # up to this many candidates, one IoU matrix beats a row per kept box
+
+
+def _greedy(sorted_boxes: np.ndarray, iou_threshold: float, max_output: int) -> np.ndarray:
+    """Greedy suppression over boxes already sorted by descending score; returns kept positions."""
+    n = sorted_boxes.shape[0]
     thr = _F32(iou_threshold)
-    # Each round keeps the best survivor and compares it with the remaining survivors only, so the
-    # cost is (kept boxes) x (candidates), not candidates squared.
+    kept: list[int] = []
+    if n <= _FULL_MATRIX_LIMIT:
+        over = iou_matrix(sorted_boxes, sorted_boxes) > thr
+        suppressed = np.zeros(n, dtype=bool)
+        for i in range(n):
+            if suppressed[i]:
+                continue
+            kept.append(i)
+            if len(kept) >= max_output:
+                break
+            suppressed |= over[i]
+        return np.asarray(kept, dtype=np.int64)
+    # Many candidates: compare each kept box with the remaining survivors only, so the cost is
+    # (kept boxes) x (candidates) rather than candidates squared.
+    alive = np.arange(n)
     while alive.size and len(kept) < max_output:
         best = alive[0]
-        kept.append(int(order[best]))
+        kept.append(int(best))
         rest = alive[1:]
         if rest.size == 0:
             break
-        overlap = iou_matrix(cand_boxes[best], cand_boxes[rest])[0]
+        overlap = iou_matrix(sorted_boxes[best], sorted_boxes[rest])[0]
         alive = rest[~(overlap > thr)]
     return np.asarray(kept, dtype=np.int64)
 
@@ -362,22 +382,41 @@ def select(
     if boxes.ndim != 2 or boxes.shape[1] != 4 or probs.ndim != 2 or probs.shape[0] != boxes.shape[0]:
         raise ValueError(f"expected boxes [N, 4] and probs [N, C], got {boxes.shape} and {probs.shape}")
     thr = _F32(score_threshold)
-    # One vectorised pass finds the few (class, box) pairs above threshold; NMS then only touches those.
     fg = probs[:, 1:]
-    any_class = np.flatnonzero((fg > thr).any(axis=0))
-    sel_boxes: list[np.ndarray] = []
-    sel_labels: list[np.ndarray] = []
-    sel_scores: list[np.ndarray] = []
-    for c in any_class:
-        column = fg[:, c]
-        keep = nms(boxes, column, iou, score_threshold, per_class)
-        sel_boxes.append(keep)
-        sel_labels.append(np.full(keep.size, c + 1, dtype=np.int64))
-        sel_scores.append(column[keep])
-    if not sel_boxes:
+    rows, cols = np.nonzero(fg > thr)  # the few (box, class) pairs above threshold, in one pass
+    if rows.size == 0 or per_class <= 0 or max_total <= 0:
         return np.zeros((0, 4), np.float32), np.zeros(0, np.int64), np.zeros(0, np.float32)
-    idx = np.concatenate(sel_boxes)
-    labels = np.concatenate(sel_labels)
-    scores = np.concatenate(sel_scores)
+    cand_scores = fg[rows, cols]
+    classes = np.unique(cols)
+    # Visit classes best-first and keep the max_total-th best selected score as a cutoff: a
+    # candidate strictly below it can never reach the output, and greedy NMS visits boxes by
+    # descending score, so dropping the tail of a class never changes what it selects above the
+    # tail. (Equal scores are kept; the final stable sort settles ties by class order.)
+    best_of = {int(c): float(cand_scores[cols == c].max()) for c in classes}
+    visit = sorted(best_of, key=lambda c: (-best_of[c], c))
+    selected: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    cutoff = -np.inf
+    chosen_scores: list[np.ndarray] = []
+    for c in visit:
+        mask = cols == c
+        idx, sc = rows[mask], cand_scores[mask]
+        if np.isfinite(cutoff):
+            keep_mask = sc >= cutoff
+            idx, sc = idx[keep_mask], sc[keep_mask]
+        if idx.size == 0:
+            continue
+        order = np.argsort(-sc, kind="stable")  # rows ascend within a class: ties -> lower index first
+        idx, sc = idx[order], sc[order]
+        kept = _greedy(boxes[idx], iou, per_class)
+        selected[c] = (idx[kept].astype(np.int64), sc[kept])
+        chosen_scores.append(sc[kept])
+        pooled = np.concatenate(chosen_scores)
+        if pooled.size >= max_total:
+            cutoff = float(np.partition(pooled, pooled.size - max_total)[pooled.size - max_total])
+            chosen_scores = [pooled[pooled >= cutoff]]
+    order_c = sorted(selected)  # concatenate in class order, as NonMaxSuppression emits them
+    idx = np.concatenate([selected[c][0] for c in order_c])
+    labels = np.concatenate([np.full(selected[c][0].size, c + 1, dtype=np.int64) for c in order_c])
+    scores = np.concatenate([selected[c][1] for c in order_c])
     top = np.argsort(-scores, kind="stable")[: min(max_total, scores.size)]
     return boxes[idx[top]], labels[top], scores[top]
