@@ -58,3 +58,54 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Synthetic twin fixtures (issue 3; docs/synthetic.md). Session-scoped, so each twin is built at most once per run:
+# the full twin takes about a second to build but 80 MB to write, and every later suite (download, convert, detect)
+# shares the same files. Treat the files as read-only.
+# ------------------------------------------------------------------------------------------------------------------
+
+from collections.abc import Callable, Iterable  # noqa: E402 - kept in this section; the part above is unchanged
+
+TINY_TWIN_URL = "synthetic:ssd-resnet34?seed=0&variant=tiny"
+FULL_TWIN_URL = "synthetic:ssd-resnet34?seed=0"
+
+
+@pytest.fixture(scope="session")
+def tiny_twin_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny twin (300 px, registry entry ``ssd-resnet34-300-synthetic-tiny``) as an ONNX file."""
+    from ssdtool.synthetic import build_to_path
+
+    path = tmp_path_factory.mktemp("tiny-twin") / "resnet34-ssd300-synthetic-tiny.onnx"
+    build_to_path(TINY_TWIN_URL, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def full_twin_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The full twin (1200 px, registry entry ``ssd-resnet34-1200-synthetic``) as an ONNX file; mark users slow."""
+    from ssdtool.synthetic import build_to_path
+
+    path = tmp_path_factory.mktemp("full-twin") / "resnet34-ssd1200-synthetic.onnx"
+    build_to_path(FULL_TWIN_URL, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def planted_tiny_factory(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """``factory(planted, heads_only=False) -> Path``: a planted tiny twin file, built once per distinct set."""
+    from ssdtool.synthetic import PlantedDetection, TwinSpec, build_to_path
+
+    built: dict[tuple[tuple[PlantedDetection, ...], bool], Path] = {}
+    root = tmp_path_factory.mktemp("planted-tiny")
+
+    def factory(planted: Iterable[PlantedDetection], heads_only: bool = False) -> Path:
+        key = (tuple(planted), heads_only)
+        if key not in built:
+            path = root / f"planted-{len(built)}.onnx"
+            build_to_path(TwinSpec(variant="tiny", planted=key[0], heads_only=heads_only), path)
+            built[key] = path
+        return built[key]
+
+    return factory
