@@ -812,3 +812,21 @@ def test_offline_installs_from_a_local_mirror(model: ModelEntry, cache: Cache, t
     get(model, source_cache)
     [installed], _ = get(model, cache, offline=True, mirror=str(source_cache.root))
     assert installed.source == source_cache.file_path("m", "f.bin").as_uri() and server.hits(PATH) == 1
+
+
+def test_packaged_tiny_twin_entry_builds_to_its_pin(tmp_path: Path) -> None:
+    """The packaged registry's tiny synthetic entry: built locally (allowed offline), matching its pinned sha256."""
+    pytest.importorskip("ssdtool.synthetic")
+    name = "ssd-resnet34-300-synthetic-tiny"
+    registry = load_registry()
+    if name not in registry.models:
+        pytest.skip(f"{name} is not in the packaged registry")
+    cache = Cache.at(tmp_path / "cache")
+    runner = CliRunner()
+    result = runner.invoke(cli, ["--cache-dir", str(cache.root), "download", name, "--offline", "--json",
+                                 "--progress", "none"])
+    assert result.exit_code == 0, result.output
+    [summary] = json.loads(result.stdout)
+    assert summary["source"].startswith("synthetic:") and summary["sha256"] == registry.model(name).files[0].sha256
+    verified = runner.invoke(cli, ["--cache-dir", str(cache.root), "verify", name, "--json"])
+    assert verified.exit_code == 0 and json.loads(verified.stdout)["ok"] is True
