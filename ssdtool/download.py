@@ -544,17 +544,22 @@ class _FileFetcher:
         if not self.options.force and (record := self.cache.recorded_verified(self.model, self.file)):
             log.debug("%s: verification record matches size and mtime; not re-hashing", self.final)
             return self._installed_from_cache(record.checksums)
-        try:
-            self.cache.metadata_dir(self.model).mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise CacheError(f"cannot create the cache folder {self.cache.metadata_dir(self.model)}: {exc}",
-                             hint="pass a writable --cache-dir or set SSDTOOL_HOME") from exc
+        self._make_metadata_dir()
         with self._locked():
             if self.options.force and not self.options.offline:
                 self._discard_everything()
             elif found := self._check_existing(trust_record=not self.options.force):
                 return found
             return self._download()
+
+    def _make_metadata_dir(self) -> None:
+        folder = self.cache.metadata_dir(self.model)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            if not folder.is_dir():  # an existing folder on a read-only cache is fine for reading
+                raise CacheError(f"cannot create the cache folder {folder}: {exc}",
+                                 hint="pass a writable --cache-dir or set SSDTOOL_HOME") from exc
 
     def _installed_from_cache(self, checksums: dict[str, str]) -> InstalledFile:
         result = InstalledFile(
@@ -579,7 +584,10 @@ class _FileFetcher:
         else:
             problem = f"size mismatch: expected {self.file.size} bytes, got {stat.st_size}"
         if problem is None:
-            self._write_record(digests, source="cache", mtime_ns=stat.st_mtime_ns)
+            try:
+                self._write_record(digests, source="cache", mtime_ns=stat.st_mtime_ns)
+            except CacheError as exc:  # the record only saves re-hashing next time; a read-only cache has none
+                log.debug("%s", exc)
             return self._installed_from_cache(digests)
         # The cache's promise is that a file at its final path is verified: a bad one goes, and is re-fetched.
         log.warning("removing %s: it failed verification (%s)", self.final, problem)
@@ -613,6 +621,12 @@ class _FileFetcher:
             lock.acquire(timeout=0)
         except Timeout:
             self._wait_for_lock(lock, lock_path)
+        except OSError as exc:
+            # A cache that cannot be written (a prefetched cache mounted read-only): no lock is possible, and none
+            # is needed to check files that are there; anything that must write fails later with a CacheError.
+            log.debug("no lock for %s (%s); continuing without one", self.file.name, exc)
+            yield
+            return
         try:
             self.cache.write_owner(self.model, self.file)
             yield
@@ -1246,7 +1260,7 @@ def _verify_one(model: ModelEntry, file: FileEntry, cache: Cache, lock_timeout: 
     options = _make_options("", False, False, 0, DEFAULT_TIMEOUT, lock_timeout, DEFAULT_BACKOFF, None,
                             DEFAULT_PROGRESS_INTERVAL, threading.Event())
     fetcher = _FileFetcher(model, file, cache, options)
-    cache.metadata_dir(model).mkdir(parents=True, exist_ok=True)
+    fetcher._make_metadata_dir()
     with fetcher._locked():
         try:
             stat = path.stat()
@@ -1255,8 +1269,12 @@ def _verify_one(model: ModelEntry, file: FileEntry, cache: Cache, lock_timeout: 
         size, digests = hash_file(path, file.checksums)
         problem = describe_mismatch(file, size, digests)
         if problem is None:
-            fetcher._write_record(digests, source="verify", mtime_ns=stat.st_mtime_ns)
+            try:
+                fetcher._write_record(digests, source="verify", mtime_ns=stat.st_mtime_ns)
+            except CacheError as exc:
+                log.debug("%s", exc)
             return VerifyResult(**base, status=STATUS_OK, actual_size=size, actual=digests, detail="verified")
-        cache.remove_record(model, file)
+        with contextlib.suppress(OSError):
+            cache.remove_record(model, file)
     status = STATUS_BAD_SIZE if size != file.size else STATUS_BAD_CHECKSUM
     return VerifyResult(**base, status=status, actual_size=size, actual=digests, detail=problem)

@@ -830,3 +830,45 @@ def test_packaged_tiny_twin_entry_builds_to_its_pin(tmp_path: Path) -> None:
     assert summary["source"].startswith("synthetic:") and summary["sha256"] == registry.model(name).files[0].sha256
     verified = runner.invoke(cli, ["--cache-dir", str(cache.root), "verify", name, "--json"])
     assert verified.exit_code == 0 and json.loads(verified.stdout)["ok"] is True
+
+
+def test_read_only_cache_still_serves_verified_files(model: ModelEntry, cache: Cache, server: FaultyServer,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A prefetched cache mounted read-only (simulated: tests may run as root, who ignores permissions)."""
+    import filelock
+
+    final = cache.file_path("m", "f.bin")
+    final.parent.mkdir(parents=True)
+    final.write_bytes(PAYLOAD)  # copied in without its verification record
+
+    def no_lock(*_args: Any, **_kwargs: Any) -> None:
+        raise OSError(30, "Read-only file system")
+
+    def no_record(*_args: Any) -> None:
+        raise CacheError("cannot write the verification record: Read-only file system")
+
+    monkeypatch.setattr(filelock.FileLock, "acquire", no_lock)
+    monkeypatch.setattr(Cache, "write_record", no_record)
+    [installed], _ = get(model, cache, offline=True)
+    assert installed.cached and server.hits(PATH) == 0
+    [result] = verify(model, cache)
+    assert result.ok
+
+
+def test_proxy_from_environment_is_used(tmp_path: Path, cache: Cache, server: FaultyServer,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """HTTP_PROXY is honoured (requests' trust_env): the test server plays the proxy for a host that does not exist."""
+    server.add(PATH, PAYLOAD)
+    url = "http://models.example.invalid" + PATH  # never resolved: the proxy gets the absolute URL
+    model = load_registry(write_registry(tmp_path / "r.yml", {"m": [file_entry("f.bin", PAYLOAD, [url])]})).model("m")
+    monkeypatch.setenv("HTTP_PROXY", server.base_url)
+    [installed], _ = get(model, cache)
+    assert installed.source == url and server.hits(PATH) == 1
+
+
+def test_cache_dir_option_on_the_command(registry_path: Path, tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere"
+    result = CliRunner().invoke(cli, ["--registry", str(registry_path), "download", "--cache-dir", str(target),
+                                      "--json", "--progress", "none"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)[0]["path"] == str(target / "m" / "f.bin")
