@@ -8,6 +8,10 @@ the last detection with score 0, label 0 and a zero box. Tensor names survive th
 Every conversion is written to a temporary folder beside its destination, reloaded and checked, passed through
 the parity gate, and only then renamed into place, so a failed or interrupted conversion never leaves a half IR
 where a good one is expected.
+
+INT8 (``precision="INT8"``) quantizes that same FP32 graph with NNCF (:mod:`ssdtool.quantize`) and replaces the
+parity gate by the accuracy guard: the INT8 IR against the FP32 IR on held-out images; it installs nothing when
+the guard fails unless ``accept_accuracy_drop``.
 """
 
 from __future__ import annotations
@@ -28,29 +32,65 @@ import numpy as np
 from ssdtool import __version__
 from ssdtool.backends import import_engine
 from ssdtool.cache import Cache
-from ssdtool.errors import ConversionError, LockTimeoutError, ModelFormatError, OfflineError, ParityError
+from ssdtool.errors import (
+    AccuracyError,
+    ConversionError,
+    LockTimeoutError,
+    ModelFormatError,
+    OfflineError,
+    ParityError,
+    UsageError,
+)
 from ssdtool.imaging import generated_images, normalized_input, raw_input, resize_rgb
 from ssdtool.matching import MatchReport, RawDetections, match_detections
 from ssdtool.provenance import RT_INFO_ROOT, encode, read_provenance, rewrite_provenance
+from ssdtool.quantize import (
+    DEFAULT_CALIBRATION_SIZE,
+    GUARD_IMAGES,
+    QUANTIZATION,
+    AccuracyReport,
+    CalibrationSet,
+    ProgressCallback,
+    accuracy_guard,
+    import_nncf,
+    nncf_version,
+    quantize_model,
+    resolve_calibration,
+)
 from ssdtool.registry import ModelEntry
 
 log = logging.getLogger("ssdtool.convert")
 
-PRECISIONS = ("FP32", "FP16")
+PRECISIONS = ("FP32", "FP16", "INT8")
 INPUT_TYPES = ("f32", "u8")
 INPUT_LAYOUTS = ("NCHW", "NHWC")
 # Bump when the graph rewrite changes, so existing IRs are rebuilt instead of reported as up to date.
 RECIPE_VERSION = 1
 PARITY_IMAGES = 3
 PARITY_IOU = 0.5
-# FP32 must reproduce onnxruntime; FP16 weights shift scores a little, so only agreement is asked of it.
+# FP32 must reproduce onnxruntime; FP16 weights shift scores a little, so only agreement is asked of it (and of
+# INT8 when 'ssdtool check' compares it with onnxruntime; at conversion INT8 meets the accuracy guard instead).
 FP32_TOLERANCE = 1e-4
 FP16_MIN_RECALL = 0.90
 LOCK_TIMEOUT_SECONDS = 600.0
 
 
+# Parameters that name the calibration images: an INT8 request without calibration accepts any of them.
+CALIBRATION_KEYS = ("calibration", "calibration_count")
+
+
 @dataclass(frozen=True)
 class ConvertOptions:
+    """How to convert.
+
+    INT8 only: ``calibration`` is a folder of images, ``"generated"``, or None (generated images for a synthetic
+    model, an error for others). With None and the default ``calibration_size``, an installed INT8 IR is up to
+    date whatever its calibration, so ``Detector(precision="INT8")`` uses what ``ssdtool convert`` made.
+    ``calibration_size`` images calibrate; ``guard_images`` held-out images feed the accuracy guard;
+    ``accept_accuracy_drop`` installs an INT8 IR that fails the guard. ``verify=False`` skips the parity gate
+    (FP32/FP16) or the guard (INT8).
+    """
+
     precision: str = "FP32"
     input_type: str = "f32"
     input_layout: str = "NCHW"
@@ -58,6 +98,10 @@ class ConvertOptions:
     force: bool = False
     output_dir: Path | None = None
     parity_images: int = PARITY_IMAGES
+    calibration: Path | str | None = None
+    calibration_size: int = DEFAULT_CALIBRATION_SIZE
+    accept_accuracy_drop: bool = False
+    guard_images: int = GUARD_IMAGES
 
     @property
     def variant(self) -> str:
@@ -101,6 +145,8 @@ class ConversionResult:
     parity: ParityReport | None
     seconds: float
     provenance: dict[str, Any]
+    accuracy: AccuracyReport | None = None  # INT8: the accuracy guard (None when skipped or up to date)
+    calibration: dict[str, Any] | None = None  # INT8: the calibration set, as recorded in provenance
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -109,18 +155,23 @@ class ConversionResult:
             "outputs": {k: list(v) for k, v in self.outputs.items()}, "up_to_date": self.up_to_date,
             "parity": self.parity.to_dict() if self.parity else None, "seconds": round(self.seconds, 3),
             "provenance": self.provenance,
+            "accuracy": self.accuracy.to_dict() if self.accuracy else None, "calibration": self.calibration,
         }
 
 
 def check_options(options: ConvertOptions) -> None:
-    from ssdtool.errors import UsageError
-
     if options.precision not in PRECISIONS:
         raise UsageError(f"precision {options.precision!r} is not supported; expected one of {', '.join(PRECISIONS)}")
     if options.input_type not in INPUT_TYPES:
         raise UsageError(f"input type {options.input_type!r}: expected one of {', '.join(INPUT_TYPES)}")
     if options.input_layout not in INPUT_LAYOUTS:
         raise UsageError(f"input layout {options.input_layout!r}: expected one of {', '.join(INPUT_LAYOUTS)}")
+    if options.precision != "INT8" and (options.calibration is not None or options.accept_accuracy_drop):
+        raise UsageError(f"calibration and the accuracy guard apply to INT8 only, got precision {options.precision}",
+                         hint="add --precision INT8, or drop --calibration / --accept-accuracy-drop")
+    if options.calibration_size < 1 or options.guard_images < 1:
+        raise UsageError(f"calibration size and guard images must be at least 1, got {options.calibration_size} "
+                         f"and {options.guard_images}")
 
 
 def ir_path(entry: ModelEntry, cache: Cache, options: ConvertOptions) -> Path:
@@ -130,9 +181,13 @@ def ir_path(entry: ModelEntry, cache: Cache, options: ConvertOptions) -> Path:
     return cache.ir_xml(entry, options.precision, options.variant)
 
 
-def conversion_parameters(entry: ModelEntry, options: ConvertOptions) -> dict[str, Any]:
-    """Everything that determines the IR's bytes besides the source file: the idempotency key."""
-    return {
+def conversion_parameters(entry: ModelEntry, options: ConvertOptions,
+                          calibration: CalibrationSet | None = None) -> dict[str, Any]:
+    """Everything that determines the IR's bytes besides the source file: the idempotency key.
+
+    INT8 adds the calibration identity and count and the quantization settings (``calibration`` is needed then).
+    """
+    parameters = {
         "recipe": RECIPE_VERSION,
         "precision": options.precision,
         "input_type": options.input_type,
@@ -148,6 +203,21 @@ def conversion_parameters(entry: ModelEntry, options: ConvertOptions) -> dict[st
         "box_units": entry.outputs.box_units,
         "label_offset": entry.outputs.label_offset,
     }
+    if options.precision == "INT8":
+        parameters["quantization"] = dict(QUANTIZATION)
+        if calibration is not None:  # None: only to compare with an installed IR (see _same_parameters)
+            parameters.update({"calibration": calibration.identity, "calibration_count": calibration.count})
+    return parameters
+
+
+def _same_parameters(existing: Any, wanted: dict[str, Any]) -> bool:
+    """Whether an installed IR was made with ``wanted``; INT8 without a calibration choice takes any calibration."""
+    if not isinstance(existing, dict):
+        return False
+    if wanted.get("precision") == "INT8" and "calibration" not in wanted:
+        return ({k: v for k, v in existing.items() if k not in CALIBRATION_KEYS}
+                == {k: v for k, v in wanted.items() if k not in CALIBRATION_KEYS})
+    return existing == wanted
 
 
 def sha256_of(path: Path) -> str:
@@ -367,16 +437,17 @@ def _raw(outputs: dict[str, np.ndarray], entry: ModelEntry, normalize_boxes: boo
 
 
 def _provenance(entry: ModelEntry, source: Path, source_sha256: str, options: ConvertOptions,
-                parity: ParityReport | None) -> dict[str, Any]:
+                parity: ParityReport | None, calibration: CalibrationSet | None = None,
+                accuracy: AccuracyReport | None = None) -> dict[str, Any]:
     ov = import_engine("openvino")
     label_path = entry.label_path()
-    return {
+    record: dict[str, Any] = {
         "model": entry.name,
         "source_file": source.name,
         "source_sha256": source_sha256,
         "ssdtool_version": __version__,
         "openvino_version": ov.get_version(),
-        "parameters": conversion_parameters(entry, options),
+        "parameters": conversion_parameters(entry, options, calibration),
         "labels": entry.labels,
         "labels_sha256": sha256_of(label_path),
         "parity": "skipped (--no-verify)" if parity is None else {
@@ -384,6 +455,12 @@ def _provenance(entry: ModelEntry, source: Path, source_sha256: str, options: Co
             "max_box_diff": parity.max_box_diff, "max_score_diff": parity.max_score_diff},
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    if options.precision == "INT8":
+        record["parity"] = "not run for INT8: accuracy_guard compares it with the FP32 IR"
+        record["calibration"] = calibration.to_dict() if calibration is not None else None
+        record["nncf_version"] = nncf_version()
+        record["accuracy_guard"] = accuracy.summary() if accuracy is not None else "skipped (--no-verify)"
+    return record
 
 
 def _install(temporary: Path, destination: Path) -> None:
@@ -399,7 +476,8 @@ def _install(temporary: Path, destination: Path) -> None:
 
 
 def _result(entry: ModelEntry, xml: Path, options: ConvertOptions, provenance: dict[str, Any],
-            up_to_date: bool, parity: ParityReport | None, started: float) -> ConversionResult:
+            up_to_date: bool, parity: ParityReport | None, started: float,
+            accuracy: AccuracyReport | None = None) -> ConversionResult:
     count = entry.convert.output_count
     width, height = entry.input.resize
     shape = (1, 3, height, width) if options.input_layout == "NCHW" else (1, height, width, 3)
@@ -408,20 +486,36 @@ def _result(entry: ModelEntry, xml: Path, options: ConvertOptions, provenance: d
         input_type=options.input_type, input_layout=options.input_layout, input_shape=shape,
         outputs={entry.outputs.boxes: (1, count, 4), entry.outputs.labels: (1, count),
                  entry.outputs.scores: (1, count)},
-        up_to_date=up_to_date, parity=parity, seconds=time.perf_counter() - started, provenance=provenance)
+        up_to_date=up_to_date, parity=parity, seconds=time.perf_counter() - started, provenance=provenance,
+        accuracy=accuracy, calibration=provenance.get("calibration") if options.precision == "INT8" else None)
 
 
 def convert(entry: ModelEntry, cache: Cache, options: ConvertOptions | None = None, *, source: Path | None = None,
-            offline: bool = False, progress: Callable[[dict[str, Any]], None] | None = None) -> ConversionResult:
-    """Convert ``entry``'s ONNX file to an OpenVINO IR and install it; see the module docstring."""
+            offline: bool = False, progress: Callable[[Any], None] | None = None,
+            quantize_progress: ProgressCallback | None = None) -> ConversionResult:
+    """Convert ``entry``'s ONNX file to an OpenVINO IR and install it; see the module docstring.
+
+    ``progress`` receives download events; ``quantize_progress`` INT8 calibration and guard progress.
+    """
     options = options or ConvertOptions(precision=entry.convert.precision)
     check_options(options)
     started = time.perf_counter()
+    xml = ir_path(entry, cache, options)
+    calibration: CalibrationSet | None = None
+    if options.precision == "INT8":
+        # Without a calibration choice (no folder, default size), any installed INT8 IR will do. Otherwise, and
+        # when none is installed, resolve it now: this fails before a download when INT8 cannot be built (no
+        # calibration images for a real model, no NNCF).
+        chosen = options.calibration is not None or options.calibration_size != DEFAULT_CALIBRATION_SIZE
+        if chosen or not xml.is_file():
+            calibration = resolve_calibration(entry, options.calibration, options.calibration_size,
+                                              options.guard_images)
+        if not xml.is_file():
+            import_nncf()
     source_path = _source_path(entry, cache, source, offline, progress)
     source_sha256 = (entry.primary_file.sha256 if source is None and entry.primary_file.sha256
                      else sha256_of(source_path))
-    xml = ir_path(entry, cache, options)
-    wanted = conversion_parameters(entry, options)
+    wanted = conversion_parameters(entry, options, calibration)
 
     from filelock import FileLock, Timeout
 
@@ -439,24 +533,46 @@ def convert(entry: ModelEntry, cache: Cache, options: ConvertOptions | None = No
     try:
         existing = read_provenance(xml) if xml.is_file() and xml.with_suffix(".bin").is_file() else None
         if (existing and not options.force and existing.get("source_sha256") == source_sha256
-                and existing.get("parameters") == wanted):
+                and _same_parameters(existing.get("parameters"), wanted)):
             log.info("%s is up to date (same source checksum and parameters); pass --force to rebuild", xml)
             return _result(entry, xml, options, existing, True, None, started)
+        if options.precision == "INT8" and calibration is None:
+            calibration = resolve_calibration(entry, None, options.calibration_size, options.guard_images)
         log.info("converting %s (%s, %s %s input) ...", source_path.name, options.precision, options.input_type,
                  options.input_layout)
         ov = import_engine("openvino")
         model = build_ir_model(source_path, entry, options)
         temporary = Path(tempfile.mkdtemp(prefix=f".tmp-{xml.parent.name}-", dir=xml.parent.parent))
         _chmod_like_umask(temporary)  # mkdtemp makes 0700; a shared cache needs the usual permissions
+        reference_dir: Path | None = None
         try:
             temp_xml = temporary / xml.name
-            provisional = _provenance(entry, source_path, source_sha256, options, None)
+            provisional = _provenance(entry, source_path, source_sha256, options, None, calibration)
+            reference_xml = temp_xml
+            if options.precision == "INT8" and calibration is not None:
+                # The FP32 IR of the same graph is the guard's reference; it lives apart, so it is never installed.
+                reference_dir = Path(tempfile.mkdtemp(prefix=f".tmp-{xml.parent.name}-fp32-", dir=xml.parent.parent))
+                reference_xml = reference_dir / xml.name
+                ov.save_model(model, str(reference_xml), compress_to_fp16=False)
+                model = quantize_model(model, entry, calibration, input_type=options.input_type,
+                                       input_layout=options.input_layout, progress=quantize_progress)
             _store_provenance(model, provisional)
             ov.save_model(model, str(temp_xml), compress_to_fp16=options.precision == "FP16")
             del model
             _check_saved(ov, temp_xml, entry, options)
             parity = None
-            if options.verify:
+            accuracy = None
+            if options.verify and options.precision == "INT8" and calibration is not None:
+                log.info("accuracy guard: INT8 vs FP32 IR on held-out images (%s) ...",
+                         calibration.held_out_description)
+                accuracy = accuracy_guard(reference_xml, temp_xml, entry, calibration, input_type=options.input_type,
+                                          input_layout=options.input_layout, progress=quantize_progress)
+                if not accuracy.passed:
+                    _refuse_or_accept(accuracy, entry, options)
+                    accuracy = replace(accuracy, accepted=True)
+                final = _provenance(entry, source_path, source_sha256, options, None, calibration, accuracy)
+                _rewrite_provenance(temp_xml, final)
+            elif options.verify:
                 log.info("parity gate: onnxruntime vs OpenVINO on %d generated images ...", options.parity_images)
                 parity = parity_check(source_path, temp_xml, entry, options)
                 if not parity.passed:
@@ -476,9 +592,26 @@ def convert(entry: ModelEntry, cache: Cache, options: ConvertOptions | None = No
                 _install_files(temporary, xml)
         finally:
             shutil.rmtree(temporary, ignore_errors=True)
-        return _result(entry, xml, options, read_provenance(xml) or final, False, parity, started)
+            if reference_dir is not None:
+                shutil.rmtree(reference_dir, ignore_errors=True)
+        return _result(entry, xml, options, read_provenance(xml) or final, False, parity, started, accuracy)
     finally:
         lock.release()
+
+
+def _refuse_or_accept(accuracy: AccuracyReport, entry: ModelEntry, options: ConvertOptions) -> None:
+    """Raise :class:`AccuracyError` for a failed guard, unless the caller accepted the drop (then only warn)."""
+    figures = (f"{accuracy.matched} of {accuracy.reference_detections} FP32 detections found in the INT8 output "
+               f"(recall {accuracy.recall:.4f}) on {accuracy.images} held-out images ({accuracy.held_out}), max "
+               f"score difference {accuracy.max_score_diff:.3g}; required: {accuracy.criteria}")
+    if options.accept_accuracy_drop:
+        log.warning("the INT8 IR fails the accuracy guard: %s; installing it anyway (--accept-accuracy-drop)",
+                    figures)
+        return
+    raise AccuracyError(
+        f"the INT8 IR of {entry.name} loses too many detections: {figures}. Nothing was installed.",
+        hint="calibrate on more or more representative images (--calibration DIR --calibration-size N), keep "
+             "FP32, or install it anyway with --accept-accuracy-drop")
 
 
 def _chmod_like_umask(folder: Path) -> None:

@@ -1,0 +1,322 @@
+"""INT8: NNCF quantization of the tiny twin end to end, calibration sets, the accuracy guard, the missing extra."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from ssdtool import synthetic
+from ssdtool.cache import Cache
+from ssdtool.cli import cli
+from ssdtool.convert import ConvertOptions, convert
+from ssdtool.errors import DependencyError, UsageError
+from ssdtool.imaging import generated_images
+from ssdtool.provenance import read_provenance
+from ssdtool.quantize import GUARD_MIN_RECALL, load_rgb, resolve_calibration
+from ssdtool.registry import load_registry
+from ssdtool.synthetic import TwinSpec
+from tests.modelkit import TINY_URL, install_model
+
+pytest.importorskip("nncf", reason="INT8 needs the int8 extra (pip install 'ssdtool[int8]'); the test extra has it")
+
+CALIBRATION_SIZE = 10
+
+
+@pytest.fixture(scope="module")
+def tiny_model() -> onnx.ModelProto:
+    return synthetic.build_model(TwinSpec(variant="tiny"))
+
+
+@pytest.fixture(scope="module")
+def int8_env(tmp_path_factory: pytest.TempPathFactory, tiny_model: onnx.ModelProto) -> Iterator[dict[str, Any]]:
+    """The tiny twin (synthetic source URL) quantized once through the CLI, shared by the tests that read it."""
+    root = tmp_path_factory.mktemp("int8")
+    registry_path, cache_dir = root / "registry.yml", root / "cache"
+    install_model(cache_dir, registry_path, "tiny", tiny_model, sources=[TINY_URL])
+    base = ["--registry", str(registry_path), "--cache-dir", str(cache_dir)]
+    result = CliRunner().invoke(cli, [*base, "convert", "tiny", "--precision", "INT8", "--calibration-size",
+                                      str(CALIBRATION_SIZE), "--offline", "--json"])
+    yield {"registry": registry_path, "cache": cache_dir, "base": base, "result": result}
+
+
+def _cli(env: tuple[Path, Path], *args: str) -> Any:
+    registry_path, cache_dir = env
+    return CliRunner().invoke(cli, ["--registry", str(registry_path), "--cache-dir", str(cache_dir), *args])
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> tuple[Path, Path]:
+    return tmp_path / "registry.yml", tmp_path / "cache"
+
+
+def test_int8_end_to_end_with_generated_calibration(int8_env: dict[str, Any]) -> None:
+    result = int8_env["result"]
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)  # NNCF's bars and logs stay off stdout: it is pure JSON
+    assert data["precision"] == "INT8" and data["up_to_date"] is False
+    entry = load_registry(int8_env["registry"]).model("tiny")
+    cache = Cache.at(int8_env["cache"])
+    xml = cache.ir_xml(entry, "INT8")
+    assert Path(data["xml"]) == xml and xml.is_file()
+    assert data["accuracy"]["passed"] is True
+    assert data["accuracy"]["recall"] >= GUARD_MIN_RECALL
+    assert data["accuracy"]["reference_detections"] > 0
+    assert data["accuracy"]["held_out"] == "generated:seed=4242"
+    assert data["calibration"] == {"kind": "generated", "count": CALIBRATION_SIZE, "identity": "generated:seed=0",
+                                   "seed": 0}
+    # Weights are stored as int8: the IR is far smaller than the float32 source.
+    source = cache.file_path(entry, entry.primary_file)
+    assert xml.with_suffix(".bin").stat().st_size < 0.4 * source.stat().st_size
+    # Only the INT8 IR is installed: no FP32 reference, no temporary folders.
+    assert sorted(p.name for p in xml.parent.parent.iterdir()) == ["INT8"]
+    assert sorted(p.name for p in xml.parent.iterdir()) == ["tiny.bin", "tiny.xml"]
+
+
+def test_int8_provenance_records_calibration_and_nncf(int8_env: dict[str, Any]) -> None:
+    import nncf
+
+    entry = load_registry(int8_env["registry"]).model("tiny")
+    record = read_provenance(Cache.at(int8_env["cache"]).ir_xml(entry, "INT8"))
+    assert record is not None
+    assert record["nncf_version"] == nncf.__version__
+    assert record["calibration"]["identity"] == "generated:seed=0"
+    assert record["calibration"]["count"] == CALIBRATION_SIZE
+    assert record["parameters"]["precision"] == "INT8"
+    assert record["parameters"]["calibration"] == "generated:seed=0"
+    assert record["parameters"]["calibration_count"] == CALIBRATION_SIZE
+    assert record["accuracy_guard"]["passed"] is True
+    assert record["accuracy_guard"]["accepted"] is False
+    assert record["source_sha256"] == entry.primary_file.sha256
+
+
+def test_int8_is_quantized_and_detects(int8_env: dict[str, Any]) -> None:
+    import openvino as ov
+
+    entry = load_registry(int8_env["registry"]).model("tiny")
+    xml = Cache.at(int8_env["cache"]).ir_xml(entry, "INT8")
+    model = ov.Core().read_model(xml)
+    assert sum(op.get_type_name() == "FakeQuantize" for op in model.get_ops()) > 10
+    assert list(model.input(0).get_shape()) == [1, 3, 300, 300]
+    image = generated_images(1, seed=5, size=(320, 240))[0]
+    try:
+        from ssdtool.detect import Detector
+    except ImportError:  # detection not available in this tree: run the IR directly
+        from ssdtool.backends.openvino import OpenVinoEngine
+        from ssdtool.imaging import raw_input, resize_rgb
+
+        out = OpenVinoEngine(xml).infer(raw_input(resize_rgb(image, entry.input)))
+        assert (out["scores"] > 0.3).sum() > 0
+        return
+    detector = Detector("tiny", backend="openvino", precision="INT8", registry=int8_env["registry"],
+                        cache_dir=int8_env["cache"], offline=True, threshold=0.3)
+    found = detector(image)
+    assert found, "the INT8 model found nothing above 0.3 on a generated image"
+    assert all(0 <= d.box[0] <= d.box[2] <= 320 and 0 <= d.box[1] <= d.box[3] <= 240 for d in found)
+    assert detector.model_path == xml  # it used the IR 'convert --precision INT8' made, no recalibration
+
+
+def test_int8_idempotent_and_calibration_changes_rebuild(int8_env: dict[str, Any], tmp_path: Path) -> None:
+    entry = load_registry(int8_env["registry"]).model("tiny")
+    cache_dir = tmp_path / "cache"
+    shutil.copytree(int8_env["cache"], cache_dir)  # this test rebuilds: work on a copy of the shared cache
+    cache = Cache.at(cache_dir)
+    xml = cache.ir_xml(entry, "INT8")
+    mtime = xml.stat().st_mtime_ns
+    # Same calibration: up to date. No calibration choice at all: any installed INT8 IR will do.
+    for options in (ConvertOptions(precision="INT8", calibration="generated", calibration_size=CALIBRATION_SIZE),
+                    ConvertOptions(precision="INT8")):
+        again = convert(entry, cache, options, offline=True)
+        assert again.up_to_date and xml.stat().st_mtime_ns == mtime
+        assert again.calibration is not None and again.calibration["count"] == CALIBRATION_SIZE
+    again = _cli((int8_env["registry"], cache_dir), "convert", "tiny", "--precision", "INT8", "--offline")
+    assert again.exit_code == 0, again.output
+    assert "tiny (INT8): up to date" in again.stdout
+    assert f"calibration: {CALIBRATION_SIZE} generated images (generated:seed=0)" in again.stdout
+    # A different calibration set is a different INT8 model: rebuilt without --force (guard skipped for speed).
+    rebuilt = convert(entry, cache, ConvertOptions(precision="INT8", calibration_size=CALIBRATION_SIZE - 2,
+                                                   verify=False), offline=True)
+    assert not rebuilt.up_to_date
+    assert read_provenance(xml)["parameters"]["calibration_count"] == CALIBRATION_SIZE - 2
+    assert read_provenance(xml)["accuracy_guard"] == "skipped (--no-verify)"
+
+
+def _write_images(folder: Path, count: int) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index, rgb in enumerate(generated_images(count, seed=3, size=(160, 120))):
+        path = folder / ("sub" if index % 2 else ".") / f"img{index:02d}.png"
+        path.parent.mkdir(exist_ok=True)
+        Image.fromarray(rgb).save(path)
+        paths.append(path)
+    (folder / "notes.txt").write_text("not an image")
+    return paths
+
+
+def test_calibration_folder_split_and_identity(tmp_path: Path, tiny_model: onnx.ModelProto) -> None:
+    registry_path, cache_dir = tmp_path / "registry.yml", tmp_path / "cache"
+    install_model(cache_dir, registry_path, "tiny", tiny_model, sources=[TINY_URL])
+    entry = load_registry(registry_path).model("tiny")
+    folder = tmp_path / "photos"
+    paths = _write_images(folder, 12)
+    many = resolve_calibration(entry, folder, size=8, guard_images=3)
+    assert many.kind == "files" and many.count == 8 and len(many.held_out) == 3
+    assert not set(many.files) & set(many.held_out)  # held-out images are never calibration images
+    assert set(many.files) | set(many.held_out) <= set(paths)
+    assert many.identity.startswith("sha256:")
+    few = resolve_calibration(entry, folder, size=300, guard_images=8)
+    assert few.count == 10 and len(few.held_out) == 2  # a fifth held out when the folder is small
+    # Moving the folder keeps the identity; changing an image's bytes changes it.
+    moved = tmp_path / "moved"
+    shutil.copytree(folder, moved)
+    assert resolve_calibration(entry, moved, size=8, guard_images=3).identity == many.identity
+    Image.fromarray(generated_images(1, seed=9, size=(160, 120))[0]).save(moved / many.files[0].relative_to(folder))
+    assert resolve_calibration(entry, moved, size=8, guard_images=3).identity != many.identity
+
+
+def test_calibration_errors(tmp_path: Path, tiny_model: onnx.ModelProto) -> None:
+    registry_path, cache_dir = tmp_path / "registry.yml", tmp_path / "cache"
+    install_model(cache_dir, registry_path, "real-like", tiny_model)  # a file:// source: not synthetic
+    entry = load_registry(registry_path).model("real-like")
+    with pytest.raises(UsageError) as caught:
+        resolve_calibration(entry, None)
+    assert "needs calibration images" in caught.value.message
+    assert "--calibration DIR" in (caught.value.hint or "")
+    with pytest.raises(UsageError, match="does not exist"):
+        resolve_calibration(entry, tmp_path / "nowhere")
+    (tmp_path / "one").mkdir()
+    Image.fromarray(generated_images(1)[0]).save(tmp_path / "one" / "a.jpg")
+    with pytest.raises(UsageError, match="holds 1 image file"):
+        resolve_calibration(entry, tmp_path / "one")
+    # Generated images may be asked for explicitly, for any model.
+    assert resolve_calibration(entry, "generated", size=5).identity == "generated:seed=0"
+    # Through the CLI: exit 2, before anything is downloaded or converted.
+    env = (registry_path, cache_dir)
+    result = _cli(env, "convert", "real-like", "--precision", "INT8", "--offline")
+    assert result.exit_code == 2, result.output
+    assert "needs calibration images" in result.stderr
+    result = _cli(env, "convert", "real-like", "--calibration", str(tmp_path), "--offline")
+    assert result.exit_code == 2 and "INT8 only" in result.stderr
+    result = _cli(env, "convert", "real-like", "--calibration-size", "5", "--offline")
+    assert result.exit_code == 2 and "INT8 only" in result.stderr
+    assert not (cache_dir / "real-like" / "openvino").exists()
+
+
+def test_load_rgb_applies_exif_orientation(tmp_path: Path) -> None:
+    pixels = np.zeros((20, 40, 3), np.uint8)
+    pixels[:, :20] = 255  # left half white
+    image = Image.fromarray(pixels)
+    exif = image.getexif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    path = tmp_path / "rotated.jpg"
+    image.save(path, exif=exif.tobytes(), quality=95)
+    upright = load_rgb(path)
+    assert upright.shape == (40, 20, 3)
+    assert upright[:20].mean() > 200 and upright[20:].mean() < 50  # the white half is now on top
+    gray = tmp_path / "gray.png"
+    Image.fromarray(np.full((8, 8), 90, np.uint8)).save(gray)
+    assert load_rgb(gray).shape == (8, 8, 3)
+
+
+def _corrupted(model: Any) -> Any:
+    """The FP32 model with every convolution weight replaced by noise: detections change completely."""
+    import openvino as ov
+
+    rng = np.random.default_rng(0)
+    for op in model.get_ops():
+        if op.get_type_name() == "Convolution":
+            weights = op.input_value(1).get_node()
+            if weights.get_type_name() == "Constant":
+                shape = list(weights.get_output_shape(0))
+                noise = ov.op.Constant(rng.normal(0, 0.2, shape).astype(np.float32))
+                op.input(1).replace_source_output(noise.output(0))
+    model.validate_nodes_and_infer_types()
+    return model
+
+
+def test_guard_refuses_a_broken_int8_model_and_accept_installs_it(
+        env: tuple[Path, Path], tiny_model: onnx.ModelProto, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import ssdtool.convert as convert_module
+
+    registry_path, cache_dir = env
+    install_model(cache_dir, registry_path, "tiny", tiny_model, sources=[TINY_URL])
+    folder = tmp_path / "photos"
+    _write_images(folder, 6)
+
+    def broken_quantizer(model: Any, *args: Any, **kwargs: Any) -> Any:
+        return _corrupted(model)
+
+    monkeypatch.setattr(convert_module, "quantize_model", broken_quantizer)
+    args = ["convert", "tiny", "--precision", "INT8", "--calibration", str(folder), "--offline"]
+    refused = _cli(env, *args)
+    assert refused.exit_code == 24, refused.output
+    assert "loses too many detections" in refused.stderr and "Nothing was installed" in refused.stderr
+    assert "--accept-accuracy-drop" in refused.stderr
+    ir_root = cache_dir / "tiny" / "openvino"
+    assert not any(ir_root.rglob("*.xml")), list(ir_root.rglob("*"))
+    assert not [p for p in ir_root.iterdir() if p.name.startswith(".tmp")]
+    accepted = _cli(env, *args, "--accept-accuracy-drop", "--json")
+    assert accepted.exit_code == 0, accepted.output
+    data = json.loads(accepted.stdout)
+    assert data["accuracy"]["passed"] is False and data["accuracy"]["accepted"] is True
+    assert data["accuracy"]["recall"] < GUARD_MIN_RECALL
+    assert data["accuracy"]["held_out"].startswith("1 files of")  # 6 images: one held out, five calibrate
+    assert data["calibration"]["kind"] == "files" and data["calibration"]["count"] == 5
+    assert "installing it anyway" in accepted.stderr
+    record = read_provenance(Path(data["xml"]))
+    assert record["accuracy_guard"]["accepted"] is True
+    assert record["calibration"]["sha256"] == data["calibration"]["identity"].removeprefix("sha256:")
+
+
+def test_guard_library_error_is_accuracy_error(env: tuple[Path, Path], tiny_model: onnx.ModelProto,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import ssdtool.convert as convert_module
+    from ssdtool.errors import AccuracyError
+
+    registry_path, cache_dir = env
+    install_model(cache_dir, registry_path, "tiny", tiny_model, sources=[TINY_URL])
+    monkeypatch.setattr(convert_module, "quantize_model", lambda model, *a, **k: _corrupted(model))
+    entry = load_registry(registry_path).model("tiny")
+    options = ConvertOptions(precision="INT8", calibration_size=2, guard_images=2)
+    with pytest.raises(AccuracyError) as caught:
+        convert(entry, Cache.at(cache_dir), options, offline=True)
+    assert caught.value.exit_code == 24
+    result = convert(entry, Cache.at(cache_dir), replace(options, accept_accuracy_drop=True), offline=True)
+    assert result.accuracy is not None and result.accuracy.accepted and result.accuracy.images == 2
+
+
+def test_missing_nncf_names_the_extra(env: tuple[Path, Path], tiny_model: onnx.ModelProto,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    registry_path, cache_dir = env
+    install_model(cache_dir, registry_path, "tiny", tiny_model, sources=[TINY_URL])
+    monkeypatch.setitem(sys.modules, "nncf", None)  # makes 'import nncf' raise ImportError
+    result = _cli(env, "convert", "tiny", "--precision", "INT8", "--offline")
+    assert result.exit_code == 23, result.output
+    assert "needs NNCF" in result.stderr
+    assert "pip install 'ssdtool[int8]'" in result.stderr
+    with pytest.raises(DependencyError):
+        convert(load_registry(registry_path).model("tiny"), Cache.at(cache_dir), ConvertOptions(precision="INT8"))
+    assert not (cache_dir / "tiny" / "openvino" / "INT8").exists()
+    # FP32 needs no NNCF.
+    assert _cli(env, "convert", "tiny", "--offline", "--no-verify").exit_code == 0
+
+
+def test_bench_runs_the_int8_ir(int8_env: dict[str, Any]) -> None:
+    result = CliRunner().invoke(cli, [*int8_env["base"], "bench", "tiny", "--precision", "INT8", "-n", "3",
+                                      "--offline", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    entry = load_registry(int8_env["registry"]).model("tiny")
+    assert data["precision"] == "INT8" and data["iterations"] == 3
+    assert Path(data["model_path"]) == Cache.at(int8_env["cache"]).ir_xml(entry, "INT8")
+    assert data["versions"]["nncf"]
