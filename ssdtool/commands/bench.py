@@ -1,0 +1,87 @@
+"""``ssdtool bench``: a thin wrapper over :func:`ssdtool.bench.benchmark`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from ssdtool.cli import AppContext, _complete_model_names, echo_json, human_size, want_json
+
+
+def format_report(data: dict[str, Any]) -> str:
+    """The human summary, laid out like benchmark_app's."""
+    requests = f"{data['requests']} request{'s' if data['requests'] != 1 else ''}"
+    engine = f"{data['streams']} stream{'s' if data['streams'] != 1 else ''}" if data.get("streams") else ""
+    threads = f"{data['threads']} thread{'s' if data['threads'] != 1 else ''}" if data.get("threads") else ""
+    detail = ", ".join(part for part in (requests, engine, threads) if part)
+    load = "read + compile" if data["backend"] == "openvino" else "session creation"
+    peak = human_size(int(data["peak_rss_mb"] * 2**20)) if data.get("peak_rss_mb") is not None else "unknown"
+    lines = [
+        f"{data['model']}: {data['backend']} {data['precision']} on {data['device']}, {data['hint']} hint ({detail})",
+        f"  model:           {data['model_path']}",
+        f"  input:           {data['input_shape']}",
+        f"  load:            {data['load_seconds']:.2f} s ({load})",
+        f"  first inference: {data['first_inference_ms']:.1f} ms (warm-up, excluded)",
+        f"  iterations:      {data['iterations']} in {data['duration_seconds']:.2f} s",
+        f"  latency:         median {data['latency_median_ms']:.1f} ms, p90 {data['latency_p90_ms']:.1f} ms, "
+        f"min {data['latency_min_ms']:.1f} ms, max {data['latency_max_ms']:.1f} ms",
+        f"  throughput:      {data['throughput_fps']:.3f} images/s",
+        f"  peak memory:     {peak}",
+    ]
+    return "\n".join(lines)
+
+
+@click.command("bench")
+@click.argument("name", required=False, shell_complete=_complete_model_names)
+@click.option("--backend", type=click.Choice(["openvino", "onnxruntime"]), default="openvino", show_default=True,
+              help="Engine: OpenVINO on the converted IR, or onnxruntime on the source ONNX.")
+@click.option("--precision", type=click.Choice(["FP32", "FP16", "INT8"], case_sensitive=False), default="FP32",
+              show_default=True, help="Which IR (OpenVINO only; converted on first use).")
+@click.option("--hint", type=click.Choice(["latency", "throughput"], case_sensitive=False), default="latency",
+              show_default=True, help="latency: one request at a time; throughput: N requests in parallel.")
+@click.option("--requests", type=click.IntRange(min=1), metavar="N",
+              help="Parallel requests in throughput mode [default: OpenVINO's optimal number; onnxruntime: one "
+                   "per core].")
+@click.option("--iterations", "-n", type=click.IntRange(min=1), metavar="N",
+              help="Measured inferences (the warm-up is extra).")
+@click.option("--time", "-t", "seconds", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="Measure for this long instead [default: 20 s when --iterations is not given].")
+@click.option("--device", default="CPU", show_default=True, help="OpenVINO device.")
+@click.option("--offline", is_flag=True, envvar="SSDTOOL_OFFLINE", show_envvar=True,
+              help="Never touch the network: the model must already be in the cache.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+@click.pass_context
+def bench_command(ctx: click.Context, name: str | None, backend: str, precision: str, hint: str,
+                  requests: int | None, iterations: int | None, seconds: float | None, device: str, offline: bool,
+                  as_json: bool) -> None:
+    """Measure inference speed of NAME (default model): latency percentiles, throughput, load time, memory.
+
+    Inputs are generated images, preprocessed before timing; the first inference is reported apart and
+    excluded. The model is downloaded or converted first when missing (unless --offline).
+    """
+    from ssdtool.bench import BenchOptions, benchmark
+    from ssdtool.errors import UsageError
+
+    want_json(ctx, as_json)
+    if iterations is not None and seconds is not None:
+        raise UsageError("--iterations and --time are exclusive", hint="give one of them")
+    app: AppContext = ctx.obj
+    entry = app.registry().model(name)
+    options = BenchOptions(backend=backend, precision=precision.upper(), hint=hint.lower(), requests=requests,
+                           iterations=iterations, seconds=seconds, device=device, offline=offline)
+    progress = None
+    try:
+        from ssdtool.commands.download import progress_renderer
+
+        progress = progress_renderer("auto", quiet=app.verbosity < 0)
+    except ImportError:
+        pass
+    report = benchmark(entry, app.cache(), options, progress=progress)
+    if as_json:
+        echo_json(report.to_dict())
+        return
+    click.echo(format_report(report.to_dict()))
+
+
+COMMANDS = [bench_command]
