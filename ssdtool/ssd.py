@@ -250,10 +250,14 @@ def _chw(tensor: np.ndarray, what: str) -> np.ndarray:
 
 
 def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Numerically stable softmax in float32 (max subtracted first, as runtimes do)."""
-    z = np.asarray(logits, dtype=np.float32)
+    """Softmax returned as float32, computed in float64.
+
+    A float32 running sum of 81 terms can drift by a few ulps of the result (many tiny terms added to a
+    large one all round the same way); float64 keeps planted probabilities exact to float32 precision.
+    """
+    z = np.asarray(logits, dtype=np.float64)
     e = np.exp(z - z.max(axis=axis, keepdims=True))
-    return e / e.sum(axis=axis, keepdims=True)
+    return (e / e.sum(axis=axis, keepdims=True)).astype(np.float32)
 
 
 def decode(
