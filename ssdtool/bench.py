@@ -281,8 +281,10 @@ def _run_onnxruntime(tensors: Sequence[np.ndarray], options: BenchOptions,
 
 
 # ------------------------------------------------------------------------------------------------ entry point
-def _inputs(entry: ModelEntry, backend: str, count: int, input_type: str = "f32", layout: str = "NCHW"
-            ) -> list[np.ndarray]:
+def input_tensors(entry: ModelEntry, backend: str, count: int = BENCH_IMAGES, input_type: str = "f32",
+                  layout: str = "NCHW") -> list[np.ndarray]:
+    """``count`` generated images preprocessed for ``backend``: normalized RGB for onnxruntime (the source model),
+    raw BGR pixels for an ssdtool IR."""
     tensors = []
     for rgb in generated_images(count, seed=BENCH_SEED, size=IMAGE_SIZE):
         resized = resize_rgb(rgb, entry.input)
@@ -330,7 +332,19 @@ def benchmark(entry: ModelEntry, cache: Cache, options: BenchOptions | None = No
     options = options or BenchOptions()
     check_options(options)
     path = model_file(entry, cache, options, progress)
-    tensors = _inputs(entry, options.backend, options.images)
+    return benchmark_file(path, input_tensors(entry, options.backend, options.images), options, model=entry.name)
+
+
+def benchmark_file(path: Path, tensors: Sequence[np.ndarray], options: BenchOptions, *, model: str = ""
+                   ) -> BenchReport:
+    """Benchmark one model file (an IR or ONNX for OpenVINO, an ONNX for onnxruntime) on ready input tensors.
+
+    The engine-only core of :func:`benchmark`, also used by ``benchmarks/`` to measure peer models (a plain
+    ``ovc`` conversion, the source ONNX) with exactly the same loop. ``options.precision`` is only reported.
+    """
+    check_options(options)
+    if not tensors:
+        raise UsageError("benchmark_file needs at least one input tensor")
     _reset_peak_rss()
     if options.backend == "openvino":
         from ssdtool.backends.openvino import OpenVinoEngine
@@ -340,7 +354,7 @@ def benchmark(entry: ModelEntry, cache: Cache, options: BenchOptions | None = No
         engine = OpenVinoEngine(path, device=options.device, hint=options.hint.upper())
         load_seconds = time.perf_counter() - began
         timings = _run_openvino(engine, tensors, options)
-        input_shape = engine.input_shape
+        input_shape = engine.input_shape or tuple(tensors[0].shape)
     else:
         from ssdtool.backends.onnxruntime import OnnxRuntimeEngine
 
@@ -351,7 +365,7 @@ def benchmark(entry: ModelEntry, cache: Cache, options: BenchOptions | None = No
     latencies = np.asarray(timings.latencies_ms, dtype=np.float64)
     iterations = len(latencies)
     return BenchReport(
-        model=entry.name, backend=options.backend,
+        model=model or Path(path).stem, backend=options.backend,
         precision=options.precision if options.backend == "openvino" else "FP32", device=options.device,
         hint=options.hint, requests=timings.requests, model_path=str(path), input_shape=tuple(input_shape),
         load_seconds=load_seconds, first_inference_ms=timings.first_ms, iterations=iterations,

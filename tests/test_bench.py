@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from ssdtool import synthetic
-from ssdtool.bench import BenchOptions, BenchReport, _inputs, benchmark, check_options, peak_rss_bytes
+from ssdtool.bench import BenchOptions, BenchReport, benchmark, check_options, input_tensors, peak_rss_bytes
 from ssdtool.cache import Cache
 from ssdtool.cli import cli
 from ssdtool.errors import OfflineError, UsageError
@@ -141,8 +141,8 @@ def test_offline_with_missing_model(tmp_path: Path, tiny_model: onnx.ModelProto)
 
 def test_inputs_are_preprocessed_images_not_zeros(env: tuple[Path, Path]) -> None:
     entry = load_registry(env[0]).model("tiny")
-    raw = _inputs(entry, "openvino", 2)
-    normalized = _inputs(entry, "onnxruntime", 2)
+    raw = input_tensors(entry, "openvino", 2)
+    normalized = input_tensors(entry, "onnxruntime", 2)
     assert raw[0].shape == normalized[0].shape == (1, 3, 300, 300)
     assert raw[0].min() >= 0 and raw[0].max() <= 255 and raw[0].std() > 10  # raw BGR pixels with content
     assert abs(float(normalized[0].mean())) < 3  # normalized: mean and scale applied
