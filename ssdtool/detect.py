@@ -169,8 +169,8 @@ def find_images(sources: Sequence[str | os.PathLike[str]], recursive: bool = Fal
     Named files are kept even when missing or not images (they become per-image errors, so the user hears about
     them); directories contribute their image files (by extension, sorted; subfolders with ``recursive``); glob
     patterns (``*``, ``?``, ``[``) are expanded (``**`` spans folders with ``recursive``), their image files and
-    folders sorted. A file reached twice is processed once. Files below an ``exclude`` folder are skipped (so an
-    output folder inside an input folder is not read back).
+    folders sorted. A file reached twice is processed once. Files found below an ``exclude`` folder are skipped (so
+    an output folder inside an input folder is not read back); files named explicitly are always kept.
 
     Returns the files and notes for people (patterns or folders that gave nothing).
     """
@@ -179,10 +179,10 @@ def find_images(sources: Sequence[str | os.PathLike[str]], recursive: bool = Fal
     seen: set[str] = set()
     excluded = [Path(e).resolve() for e in exclude]
 
-    def add(path: Path, relative: str) -> None:
+    def add(path: Path, relative: str, named: bool = False) -> None:
         resolved = path.resolve() if path.exists() else path.absolute()
         key = str(resolved)
-        if key in seen or any(_is_below(resolved, folder) for folder in excluded):
+        if key in seen or (not named and any(_is_below(resolved, folder) for folder in excluded)):
             return
         seen.add(key)
         found.append(InputFile(str(path), relative))
@@ -209,7 +209,7 @@ def find_images(sources: Sequence[str | os.PathLike[str]], recursive: bool = Fal
             if len(found) == before:
                 notes.append(f"no image files match {text}")
         else:
-            add(path, path.name)
+            add(path, path.name, named=True)
     return found, notes
 
 
@@ -470,6 +470,25 @@ class _Prepared:
     tensor: np.ndarray | None
 
 
+def _installed_ir(entry: ModelEntry, cache: Cache, options: Any) -> Path | None:
+    """The IR for ``options`` when it is installed and current (same source checksum and conversion parameters).
+
+    The same test ``convert`` makes, without its lock, download check or log line, so a warm start costs one
+    small XML read, and an installed IR works even when the source ONNX was removed from the cache.
+    """
+    from ssdtool.convert import conversion_parameters, ir_path
+    from ssdtool.provenance import read_provenance
+
+    xml = ir_path(entry, cache, options)
+    if not (entry.primary_file.sha256 and xml.is_file() and xml.with_suffix(".bin").is_file()):
+        return None
+    record = read_provenance(xml) or {}
+    if (record.get("source_sha256") == entry.primary_file.sha256
+            and record.get("parameters") == conversion_parameters(entry, options)):
+        return xml
+    return None
+
+
 def _default_workers() -> int:
     # Decoding and resizing take a few percent of an inference; two threads keep ahead of any engine here.
     return max(1, min(4, os.cpu_count() or 1))
@@ -532,9 +551,11 @@ class Detector:
 
             check_device(device, available_devices())  # a bad --device fails now, not at the first image
             self.precision = (precision or self.entry.convert.precision).upper()
-            result = convert(self.entry, self.cache, ConvertOptions(precision=self.precision),
-                             offline=offline, progress=progress)
-            self.model_path: Path = result.xml
+            options = ConvertOptions(precision=self.precision)
+            installed = _installed_ir(self.entry, self.cache, options)
+            if installed is None:
+                installed = convert(self.entry, self.cache, options, offline=offline, progress=progress).xml
+            self.model_path: Path = installed
             self.form = "ir"
         else:
             if device.upper() != "CPU":

@@ -71,6 +71,11 @@ class _Output:
             self._temporary = None
 
 
+def _stderr_is_terminal() -> bool:
+    """Progress bars are for people watching a terminal, never for logs or pipes."""
+    return sys.stderr.isatty()
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -226,7 +231,7 @@ def _write_results(app: AppContext, detector: Any, files: list[Any], fmt: str, o
     from tqdm import tqdm
 
     quiet = app.verbosity < 0
-    show_bar = not quiet and len(files) > 1 and sys.stderr.isatty()
+    show_bar = not quiet and len(files) > 1 and _stderr_is_terminal()
     bar = tqdm(total=len(files), unit="img", file=sys.stderr, disable=not show_bar, dynamic_ncols=True,
                leave=False)
 
