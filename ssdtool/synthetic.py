@@ -391,7 +391,8 @@ def _planted_logits(spec: TwinSpec) -> np.ndarray:
 
     Logits are log-probabilities of a distribution that sums to one, so softmax returns them
     unchanged: the planted score for its class, ``_PLANTED_EPS`` for every other foreground class,
-    background takes the rest.
+    background takes the rest. (``np.log`` is the one libm call in the builder; planted twins are
+    built in tests and never pinned by checksum, and their outputs are compared with a tolerance.)
     """
     assert spec.planted is not None
     n = spec.geometry.num_boxes
