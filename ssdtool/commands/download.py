@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from ssdtool.cli import _complete_model_names
+
 if TYPE_CHECKING:
     from ssdtool.cli import AppContext
     from ssdtool.download import DownloadEvent, InstalledFile, VerifyResult
@@ -24,17 +26,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("ssdtool")
 
 PROGRESS_MODES = ("auto", "bar", "json", "none")
-
-
-def _complete_model_names(ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[str]:
-    from ssdtool.errors import SsdtoolError
-    from ssdtool.registry import load_registry
-
-    try:
-        registry = load_registry(ctx.find_root().params.get("registry_path"))
-    except SsdtoolError:
-        return []
-    return [name for name in registry.models if name.startswith(incomplete)]
 
 
 # --------------------------------------------------------------------------------------------------------------
