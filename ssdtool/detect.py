@@ -543,13 +543,15 @@ class Detector:
         self.offline = offline
         self.backend: str = self._resolve_backend(backend, precision)
         self.precision: str | None = None
-        self._engines: dict[str, Engine] = {}
+        self._engines: dict[str, Future[Engine]] = {}
+        self._starter: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         if self.backend == "openvino":
             from ssdtool.backends.openvino import available_devices, check_device
             from ssdtool.convert import ConvertOptions, convert
 
-            check_device(device, available_devices())  # a bad --device fails now, not at the first image
+            if device != "CPU":  # every OpenVINO build has the CPU plugin; asking costs a Core and a device query
+                check_device(device, available_devices())  # a bad --device fails now, not at the first image
             self.precision = (precision or self.entry.convert.precision).upper()
             options = ConvertOptions(precision=self.precision)
             installed = _installed_ir(self.entry, self.cache, options)
@@ -563,6 +565,8 @@ class Detector:
                                    hint="use --backend openvino for other devices")
             self.model_path = self._source_model(progress)
             self.form = "onnx"
+        if performance != "auto":
+            self._engine_future(performance)  # compile while the caller gets its images ready
 
     # -- setup ---------------------------------------------------------------------------------------------
     def _resolve_backend(self, backend: str, precision: str | None) -> str:
@@ -600,32 +604,52 @@ class Detector:
 
     def engine(self, performance: str = "latency") -> Engine:
         """The engine for ``performance`` ("latency" or "throughput"), created on first use and kept."""
+        return self._engine_future(performance).result()
+
+    def _engine_future(self, performance: str) -> Future[Engine]:
+        """Start making the engine in a helper thread (once per mode); ``.result()`` waits for it.
+
+        Compiling (or loading the compiled blob) is mostly C++ that releases the GIL, so it overlaps with the
+        Python work around it: the constructor starts it when ``performance`` is known, and :meth:`many` starts
+        decoding images before it waits for the engine.
+        """
+        if performance not in ("latency", "throughput"):
+            raise UsageError(f"performance must be latency or throughput, got {performance!r}")
         if self.backend == "onnxruntime":
             performance = "latency"  # one session serves both
         with self._lock:
-            engine = self._engines.get(performance)
-            if engine is None:
-                started = time.perf_counter()
-                if self.backend == "openvino":
-                    from ssdtool.backends.openvino import OpenVinoEngine
+            future = self._engines.get(performance)
+            if future is None:
+                if self._starter is None:
+                    self._starter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ssdtool-engine")
+                future = self._starter.submit(self._make_engine, performance)
+                self._engines[performance] = future
+            return future
 
-                    cache_dir = self.compiled_cache_dir
-                    cache_dir.mkdir(parents=True, exist_ok=True)
-                    engine = OpenVinoEngine(self.model_path, device=self.device, cache_dir=str(cache_dir),
-                                            hint=performance.upper())
-                else:
-                    from ssdtool.backends.onnxruntime import OnnxRuntimeEngine
+    def _make_engine(self, performance: str) -> Engine:
+        started = time.perf_counter()
+        engine: Engine
+        if self.backend == "openvino":
+            from ssdtool.backends.openvino import OpenVinoEngine
 
-                    engine = OnnxRuntimeEngine(self.model_path)
-                log.debug("%s engine (%s) ready in %.2f s", self.backend, performance,
-                          time.perf_counter() - started)
-                self._engines[performance] = engine
-            return engine
+            cache_dir = self.compiled_cache_dir
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            engine = OpenVinoEngine(self.model_path, device=self.device, cache_dir=str(cache_dir),
+                                    hint=performance.upper())
+        else:
+            from ssdtool.backends.onnxruntime import OnnxRuntimeEngine
+
+            engine = OnnxRuntimeEngine(self.model_path)
+        log.debug("%s engine (%s) ready in %.2f s", self.backend, performance, time.perf_counter() - started)
+        return engine
 
     def close(self) -> None:
         """Release the engines (compiled models and sessions hold the weights)."""
         with self._lock:
+            starter, self._starter = self._starter, None
             self._engines.clear()
+        if starter is not None:
+            starter.shutdown(wait=True)
 
     def __enter__(self) -> Detector:
         return self
@@ -652,10 +676,11 @@ class Detector:
 
         Raises :class:`ImageError` when the image cannot be used.
         """
-        prepared = self._prepare(image, channel_order, keep_image=False)
         mode = "latency" if self.performance == "auto" else self.performance
+        engine = self._engine_future(mode)  # first call: compiles while the image decodes
+        prepared = self._prepare(image, channel_order, keep_image=False)
         assert prepared.tensor is not None
-        outputs = self.engine(mode).infer(prepared.tensor)
+        outputs = engine.result().infer(prepared.tensor)
         return self._detections(outputs, prepared.width, prepared.height)
 
     def many(self, images: Iterable[ImageSource], *, channel_order: str = "RGB", keep_images: bool = False
@@ -670,14 +695,26 @@ class Detector:
         mode = self.performance
         if mode == "auto":
             mode = "latency" if isinstance(images, Sequence) and len(images) <= 1 else "throughput"
-        engine = self.engine(mode)
-        requests = getattr(engine, "optimal_requests", 1)
+        engine_future = self._engine_future(mode)
+        prefetch = _Prefetch(self, images, channel_order, keep_images, lookahead=2 * self.workers + 2)
+        try:
+            engine = engine_future.result()  # the first images decode meanwhile
+            busy_before = getattr(engine, "busy_seconds", 0.0)
+            count = 0
+            for result in self._stream(engine, prefetch):
+                count += 1
+                yield result
+            log.debug("%d image(s); the engine was busy %.3f s", count,
+                      getattr(engine, "busy_seconds", 0.0) - busy_before)
+        finally:
+            prefetch.close()
+
+    def _stream(self, engine: Engine, prefetch: _Prefetch) -> Iterator[ImageResult]:
         finished: dict[int, ImageResult] = {}
         pending: dict[int, tuple[str | None, _Prepared]] = {}
 
         def feed() -> Iterator[tuple[int, np.ndarray]]:
-            for index, source, prepared in self._prepared(images, channel_order, keep_images,
-                                                          lookahead=self.workers + requests + 1):
+            for index, source, prepared in prefetch:
                 path = _source_name(source)
                 if isinstance(prepared, ImageError):
                     finished[index] = ImageResult(index=index, path=path, width=None, height=None,
@@ -689,7 +726,7 @@ class Detector:
                 yield index, tensor
 
         next_index = 0
-        for index, outputs in engine.infer_stream(feed(), requests):
+        for index, outputs in engine.infer_stream(feed(), getattr(engine, "optimal_requests", 1)):
             path, prepared = pending.pop(index)
             finished[index] = ImageResult(index=index, path=path, width=prepared.width, height=prepared.height,
                                           detections=tuple(self._detections(outputs, prepared.width,
@@ -702,32 +739,56 @@ class Detector:
             yield finished.pop(next_index)
             next_index += 1
 
-    def _prepared(self, images: Iterable[ImageSource], channel_order: str, keep_images: bool, lookahead: int
-                  ) -> Iterator[tuple[int, ImageSource, _Prepared | ImageError]]:
-        """Decode and preprocess in a thread pool, at most ``lookahead`` images ahead, yielding in input order."""
-        pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="ssdtool-decode")
-        window: deque[tuple[int, ImageSource, Future[_Prepared]]] = deque()
 
-        def take() -> tuple[int, ImageSource, _Prepared | ImageError]:
-            index, source, future = window.popleft()
-            try:
-                return index, source, future.result()
-            except ImageError as exc:
-                return index, source, exc
-            except Exception as exc:  # one odd file must not end the run; say what happened instead
-                log.debug("unexpected error reading %s", _source_name(source), exc_info=True)
-                return index, source, ImageError(f"{_source_name(source) or f'image {index}'}: cannot be "
-                                                 f"processed: {type(exc).__name__}: {exc}")
+class _Prefetch:
+    """Decodes and preprocesses images in a thread pool, at most ``lookahead`` ahead of the consumer, and hands
+    them back in input order. Work starts in the constructor, before anyone waits for the engine."""
 
+    def __init__(self, detector: Detector, images: Iterable[ImageSource], channel_order: str, keep_images: bool,
+                 lookahead: int) -> None:
+        self.detector = detector
+        self.channel_order = channel_order
+        self.keep_images = keep_images
+        self.lookahead = max(1, lookahead)
+        self.source = enumerate(images)
+        self.exhausted = False
+        self.window: deque[tuple[int, ImageSource, Future[_Prepared]]] = deque()
+        self.pool = ThreadPoolExecutor(max_workers=detector.workers, thread_name_prefix="ssdtool-decode")
         try:
-            for index, source in enumerate(images):
-                window.append((index, source, pool.submit(self._prepare, source, channel_order, keep_images)))
-                if len(window) >= lookahead:
-                    yield take()
-            while window:
-                yield take()
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            self._fill()
+        except BaseException:
+            self.close()
+            raise
+
+    def _fill(self) -> None:
+        while not self.exhausted and len(self.window) < self.lookahead:
+            try:
+                index, source = next(self.source)
+            except StopIteration:
+                self.exhausted = True
+                return
+            future = self.pool.submit(self.detector._prepare, source, self.channel_order, self.keep_images)
+            self.window.append((index, source, future))
+
+    def __iter__(self) -> Iterator[tuple[int, ImageSource, _Prepared | ImageError]]:
+        while self.window:
+            index, source, future = self.window.popleft()
+            self._fill()
+            yield index, source, self._outcome(index, source, future)
+
+    @staticmethod
+    def _outcome(index: int, source: ImageSource, future: Future[_Prepared]) -> _Prepared | ImageError:
+        try:
+            return future.result()
+        except ImageError as exc:
+            return exc
+        except Exception as exc:  # one odd file must not end the run; say what happened instead
+            log.debug("unexpected error reading %s", _source_name(source), exc_info=True)
+            return ImageError(f"{_source_name(source) or f'image {index}'}: cannot be processed: "
+                              f"{type(exc).__name__}: {exc}")
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _source_name(source: ImageSource) -> str | None:

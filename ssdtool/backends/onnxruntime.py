@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -37,9 +38,12 @@ class OnnxRuntimeEngine:
         self.output_names: list[str] = [o.name for o in self.session.get_outputs()]
         self.path = Path(model_path)
         self.device = "CPU"
+        self.busy_seconds = 0.0  # seconds spent in session.run over this engine's life (see OpenVinoEngine)
 
     def infer(self, tensor: np.ndarray) -> dict[str, np.ndarray]:
+        started = time.perf_counter()
         values = self.session.run(None, {self.input_name: tensor})
+        self.busy_seconds += time.perf_counter() - started
         return dict(zip(self.output_names, values, strict=True))
 
     def infer_stream(self, items: Iterable[tuple[K, np.ndarray]], requests: int | None = None
