@@ -74,20 +74,44 @@ def annotate(image: np.ndarray | PILImage.Image, detections: Sequence[Detection]
     font = _font(font_size)
     draw = ImageDraw.Draw(canvas)
     pad = max(1, font_size // 6)
-    # Lowest score first, so the most confident boxes and labels end up on top.
-    for detection in sorted(detections, key=lambda d: d.score):
-        colour = colour_for(detection.label_id)
+    ranked = sorted(detections, key=lambda d: -d.score)
+    # Boxes first, the most confident last (on top); then the tags, so no box line crosses a label.
+    for detection in reversed(ranked):
         x_min, y_min, x_max, y_max = detection.box
-        draw.rectangle((x_min, y_min, max(x_min, x_max), max(y_min, y_max)), outline=colour, width=line)
+        draw.rectangle((x_min, y_min, max(x_min, x_max), max(y_min, y_max)), outline=colour_for(detection.label_id),
+                       width=line)
+    placed: list[tuple[float, float, float, float]] = []
+    for detection in ranked:  # the best detections choose their tag position first
+        colour = colour_for(detection.label_id)
         text = f"{detection.label} {detection.score:.2f}" if show_scores else detection.label
         left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
         tag_w, tag_h = right - left + 2 * pad, bottom - top + 2 * pad
-        # Above the box when there is room, else just inside its top edge; never off the image.
-        tag_x = min(max(0.0, x_min), max(0.0, width - tag_w))
-        tag_y = y_min - tag_h if y_min - tag_h >= 0 else min(max(0.0, y_min), max(0.0, height - tag_h))
-        draw.rectangle((tag_x, tag_y, tag_x + tag_w, tag_y + tag_h), fill=colour)
-        draw.text((tag_x + pad - left, tag_y + pad - top), text, fill=_text_colour(colour), font=font)
+        tag = _tag_position(detection.box, tag_w, tag_h, width, height, placed)
+        placed.append(tag)
+        draw.rectangle(tag, fill=colour)
+        draw.text((tag[0] + pad - left, tag[1] + pad - top), text, fill=_text_colour(colour), font=font)
     return canvas
+
+
+def _tag_position(box: tuple[float, float, float, float], tag_w: float, tag_h: float, width: int, height: int,
+                  placed: list[tuple[float, float, float, float]]) -> tuple[float, float, float, float]:
+    """Where a label tag goes: above the box's top-left corner, else just inside it, else below the box - the
+    first spot that covers no tag placed before (else the first spot); always on the image."""
+    x_min, y_min, _x_max, y_max = box
+    x = min(max(0.0, x_min), max(0.0, width - tag_w))
+    candidates = [y_min - tag_h, y_min, y_max]
+    spots = []
+    for y in candidates:
+        y = min(max(0.0, y), max(0.0, height - tag_h))
+        spots.append((x, y, x + tag_w, y + tag_h))
+    for spot in spots:
+        if not any(_overlap(spot, other) for other in placed):
+            return spot
+    return spots[0]
+
+
+def _overlap(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
 def output_name(relative: str) -> str:

@@ -143,6 +143,9 @@ def test_json_flag_is_format_json(detect_world: World) -> None:
     result = detect(detect_world, image, "--json")
     assert json.loads(result.stdout) == [{"path": image, "width": 33, "height": 1000,
                                           "detections": expected(33, 1000), "error": None}]
+    first = expected(33, 1000)[0]
+    assert result.stdout.startswith(f'[\n  {{\n    "path": {json.dumps(image)},\n    "width": 33,\n'
+                                    f'    "height": 1000,\n    "detections": [\n      {json.dumps(first)},\n')
     clash = detect(detect_world, image, "--json", "--format", "coco")
     assert clash.exit_code == 2 and "--json and --format coco disagree" in clash.stderr
 

@@ -96,6 +96,23 @@ def format_table_block(result: Any) -> str:
     return "\n".join(lines) + "\n"
 
 
+def json_document(records: list[dict[str, Any]]) -> str:
+    """The ``--format json`` array: indented per image, one line per detection (readable, and still plain JSON)."""
+    if not records:
+        return "[]\n"
+    blocks = []
+    for record in records:
+        fields = []
+        for key, value in record.items():
+            if key == "detections" and value:
+                rows = ",\n".join(f"      {json.dumps(d)}" for d in value)
+                fields.append(f'    "detections": [\n{rows}\n    ]')
+            else:
+                fields.append(f"    {json.dumps(key)}: {json.dumps(value)}")
+        blocks.append("  {\n" + ",\n".join(fields) + "\n  }")
+    return "[\n" + ",\n".join(blocks) + "\n]\n"
+
+
 def _annotated_path(save_dir: Path, relative: str, source: str, used: set[str]) -> Path:
     from ssdtool.annotate import output_name
 
@@ -268,7 +285,7 @@ def _write_results(app: AppContext, detector: Any, files: list[Any], fmt: str, o
             elif fmt == "coco" and result.ok:
                 coco.extend(coco_results(result, image_ids[result.index]))
         if fmt == "json":
-            sink.write(json.dumps(records, indent=2) + "\n")
+            sink.write(json_document(records))
         elif fmt == "coco":
             sink.write("[\n" + ",\n".join("  " + json.dumps(r) for r in coco) + ("\n" if coco else "") + "]\n")
         sink.commit()
