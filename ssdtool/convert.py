@@ -205,13 +205,17 @@ def conversion_parameters(entry: ModelEntry, options: ConvertOptions,
     }
     if options.precision == "INT8":
         parameters["quantization"] = dict(QUANTIZATION)
-        if calibration is not None:  # None: only to compare with an installed IR (see _same_parameters)
+        if calibration is not None:  # None: only to compare with an installed IR (see same_parameters)
             parameters.update({"calibration": calibration.identity, "calibration_count": calibration.count})
     return parameters
 
 
-def _same_parameters(existing: Any, wanted: dict[str, Any]) -> bool:
-    """Whether an installed IR was made with ``wanted``; INT8 without a calibration choice takes any calibration."""
+def same_parameters(existing: Any, wanted: dict[str, Any]) -> bool:
+    """Whether an installed IR's ``parameters`` (from its provenance) match ``wanted`` (:func:`conversion_parameters`).
+
+    INT8 ``wanted`` without calibration keys (no calibration chosen) accepts any calibration: callers that only
+    ask for "the INT8 IR" (``Detector(precision="INT8")``) should compare with this, not with ``==``.
+    """
     if not isinstance(existing, dict):
         return False
     if wanted.get("precision") == "INT8" and "calibration" not in wanted:
@@ -533,7 +537,7 @@ def convert(entry: ModelEntry, cache: Cache, options: ConvertOptions | None = No
     try:
         existing = read_provenance(xml) if xml.is_file() and xml.with_suffix(".bin").is_file() else None
         if (existing and not options.force and existing.get("source_sha256") == source_sha256
-                and _same_parameters(existing.get("parameters"), wanted)):
+                and same_parameters(existing.get("parameters"), wanted)):
             log.info("%s is up to date (same source checksum and parameters); pass --force to rebuild", xml)
             return _result(entry, xml, options, existing, True, None, started)
         if options.precision == "INT8" and calibration is None:

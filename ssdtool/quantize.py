@@ -365,8 +365,8 @@ def quantize_model(model: Any, entry: ModelEntry, calibration: CalibrationSet, *
             progress(QuantizeEvent("calibrate", done, total))
         return tensor
 
-    log.info("INT8: collecting activation statistics on %d %s images (NNCF %s) ...", total, calibration.kind,
-             nncf_version())
+    source = "generated images" if calibration.kind == GENERATED else f"images from {calibration.folder}"
+    log.info("INT8: collecting activation statistics on %d %s (NNCF %s) ...", total, source, nncf_version())
     if progress is not None:
         progress(QuantizeEvent("calibrate", 0, total))
     dataset = nncf.Dataset(items, transform)

@@ -320,3 +320,16 @@ def test_bench_runs_the_int8_ir(int8_env: dict[str, Any]) -> None:
     assert data["precision"] == "INT8" and data["iterations"] == 3
     assert Path(data["model_path"]) == Cache.at(int8_env["cache"]).ir_xml(entry, "INT8")
     assert data["versions"]["nncf"]
+
+
+def test_unreadable_calibration_image_names_the_file(env: tuple[Path, Path], tiny_model: onnx.ModelProto,
+                                                     tmp_path: Path) -> None:
+    registry_path, cache_dir = env
+    install_model(cache_dir, registry_path, "tiny", tiny_model, sources=[TINY_URL])
+    folder = tmp_path / "photos"
+    _write_images(folder, 4)
+    (folder / "zz-broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    result = _cli(env, "convert", "tiny", "--precision", "INT8", "--calibration", str(folder), "--offline")
+    assert result.exit_code == 30, result.output
+    assert "zz-broken.jpg cannot be read" in result.stderr
+    assert not any((cache_dir / "tiny" / "openvino").rglob("*.xml"))
