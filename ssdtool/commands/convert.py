@@ -123,9 +123,12 @@ def convert_command(ctx: click.Context, name: str | None, precision: str | None,
     ]
     if result.precision == "INT8":
         lines.append(f"  calibration: {format_calibration(result.calibration)}")
+        recorded = result.provenance.get("accuracy_guard")
         if result.accuracy is not None:
             lines.append(f"  accuracy: {format_accuracy(result.accuracy.to_dict())}")
-        elif not result.up_to_date:
+        elif result.up_to_date and isinstance(recorded, dict):
+            lines.append(f"  accuracy: {format_accuracy(recorded)} (at conversion)")
+        elif not result.up_to_date or recorded:
             lines.append("  accuracy: skipped (--no-verify)")
     elif result.parity is not None:
         lines.append(f"  parity:  {format_parity(result.parity.to_dict())}")
