@@ -11,9 +11,15 @@ Measured in one run, so the ratios compare like with like on a shared machine:
 * cold start: ``ssdtool detect one.jpg`` in a new process with the compiled-model cache warm, minus the time that
   process's engine was busy with the image (logged at ``-vv``), next to a minimal script doing the same job.
 
-Targets (issue 6): library and CLI at least 0.95x the engine-only images/s; cold start minus latency under 1 s.
+The three throughput measurements run in rounds whose order rotates (engine, library, CLI; then library, CLI,
+engine; ...), and each round's ratios use that round's engine figure, so slow drifts in the machine's load hit
+both sides of a ratio. CPU seconds per image are recorded as well: unlike wall time, they do not depend on what
+else the machine is doing, and on a machine the engine saturates, throughput is inversely proportional to them.
 
-    python benchmarks/bench_detect.py [--images 20] [--rounds 1] [--cold-runs 3] [--quick] [--json] [--no-write]
+Targets (issue 6): library and CLI at least 0.95x the engine-only images/s; cold start minus the engine's own
+time under 1 s.
+
+    python benchmarks/bench_detect.py [--images 20] [--rounds 3] [--cold-runs 5] [--quick] [--json] [--no-write]
 """
 
 from __future__ import annotations
@@ -22,13 +28,16 @@ import argparse
 import json
 import os
 import re
+import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, WORK, machine_description, measure, median, ssdtool_command, write_section
+from common import ROOT, WORK, machine_description, median, ssdtool_command, write_section
 
 sys.path.insert(0, str(ROOT))
 
@@ -38,10 +47,46 @@ IMAGES = WORK / "detect-images"
 THROUGHPUT_TARGET = 0.95
 COLD_OVERHEAD_TARGET = 1.0
 CHILD_ENV = {"SSDTOOL_REGISTRY": "", "SSDTOOL_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+BUSY = re.compile(r"the engine was busy ([0-9.]+) s")
+KINDS = ("engine", "library", "cli")
 
 
 def load_average() -> float:
     return round(os.getloadavg()[0], 2)
+
+
+def wait_for_quiet(max_load: float, wait: float) -> float:
+    """Wait (up to ``wait`` seconds) for the 1-minute load average to drop below ``max_load``; return it."""
+    deadline = time.monotonic() + wait
+    while load_average() >= max_load and time.monotonic() < deadline:
+        time.sleep(10)
+    return load_average()
+
+
+# Runs the measured command as its child and reports that child's own usage. Measuring from this (large) process
+# directly would overstate peak RSS: Linux carries the parent's resident size at fork into the child's maximum.
+WRAPPER = """
+import json, resource, subprocess, sys, time
+started = time.perf_counter()
+code = subprocess.call(sys.argv[2:])
+seconds = time.perf_counter() - started
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+with open(sys.argv[1], "w") as report:
+    json.dump({"seconds": seconds, "cpu": usage.ru_utime + usage.ru_stime, "rss_mb": usage.ru_maxrss / 1024,
+               "code": code}, report)
+"""
+
+
+def run_child(command: Sequence[str]) -> dict[str, Any]:
+    """Run ``command``: wall seconds, CPU seconds (user + system, every thread) and peak RSS of that process."""
+    with tempfile.TemporaryDirectory() as folder:
+        report, out, err = Path(folder) / "usage.json", Path(folder) / "out", Path(folder) / "err"
+        with open(out, "w") as stdout, open(err, "w") as stderr:
+            subprocess.run([sys.executable, "-c", WRAPPER, str(report), *command], stdout=stdout, stderr=stderr,
+                           env={**os.environ, **CHILD_ENV}, check=True)
+        data: dict[str, Any] = json.loads(report.read_text())
+        data["stdout"], data["stderr"] = out.read_text(), err.read_text()
+    return data
 
 
 def prepare(count: int) -> tuple[Any, Any, Path, list[Path]]:
@@ -71,41 +116,48 @@ def prepare(count: int) -> tuple[Any, Any, Path, list[Path]]:
     return entry, cache, xml, paths
 
 
-def engine_only(entry: Any, xml: Path, compiled_cache: Path, paths: list[Path]) -> float:
-    """Images/s of the engine alone: tensors made before the clock starts."""
-    from ssdtool.backends.openvino import OpenVinoEngine
-    from ssdtool.detect import load_image, preprocess
+class Measurements:
+    """The three throughput measurements; each returns (images/s, CPU seconds per image)."""
 
-    engine = OpenVinoEngine(xml, cache_dir=str(compiled_cache), hint="THROUGHPUT")
-    tensors = [preprocess(load_image(p), entry, form="ir") for p in paths]
-    engine.infer(tensors[0])  # warm-up: first-inference allocations
-    started = time.perf_counter()
-    done = sum(1 for _ in engine.infer_stream(enumerate(tensors)))
-    seconds = time.perf_counter() - started
-    assert done == len(paths)
-    return len(paths) / seconds
+    def __init__(self, entry: Any, xml: Path, detector: Any, paths: list[Path]) -> None:
+        from ssdtool.backends.openvino import OpenVinoEngine
+        from ssdtool.detect import load_image, preprocess
+
+        self.paths = paths
+        self.detector = detector
+        self.engine = OpenVinoEngine(xml, cache_dir=str(detector.compiled_cache_dir), hint="THROUGHPUT")
+        self.tensors = [preprocess(load_image(p), entry, form="ir") for p in paths]
+        self.engine.infer(self.tensors[0])  # warm-up: first-inference allocations
+        detector(paths[0])  # the same for the detector's engine
+        self.cli_rss_mb = 0.0
+
+    def engine_only(self) -> tuple[float, float]:
+        cpu, started = time.process_time(), time.perf_counter()  # process_time: every thread of this process
+        done = sum(1 for _ in self.engine.infer_stream(enumerate(self.tensors)))
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+        assert done == len(self.paths)
+        return len(self.paths) / seconds, cpu / len(self.paths)
+
+    def library(self) -> tuple[float, float]:
+        cpu, started = time.process_time(), time.perf_counter()
+        results = list(self.detector.many(self.paths))
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+        assert all(r.ok for r in results), [r.error for r in results if not r.ok]
+        return len(self.paths) / seconds, cpu / len(self.paths)
+
+    def cli(self) -> tuple[float, float]:
+        out = WORK / "detect-out.jsonl"
+        child = run_child(ssdtool_command("--cache-dir", str(CACHE), "-q", "detect", str(IMAGES), "--model", MODEL,
+                                          "--backend", "openvino", "--format", "jsonl", "-o", str(out)))
+        if child["code"] != 0:
+            raise SystemExit(f"ssdtool detect failed ({child['code']}): {child['stderr']}")
+        lines = out.read_text().splitlines()
+        assert len(lines) == len(self.paths), f"{len(lines)} results for {len(self.paths)} images"
+        self.cli_rss_mb = max(self.cli_rss_mb, child["rss_mb"])
+        return len(self.paths) / child["seconds"], child["cpu"] / len(self.paths)
 
 
-def library(detector: Any, paths: list[Path]) -> float:
-    started = time.perf_counter()
-    results = list(detector.many(paths))
-    seconds = time.perf_counter() - started
-    assert all(r.ok for r in results), [r.error for r in results if not r.ok]
-    return len(paths) / seconds
-
-
-def cli(paths: list[Path]) -> tuple[float, float]:
-    out = WORK / "detect-out.jsonl"
-    run = measure(ssdtool_command("--cache-dir", str(CACHE), "-q", "detect", str(IMAGES), "--model", MODEL,
-                                  "--backend", "openvino", "--format", "jsonl", "-o", str(out)), env=CHILD_ENV)
-    if run.returncode != 0:
-        raise SystemExit(f"ssdtool detect failed ({run.returncode}): {run.stderr}")
-    lines = out.read_text().splitlines()
-    assert len(lines) == len(paths), f"{len(lines)} results for {len(paths)} images"
-    return len(paths) / run.seconds, run.peak_rss_bytes / 2**20
-
-
-def latency(xml: Path, compiled_cache: Path, tensor: Any, runs: int) -> float:
+def warm_latency(xml: Path, compiled_cache: Path, tensor: Any, runs: int) -> float:
     from ssdtool.backends.openvino import OpenVinoEngine
 
     engine = OpenVinoEngine(xml, cache_dir=str(compiled_cache), hint="LATENCY")
@@ -116,41 +168,6 @@ def latency(xml: Path, compiled_cache: Path, tensor: Any, runs: int) -> float:
         engine.infer(tensor)
         times.append(time.perf_counter() - started)
     return median(times)
-
-
-BUSY = re.compile(r"the engine was busy ([0-9.]+) s")
-
-
-def cold(image: Path, runs: int) -> dict[str, Any]:
-    """Cold single-image processes: wall time, and the engine's busy time that process logged (-vv)."""
-    command = ssdtool_command("--cache-dir", str(CACHE), "-vv", "detect", str(image), "--model", MODEL, "--backend",
-                              "openvino", "--format", "json")
-    warm = measure(command, env=CHILD_ENV)  # fills the LATENCY blob of the compiled-model cache and the page cache
-    if warm.returncode != 0:
-        raise SystemExit(f"ssdtool detect failed ({warm.returncode}): {warm.stderr}")
-    walls, busy = [], []
-    for _ in range(runs):
-        result = measure(command, env=CHILD_ENV)
-        found = BUSY.search(result.stderr)
-        if result.returncode != 0 or not found:
-            raise SystemExit(f"ssdtool detect failed or logged no engine time ({result.returncode}): {result.stderr}")
-        walls.append(result.seconds)
-        busy.append(float(found.group(1)))
-    overheads = [w - b for w, b in zip(walls, busy, strict=True)]
-    return {"walls": walls, "busy": busy, "overheads": overheads}
-
-
-def floor(xml: Path, compiled_cache: Path, image: Path, runs: int) -> list[float]:
-    """The same job as a minimal script (no CLI, no registry, no checks): its wall time minus its inference."""
-    import subprocess
-
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        out = subprocess.run([sys.executable, "-c", FLOOR_SCRIPT, str(xml), str(compiled_cache), str(image)],
-                             capture_output=True, text=True, check=True).stdout
-        times.append(time.perf_counter() - started - float(out.split()[-1]))
-    return times
 
 
 FLOOR_SCRIPT = """
@@ -168,53 +185,81 @@ print(time.perf_counter() - started)
 """
 
 
-def run(images: int = 20, rounds: int = 1, cold_runs: int = 3) -> dict[str, Any]:
+def cold(image: Path, xml: Path, compiled_cache: Path, runs: int) -> dict[str, list[float]]:
+    """Cold single-image processes, ``ssdtool detect`` and the minimal script alternating: wall time minus the
+    time each process's engine spent on its one inference (ssdtool logs it at -vv; the script prints it)."""
+    command = ssdtool_command("--cache-dir", str(CACHE), "-vv", "detect", str(image), "--model", MODEL, "--backend",
+                              "openvino", "--format", "json")
+    floor_command = [sys.executable, "-c", FLOOR_SCRIPT, str(xml), str(compiled_cache), str(image)]
+    run_child(command)  # fills the LATENCY blob of the compiled-model cache and the page cache
+    run_child(floor_command)
+    data: dict[str, list[float]] = {"walls": [], "busy": [], "overheads": [], "floor_overheads": []}
+    for _ in range(runs):
+        child = run_child(command)
+        found = BUSY.search(child["stderr"])
+        if child["code"] != 0 or not found:
+            raise SystemExit(f"ssdtool detect failed or logged no engine time ({child['code']}): {child['stderr']}")
+        data["walls"].append(child["seconds"])
+        data["busy"].append(float(found.group(1)))
+        data["overheads"].append(child["seconds"] - float(found.group(1)))
+        floor = run_child(floor_command)
+        if floor["code"] != 0:
+            raise SystemExit(f"the minimal script failed: {floor['stderr']}")
+        data["floor_overheads"].append(floor["seconds"] - float(floor["stdout"].split()[-1]))
+    return data
+
+
+def run(images: int = 20, rounds: int = 3, cold_runs: int = 5, max_load: float = 1.5, wait: float = 600.0
+        ) -> dict[str, Any]:
     from ssdtool.detect import Detector, load_image, preprocess
 
-    load_before = load_average()
     entry, cache, xml, paths = prepare(images)
+    load_before = wait_for_quiet(max_load, wait)
     detector = Detector(MODEL, "openvino", cache_dir=cache, registry=ROOT / "models.yml", offline=True,
                         performance="throughput")
-    detector.engine("throughput")  # compiled (from the cache after the first run) before any clock starts
-    compiled_cache = detector.compiled_cache_dir
-    engine_ips: list[float] = []
-    library_ips: list[float] = []
-    cli_ips: list[float] = []
-    cli_rss = 0.0
-    for _ in range(rounds):  # interleaved, so drift on a shared machine hits all three alike
-        engine_ips.append(engine_only(entry, xml, compiled_cache, paths))
-        library_ips.append(library(detector, paths))
-        ips, rss = cli(paths)
-        cli_ips.append(ips)
-        cli_rss = max(cli_rss, rss)
+    measurements = Measurements(entry, xml, detector, paths)
+    per_round: list[dict[str, tuple[float, float]]] = []
+    for number in range(rounds):
+        order = KINDS[number % 3:] + KINDS[:number % 3]  # rotate, so no kind always runs first or last
+        figures: dict[str, tuple[float, float]] = {}
+        for kind in order:
+            figures[kind] = getattr(measurements, "engine_only" if kind == "engine" else kind)()
+        per_round.append(figures)
+        print(f"round {number + 1}: " + ", ".join(f"{k} {v[0]:.3f} img/s {v[1]:.2f} cpu-s/img"
+                                                 for k, v in figures.items()), file=sys.stderr)
+    cli_rss_mb = measurements.cli_rss_mb
+    del measurements
     detector.close()
-    cold_runs_data = cold(paths[0], cold_runs)
-    floor_overheads = floor(xml, compiled_cache, paths[0], cold_runs)
-    single = latency(xml, compiled_cache, preprocess(load_image(paths[0]), entry, form="ir"), max(3, cold_runs))
-    figures: dict[str, Any] = {
+    cold_data = cold(paths[0], xml, detector.compiled_cache_dir, cold_runs)
+    latency = warm_latency(xml, detector.compiled_cache_dir, preprocess(load_image(paths[0]), entry, form="ir"), 3)
+    f: dict[str, Any] = {
         "model": MODEL, "images": images, "image_size": "640x480 JPEG", "rounds": rounds, "backend": "openvino",
-        "device": "CPU", "engine_ips": engine_ips, "library_ips": library_ips, "cli_ips": cli_ips,
-        "cli_peak_rss_mb": round(cli_rss, 1), "cold_wall_s": median(cold_runs_data["walls"]),
-        "cold_walls_s": cold_runs_data["walls"], "cold_engine_busy_s": cold_runs_data["busy"],
-        "cold_overheads_s": cold_runs_data["overheads"], "floor_overhead_s": median(floor_overheads),
-        "latency_s": single, "load_before": load_before, "load_after": load_average(),
+        "device": "CPU", "per_round": [{k: {"ips": v[0], "cpu_per_image": v[1]} for k, v in r.items()}
+                                       for r in per_round],
+        "cli_peak_rss_mb": round(cli_rss_mb, 1),
+        "cold": cold_data, "latency_s": latency, "load_before": load_before, "load_after": load_average(),
         "machine": machine_description(),
     }
-    # Best of the rounds for each kind: interference from other work only ever slows a run down.
-    engine_best, library_best, cli_best = max(engine_ips), max(library_ips), max(cli_ips)
-    figures["library_ratio"] = library_best / engine_best
-    figures["cli_ratio"] = cli_best / engine_best
-    figures["cold_overhead_s"] = median(cold_runs_data["overheads"])
-    figures["targets"] = targets(figures)
-    return figures
+    for kind in KINDS:
+        f[f"{kind}_ips"] = median([r[kind][0] for r in per_round])
+        f[f"{kind}_cpu_per_image"] = median([r[kind][1] for r in per_round])
+    for kind in ("library", "cli"):
+        f[f"{kind}_ratio"] = median([r[kind][0] / r["engine"][0] for r in per_round])
+        f[f"{kind}_cpu_ratio"] = f["engine_cpu_per_image"] / f[f"{kind}_cpu_per_image"]
+    f["cold_wall_s"] = median(cold_data["walls"])
+    f["cold_engine_s"] = median(cold_data["busy"])
+    f["cold_overhead_s"] = median(cold_data["overheads"])
+    f["floor_overhead_s"] = median(cold_data["floor_overheads"])
+    f["targets"] = targets(f)
+    return f
 
 
 def targets(f: dict[str, Any]) -> list[list[Any]]:
     return [
-        [f"`Detector.many` images/s >= {THROUGHPUT_TARGET}x engine only", f"{max(f['library_ips']):.3f} img/s",
-         f"{f['library_ratio']:.3f}x", f["library_ratio"] >= THROUGHPUT_TARGET],
-        [f"`ssdtool detect` (process) images/s >= {THROUGHPUT_TARGET}x engine only",
-         f"{max(f['cli_ips']):.3f} img/s", f"{f['cli_ratio']:.3f}x", f["cli_ratio"] >= THROUGHPUT_TARGET],
+        [f"`Detector.many` images/s >= {THROUGHPUT_TARGET}x engine only", f"{f['library_ips']:.3f} img/s",
+         f"{f['library_ratio']:.3f}x (CPU {f['library_cpu_ratio']:.3f}x)", f["library_ratio"] >= THROUGHPUT_TARGET],
+        [f"`ssdtool detect` (process) images/s >= {THROUGHPUT_TARGET}x engine only", f"{f['cli_ips']:.3f} img/s",
+         f"{f['cli_ratio']:.3f}x (CPU {f['cli_cpu_ratio']:.3f}x)", f["cli_ratio"] >= THROUGHPUT_TARGET],
         [f"cold `ssdtool detect` (1 image) minus the engine's time < {COLD_OVERHEAD_TARGET} s",
          f"{f['cold_overhead_s']:.3f} s", f"{f['cold_overhead_s'] / COLD_OVERHEAD_TARGET:.2f}x of target",
          f["cold_overhead_s"] < COLD_OVERHEAD_TARGET],
@@ -222,18 +267,19 @@ def targets(f: dict[str, Any]) -> list[list[Any]]:
 
 
 def table(f: dict[str, Any]) -> str:
-    rows = [("engine only (infer_stream, pre-made tensors)", max(f["engine_ips"]), 1.0),
-            ("library: Detector.many(paths)", max(f["library_ips"]), f["library_ratio"]),
-            ("CLI: ssdtool detect FOLDER (process wall)", max(f["cli_ips"]), f["cli_ratio"])]
-    lines = [f"{'measurement':<48} {'images/s':>9} {'vs engine':>10}"]
-    lines += [f"{name:<48} {ips:>9.3f} {ratio:>9.3f}x" for name, ips, ratio in rows]
+    rows = [("engine only (infer_stream, pre-made tensors)", "engine", 1.0, 1.0),
+            ("library: Detector.many(paths)", "library", f["library_ratio"], f["library_cpu_ratio"]),
+            ("CLI: ssdtool detect FOLDER (process wall)", "cli", f["cli_ratio"], f["cli_cpu_ratio"])]
+    lines = [f"{'measurement':<46} {'images/s':>9} {'vs engine':>10} {'CPU s/img':>10} {'vs engine':>10}"]
+    lines += [f"{name:<46} {f[kind + '_ips']:>9.3f} {ratio:>9.3f}x {f[kind + '_cpu_per_image']:>10.2f} "
+              f"{cpu_ratio:>9.3f}x" for name, kind, ratio, cpu_ratio in rows]
     lines += ["",
-              f"{'cold ssdtool detect, 1 image (process wall)':<48} {f['cold_wall_s']:>8.3f} s",
-              f"{'  of which the engine (its first inference)':<48} {median(f['cold_engine_busy_s']):>8.3f} s",
-              f"{'  the rest: cold start overhead':<48} {f['cold_overhead_s']:>8.3f} s",
-              f"{'same job as a minimal script: overhead':<48} {f['floor_overhead_s']:>8.3f} s",
-              f"{'engine latency, warm (LATENCY hint, in process)':<48} {f['latency_s']:>8.3f} s",
-              f"{'CLI peak RSS (20-image run)':<48} {f['cli_peak_rss_mb']:>7.0f} MB"]
+              f"{'cold ssdtool detect, 1 image (process wall)':<46} {f['cold_wall_s']:>8.3f} s",
+              f"{'  of which its engine (first inference)':<46} {f['cold_engine_s']:>8.3f} s",
+              f"{'  the rest: cold-start overhead':<46} {f['cold_overhead_s']:>8.3f} s",
+              f"{'minimal script, same job: overhead':<46} {f['floor_overhead_s']:>8.3f} s",
+              f"{'engine latency, warm (LATENCY hint)':<46} {f['latency_s']:>8.3f} s",
+              f"{'CLI peak RSS (whole folder)':<46} {f['cli_peak_rss_mb']:>7.0f} MB"]
     return "\n".join(lines)
 
 
@@ -241,45 +287,48 @@ def markdown(f: dict[str, Any]) -> str:
     machine = f["machine"]
     target_lines = ["| target | measured | ratio | met |", "| --- | --- | --- | --- |"]
     target_lines += [f"| {t} | {m} | {r} | {'yes' if ok else '**no**'} |" for t, m, r, ok in f["targets"]]
-    rounds = f"best of {f['rounds']} interleaved rounds" if f["rounds"] > 1 else "one round"
     return (
         f"Measured by `python benchmarks/bench_detect.py` on {machine['cpu']}, {machine['cores']} cores, Python "
-        f"{machine['python']}; 1-minute load average {f['load_before']} before, {f['load_after']} after (other work "
-        f"on the machine shows up as noise). Full synthetic twin ({MODEL}), FP32 IR, OpenVINO on the CPU, "
-        f"{f['images']} generated {f['image_size']} images; {rounds}.\n\n"
+        f"{machine['python']}; 1-minute load average {f['load_before']} at the start, {f['load_after']} at the end "
+        f"(other work on the machine shows up as noise). Full synthetic twin ({MODEL}), FP32 IR, OpenVINO on the "
+        f"CPU, {f['images']} generated {f['image_size']} images; {f['rounds']} rounds in rotating order, medians "
+        "of the per-round ratios.\n\n"
         "- *engine only*: the IR with the THROUGHPUT hint and its optimal number of requests in flight, fed "
         "tensors prepared before the clock starts - what `detect` would reach if reading images were free;\n"
         "- *library*: `Detector.many(paths)` - JPEG decode, EXIF, resize to 1200x1200, BGR tensor, inference, "
         "postprocessing - with the detector made beforehand;\n"
         "- *CLI*: the `ssdtool detect FOLDER --format jsonl -o FILE` process from spawn to exit (interpreter, "
-        "imports, compiling from the compiled-model cache, every image, the output file);\n"
+        "imports, loading the compiled blob, every image, the output file);\n"
+        "- *CPU s/img*: CPU seconds (all threads, user + system) per image; independent of the machine's other "
+        "load, and on a machine the engine saturates, throughput goes as its inverse;\n"
         "- *cold start*: `ssdtool detect one.jpg` in a new process, compiled-model cache warm, minus the time its "
-        "engine was busy with the image (the process logs it with `-vv`; its first inference, LATENCY hint). Measuring "
-        "the engine inside the same process keeps the latency's own run-to-run noise (tenths of a second on a busy "
-        "machine) out of the difference. For scale, the *minimal script* does the same job with nothing but "
-        "`import openvino`, compile from the same cache, Pillow resize, one inference: what any Python program "
-        "pays.\n\n"
+        "engine spent on the image (the process logs it at `-vv`; its first inference). Measured inside the same "
+        "process, so the inference's own run-to-run noise stays out of the difference. The *minimal script* does "
+        "the same job with nothing but `import openvino`, compiling from the same cache, a Pillow resize and one "
+        "inference: the floor for any Python program.\n\n"
         "```\n" + table(f) + "\n```\n\n" + "\n".join(target_lines) + "\n\n"
-        "Decoding and resizing run in worker threads ahead of the engine (Pillow releases the GIL), so on the "
-        "engine's timeline they cost only the CPU they take from it: a few milliseconds per image against "
-        "seconds of inference. The process figure also pays start-up once per run (about "
-        f"{f['cold_overhead_s']:.1f} s, the cold-start overhead above), spread over the images. A warm start "
-        "reads the IR's provenance (no lock, no download check) and OpenVINO loads the compiled blob from "
-        "`<cache>/<model>/.ssdtool/ov-cache` instead of compiling.\n"
+        "Decoding and resizing run in worker threads ahead of the engine (Pillow releases the GIL) and cost about "
+        f"{(f['library_cpu_per_image'] - f['engine_cpu_per_image']):.2f} CPU seconds per image next to the engine's "
+        f"{f['engine_cpu_per_image']:.2f}. The process figure also pays start-up once per run, spread over the "
+        "images. A warm start reads the IR's provenance record (no lock, no download check), loads the compiled "
+        "blob from `<cache>/<model>/.ssdtool/ov-cache` in a helper thread while the image decodes, and differs from "
+        "the minimal script by the CLI itself (click, the registry, the checks).\n"
     )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=20, help="images in the folder (default 20)")
-    parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds; the best of each kind counts")
-    parser.add_argument("--cold-runs", type=int, default=3, help="cold single-image processes (median)")
-    parser.add_argument("--quick", action="store_true", help="6 images, 1 cold run (not for the record)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the three throughput measurements")
+    parser.add_argument("--cold-runs", type=int, default=5, help="cold single-image processes (median)")
+    parser.add_argument("--max-load", type=float, default=1.5, help="wait for a 1-minute load average below this")
+    parser.add_argument("--wait", type=float, default=600.0, help="longest wait for a quiet machine, in seconds")
+    parser.add_argument("--quick", action="store_true", help="6 images, 1 round, 2 cold runs (not for the record)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON on stdout")
     parser.add_argument("--no-write", action="store_true", help="do not update docs/performance.md")
     args = parser.parse_args()
-    images, cold_runs = (6, 1) if args.quick else (args.images, args.cold_runs)
-    figures = run(images, args.rounds, cold_runs)
+    images, rounds, cold_runs = (6, 1, 2) if args.quick else (args.images, args.rounds, args.cold_runs)
+    figures = run(images, rounds, cold_runs, args.max_load, 0.0 if args.quick else args.wait)
     report = sys.stderr if args.json else sys.stdout  # with --json, stdout carries only the JSON
     print(table(figures), file=report)
     for name, measured, ratio, met in figures["targets"]:

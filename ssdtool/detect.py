@@ -37,7 +37,7 @@ import numpy as np
 from ssdtool import ssd
 from ssdtool.cache import Cache
 from ssdtool.errors import BackendError, InputError, OfflineError, UsageError
-from ssdtool.imaging import normalized_input, raw_input, resize_rgb
+from ssdtool.imaging import resize_rgb
 from ssdtool.labels import coco_category_map, label_name, label_names, resolve_classes
 from ssdtool.registry import ModelEntry, Registry, load_registry
 
@@ -353,9 +353,42 @@ def preprocess(rgb: np.ndarray, entry: ModelEntry, *, form: str = "onnx", input_
     """
     _check_form(form)
     resized = resize_rgb(rgb, entry.input)
+    spec = entry.input
     if form == "onnx":
-        return normalized_input(resized, entry.input)
-    return raw_input(resized, entry.convert.color_order, input_layout, input_type)
+        return _tensor(resized, spec.color_order, spec.layout, "f32", spec.mean, spec.scale)
+    if input_type not in ("f32", "u8") or input_layout not in ("NCHW", "NHWC"):
+        raise UsageError(f"input_type must be f32 or u8 and input_layout NCHW or NHWC, got {input_type!r}, "
+                         f"{input_layout!r}")
+    return _tensor(resized, entry.convert.color_order, input_layout, input_type)
+
+
+def _tensor(resized: np.ndarray, color_order: str, layout: str, dtype: str,
+            mean: Sequence[float] | None = None, scale: Sequence[float] | None = None) -> np.ndarray:
+    """The values of ``imaging.normalized_input`` / ``imaging.raw_input``, bit for bit, in about a tenth of the time.
+
+    Those convert the whole HxWx3 image to float32 and then transpose the float array (a second, cache-unfriendly
+    pass over 17 MB at 1200 px); here each channel is cast straight into its plane of the output, and mean and
+    scale are applied in place. Same float32 operations in the same order, so the same bits
+    (``tests/test_python_api.py`` holds them equal).
+    """
+    channels = resized if color_order == "RGB" else resized[..., ::-1]
+    if dtype == "u8" and mean is None:
+        planar = channels.transpose(2, 0, 1) if layout == "NCHW" else channels
+        return np.ascontiguousarray(planar[np.newaxis])
+    height, width = resized.shape[:2]
+    if layout == "NCHW":
+        out = np.empty((1, 3, height, width), dtype=np.float32)
+        for channel in range(3):
+            out[0, channel] = channels[..., channel]
+        broadcast: tuple[int, ...] = (3, 1, 1)
+    else:
+        out = np.empty((1, height, width, 3), dtype=np.float32)
+        out[0] = channels
+        broadcast = (1, 1, 3)
+    if mean is not None and scale is not None:
+        np.subtract(out[0], np.asarray(mean, dtype=np.float32).reshape(broadcast), out=out[0])
+        np.divide(out[0], np.asarray(scale, dtype=np.float32).reshape(broadcast), out=out[0])
+    return out
 
 
 def _check_form(form: str) -> None:
@@ -584,7 +617,8 @@ class Detector:
         try:
             import_engine("openvino")
         except DependencyError as exc:
-            log.warning("OpenVINO is not available (%s); using onnxruntime", exc.message)
+            log.warning("OpenVINO is not available (%s); using onnxruntime%s", exc.message,
+                        f" (precision {precision} applies to OpenVINO only)" if precision else "")
             return "onnxruntime"
         return "openvino"
 

@@ -166,6 +166,25 @@ def test_public_steps_reproduce_the_detector(world: World, backend: str, form: s
     assert mine and mine == detector(rgb)
 
 
+@pytest.mark.parametrize("size", [(640, 480), (300, 300), (33, 1000)])
+def test_preprocess_equals_the_shared_imaging_functions(world: World, size: tuple[int, int]) -> None:
+    """detect.preprocess takes a faster route than imaging.* (used by the conversion parity gate): same bits."""
+    from ssdtool.imaging import normalized_input, raw_input, resize_rgb
+
+    entry = load_registry(world.registry).model("tiny")
+    rgb = generated_images(1, seed=size[0], size=size)[0]
+    resized = resize_rgb(rgb, entry.input)
+    assert np.array_equal(preprocess(rgb, entry), normalized_input(resized, entry.input))
+    nhwc = dataclasses.replace(entry, input=dataclasses.replace(entry.input, layout="NHWC", shape=(1, 300, 300, 3),
+                                                                 color_order="BGR"))
+    assert np.array_equal(preprocess(rgb, nhwc), normalized_input(resized, nhwc.input))
+    for input_type in ("f32", "u8"):
+        for layout in ("NCHW", "NHWC"):
+            mine = preprocess(rgb, entry, form="ir", input_type=input_type, input_layout=layout)
+            theirs = raw_input(resized, "BGR", layout, input_type)
+            assert mine.dtype == theirs.dtype and mine.flags.c_contiguous and np.array_equal(mine, theirs)
+
+
 def test_postprocess_honours_the_registry_output_spec(world: World) -> None:
     entry = load_registry(world.registry).model("planted")
     outputs = {"bboxes": np.array([[[30.0, 15.0, 150.0, 300.0], [0.0, 0.0, 0.0, 0.0]]], np.float32),

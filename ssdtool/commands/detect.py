@@ -212,7 +212,7 @@ def _run(app: AppContext, files: list[Any], fmt: str, output: str | None, save_d
          ) -> None:
     from PIL import Image
 
-    from ssdtool.detect import Detector, coco_image_ids, coco_results
+    from ssdtool.detect import Detector
     from ssdtool.labels import is_coco_labels, label_names
 
     registry = app.registry()
@@ -222,6 +222,7 @@ def _run(app: AppContext, files: list[Any], fmt: str, output: str | None, save_d
                          hint="use --format json")
     # The CLI owns the process, so it may hand the size limit to our own header check alone: Pillow's global
     # limit would otherwise warn (or fail) by its own rules first. Restored afterwards (tests share a process).
+    sink = _Output(output)  # a bad --output fails now, before the model is loaded
     pillow_limit = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = None
     try:
@@ -232,7 +233,10 @@ def _run(app: AppContext, files: list[Any], fmt: str, output: str | None, save_d
                             workers=options["workers"], max_pixels=options["max_pixels"],
                             progress=_download_progress(app))
         with detector:
-            failed = _write_results(app, detector, files, fmt, output, save_dir, coco_image_ids, coco_results)
+            failed = _write_results(app, detector, files, fmt, sink, save_dir)
+    except BaseException:
+        sink.abort()  # no partial output file; an earlier complete one stays as it was
+        raise
     finally:
         Image.MAX_IMAGE_PIXELS = pillow_limit
     if failed:
@@ -242,10 +246,12 @@ def _run(app: AppContext, files: list[Any], fmt: str, output: str | None, save_d
                          hint="the other results were written; see the messages above for each file")
 
 
-def _write_results(app: AppContext, detector: Any, files: list[Any], fmt: str, output: str | None,
-                   save_dir: Path | None, coco_image_ids: Callable[..., list[int]],
-                   coco_results: Callable[..., list[dict[str, Any]]]) -> list[str]:
+def _write_results(app: AppContext, detector: Any, files: list[Any], fmt: str, sink: _Output,
+                   save_dir: Path | None) -> list[str]:
+    """Stream every result to ``sink`` (and annotated copies to ``save_dir``); return the inputs that failed."""
     from tqdm import tqdm
+
+    from ssdtool.detect import coco_image_ids, coco_results
 
     quiet = app.verbosity < 0
     show_bar = not quiet and len(files) > 1 and _stderr_is_terminal()
@@ -259,7 +265,6 @@ def _write_results(app: AppContext, detector: Any, files: list[Any], fmt: str, o
             click.echo(message, err=True)
 
     image_ids = coco_image_ids([f.path for f in files]) if fmt == "coco" else []
-    sink = _Output(output)
     records: list[dict[str, Any]] = []
     coco: list[dict[str, Any]] = []
     failed: list[str] = []
@@ -289,9 +294,6 @@ def _write_results(app: AppContext, detector: Any, files: list[Any], fmt: str, o
         elif fmt == "coco":
             sink.write("[\n" + ",\n".join("  " + json.dumps(r) for r in coco) + ("\n" if coco else "") + "]\n")
         sink.commit()
-    except BaseException:
-        sink.abort()
-        raise
     finally:
         bar.close()
     seconds = time.perf_counter() - started
@@ -299,7 +301,7 @@ def _write_results(app: AppContext, detector: Any, files: list[Any], fmt: str, o
         done = len(files) - len(failed)
         rate = f", {done / seconds:.2f} images/s" if seconds > 0 and done else ""
         failures = f", {len(failed)} failed" if failed else ""
-        where = f"; results in {output}" if output else ""
+        where = f"; results in {sink.path}" if sink.path else ""
         engine = f"{detector.backend}" + (f" {detector.device} {detector.precision}"
                                           if detector.backend == "openvino" else "")
         click.echo(f"{len(files)} image{'s' if len(files) != 1 else ''}, {detections} detection"
