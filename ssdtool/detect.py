@@ -36,7 +36,7 @@ import numpy as np
 
 from ssdtool import ssd
 from ssdtool.cache import Cache
-from ssdtool.errors import BackendError, InputError, OfflineError, UsageError
+from ssdtool.errors import BackendError, ImageError, OfflineError, UsageError
 from ssdtool.imaging import resize_rgb
 from ssdtool.labels import coco_category_map, label_name, label_names, resolve_classes
 from ssdtool.registry import ModelEntry, Registry, load_registry
@@ -66,8 +66,6 @@ _GLOB_CHARACTERS = frozenset("*?[")
 ImageSource = Union[str, "os.PathLike[str]", "PILImage.Image", np.ndarray]
 
 
-class ImageError(InputError):
-    """One image cannot be used: missing, unreadable, empty, not an image, truncated, or too large."""
 
 
 # ------------------------------------------------------------------------------------------------- records

@@ -25,7 +25,7 @@ code  class                       meaning
 22    ModelFormatError            a model file is not a valid ONNX/IR or lacks expected tensors
 23    DependencyError             an optional or required library is missing or broken
 24    AccuracyError               INT8 accuracy guard failed (nothing installed)
-30    InputError                  some inputs (images) could not be processed
+30    InputError, ImageError      some inputs (images) could not be processed
 31    BackendError                unknown/unusable backend or device
 130   (KeyboardInterrupt)         interrupted; partial downloads are kept for resume
 ====  ==========================  ==========================================================
@@ -134,6 +134,15 @@ class AccuracyError(ConversionError):
 
 
 class InputError(SsdtoolError):
+    exit_code = 30
+
+
+class ImageError(InputError):
+    """One image cannot be used: missing, unreadable, empty, not an image, truncated, or too large.
+
+    Detection reports it per image and goes on; the command then exits with InputError's code.
+    """
+
     exit_code = 30
 
 
