@@ -176,7 +176,7 @@ def configurations(prepared: dict[str, Any], iterations: int) -> dict[str, list[
     }
 
 
-def run(runs: int = 2, iterations: int = 10, calibration_size: int = CALIBRATION_SIZE, matmul_repeats: int = 7
+def run(runs: int = 3, iterations: int = 10, calibration_size: int = CALIBRATION_SIZE, matmul_repeats: int = 7
         ) -> dict[str, Any]:
     prepared = prepare(calibration_size)
     matmul = [matmul_rate(matmul_repeats)]
@@ -203,6 +203,9 @@ def run(runs: int = 2, iterations: int = 10, calibration_size: int = CALIBRATION
     for key, values in raw.items():
         figures[key] = {
             "latency_median_ms": median([v["latency_median_ms"] for v in values]),
+            # The fastest iteration of any round: other work only ever slows a run down, so this shows what the
+            # configuration does undisturbed (the reference path reports no minimum: its own median stands in).
+            "latency_min_ms": min(v.get("latency_min_ms", v["latency_median_ms"]) for v in values),
             "throughput_fps": median([v["throughput_fps"] for v in values]),
             "load_seconds": median([v.get("load_seconds", 0.0) for v in values]),
             "peak_rss_mb": max(v.get("peak_rss_mb") or v["process_peak_rss_mb"] for v in values),
@@ -215,9 +218,20 @@ def run(runs: int = 2, iterations: int = 10, calibration_size: int = CALIBRATION
     return figures
 
 
+def best_throughput(f: dict[str, Any], precision: str) -> tuple[float, str]:
+    """The higher images/s of the two hints for ``precision`` ("fp32" or "int8"), and which hint gave it.
+
+    The fair throughput comparison: a user after images/s picks the better hint. On 2 cores FP32 is compute-bound
+    and both hints tie, while INT8 runs faster as one 2-thread stream than as two 1-thread streams.
+    """
+    options = [(f[f"{precision}_{hint}"]["throughput_fps"], hint) for hint in ("latency", "throughput")]
+    return max(options)
+
+
 def ratios(f: dict[str, Any]) -> dict[str, float]:
     floor = f["floor_ms"]
     return {
+        "int8_best_throughput_vs_fp32": best_throughput(f, "int8")[0] / best_throughput(f, "fp32")[0],
         "fp32_vs_floor": f["fp32_latency"]["latency_median_ms"] / floor,
         "fp32_vs_ovc": f["fp32_latency"]["latency_median_ms"] / f["ovc_latency"]["latency_median_ms"],
         "fp32_vs_plain": f["fp32_latency"]["latency_median_ms"] / f["plain_fp32_latency"]["latency_median_ms"],
@@ -240,9 +254,10 @@ def targets(f: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
         ("FP32 IR no slower than the plain `ovc` peer",
          f"{f['fp32_latency']['latency_median_ms']:.0f} ms vs {f['ovc_latency']['latency_median_ms']:.0f} ms",
          f"{r['fp32_vs_ovc']:.3f}x", r["fp32_vs_ovc"] <= 1.0),
-        (f"INT8 throughput >= {INT8_THROUGHPUT_TARGET}x FP32",
-         f"{f['int8_throughput']['throughput_fps']:.3f} vs {f['fp32_throughput']['throughput_fps']:.3f} images/s",
-         f"{r['int8_throughput_vs_fp32']:.2f}x", r["int8_throughput_vs_fp32"] >= INT8_THROUGHPUT_TARGET),
+        (f"INT8 throughput >= {INT8_THROUGHPUT_TARGET}x FP32 (better hint of each)",
+         f"{best_throughput(f, 'int8')[0]:.3f} ({best_throughput(f, 'int8')[1]} hint) vs "
+         f"{best_throughput(f, 'fp32')[0]:.3f} ({best_throughput(f, 'fp32')[1]} hint) images/s",
+         f"{r['int8_best_throughput_vs_fp32']:.2f}x", r["int8_best_throughput_vs_fp32"] >= INT8_THROUGHPUT_TARGET),
         (f"INT8 finds >= {INT8_RECALL_TARGET:.0%} of FP32 detections (synthetic twin)",
          f"{accuracy.get('matched')}/{accuracy.get('reference_detections')} on {accuracy.get('images')} held-out "
          "images" if recall is not None else "not measured",
@@ -259,15 +274,16 @@ def table(f: dict[str, Any]) -> str:
         data = f[key]
         lat = data["latency_median_ms"]
         load = f"{data['load_seconds']:.2f} s" if data.get("load_seconds") else "-"
-        return (f"| {label} | {lat:.0f} | {lat / floor:.3f}x | {peer or f'{lat / ovc:.3f}x'} | "
+        return (f"| {label} | {lat:.0f} | {data['latency_min_ms']:.0f} | {lat / floor:.3f}x | "
+                f"{peer or f'{lat / ovc:.3f}x'} | "
                 f"{data['throughput_fps']:.3f} | {data['throughput_fps'] / fp32_fps:.2f}x | {load} | "
                 f"{data['peak_rss_mb']:.0f} |")
 
     lines = [
-        "| configuration | latency median (ms) | vs floor | vs `ovc` peer | throughput (images/s) | vs ssdtool FP32 "
-        "throughput | load | peak RSS (MB) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-        f"| compute floor: {GFLOP} GFLOP / {f['matmul_gflops']:.1f} GFLOP/s (fp32 matmul) | {floor:.0f} | 1.000x | "
+        "| configuration | latency median (ms) | min (ms) | median vs floor | median vs `ovc` peer | throughput "
+        "(images/s) | vs ssdtool FP32 throughput | load | peak RSS (MB) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"| compute floor: {GFLOP} GFLOP / {f['matmul_gflops']:.1f} GFLOP/s (fp32 matmul) | {floor:.0f} | | 1.000x | "
         f"| {1000 / floor:.3f} | | | |",
         row("onnxruntime, source ONNX, engine only, latency", "ort_latency"),
         row("onnxruntime, source ONNX, throughput (threads x 1 intra-op thread)", "ort_throughput"),
@@ -284,7 +300,8 @@ def table(f: dict[str, Any]) -> str:
     accuracy = f.get("int8_accuracy")
     notes = [
         "",
-        f"INT8 vs FP32: throughput {r['int8_throughput_vs_fp32']:.2f}x, latency speed-up "
+        f"INT8 vs FP32: best throughput {r['int8_best_throughput_vs_fp32']:.2f}x, throughput hint against "
+        f"throughput hint {r['int8_throughput_vs_fp32']:.2f}x, latency speed-up "
         f"{r['int8_latency_speedup']:.2f}x; FP16 IR latency {r['fp16_vs_fp32']:.3f}x FP32 (on this CPU FP16 "
         "weights are widened to fp32 at compile time: smaller files, same arithmetic).",
     ]
@@ -314,7 +331,7 @@ def markdown(f: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 round of 3 iterations")
-    parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--calibration-size", type=int, default=CALIBRATION_SIZE)
     parser.add_argument("--json", action="store_true")

@@ -10,8 +10,9 @@ detect (end to end vs engine only, cold start; bench_detect.py), startup (``ssdt
 process time), download (vs curl on loopback; bench_download.py), convert (time and peak memory;
 bench_convert.py). Each section rewrites its own part of docs/performance.md; the Summary is rebuilt from every
 section's latest figures (kept in benchmarks/_work/results.json), so ``--only`` refreshes one part without losing
-the others. Timings are only meaningful on a quiet machine: the suite waits (up to --wait seconds) for the
-1-minute load average to drop below --max-load and records the load average next to every section.
+the others. Timings are only meaningful on a quiet machine: before each section the suite waits (up to --wait
+seconds) until other work uses fewer than --max-busy cores (sampled from /proc/stat while the suite is idle) and
+records that sample and the load average next to every section.
 """
 
 from __future__ import annotations
@@ -57,9 +58,11 @@ python benchmarks/run.py --only engines   # one section (engines, detect, startu
 The suite measures on the full synthetic twin (`ssd-resnet34-1200-synthetic`): the real model's graph, size and
 433 GFLOP cost with seeded weights, since the real file cannot be fetched here. Speed figures transfer to the
 real model; the INT8 accuracy figure does not (random weights quantize worse than trained ones). Run it on a
-quiet machine: the suite waits for the 1-minute load average to fall below 1.5 and records it with every
-section. Each section's figures are medians of several runs; ratios are to the compute floor (the model's
-FLOPs over the machine's measured fp32 matmul rate) or to the peer named in the row.
+quiet machine: before each section the suite waits until other processes use less than 0.3 of a core (sampled
+from /proc/stat for 5 s) and records that sample and the load average with every section; the suite's own
+processes load both cores, so the load average *after* a section is about 2 by construction. Each section's
+figures are medians of several runs; ratios are to the compute floor (the model's FLOPs over the machine's
+measured fp32 matmul rate) or to the peer named in the row.
 """
 
 
@@ -67,16 +70,38 @@ def load_average() -> float:
     return round(os.getloadavg()[0], 2)
 
 
-def wait_for_quiet(max_load: float, wait: float) -> float:
-    """Wait until the 1-minute load average is below ``max_load`` (at most ``wait`` seconds); return it."""
+def busy_cores(seconds: float = 5.0) -> float:
+    """CPU time used by every process on the machine over ``seconds``, in cores (/proc/stat; 0 where missing).
+
+    Called while the suite itself is idle, so it measures other work. The load average cannot tell: it still
+    counts the suite's own previous section for minutes after it ended.
+    """
+    def sample() -> tuple[int, int]:
+        fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+        return sum(fields), idle
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(seconds)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    spent = max(total1 - total0, 1)
+    return round((1 - (idle1 - idle0) / spent) * (os.cpu_count() or 1), 2)
+
+
+def wait_for_quiet(max_busy: float, wait: float) -> float:
+    """Wait (at most ``wait`` seconds) until other work uses under ``max_busy`` cores; return the last sample."""
     deadline = time.monotonic() + wait
-    current = load_average()
-    while current > max_load and time.monotonic() < deadline:
-        print(f"load average {current} > {max_load}: waiting for a quiet machine ...", file=sys.stderr)
-        time.sleep(min(30.0, max(1.0, deadline - time.monotonic())))
-        current = load_average()
-    if current > max_load:
-        print(f"warning: measuring with load average {current} (other work skews timings)", file=sys.stderr)
+    current = busy_cores()
+    while current > max_busy and time.monotonic() < deadline:
+        print(f"other work is using {current} cores (> {max_busy}), load average {load_average()}: waiting for a "
+              "quiet machine ...", file=sys.stderr)
+        time.sleep(min(25.0, max(1.0, deadline - time.monotonic())))
+        current = busy_cores()
+    if current > max_busy:
+        print(f"warning: measuring while other work uses {current} cores (timings will be skewed)", file=sys.stderr)
     return current
 
 
@@ -203,7 +228,7 @@ def summary(results: dict[str, Any]) -> str:
         f"Python {machine.get('python', '?')}.",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in results.get("versions", {}).items()) + ".",
         "",
-        "| target | measured | ratio | met | section (when, load average) |",
+        "| target | measured | ratio | met | section (when, idle-machine check, load average before -> after) |",
         "| --- | --- | --- | --- | --- |",
     ]
     notes = []
@@ -211,8 +236,9 @@ def summary(results: dict[str, Any]) -> str:
         data = results.get("sections", {}).get(name)
         if not data:
             continue
-        when = f"{HEADINGS[name]} ({data.get('when', '?')}, load {data.get('load_before', '?')} -> " \
-               f"{data.get('load_after', '?')}{', quick' if data.get('quick') else ''})"
+        quick = ", quick" if data.get("quick") else ""
+        when = (f"{HEADINGS[name]} ({data.get('when', '?')}, other work {data.get('busy_before', '?')} cores, load "
+                f"{data.get('load_before', '?')} -> {data.get('load_after', '?')}{quick})")
         figures = data.get("figures", {})
         if "skipped" in figures:
             notes.append(f"- {HEADINGS[name]}: not measured: {figures['skipped']}.")
@@ -248,7 +274,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer runs and iterations (not for the record)")
     parser.add_argument("--only", action="append", choices=SECTIONS, metavar="SECTION",
                         help=f"run only this section (repeatable): {', '.join(SECTIONS)}")
-    parser.add_argument("--max-load", type=float, default=1.5, help="wait for a 1-minute load average below this")
+    parser.add_argument("--max-busy", type=float, default=0.3,
+                        help="wait until other work uses fewer cores than this (sampled over 5 s between sections)")
     parser.add_argument("--wait", type=float, default=900.0, help="longest wait for a quiet machine, in seconds")
     parser.add_argument("--json", action="store_true", help="print every figure as JSON at the end")
     args = parser.parse_args()
@@ -258,11 +285,12 @@ def main() -> None:
     results["versions"] = versions()
     sections = results.setdefault("sections", {})
     for name in args.only or SECTIONS:
-        before = wait_for_quiet(args.max_load, 0 if args.quick else args.wait)
-        print(f"== {name} (load average {before})", file=sys.stderr)
+        busy = wait_for_quiet(args.max_busy, 0 if args.quick else args.wait)
+        before = load_average()
+        print(f"== {name} (load average {before}, other work {busy} cores)", file=sys.stderr)
         started = time.time()
         figures = RUNNERS[name](args.quick)
-        sections[name] = {"figures": figures, "quick": args.quick, "load_before": before,
+        sections[name] = {"figures": figures, "quick": args.quick, "load_before": before, "busy_before": busy,
                           "load_after": load_average(), "seconds": round(time.time() - started, 1),
                           "when": time.strftime("%Y-%m-%d %H:%M", time.localtime(started))}
         RESULTS.write_text(json.dumps(results, indent=2, default=str))
