@@ -32,16 +32,18 @@ from typing import Any
 
 import numpy as np
 
+from ssdtool import precision as inference_precisions
 from ssdtool.cache import Cache
+from ssdtool.constants import Backend, IRPrecision, PerformanceHint
 from ssdtool.errors import OfflineError, UsageError
 from ssdtool.imaging import generated_images, normalized_input, raw_input, resize_rgb
 from ssdtool.registry import ModelEntry
 
 log = logging.getLogger("ssdtool.bench")
 
-BACKENDS = ("openvino", "onnxruntime")
-HINTS = ("latency", "throughput")
-PRECISIONS = ("FP32", "FP16", "INT8")
+BACKENDS = Backend.values()
+HINTS = PerformanceHint.values()
+PRECISIONS = IRPrecision.values()
 DEFAULT_SECONDS = 20.0  # when neither iterations nor a time is given (benchmark_app uses 60 s)
 BENCH_IMAGES = 4
 BENCH_SEED = 21
@@ -54,11 +56,14 @@ class BenchOptions:
 
     ``requests``: parallel requests in throughput mode (OpenVINO: the queue size, default the compiled model's
     optimal number; onnxruntime: threads, default one per core); latency mode always uses one. ``precision``
-    picks the IR (OpenVINO); onnxruntime runs the source ONNX, which is FP32. ``images``: distinct inputs cycled.
+    picks the IR (OpenVINO); onnxruntime runs the source ONNX, which is FP32. ``inference_precision``: OpenVINO's
+    arithmetic, as for detection (``auto``, ``f32``, ``bf16``, ``f16``; see :mod:`ssdtool.precision`); the report
+    gives what was read back. ``images``: distinct inputs cycled.
     """
 
     backend: str = "openvino"
     precision: str = "FP32"
+    inference_precision: str = "auto"
     hint: str = "latency"
     requests: int | None = None
     iterations: int | None = None
@@ -92,6 +97,11 @@ class BenchReport:
     streams: int | None = None
     threads: int | None = None
     versions: dict[str, str] = field(default_factory=dict)
+    #: The arithmetic that ran, read back from the compiled model (None when the device does not report it),
+    #: what was asked, and why the one became the other.
+    inference_precision: str | None = None
+    inference_precision_requested: str = "auto"
+    inference_precision_reason: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -114,6 +124,9 @@ def check_options(options: BenchOptions) -> None:
                          hint="use --backend openvino for FP16 and INT8 IRs")
     if options.backend == "onnxruntime" and options.device.upper() != "CPU":
         raise UsageError(f"the onnxruntime backend runs on the CPU only, got --device {options.device}")
+    inference_precisions.parse(options.inference_precision)
+    if options.backend == "onnxruntime":
+        inference_precisions.onnxruntime_precision(options.inference_precision)
     if options.iterations is not None and options.seconds is not None:
         raise UsageError("give either a number of iterations or a time, not both")
     if options.iterations is not None and options.iterations < 1:
@@ -347,20 +360,27 @@ def benchmark_file(path: Path, tensors: Sequence[np.ndarray], options: BenchOpti
         raise UsageError("benchmark_file needs at least one input tensor")
     _reset_peak_rss()
     if options.backend == "openvino":
-        from ssdtool.backends.openvino import OpenVinoEngine
+        from ssdtool.backends.openvino import OpenVinoEngine, device_facts
+        from ssdtool.provenance import read_provenance
 
+        plan = inference_precisions.plan(options.inference_precision, device_facts(options.device),
+                                         inference_precisions.recorded_checks(read_provenance(Path(path))),
+                                         model=model or Path(path).stem)
+        log.log(plan.level, "inference precision: %s", plan.reason)
         began = time.perf_counter()
         # Streams are the plugin's choice for the hint (as in benchmark_app); requests only size the queue.
-        engine = OpenVinoEngine(path, device=options.device, hint=options.hint.upper())
+        engine = OpenVinoEngine(path, device=options.device, hint=options.hint.upper(), inference_precision=plan.pin)
         load_seconds = time.perf_counter() - began
         timings = _run_openvino(engine, tensors, options)
         input_shape = engine.input_shape or tuple(tensors[0].shape)
+        ran, reason = engine.inference_precision, plan.reason
     else:
         from ssdtool.backends.onnxruntime import OnnxRuntimeEngine
 
         timings, load_seconds = _run_onnxruntime(tensors, options,
                                                  lambda threads: OnnxRuntimeEngine(path, threads=threads))
         input_shape = tuple(tensors[0].shape)
+        ran, reason = "f32", "onnxruntime computes in f32 on the CPU"
     peak = peak_rss_bytes()
     latencies = np.asarray(timings.latencies_ms, dtype=np.float64)
     iterations = len(latencies)
@@ -374,4 +394,6 @@ def benchmark_file(path: Path, tensors: Sequence[np.ndarray], options: BenchOpti
         latency_min_ms=float(latencies.min()), latency_max_ms=float(latencies.max()),
         latency_mean_ms=float(latencies.mean()), throughput_fps=iterations / timings.duration,
         peak_rss_mb=peak / 2**20 if peak is not None else None, streams=timings.streams, threads=timings.threads,
-        versions=_versions(options.backend, options.precision))
+        versions=_versions(options.backend, options.precision), inference_precision=ran,
+        inference_precision_requested=inference_precisions.parse(options.inference_precision).value,
+        inference_precision_reason=reason)

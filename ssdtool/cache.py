@@ -58,7 +58,7 @@ class VerificationRecord:
                    source=data.get("source"), verified_at=float(data.get("verified_at", 0.0)))
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
     """Write via a unique temporary name and ``os.replace`` (safe with concurrent writers of the same path)."""
     temporary = path.with_name(f"{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
     try:
@@ -136,7 +136,7 @@ class Cache:
         path = self.record_path(model, file)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            _atomic_write_text(path, json.dumps(record.to_dict(), indent=2) + "\n")
+            atomic_write_text(path, json.dumps(record.to_dict(), indent=2) + "\n")
         except OSError as exc:
             raise CacheError(f"cannot write the verification record {path}: {exc}",
                              hint="check permissions and free space in the cache directory") from exc
@@ -172,7 +172,7 @@ class Cache:
         path = self.owner_path(model, file)
         data = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
         with contextlib.suppress(OSError):  # informational only: never fail a download over it
-            _atomic_write_text(path, json.dumps(data) + "\n")
+            atomic_write_text(path, json.dumps(data) + "\n")
 
     def read_owner(self, model: ModelEntry | str, file: FileEntry | str) -> dict[str, Any] | None:
         try:

@@ -12,6 +12,11 @@ where a good one is expected.
 INT8 (``precision="INT8"``) quantizes that same FP32 graph with NNCF (:mod:`ssdtool.quantize`) and replaces the
 parity gate by the accuracy guard: the INT8 IR against the FP32 IR on held-out images; it installs nothing when
 the guard fails unless ``accept_accuracy_drop``.
+
+The gate and the guard run OpenVINO at f32 (pinned): they prove the IR, whatever the CPU would pick by itself.
+Where the CPU's default inference precision is not f32 (bf16 on CPUs with native bf16), a *runtime check* then
+measures the IR at that default against the IR at f32 and records the figure in provenance
+(:mod:`ssdtool.precision`); ``--inference-precision auto`` runs the default only where that check passed.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from ssdtool import __version__
+from ssdtool import __version__, precision
 from ssdtool.backends import import_engine
 from ssdtool.cache import Cache
 from ssdtool.errors import (
@@ -124,6 +129,7 @@ class ParityReport:
     max_score_diff: float
     criteria: str
     per_image: tuple[dict[str, Any], ...] = field(default=())
+    inference_precision: str | None = "f32"  # what OpenVINO ran the IR in, read back
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -147,6 +153,8 @@ class ConversionResult:
     provenance: dict[str, Any]
     accuracy: AccuracyReport | None = None  # INT8: the accuracy guard (None when skipped or up to date)
     calibration: dict[str, Any] | None = None  # INT8: the calibration set, as recorded in provenance
+    #: This run's check of the IR at the CPU's default inference precision (None: not run, e.g. the default is f32)
+    runtime_check: precision.RuntimeCheck | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -156,6 +164,7 @@ class ConversionResult:
             "parity": self.parity.to_dict() if self.parity else None, "seconds": round(self.seconds, 3),
             "provenance": self.provenance,
             "accuracy": self.accuracy.to_dict() if self.accuracy else None, "calibration": self.calibration,
+            "runtime_check": self.runtime_check.to_dict() if self.runtime_check else None,
         }
 
 
@@ -383,21 +392,32 @@ def _check_saved(ov: Any, xml: Path, entry: ModelEntry, options: ConvertOptions)
     return model
 
 
+PARITY_SEED = 7
+
+
+def _parity_images(options: ConvertOptions) -> list[np.ndarray]:
+    """The gate's generated images (RGB); the runtime check uses the same ones."""
+    return generated_images(options.parity_images, seed=PARITY_SEED, size=(640, 480))
+
+
 def parity_check(source: Path, xml: Path, entry: ModelEntry, options: ConvertOptions,
-                 device: str = "CPU") -> ParityReport:
+                 device: str = "CPU", inference_precision: str | None = "f32") -> ParityReport:
     """Run the source ONNX (onnxruntime, host normalization) and the IR (OpenVINO, raw pixels) on generated images.
 
-    FP32 passes when every onnxruntime detection is found in the IR output and vice versa, boxes and scores
-    within 1e-4. FP16 passes when at least 90% of onnxruntime detections are found (label match, IoU >= 0.5).
+    The IR runs at ``inference_precision`` (pinned; None: the device's default; the gate pins f32, so it proves
+    the IR rather than the CPU's arithmetic). An FP32 IR at f32 passes when every onnxruntime detection is found
+    in the IR output and vice versa, boxes and scores within 1e-4. Otherwise (FP16 or INT8 weights, or a lower
+    inference precision) at least 90% of onnxruntime detections must be found (label match, IoU >= 0.5).
     """
     from ssdtool.backends.onnxruntime import OnnxRuntimeEngine
     from ssdtool.backends.openvino import OpenVinoEngine
 
     reference_engine = OnnxRuntimeEngine(source)
-    ir_engine = OpenVinoEngine(xml, device=device)
+    ir_engine = OpenVinoEngine(xml, device=device, inference_precision=inference_precision)
+    ran = ir_engine.inference_precision
     spec = entry.input
     reports: list[tuple[MatchReport, MatchReport]] = []
-    for rgb in generated_images(options.parity_images, seed=7, size=(640, 480)):
+    for rgb in _parity_images(options):
         resized = resize_rgb(rgb, spec)
         ref_out = reference_engine.infer(normalized_input(resized, spec))
         ir_out = ir_engine.infer(raw_input(resized, entry.convert.color_order, options.input_layout,
@@ -413,18 +433,46 @@ def parity_check(source: Path, xml: Path, entry: ModelEntry, options: ConvertOpt
     box_diff = max((r.max_box_diff for r in forward), default=0.0)
     score_diff = max((r.max_score_diff for r in forward), default=0.0)
     recall = 1.0 if ref_total == 0 else matched / ref_total
-    if options.precision == "FP32":
+    at = f" at inference precision {ran or 'unknown'}"
+    if options.precision == "FP32" and ran == "f32":
         passed = all(f.matched == f.reference_count and b.matched == b.reference_count for f, b in reports) \
             and box_diff <= FP32_TOLERANCE and score_diff <= FP32_TOLERANCE
         criteria = (f"every detection matched both ways (same label, IoU >= {PARITY_IOU}), boxes and scores within "
-                    f"{FP32_TOLERANCE:g}")
+                    f"{FP32_TOLERANCE:g}{at}")
     else:
         passed = recall >= FP16_MIN_RECALL
-        criteria = f"at least {FP16_MIN_RECALL:.0%} of onnxruntime detections matched (same label, IoU >= {PARITY_IOU})"
+        criteria = (f"at least {FP16_MIN_RECALL:.0%} of onnxruntime detections matched (same label, IoU >= "
+                    f"{PARITY_IOU}){at}")
     return ParityReport(precision=options.precision, passed=passed, images=len(reports),
                         reference_detections=ref_total, ir_detections=ir_total, matched=matched,
                         recall=recall, max_box_diff=box_diff, max_score_diff=score_diff, criteria=criteria,
-                        per_image=tuple(f.to_dict() for f in forward))
+                        per_image=tuple(f.to_dict() for f in forward), inference_precision=ran)
+
+
+def runtime_check(xml: Path, entry: ModelEntry, options: ConvertOptions, device: str = "CPU"
+                  ) -> precision.RuntimeCheck | None:
+    """The IR at ``device``'s default inference precision against the IR at f32, on the gate's images.
+
+    None when the default is f32 (nothing to check) or the device reports none. Logs the outcome; a failed check
+    does not stop the conversion (the IR is proven at f32), it makes ``--inference-precision auto`` run f32.
+    """
+    from ssdtool.backends.openvino import device_facts
+
+    facts = device_facts(device)
+    if facts.default_precision in (None, "f32"):
+        return None
+    log.info("runtime check: %s (the default of %s, %s) vs f32 on %d generated images ...",
+             facts.default_precision, device, facts.name, options.parity_images)
+    tensors = [raw_input(resize_rgb(rgb, entry.input), entry.convert.color_order, options.input_layout,
+                         options.input_type) for rgb in _parity_images(options)]
+    outputs = (entry.outputs.boxes, entry.outputs.labels, entry.outputs.scores)
+    check = precision.measure(xml, tensors, outputs, facts)
+    if check.passed:
+        log.info("runtime check %s", check.summary())
+    else:
+        log.warning("runtime check %s; '--inference-precision auto' will run f32 for this IR on this device",
+                    check.summary())
+    return check
 
 
 def _raw(outputs: dict[str, np.ndarray], entry: ModelEntry, normalize_boxes: bool) -> RawDetections:
@@ -442,7 +490,8 @@ def _raw(outputs: dict[str, np.ndarray], entry: ModelEntry, normalize_boxes: boo
 
 def _provenance(entry: ModelEntry, source: Path, source_sha256: str, options: ConvertOptions,
                 parity: ParityReport | None, calibration: CalibrationSet | None = None,
-                accuracy: AccuracyReport | None = None) -> dict[str, Any]:
+                accuracy: AccuracyReport | None = None,
+                check: precision.RuntimeCheck | None = None) -> dict[str, Any]:
     ov = import_engine("openvino")
     label_path = entry.label_path()
     record: dict[str, Any] = {
@@ -456,7 +505,9 @@ def _provenance(entry: ModelEntry, source: Path, source_sha256: str, options: Co
         "labels_sha256": sha256_of(label_path),
         "parity": "skipped (--no-verify)" if parity is None else {
             "passed": parity.passed, "images": parity.images, "recall": parity.recall,
-            "max_box_diff": parity.max_box_diff, "max_score_diff": parity.max_score_diff},
+            "max_box_diff": parity.max_box_diff, "max_score_diff": parity.max_score_diff,
+            "inference_precision": parity.inference_precision},
+        precision.PROVENANCE_KEY: [check.to_dict()] if check is not None else [],
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     if options.precision == "INT8":
@@ -481,7 +532,8 @@ def _install(temporary: Path, destination: Path) -> None:
 
 def _result(entry: ModelEntry, xml: Path, options: ConvertOptions, provenance: dict[str, Any],
             up_to_date: bool, parity: ParityReport | None, started: float,
-            accuracy: AccuracyReport | None = None) -> ConversionResult:
+            accuracy: AccuracyReport | None = None, runtime: precision.RuntimeCheck | None = None
+            ) -> ConversionResult:
     count = entry.convert.output_count
     width, height = entry.input.resize
     shape = (1, 3, height, width) if options.input_layout == "NCHW" else (1, height, width, 3)
@@ -491,7 +543,32 @@ def _result(entry: ModelEntry, xml: Path, options: ConvertOptions, provenance: d
         outputs={entry.outputs.boxes: (1, count, 4), entry.outputs.labels: (1, count),
                  entry.outputs.scores: (1, count)},
         up_to_date=up_to_date, parity=parity, seconds=time.perf_counter() - started, provenance=provenance,
-        accuracy=accuracy, calibration=provenance.get("calibration") if options.precision == "INT8" else None)
+        accuracy=accuracy, calibration=provenance.get("calibration") if options.precision == "INT8" else None,
+        runtime_check=runtime)
+
+
+def _record_missing_runtime_check(xml: Path, entry: ModelEntry, options: ConvertOptions,
+                                  provenance: dict[str, Any]) -> precision.RuntimeCheck | None:
+    """On the up-to-date path: check and record the IR at this CPU's default precision if no record speaks for it.
+
+    An IR converted on another CPU class (or before runtime checks existed) gets its check on the first
+    ``ssdtool convert`` here, so ``--inference-precision auto`` can then use the faster default. Nothing is measured
+    when a record exists or the default is f32; nothing is recorded when the IR's folder cannot be written.
+    """
+    from ssdtool.backends.openvino import device_facts
+
+    facts = device_facts("CPU")
+    if facts.default_precision in (None, "f32") or any(
+            c.matches(facts) for c in precision.recorded_checks(provenance)):
+        return None
+    if not os.access(xml, os.W_OK) or not os.access(xml.parent, os.W_OK):
+        log.info("%s has no runtime check for %s on this CPU, and its folder is read-only: not recorded", xml,
+                 facts.default_precision)
+        return None
+    check = runtime_check(xml, entry, options)
+    if check is not None:
+        _rewrite_provenance(xml, {precision.PROVENANCE_KEY: precision.with_check(provenance, check)})
+    return check
 
 
 def convert(entry: ModelEntry, cache: Cache, options: ConvertOptions | None = None, *, source: Path | None = None,
@@ -539,7 +616,9 @@ def convert(entry: ModelEntry, cache: Cache, options: ConvertOptions | None = No
         if (existing and not options.force and existing.get("source_sha256") == source_sha256
                 and same_parameters(existing.get("parameters"), wanted)):
             log.info("%s is up to date (same source checksum and parameters); pass --force to rebuild", xml)
-            return _result(entry, xml, options, existing, True, None, started)
+            check = _record_missing_runtime_check(xml, entry, options, existing) if options.verify else None
+            return _result(entry, xml, options, read_provenance(xml) or existing if check else existing, True,
+                           None, started, runtime=check)
         if options.precision == "INT8" and calibration is None:
             calibration = resolve_calibration(entry, None, options.calibration_size, options.guard_images)
         log.info("converting %s (%s, %s %s input) ...", source_path.name, options.precision, options.input_type,
@@ -566,6 +645,7 @@ def convert(entry: ModelEntry, cache: Cache, options: ConvertOptions | None = No
             _check_saved(ov, temp_xml, entry, options)
             parity = None
             accuracy = None
+            check = None
             if options.verify and options.precision == "INT8" and calibration is not None:
                 log.info("accuracy guard: INT8 vs FP32 IR on held-out images (%s) ...",
                          calibration.held_out_description)
@@ -574,7 +654,8 @@ def convert(entry: ModelEntry, cache: Cache, options: ConvertOptions | None = No
                 if not accuracy.passed:
                     _refuse_or_accept(accuracy, entry, options)
                     accuracy = replace(accuracy, accepted=True)
-                final = _provenance(entry, source_path, source_sha256, options, None, calibration, accuracy)
+                check = runtime_check(temp_xml, entry, options)
+                final = _provenance(entry, source_path, source_sha256, options, None, calibration, accuracy, check)
                 _rewrite_provenance(temp_xml, final)
             elif options.verify:
                 log.info("parity gate: onnxruntime vs OpenVINO on %d generated images ...", options.parity_images)
@@ -586,7 +667,8 @@ def convert(entry: ModelEntry, cache: Cache, options: ConvertOptions | None = No
                         f"max box difference {parity.max_box_diff:.3g}, max score difference "
                         f"{parity.max_score_diff:.3g}; required: {parity.criteria}. Nothing was installed.",
                         hint="report this with 'ssdtool --version'; --no-verify installs it anyway (not advised)")
-                final = _provenance(entry, source_path, source_sha256, options, parity)
+                check = runtime_check(temp_xml, entry, options)
+                final = _provenance(entry, source_path, source_sha256, options, parity, check=check)
                 _rewrite_provenance(temp_xml, final)
             else:
                 final = provisional
@@ -598,7 +680,8 @@ def convert(entry: ModelEntry, cache: Cache, options: ConvertOptions | None = No
             shutil.rmtree(temporary, ignore_errors=True)
             if reference_dir is not None:
                 shutil.rmtree(reference_dir, ignore_errors=True)
-        return _result(entry, xml, options, read_provenance(xml) or final, False, parity, started, accuracy)
+        return _result(entry, xml, options, read_provenance(xml) or final, False, parity, started, accuracy,
+                       runtime=check)
     finally:
         lock.release()
 
@@ -643,8 +726,13 @@ def _rewrite_provenance(xml: Path, record: dict[str, Any]) -> None:
 
 
 def check(entry: ModelEntry, cache: Cache, options: ConvertOptions | None = None, *, source: Path | None = None,
-          xml: Path | None = None, offline: bool = False, device: str = "CPU") -> ParityReport:
-    """The parity gate on its own, for an installed IR; raises :class:`ParityError` when it fails."""
+          xml: Path | None = None, offline: bool = False, device: str = "CPU",
+          inference_precision: str = "f32") -> ParityReport:
+    """The parity gate on its own, for an installed IR; raises :class:`ParityError` when it fails.
+
+    ``inference_precision`` as for detection (``auto`` resolves the same way, from the IR's runtime checks); at f32
+    an FP32 IR must pass the strict criteria, otherwise the recall floor applies (see :func:`parity_check`).
+    """
     options = options or ConvertOptions(precision=entry.convert.precision)
     check_options(options)
     ir = Path(xml) if xml is not None else ir_path(entry, cache, options)
@@ -656,11 +744,18 @@ def check(entry: ModelEntry, cache: Cache, options: ConvertOptions | None = None
     options = replace(options, input_type=parameters.get("input_type", options.input_type),
                       input_layout=parameters.get("input_layout", options.input_layout))
     source_path = _source_path(entry, cache, source, offline, None)
-    report = parity_check(source_path, ir, entry, options, device=device)
+    from ssdtool.backends.openvino import device_facts
+
+    choice = precision.plan(inference_precision, device_facts(device), precision.recorded_checks(provenance),
+                            model=entry.name)
+    log.log(choice.level, "inference precision: %s", choice.reason)
+    report = parity_check(source_path, ir, entry, options, device=device, inference_precision=choice.pin)
     if not report.passed:
         raise ParityError(
             f"{ir} disagrees with onnxruntime on {source_path.name}: {report.matched} of "
             f"{report.reference_detections} detections matched, max box difference {report.max_box_diff:.3g}, "
             f"max score difference {report.max_score_diff:.3g}; required: {report.criteria}",
-            hint=f"reconvert with 'ssdtool convert {entry.name} --force'")
+            hint=f"reconvert with 'ssdtool convert {entry.name} --force'" if report.inference_precision == "f32"
+            else f"at {report.inference_precision} this IR loses accuracy on this device; run it with "
+                 "--inference-precision f32")
     return report

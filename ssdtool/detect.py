@@ -34,8 +34,10 @@ from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
+from ssdtool import precision as inference_precisions
 from ssdtool import ssd
 from ssdtool.cache import Cache
+from ssdtool.constants import BACKEND_CHOICES, IRPrecision
 from ssdtool.errors import BackendError, ImageError, OfflineError, UsageError
 from ssdtool.imaging import resize_rgb
 from ssdtool.labels import coco_category_map, label_name, label_names, resolve_classes
@@ -54,7 +56,7 @@ DEFAULT_THRESHOLD = 0.5
 #: Pillow's own decompression-bomb limit (about 9459 x 9459); a PNG or GIF of this size can be a few KB on disk
 #: and hundreds of MB in memory.
 DEFAULT_MAX_PIXELS = 89_478_485
-BACKENDS = ("auto", "openvino", "onnxruntime")
+BACKENDS = BACKEND_CHOICES
 FORMS = ("onnx", "ir")
 PERFORMANCE_MODES = ("auto", "latency", "throughput")
 CHANNEL_ORDERS = ("RGB", "BGR")
@@ -126,6 +128,35 @@ class ImageResult:
             "detections": [d.to_dict(box_digits, score_digits) for d in self.detections],
             "error": self.error,
         }
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What ran: model, engine, device, the IR's weights and the inference precision read back from the engine.
+
+    ``precision`` is the IR's weights (FP32/FP16/INT8; None for onnxruntime, which runs the source ONNX);
+    ``inference_precision`` the arithmetic that ran (f32, bf16, f16; None when the device does not report it);
+    ``inference_precision_requested`` what was asked (``auto`` or a precision) and ``inference_precision_reason`` why
+    that became what ran.
+    """
+
+    model: str
+    backend: str
+    device: str
+    precision: str | None
+    inference_precision: str | None
+    inference_precision_requested: str
+    inference_precision_reason: str
+    model_path: str
+    performance: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    def describe(self) -> str:
+        """For people: ``openvino CPU FP32 IR, bf16`` or ``onnxruntime CPU, f32``."""
+        weights = f" {self.precision} IR" if self.precision else ""
+        return f"{self.backend} {self.device}{weights}, {self.inference_precision or 'unreported precision'}"
 
 
 def _round(value: float, digits: int | None) -> float:
@@ -507,7 +538,7 @@ def _installed_ir(entry: ModelEntry, cache: Cache, options: Any) -> Path | None:
     The same test ``convert`` makes, without its lock, download check or log line, so a warm start costs one
     small XML read, and an installed IR works even when the source ONNX was removed from the cache.
     """
-    from ssdtool.convert import conversion_parameters, ir_path
+    from ssdtool.convert import conversion_parameters, ir_path, same_parameters
     from ssdtool.provenance import read_provenance
 
     xml = ir_path(entry, cache, options)
@@ -515,9 +546,16 @@ def _installed_ir(entry: ModelEntry, cache: Cache, options: Any) -> Path | None:
         return None
     record = read_provenance(xml) or {}
     if (record.get("source_sha256") == entry.primary_file.sha256
-            and record.get("parameters") == conversion_parameters(entry, options)):
+            and same_parameters(record.get("parameters"), conversion_parameters(entry, options))):
         return xml
     return None
+
+
+def _ir_precision(value: str) -> str:
+    try:
+        return IRPrecision.parse(value, "precision").value
+    except ValueError as exc:
+        raise UsageError(str(exc), hint="pass --precision FP32, FP16 or INT8") from None
 
 
 def _default_workers() -> int:
@@ -532,7 +570,10 @@ class Detector:
     ``backend``: "openvino" (the converted IR, converted on first use), "onnxruntime" (the source ONNX) or "auto"
     (OpenVINO when it can be imported, else onnxruntime). The model is downloaded on first use unless
     ``offline`` (None: ``$SSDTOOL_OFFLINE``), in which case a missing file raises :class:`OfflineError`.
-    ``precision`` picks the IR (FP32/FP16, OpenVINO only); ``device`` the OpenVINO device. ``threshold``,
+    ``precision`` picks the IR (FP32/FP16/INT8, OpenVINO only); ``device`` the OpenVINO device.
+    ``inference_precision``: the arithmetic OpenVINO runs the IR in - "auto" (the device's default where this IR
+    was checked at it, else f32; see :mod:`ssdtool.precision`), "f32", "bf16" or "f16" (pinned; an error when the
+    device cannot run it); onnxruntime accepts "auto" and "f32". :meth:`run_info` reports what ran. ``threshold``,
     ``classes`` and ``max_detections`` filter results (see :func:`postprocess`). ``performance``: OpenVINO's
     hint - "latency" for one image at a time, "throughput" for streams, "auto" (latency for ``detector(image)``,
     throughput for :meth:`many`; each is compiled on first use, from the compiled-model cache after the first
@@ -541,7 +582,8 @@ class Detector:
     """
 
     def __init__(self, model: str | ModelEntry | None = None, backend: str = "auto", *,
-                 precision: str | None = None, device: str = "CPU", threshold: float = DEFAULT_THRESHOLD,
+                 precision: str | None = None, inference_precision: str = "auto", device: str = "CPU",
+                 threshold: float = DEFAULT_THRESHOLD,
                  classes: Iterable[str | int] | str | None = None, max_detections: int | None = None,
                  cache_dir: str | os.PathLike[str] | Cache | None = None, registry: str | os.PathLike[str] | Registry
                  | None = None, offline: bool | None = None, performance: str = "auto", workers: int | None = None,
@@ -564,6 +606,7 @@ class Detector:
         detections_from_arrays(np.zeros((0, 4)), np.zeros(0), np.zeros(0), self.entry, (1, 1),
                                threshold=threshold, classes=self.classes, max_detections=max_detections)  # validate
         self.device = device
+        self.requested_inference_precision = inference_precisions.parse(inference_precision)
         self.performance = performance
         self.workers = workers or _default_workers()
         self.max_pixels = max_pixels
@@ -575,6 +618,8 @@ class Detector:
         self.backend: str = self._resolve_backend(backend, precision)
         self.precision: str | None = None
         self._engines: dict[str, Future[Engine]] = {}
+        self._run_infos: dict[str, RunInfo] = {}
+        self._plan: inference_precisions.PrecisionPlan | None = None
         self._starter: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         if self.backend == "openvino":
@@ -583,7 +628,7 @@ class Detector:
 
             if device != "CPU":  # every OpenVINO build has the CPU plugin; asking costs a Core and a device query
                 check_device(device, available_devices())  # a bad --device fails now, not at the first image
-            self.precision = (precision or self.entry.convert.precision).upper()
+            self.precision = _ir_precision(precision or self.entry.convert.precision)
             options = ConvertOptions(precision=self.precision)
             installed = _installed_ir(self.entry, self.cache, options)
             if installed is None:
@@ -594,6 +639,7 @@ class Detector:
             if device.upper() != "CPU":
                 raise BackendError(f"the onnxruntime backend runs on the CPU only, got --device {device}",
                                    hint="use --backend openvino for other devices")
+            inference_precisions.onnxruntime_precision(self.requested_inference_precision)
             self.model_path = self._source_model(progress)
             self.form = "onnx"
         if performance != "auto":
@@ -608,6 +654,7 @@ class Detector:
             if precision is not None:
                 raise UsageError("precision selects an OpenVINO IR; onnxruntime runs the source ONNX as it is",
                                  hint="drop --precision or use --backend openvino")
+            inference_precisions.onnxruntime_precision(self.requested_inference_precision)
             return backend
         if backend == "openvino":
             import_engine("openvino")
@@ -664,16 +711,52 @@ class Detector:
         if self.backend == "openvino":
             from ssdtool.backends.openvino import OpenVinoEngine
 
+            plan = self._precision_plan()
             cache_dir = self.compiled_cache_dir
             cache_dir.mkdir(parents=True, exist_ok=True)
             engine = OpenVinoEngine(self.model_path, device=self.device, cache_dir=str(cache_dir),
-                                    hint=performance.upper())
+                                    hint=performance.upper(), inference_precision=plan.pin)
         else:
             from ssdtool.backends.onnxruntime import OnnxRuntimeEngine
 
             engine = OnnxRuntimeEngine(self.model_path)
-        log.debug("%s engine (%s) ready in %.2f s", self.backend, performance, time.perf_counter() - started)
+        self._run_infos[performance] = self._describe(engine, performance)
+        log.debug("%s engine (%s hint) ready in %.2f s: %s", self.backend, performance,
+                  time.perf_counter() - started, self._run_infos[performance].describe())
         return engine
+
+    def _precision_plan(self) -> inference_precisions.PrecisionPlan:
+        """What to pin for OpenVINO, decided once (the device's facts and the IR's checks do not change)."""
+        with self._lock:
+            if self._plan is None:
+                from ssdtool.backends.openvino import device_facts
+                from ssdtool.provenance import read_provenance
+
+                checks = inference_precisions.recorded_checks(read_provenance(self.model_path))
+                self._plan = inference_precisions.plan(self.requested_inference_precision,
+                                                       device_facts(self.device), checks, model=self.entry.name)
+                log.log(self._plan.level, "inference precision: %s", self._plan.reason)
+            return self._plan
+
+    def _describe(self, engine: Engine, performance: str) -> RunInfo:
+        if self.backend == "openvino":
+            reason = self._precision_plan().reason
+        else:
+            reason = "onnxruntime computes in f32 on the CPU"
+        return RunInfo(model=self.entry.name, backend=self.backend, device=engine.device, precision=self.precision,
+                       inference_precision=engine.inference_precision,
+                       inference_precision_requested=self.requested_inference_precision.value,
+                       inference_precision_reason=reason, model_path=str(self.model_path), performance=performance)
+
+    def run_info(self, performance: str | None = None) -> RunInfo:
+        """What runs for ``performance`` ("latency" or "throughput"; default: the engine made last), making the
+        engine first if needed: the inference precision is read back from it."""
+        if performance is None:
+            performance = next(reversed(self._run_infos), None) or (
+                "latency" if self.performance == "auto" else self.performance)
+        self.engine(performance)
+        key = "latency" if self.backend == "onnxruntime" else performance
+        return self._run_infos[key]
 
     def close(self) -> None:
         """Release the engines (compiled models and sessions hold the weights)."""

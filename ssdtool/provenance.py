@@ -38,7 +38,10 @@ def read_provenance(xml: Path) -> dict[str, Any] | None:
 
 
 def rewrite_provenance(xml: Path, record: dict[str, Any]) -> bool:
-    """Update the provenance block in place (the weights file is untouched); False if the IR has none."""
+    """Update the provenance block (the weights file is untouched); False if the IR has none.
+
+    The new XML replaces the old by rename, so a reader (or a crash) never meets half a file.
+    """
     tree = ElementTree.parse(xml)
     node = tree.getroot().find(f"rt_info/{RT_INFO_ROOT}")
     if node is None:
@@ -48,5 +51,8 @@ def rewrite_provenance(xml: Path, record: dict[str, Any]) -> bool:
         if child is None:
             child = ElementTree.SubElement(node, key)
         child.set("value", encode(value))
-    tree.write(xml, encoding="utf-8", xml_declaration=True)
+    from ssdtool.cache import atomic_write_text
+
+    text = ElementTree.tostring(tree.getroot(), encoding="unicode", xml_declaration=False)
+    atomic_write_text(xml, "<?xml version='1.0' encoding='utf-8'?>\n" + text)
     return True

@@ -393,8 +393,9 @@ def accuracy_guard(reference_xml: Path, int8_xml: Path, entry: ModelEntry, calib
     """Compare the INT8 IR with the FP32 IR on the held-out images of ``calibration``."""
     from ssdtool.backends.openvino import OpenVinoEngine
 
-    reference_engine = OpenVinoEngine(reference_xml, device=device)
-    int8_engine = OpenVinoEngine(int8_xml, device=device)
+    # f32 pinned for both: the guard proves the INT8 file, not the CPU's default arithmetic (see ssdtool.precision).
+    reference_engine = OpenVinoEngine(reference_xml, device=device, inference_precision="f32")
+    int8_engine = OpenVinoEngine(int8_xml, device=device, inference_precision="f32")
     reports: list[MatchReport] = []
     per_image: list[dict[str, Any]] = []
     total = len(calibration.held_out) if calibration.kind != GENERATED else calibration.guard_images

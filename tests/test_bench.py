@@ -24,6 +24,7 @@ REPORT_KEYS = {
     "model", "backend", "precision", "device", "hint", "requests", "model_path", "input_shape", "load_seconds",
     "first_inference_ms", "iterations", "duration_seconds", "latency_median_ms", "latency_p90_ms", "latency_min_ms",
     "latency_max_ms", "latency_mean_ms", "throughput_fps", "peak_rss_mb", "streams", "threads", "versions",
+    "inference_precision", "inference_precision_requested", "inference_precision_reason",
 }
 
 
@@ -73,9 +74,9 @@ def test_text_report(env: tuple[Path, Path]) -> None:
     result = _bench(env, "-n", "2")
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert lines[0].startswith("tiny: openvino FP32 on CPU, latency hint (1 request")
-    for label in ("model:", "load:", "first inference:", "iterations:      2 in", "latency:         median",
-                  "throughput:", "peak memory:"):
+    assert lines[0].startswith("tiny: openvino FP32 IR on CPU, latency hint (1 request")
+    for label in ("model:", "precision:", "load:", "first inference:", "iterations:      2 in",
+                  "latency:         median", "throughput:", "peak memory:"):
         assert any(line.strip().startswith(label.strip()) for line in lines), (label, result.stdout)
 
 

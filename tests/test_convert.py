@@ -47,9 +47,10 @@ def env(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def run_ir(xml: Path, tensor: np.ndarray) -> dict[str, np.ndarray]:
+    """The IR's outputs at f32 (pinned: these tests compare with onnxruntime, and bf16 CPUs default to bf16)."""
     from ssdtool.backends.openvino import OpenVinoEngine
 
-    return OpenVinoEngine(xml).infer(tensor)
+    return OpenVinoEngine(xml, inference_precision="f32").infer(tensor)
 
 
 def test_tiny_ir_interface_after_reload(env: tuple[Path, Path], tiny_model: onnx.ModelProto) -> None:

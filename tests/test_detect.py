@@ -100,7 +100,25 @@ def expected(width: int, height: int, threshold: float = 0.5) -> list[dict[str, 
 
 
 def detect(world: World, *args: str, env: dict[str, str] | None = None) -> Result:
-    return CliRunner().invoke(cli, world.args("detect", *args), env=env, catch_exceptions=False)
+    """``ssdtool detect`` on the world, at f32 unless told otherwise: these tests compare exact numbers, and a CPU
+    with native bf16 would otherwise be free to pick bf16 (see test_precision.py for the default's behaviour)."""
+    pinned = () if "--inference-precision" in args else ("--inference-precision", "f32")
+    return CliRunner().invoke(cli, world.args("detect", *args, *pinned), env=env, catch_exceptions=False)
+
+
+def json_images(stdout: str) -> list[dict[str, Any]]:
+    """The per-image records of a ``--format json`` document (``{"run": ..., "images": [...]}``)."""
+    document = json.loads(stdout)
+    assert list(document) == ["run", "images"]
+    return document["images"]
+
+
+def jsonl_images(text: str) -> list[dict[str, Any]]:
+    """The per-image records of ``--format jsonl`` output: every line after the ``{"run": ...}`` header."""
+    lines = [json.loads(line) for line in text.splitlines()]
+    assert list(lines[0]) == ["run"], lines[0]
+    assert all("run" not in line for line in lines[1:])
+    return lines[1:]
 
 
 # ------------------------------------------------------------------------------------------------- exact output
@@ -120,7 +138,7 @@ def test_table_for_people(detect_world: World, backend: str) -> None:
     assert result.exit_code == 0, result.output
     assert result.stdout == TABLE_640x480.format(path=image)
     summary = result.stderr.strip().splitlines()[-1]
-    engine = "openvino CPU FP32" if backend == "openvino" else "onnxruntime"
+    engine = "openvino CPU FP32 IR, f32" if backend == "openvino" else "onnxruntime CPU, f32"
     assert summary.startswith("1 image, 4 detections in ") and summary.endswith(f"(planted, {engine})")
 
 
@@ -130,22 +148,23 @@ def test_json_formats_give_exact_pixels_for_every_shape(detect_world: World, bac
     paths = [str(detect_world.images[size]) for size in SIZES]
     result = detect(detect_world, *paths, "--backend", backend, "--format", fmt)
     assert result.exit_code == 0, result.output
-    records = json.loads(result.stdout) if fmt == "json" else [json.loads(line) for line in
-                                                                result.stdout.splitlines()]
+    records = json_images(result.stdout) if fmt == "json" else jsonl_images(result.stdout)
     assert records == [{"path": path, "width": w, "height": h, "detections": expected(w, h), "error": None}
                        for path, (w, h) in zip(paths, SIZES, strict=True)]
     if fmt == "jsonl":
-        assert len(result.stdout.splitlines()) == len(SIZES)
+        assert len(result.stdout.splitlines()) == 1 + len(SIZES)
 
 
 def test_json_flag_is_format_json(detect_world: World) -> None:
     image = str(detect_world.images[(33, 1000)])
     result = detect(detect_world, image, "--json")
-    assert json.loads(result.stdout) == [{"path": image, "width": 33, "height": 1000,
-                                          "detections": expected(33, 1000), "error": None}]
+    assert json_images(result.stdout) == [{"path": image, "width": 33, "height": 1000,
+                                           "detections": expected(33, 1000), "error": None}]
     first = expected(33, 1000)[0]
-    assert result.stdout.startswith(f'[\n  {{\n    "path": {json.dumps(image)},\n    "width": 33,\n'
-                                    f'    "height": 1000,\n    "detections": [\n      {json.dumps(first)},\n')
+    run = json.loads(result.stdout)["run"]
+    assert result.stdout.startswith(f'{{\n  "run": {json.dumps(run)},\n  "images": [\n    {{\n      "path": '
+                                    f'{json.dumps(image)},\n      "width": 33,\n      "height": 1000,\n      '
+                                    f'"detections": [\n        {json.dumps(first)},\n')
     clash = detect(detect_world, image, "--json", "--format", "coco")
     assert clash.exit_code == 2 and "--json and --format coco disagree" in clash.stderr
 
@@ -153,7 +172,7 @@ def test_json_flag_is_format_json(detect_world: World) -> None:
 def test_boxes_are_scaled_per_axis_and_clipped(detect_world: World) -> None:
     """Hand-computed from the default-box formula, independent of the twin's helpers."""
     result = detect(detect_world, str(detect_world.images[(33, 1000)]), "--format", "json")
-    boxes = [d["box"] for d in json.loads(result.stdout)[0]["detections"]]
+    boxes = [d["box"] for d in json_images(result.stdout)[0]["detections"]]
     # Level 0, anchor 0, row 2, column 3 of the 13x13 grid: centre ((3.5, 2.5) / 13), side 21/300 = 0.07.
     cx, cy, side = 3.5 / 13, 2.5 / 13, 0.07
     assert boxes[0] == pytest.approx([(cx - side / 2) * 33, (cy - side / 2) * 1000, (cx + side / 2) * 33,
@@ -224,7 +243,7 @@ def test_coco_image_ids_fall_back_to_the_input_index(detect_world: World) -> Non
 def test_threshold_classes_and_max_detections(detect_world: World, options: list[str], labels: list[str]) -> None:
     result = detect(detect_world, str(detect_world.images[(640, 480)]), "--format", "json", *options)
     assert result.exit_code == 0, result.output
-    assert [d["label"] for d in json.loads(result.stdout)[0]["detections"]] == labels
+    assert [d["label"] for d in json_images(result.stdout)[0]["detections"]] == labels
 
 
 def test_unknown_class_suggests_a_name(detect_world: World) -> None:
@@ -254,7 +273,7 @@ def test_bad_inputs_do_not_stop_the_others(detect_world: World, tmp_path: Path, 
     order = [good, bad["truncated"], bad["text"], detect_world.images[(33, 1000)], bad["empty"], bad["missing"]]
     result = detect(detect_world, *map(str, order), "--backend", backend, "--format", "jsonl")
     assert result.exit_code == 30
-    records = [json.loads(line) for line in result.stdout.splitlines()]
+    records = jsonl_images(result.stdout)
     assert [r["path"] for r in records] == [str(p) for p in order]
     assert [r["error"] is None for r in records] == [True, False, False, True, False, False]
     assert records[0]["detections"] == expected(640, 480) and records[3]["detections"] == expected(33, 1000)
@@ -283,7 +302,7 @@ def test_bad_inputs_in_table_and_json(detect_world: World, tmp_path: Path) -> No
     assert table.stderr.startswith(f"error: {text}: not an image")  # and nothing else before it
     as_json = detect(detect_world, str(text), str(good), "--format", "json")
     assert as_json.exit_code == 30
-    records = json.loads(as_json.stdout)  # one valid document: the final error is not appended as JSON
+    records = json_images(as_json.stdout)  # one valid document: the final error is not appended as JSON
     assert [r["error"] is None for r in records] == [False, True]
 
 
@@ -293,7 +312,7 @@ def test_oversized_image_is_rejected_before_decoding(detect_world: World, tmp_pa
     result = detect(detect_world, str(big), str(detect_world.images[(640, 480)]), "--max-pixels", "100000",
                     "--format", "jsonl")
     assert result.exit_code == 30
-    first = json.loads(result.stdout.splitlines()[0])
+    first = jsonl_images(result.stdout)[0]
     assert first["error"] == f"{big}: 400x300 = 120,000 pixels is over the limit of 100,000 (a guard against " \
                              "decompression bombs)"
     assert Image.MAX_IMAGE_PIXELS == 89_478_485  # the command restores Pillow's global limit
@@ -304,7 +323,7 @@ def test_exif_rotation_reports_the_upright_frame(detect_world: World, tmp_path: 
     exif = Image.Exif()
     exif[0x0112] = 6  # stored 640x480, shown rotated 90 degrees clockwise: 480x640
     Image.open(detect_world.images[(640, 480)]).convert("RGB").save(path, exif=exif.tobytes())
-    record = json.loads(detect(detect_world, str(path), "--format", "json").stdout)[0]
+    record = json_images(detect(detect_world, str(path), "--format", "json").stdout)[0]
     assert (record["width"], record["height"]) == (480, 640)
     assert record["detections"] == expected(480, 640)
 
@@ -320,7 +339,7 @@ def test_folders_recursion_and_globs(detect_world: World, tmp_path: Path, monkey
     def paths(*args: str) -> list[str]:
         result = detect(detect_world, *args, "--format", "jsonl")
         assert result.exit_code == 0, result.output
-        return [json.loads(line)["path"] for line in result.stdout.splitlines()]
+        return [record["path"] for record in jsonl_images(result.stdout)]
 
     assert paths("photos") == ["photos/a.png"]
     assert paths("photos", "-r") == ["photos/a.png", "photos/sub/b.png", "photos/sub/deeper/c.png"]
@@ -358,13 +377,13 @@ def test_output_file_is_written_whole(detect_world: World, tmp_path: Path) -> No
     result = detect(detect_world, str(detect_world.images[(640, 480)]), str(text), "--format", "jsonl", "-o",
                     str(out))
     assert result.exit_code == 30 and result.stdout == ""
-    assert [json.loads(line)["error"] is None for line in out.read_text().splitlines()] == [True, False]
+    assert [r["error"] is None for r in jsonl_images(out.read_text())] == [True, False]
     assert f"results in {out}" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.jpg", "results.jsonl"]
     # A run that fails before any result leaves the old file alone and no temporary behind.
     failed = detect(detect_world, str(text), "--model", "nonexistent", "-o", str(out))
     assert failed.exit_code == 4
-    assert [json.loads(line)["error"] is None for line in out.read_text().splitlines()] == [True, False]
+    assert [r["error"] is None for r in jsonl_images(out.read_text())] == [True, False]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.jpg", "results.jsonl"]
     missing_folder = detect(detect_world, str(text), "-o", str(tmp_path / "no" / "such.json"))
     assert missing_folder.exit_code == 2 and "folder" in missing_folder.stderr
@@ -392,7 +411,7 @@ def test_annotated_copies(detect_world: World, tmp_path: Path, monkeypatch: pyte
                 assert np.asarray(drawn.convert("RGB")).tolist() != np.asarray(original.convert("RGB")).tolist()
     # Running again does not read the annotated copies back as inputs.
     again = detect(detect_world, "photos", "-r", "--save-dir", "photos/annotated", "--format", "jsonl")
-    assert len(again.stdout.splitlines()) == 3
+    assert len(jsonl_images(again.stdout)) == 3
 
 
 def test_annotation_never_overwrites_the_input(detect_world: World, tmp_path: Path) -> None:
@@ -506,7 +525,7 @@ def assert_engines_agree(model: str, world: World, images: list[np.ndarray], thr
     from ssdtool.detect import Detector
 
     def run(backend: str) -> list[list[Any]]:
-        with Detector(model, backend, registry=world.registry, cache_dir=world.cache,
+        with Detector(model, backend, registry=world.registry, cache_dir=world.cache, inference_precision="f32",
                       threshold=threshold - 1e-3) as detector:
             return [list(r.detections) for r in detector.many(images)]
 

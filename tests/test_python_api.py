@@ -59,7 +59,7 @@ def test_import_ssdtool_stays_light() -> None:
 
 @pytest.mark.parametrize("backend", ["openvino", "onnxruntime"])
 def test_detector_on_planted_model(world: World, backend: str) -> None:
-    detector = Detector("planted", backend, registry=world.registry, cache_dir=world.cache)
+    detector = Detector("planted", backend, registry=world.registry, cache_dir=world.cache, inference_precision="f32")
     detections = detector(np.zeros((480, 640, 3), np.uint8))
     assert _dicts(detections) == expected(640, 480)
     first = detections[0]
@@ -112,7 +112,8 @@ def test_many_streams_results_in_order_with_errors(world: World, tmp_path: Path)
         yield Image.open(world.images[(33, 1000)])
         yield np.zeros((48, 64), np.uint8)
 
-    detector = Detector("planted", "openvino", registry=world.registry, cache_dir=world.cache)
+    detector = Detector("planted", "openvino", registry=world.registry, cache_dir=world.cache,
+                        inference_precision="f32")
     results = list(detector.many(inputs(), keep_images=True))
     assert [r.index for r in results] == [0, 1, 2, 3]
     assert [r.path for r in results] == [str(good), str(text), None, None]
@@ -143,7 +144,7 @@ def test_public_steps_reproduce_the_detector(world: World, backend: str, form: s
     """load_image + preprocess + (any engine) + postprocess == Detector, for the source model and for the IR."""
     rgb = generated_images(1, seed=4, size=(500, 375))[0]
     detector = Detector("tiny", backend, registry=world.registry, cache_dir=world.cache,
-                        threshold=0.25)
+                        threshold=0.25, inference_precision="f32")
     entry = detector.entry
     tensor = preprocess(load_image(rgb), entry, form=form)
     if form == "onnx":
@@ -158,7 +159,8 @@ def test_public_steps_reproduce_the_detector(world: World, backend: str, form: s
         assert np.array_equal(tensor[0, 0], preprocess(rgb, entry, form="ir")[0, 0])
         import openvino as ov
 
-        compiled = ov.Core().compile_model(str(detector.model_path), "CPU")
+        # f32 pinned on both sides: the comparison is exact, and a CPU with native bf16 defaults to bf16.
+        compiled = ov.Core().compile_model(str(detector.model_path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
         result = compiled.create_infer_request().infer({0: tensor})
         outputs = {port.get_any_name(): np.array(value) for port, value in result.items()}
         assert outputs["scores"].shape == (1, 200)  # the IR's padded form

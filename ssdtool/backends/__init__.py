@@ -16,13 +16,21 @@ import numpy as np
 
 from ssdtool.errors import DependencyError
 
-BACKENDS = ("openvino", "onnxruntime")
-
 
 class Engine(Protocol):
     name: str
+    device: str
     input_name: str
     input_shape: tuple[int, ...]
+    #: The arithmetic that runs, read back from the engine (f32, bf16, f16; None when the device does not say).
+    inference_precision: str | None
+    #: Seconds with at least one inference in flight, over the engine's life.
+    busy_seconds: float
+
+    @property
+    def optimal_requests(self) -> int:
+        """How many inferences in flight keep this engine busy."""
+        ...
 
     def infer(self, tensor: np.ndarray) -> dict[str, np.ndarray]:
         """Run one batch; returns every output by tensor name."""

@@ -38,6 +38,8 @@ class OnnxRuntimeEngine:
         self.output_names: list[str] = [o.name for o in self.session.get_outputs()]
         self.path = Path(model_path)
         self.device = "CPU"
+        self.inference_precision = "f32"  # the CPU execution provider computes in f32
+        self.optimal_requests = 1  # one run at a time uses every core (intra-op threads)
         self.busy_seconds = 0.0  # seconds spent in session.run over this engine's life (see OpenVinoEngine)
 
     def infer(self, tensor: np.ndarray) -> dict[str, np.ndarray]:

@@ -7,6 +7,7 @@ in input order), which keeps every stream of a THROUGHPUT-compiled model busy.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections import deque
@@ -16,6 +17,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from ssdtool import precision
 from ssdtool.backends import import_engine
 from ssdtool.errors import BackendError, ModelFormatError
 
@@ -27,6 +29,29 @@ HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
 def available_devices() -> list[str]:
     ov = import_engine("openvino")
     return list(ov.Core().available_devices)
+
+
+def openvino_version() -> str:
+    return str(import_engine("openvino").get_version())
+
+
+@functools.lru_cache(maxsize=8)
+def device_facts(device: str = "CPU") -> precision.DeviceFacts:
+    """The device's name (the CPU model for ``CPU``) and default inference precision, asked without compiling.
+
+    Virtual devices (AUTO, MULTI, HETERO, BATCH) report neither: their default precision is None. Cached: the
+    answers describe the hardware, which does not change while the process runs.
+    """
+    core = import_engine("openvino").Core()
+    try:
+        name = str(core.get_property(device, "FULL_DEVICE_NAME"))
+    except Exception:  # virtual devices have no name of their own
+        name = device
+    try:
+        default = precision.type_name(core.get_property(device, "INFERENCE_PRECISION_HINT"))
+    except Exception:
+        default = None
+    return precision.DeviceFacts(device=device, name=name, default_precision=default)
 
 
 def check_device(device: str, devices: list[str]) -> None:
@@ -43,7 +68,13 @@ class OpenVinoEngine:
     name = "openvino"
 
     def __init__(self, model_path: str | os.PathLike[str], device: str = "CPU", cache_dir: str | None = None,
-                 hint: str = "LATENCY", streams: int | None = None) -> None:
+                 hint: str = "LATENCY", streams: int | None = None, inference_precision: str | None = None) -> None:
+        """Compile ``model_path`` for ``device``.
+
+        ``inference_precision`` pins ``INFERENCE_PRECISION_HINT`` (f32, bf16, f16); None leaves the device's
+        default. Either way the precision that runs is read back into :attr:`inference_precision`, and a pinned
+        one that OpenVINO did not honour raises :class:`BackendError` (see :mod:`ssdtool.precision`).
+        """
         ov = import_engine("openvino")
         core = ov.Core()
         check_device(device, list(core.available_devices))
@@ -54,6 +85,8 @@ class OpenVinoEngine:
             config["CACHE_DIR"] = str(cache_dir)
         if streams:
             config["NUM_STREAMS"] = str(streams)
+        if inference_precision is not None:
+            config["INFERENCE_PRECISION_HINT"] = inference_precision
         if cache_dir:
             # Compiling from the path lets OpenVINO find a cached blob without parsing the model first, which
             # is most of the cost of a warm start (the blob holds the already transformed graph and weights).
@@ -82,6 +115,11 @@ class OpenVinoEngine:
         self.device = device
         self.hint = hint
         self.cache_dir = Path(cache_dir) if cache_dir else None
+        #: What was pinned (None: the device's default) and what the compiled model runs, read back from it (None
+        #: when the device does not report it, as virtual devices such as AUTO do not).
+        self.requested_precision = inference_precision
+        self.inference_precision: str | None = self._read_back_precision()
+        precision.confirm(inference_precision, self.inference_precision, device)
         self._request = self.compiled.create_infer_request()
         self._pool: list[Any] = [self._request]
         #: Seconds with at least one inference in flight, over this engine's life: what the engine itself took,
@@ -98,6 +136,12 @@ class OpenVinoEngine:
                                    hint="reconvert it with 'ssdtool convert --force'") from exc
         raise BackendError(f"OpenVINO cannot compile {model_path} for {device}: {exc}",
                            hint="try --device CPU or --backend onnxruntime") from exc
+
+    def _read_back_precision(self) -> str | None:
+        try:
+            return precision.type_name(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
+        except Exception:  # AUTO, MULTI and other virtual devices do not report it
+            return None
 
     @property
     def optimal_requests(self) -> int:

@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from ssdtool.cli import AppContext, _complete_model_names, echo_json, human_size, want_json
+from ssdtool.commands.options import inference_precision_option, ir_precision_option
 
 
 def format_report(data: dict[str, Any]) -> str:
@@ -17,9 +18,12 @@ def format_report(data: dict[str, Any]) -> str:
     detail = ", ".join(part for part in (requests, engine, threads) if part)
     load = "read + compile" if data["backend"] == "openvino" else "session creation"
     peak = human_size(int(data["peak_rss_mb"] * 2**20)) if data.get("peak_rss_mb") is not None else "unknown"
+    weights = f"{data['precision']} IR" if data["backend"] == "openvino" else "source ONNX"
     lines = [
-        f"{data['model']}: {data['backend']} {data['precision']} on {data['device']}, {data['hint']} hint ({detail})",
+        f"{data['model']}: {data['backend']} {weights} on {data['device']}, {data['hint']} hint ({detail})",
         f"  model:           {data['model_path']}",
+        f"  precision:       {data['inference_precision'] or 'not reported by the device'} (inference precision "
+        f"read back; asked: {data['inference_precision_requested']}; {data['inference_precision_reason']})",
         f"  input:           {data['input_shape']}",
         f"  load:            {data['load_seconds']:.2f} s ({load})",
         f"  first inference: {data['first_inference_ms']:.1f} ms (warm-up, excluded)",
@@ -36,8 +40,8 @@ def format_report(data: dict[str, Any]) -> str:
 @click.argument("name", required=False, shell_complete=_complete_model_names)
 @click.option("--backend", type=click.Choice(["openvino", "onnxruntime"]), default="openvino", show_default=True,
               help="Engine: OpenVINO on the converted IR, or onnxruntime on the source ONNX.")
-@click.option("--precision", type=click.Choice(["FP32", "FP16", "INT8"], case_sensitive=False), default="FP32",
-              show_default=True, help="Which IR (OpenVINO only; converted on first use).")
+@ir_precision_option("Which IR (OpenVINO only; converted on first use).", default="FP32")
+@inference_precision_option()
 @click.option("--hint", type=click.Choice(["latency", "throughput"], case_sensitive=False), default="latency",
               show_default=True, help="latency: one request at a time; throughput: N requests in parallel.")
 @click.option("--requests", type=click.IntRange(min=1), metavar="N",
@@ -52,7 +56,8 @@ def format_report(data: dict[str, Any]) -> str:
               help="Never touch the network: the model must already be in the cache.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.pass_context
-def bench_command(ctx: click.Context, name: str | None, backend: str, precision: str, hint: str,
+def bench_command(ctx: click.Context, name: str | None, backend: str, precision: str, inference_precision: str,
+                  hint: str,
                   requests: int | None, iterations: int | None, seconds: float | None, device: str, offline: bool,
                   as_json: bool) -> None:
     """Measure inference speed of NAME (default model): latency percentiles, throughput, load time, memory.
@@ -68,7 +73,8 @@ def bench_command(ctx: click.Context, name: str | None, backend: str, precision:
         raise UsageError("--iterations and --time are exclusive", hint="give one of them")
     app: AppContext = ctx.obj
     entry = app.registry().model(name)
-    options = BenchOptions(backend=backend, precision=precision.upper(), hint=hint.lower(), requests=requests,
+    options = BenchOptions(backend=backend, precision=precision, inference_precision=inference_precision,
+                           hint=hint.lower(), requests=requests,
                            iterations=iterations, seconds=seconds, device=device, offline=offline)
     progress = None
     try:

@@ -8,8 +8,10 @@ from typing import Any
 import click
 
 from ssdtool.cli import AppContext, _complete_model_names, echo_json, human_size, want_json
+from ssdtool.commands.options import inference_precision_option
+from ssdtool.constants import IRPrecision
 
-PRECISION_CHOICES = ("FP32", "FP16", "INT8")
+PRECISION_CHOICES = IRPrecision.values()
 
 
 def _options(precision: str | None, input_type: str, input_layout: str, force: bool, verify: bool,
@@ -58,9 +60,21 @@ def format_calibration(calibration: dict[str, Any] | None) -> str:
 
 def format_parity(parity: dict[str, Any]) -> str:
     verdict = "passed" if parity["passed"] else "FAILED"
+    ran = parity.get("inference_precision") or "an unreported precision"
     return (f"{verdict}: {parity['matched']}/{parity['reference_detections']} onnxruntime detections matched "
-            f"on {parity['images']} images (IR gave {parity['ir_detections']}), max box diff "
+            f"on {parity['images']} images (IR gave {parity['ir_detections']}, run at {ran}), max box diff "
             f"{parity['max_box_diff']:.2g}, max score diff {parity['max_score_diff']:.2g}")
+
+
+def format_runtime_checks(result: Any) -> list[str]:
+    """The IR's runtime checks (this run's first), one line each: how it fares at a device's default precision."""
+    from ssdtool.precision import recorded_checks
+
+    checks = recorded_checks(result.provenance)
+    if result.runtime_check is not None:
+        checks = [result.runtime_check, *[c for c in checks if c != result.runtime_check]]
+    return [f"  runtime: {check.summary()}" + ("" if check is result.runtime_check or not result.up_to_date
+                                                else " (recorded)") for check in checks]
 
 
 @click.command("convert")
@@ -134,6 +148,7 @@ def convert_command(ctx: click.Context, name: str | None, precision: str | None,
         lines.append(f"  parity:  {format_parity(result.parity.to_dict())}")
     elif not result.up_to_date:
         lines.append("  parity:  skipped (--no-verify)")
+    lines += format_runtime_checks(result)
     click.echo("\n".join(lines))
 
 
@@ -183,13 +198,16 @@ def _download_progress(app: AppContext) -> Any:
 @click.option("--input-layout", type=click.Choice(["NCHW", "NHWC"], case_sensitive=False), default="NCHW",
               show_default=True)
 @click.option("--device", default="CPU", show_default=True, help="OpenVINO device to run the IR on.")
+@inference_precision_option(default="f32", help_text=(
+    "The arithmetic the IR runs in. f32 (the default) proves the IR with the gate's strict criteria; auto, bf16 "
+    "or f16 check how it fares at that precision (the recall floor applies)."))
 @click.option("--offline", is_flag=True, envvar="SSDTOOL_OFFLINE", show_envvar=True,
               help="Never touch the network.")
 @click.option("--json", "as_json", is_flag=True, help="Print the parity report as JSON on stdout.")
 @click.pass_context
 def check_command(ctx: click.Context, name: str | None, precision: str | None, xml_path: str | None,
-                  source_path: str | None, input_type: str, input_layout: str, device: str, offline: bool,
-                  as_json: bool) -> None:
+                  source_path: str | None, input_type: str, input_layout: str, device: str,
+                  inference_precision: str, offline: bool, as_json: bool) -> None:
     """Prove an IR against onnxruntime on its source ONNX (the parity gate on its own).
 
     Exits 0 when the IR passes, 21 when it disagrees. Anyone holding the real model file can run this to check
@@ -202,7 +220,8 @@ def check_command(ctx: click.Context, name: str | None, precision: str | None, x
     entry = app.registry().model(name)
     options = _options(precision, input_type, input_layout, False, True, None, entry.convert.precision)
     report = check(entry, app.cache(), options, source=Path(source_path) if source_path else None,
-                   xml=Path(xml_path) if xml_path else None, offline=offline, device=device)
+                   xml=Path(xml_path) if xml_path else None, offline=offline, device=device,
+                   inference_precision=inference_precision)
     if as_json:
         echo_json(report.to_dict())
         return

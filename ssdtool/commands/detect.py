@@ -19,6 +19,7 @@ from typing import IO, Any
 import click
 
 from ssdtool.cli import AppContext, _complete_model_names, want_json
+from ssdtool.commands.options import inference_precision_option, ir_precision_option
 from ssdtool.errors import InputError, UsageError
 
 FORMATS = ("table", "json", "jsonl", "coco")
@@ -96,21 +97,26 @@ def format_table_block(result: Any) -> str:
     return "\n".join(lines) + "\n"
 
 
-def json_document(records: list[dict[str, Any]]) -> str:
-    """The ``--format json`` array: indented per image, one line per detection (readable, and still plain JSON)."""
-    if not records:
-        return "[]\n"
+def json_document(run: dict[str, Any], records: list[dict[str, Any]]) -> str:
+    """The ``--format json`` document: ``{"run": {...}, "images": [...]}``, the run on one line, each image
+    indented with one line per detection (readable, and still plain JSON)."""
     blocks = []
     for record in records:
         fields = []
         for key, value in record.items():
             if key == "detections" and value:
-                rows = ",\n".join(f"      {json.dumps(d)}" for d in value)
-                fields.append(f'    "detections": [\n{rows}\n    ]')
+                rows = ",\n".join(f"        {json.dumps(d)}" for d in value)
+                fields.append(f'      "detections": [\n{rows}\n      ]')
             else:
-                fields.append(f"    {json.dumps(key)}: {json.dumps(value)}")
-        blocks.append("  {\n" + ",\n".join(fields) + "\n  }")
-    return "[\n" + ",\n".join(blocks) + "\n]\n"
+                fields.append(f"      {json.dumps(key)}: {json.dumps(value)}")
+        blocks.append("    {\n" + ",\n".join(fields) + "\n    }")
+    images = "[\n" + ",\n".join(blocks) + "\n  ]" if blocks else "[]"
+    return f'{{\n  "run": {json.dumps(run)},\n  "images": {images}\n}}\n'
+
+
+def jsonl_header(run: dict[str, Any]) -> str:
+    """The first ``--format jsonl`` line: what ran (the image lines follow, one per input)."""
+    return json.dumps({"run": run}) + "\n"
 
 
 def _annotated_path(save_dir: Path, relative: str, source: str, used: set[str]) -> Path:
@@ -144,8 +150,8 @@ def _download_progress(app: AppContext) -> Callable[[Any], None] | None:
 @click.option("-b", "--backend", default="auto", show_default=True, shell_complete=_complete_backends,
               help="openvino (the converted IR, converted on first use), onnxruntime (the source ONNX), or auto "
                    "(openvino when it can be imported, else onnxruntime).")
-@click.option("--precision", type=click.Choice(["FP32", "FP16"], case_sensitive=False),
-              help="Which IR to run with OpenVINO [default: the registry's, FP32].")
+@ir_precision_option()
+@inference_precision_option()
 @click.option("--device", default="CPU", show_default=True, help="OpenVINO device (CPU, GPU, AUTO, ...).")
 @click.option("-t", "--threshold", type=click.FloatRange(0.0, 1.0), default=0.5, show_default=True,
               help="Minimum score of a detection.")
@@ -170,7 +176,8 @@ def _download_progress(app: AppContext) -> Callable[[Any], None] | None:
               help="Never use the network: the model must already be downloaded.")
 @click.pass_context
 def detect_command(ctx: click.Context, sources: tuple[str, ...], model_name: str | None, backend: str,
-                   precision: str | None, device: str, threshold: float, classes: str | None,
+                   precision: str | None, inference_precision: str, device: str, threshold: float,
+                   classes: str | None,
                    max_detections: int | None, output_format: str | None, as_json: bool, output: str | None,
                    save_dir: str | None, recursive: bool, max_pixels: int, workers: int | None,
                    offline: bool) -> None:
@@ -204,8 +211,8 @@ def detect_command(ctx: click.Context, sources: tuple[str, ...], model_name: str
                          hint="pass image files, folders (with --recursive for subfolders) or patterns like "
                               "'photos/*.jpg'")
     _run(app, files, fmt, output, Path(save_dir) if save_dir else None, model_name=model_name, backend=backend,
-         precision=precision, device=device, threshold=threshold, classes=classes, max_detections=max_detections,
-         max_pixels=max_pixels, workers=workers, offline=offline)
+         precision=precision, inference_precision=inference_precision, device=device, threshold=threshold,
+         classes=classes, max_detections=max_detections, max_pixels=max_pixels, workers=workers, offline=offline)
 
 
 def _run(app: AppContext, files: list[Any], fmt: str, output: str | None, save_dir: Path | None, **options: Any
@@ -226,7 +233,8 @@ def _run(app: AppContext, files: list[Any], fmt: str, output: str | None, save_d
     pillow_limit = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = None
     try:
-        detector = Detector(entry, options["backend"], precision=options["precision"], device=options["device"],
+        detector = Detector(entry, options["backend"], precision=options["precision"],
+                            inference_precision=options["inference_precision"], device=options["device"],
                             threshold=options["threshold"], classes=options["classes"],
                             max_detections=options["max_detections"], cache_dir=app.cache(), registry=registry,
                             offline=options["offline"], performance="latency" if len(files) == 1 else "throughput",
@@ -271,8 +279,13 @@ def _write_results(app: AppContext, detector: Any, files: list[Any], fmt: str, s
     used_names: set[str] = set()
     detections = 0
     started = time.perf_counter()
+    run: dict[str, Any] | None = None
     try:
         for result in detector.many([f.path for f in files], keep_images=save_dir is not None):
+            if run is None:  # the engine is ready once the first result is: what ran is known
+                run = detector.run_info().to_dict()
+                if fmt == "jsonl":
+                    sink.write(jsonl_header(run))
             bar.update(1)
             if not result.ok:
                 failed.append(result.path or str(result.index))
@@ -290,7 +303,7 @@ def _write_results(app: AppContext, detector: Any, files: list[Any], fmt: str, s
             elif fmt == "coco" and result.ok:
                 coco.extend(coco_results(result, image_ids[result.index]))
         if fmt == "json":
-            sink.write(json_document(records))
+            sink.write(json_document(run or detector.run_info().to_dict(), records))
         elif fmt == "coco":
             sink.write("[\n" + ",\n".join("  " + json.dumps(r) for r in coco) + ("\n" if coco else "") + "]\n")
         sink.commit()
@@ -302,8 +315,7 @@ def _write_results(app: AppContext, detector: Any, files: list[Any], fmt: str, s
         rate = f", {done / seconds:.2f} images/s" if seconds > 0 and done else ""
         failures = f", {len(failed)} failed" if failed else ""
         where = f"; results in {sink.path}" if sink.path else ""
-        engine = f"{detector.backend}" + (f" {detector.device} {detector.precision}"
-                                          if detector.backend == "openvino" else "")
+        engine = detector.run_info().describe()
         click.echo(f"{len(files)} image{'s' if len(files) != 1 else ''}, {detections} detection"
                    f"{'s' if detections != 1 else ''}{failures} in {seconds:.2f} s{rate} ({detector.entry.name}, "
                    f"{engine}){where}", err=True)

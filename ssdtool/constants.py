@@ -1,0 +1,68 @@
+"""Closed sets shared by the library and the command line.
+
+numpy- and engine-free, so the CLI can build its choices from them and ``ssdtool --help`` stays fast. Every
+member is a ``str`` too: it compares equal to its value, formats as its value and goes into JSON as is.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class Choice(str, Enum):
+    """A closed set of strings (``enum.StrEnum`` needs Python 3.11; this works on 3.10)."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    @classmethod
+    def values(cls) -> tuple[str, ...]:
+        return tuple(member.value for member in cls)
+
+    @classmethod
+    def parse(cls, value: str | Choice, what: str) -> Choice:
+        """The member named by ``value`` (case-insensitive); ValueError naming ``what`` and the choices otherwise."""
+        text = value.value if isinstance(value, Enum) else str(value)
+        for member in cls:
+            if member.value.lower() == text.lower():
+                return member
+        raise ValueError(f"unknown {what} {text!r}; expected one of {', '.join(cls.values())}")
+
+
+class IRPrecision(Choice):
+    """The weights of an OpenVINO IR (what ``convert`` builds): a file property, fixed when the IR is written."""
+
+    FP32 = "FP32"
+    FP16 = "FP16"
+    INT8 = "INT8"
+
+
+class InferencePrecision(Choice):
+    """The arithmetic OpenVINO runs an IR in (``INFERENCE_PRECISION_HINT``): a property of the run, not the file.
+
+    ``auto`` is the device's own default (bf16 on CPUs with native bf16, f16 on ARM with fp16, else f32), taken
+    only when this IR's accuracy at that precision was checked on this device (see :mod:`ssdtool.precision`).
+    """
+
+    AUTO = "auto"
+    F32 = "f32"
+    BF16 = "bf16"
+    F16 = "f16"
+
+
+class Backend(Choice):
+    """An inference engine."""
+
+    OPENVINO = "openvino"
+    ONNXRUNTIME = "onnxruntime"
+
+
+#: What ``--backend`` accepts where ssdtool may pick: ``auto`` is OpenVINO when it imports, else onnxruntime.
+BACKEND_CHOICES = ("auto", *Backend.values())
+
+
+class PerformanceHint(Choice):
+    """OpenVINO's performance hint: one request at a time, or as many as keep every core busy."""
+
+    LATENCY = "latency"
+    THROUGHPUT = "throughput"

@@ -1,0 +1,237 @@
+"""Inference precision: which arithmetic OpenVINO runs an IR in, and whether that was proven for the IR.
+
+OpenVINO's CPU plugin does not run an f32 IR in f32 everywhere. With ``EXECUTION_MODE_HINT=PERFORMANCE`` (its
+default) it picks ``INFERENCE_PRECISION_HINT`` by itself: **bf16** on x86 CPUs with native bf16 (Cooper Lake, every
+Xeon since Sapphire Rapids, AMD Zen 4 and 5), **f16** on ARM with fp16, f32 elsewhere. It also substitutes quietly:
+asked for f16 on a CPU without native f16, it runs bf16 or f32. So ssdtool treats the precision as a property of
+the *run*, chosen, read back and reported, and keeps it apart from the IR's weights (FP32/FP16/INT8, a property of
+the file):
+
+* **Explicit** (``f32``, ``bf16``, ``f16``): pinned, and read back from the compiled model. When OpenVINO ran
+  something else, that is an error (:class:`BackendError`), never a silent substitution.
+* **auto**: the device's default, but only where this IR has been *checked* at that precision on this device:
+  ``convert`` runs the IR at the default and at f32 on the parity-gate images and records the figure
+  (:class:`RuntimeCheck`) in the IR's provenance. A passing check (at least :data:`RUNTIME_MIN_RECALL` of the f32
+  detections found, same label, IoU >= 0.5) lets ``auto`` run the default. A failed one makes ``auto`` run f32
+  (with a warning); a missing one (an IR converted on another CPU, or with ``--no-verify``) too (with a note
+  naming the command that records it). A user never gets a worse answer than the IR was proven to give.
+* The parity gate and the INT8 guard pin f32: they prove the IR, not the CPU.
+
+onnxruntime always computes in f32 on the CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ssdtool.constants import InferencePrecision
+from ssdtool.errors import BackendError, UsageError
+
+log = logging.getLogger("ssdtool.precision")
+
+#: The floor of a runtime check: the share of the IR's f32 detections that must reappear at the device's default
+#: precision (same label, IoU >= 0.5). The same floor as the FP16 parity gate and the INT8 guard.
+RUNTIME_MIN_RECALL = 0.90
+RUNTIME_CHECK_IOU = 0.5
+#: OpenVINO's names for "no precision set" (ACCURACY mode reads back as dynamic).
+_UNSET = ("dynamic", "undefined", "")
+
+
+def parse(value: str | InferencePrecision) -> InferencePrecision:
+    """``auto``, ``f32``, ``bf16`` or ``f16`` (any case) as an :class:`InferencePrecision`; UsageError otherwise."""
+    try:
+        return InferencePrecision.parse(value, "inference precision")  # type: ignore[return-value]
+    except ValueError as exc:
+        raise UsageError(str(exc), hint="pass --inference-precision auto, f32, bf16 or f16") from None
+
+
+def type_name(value: Any) -> str | None:
+    """OpenVINO's precision property (an ``openvino.Type`` or a string) as ``f32``/``bf16``/``f16``; None if unset."""
+    name = value.get_type_name() if hasattr(value, "get_type_name") else str(value)
+    name = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}.get(name, name)
+    return None if name in _UNSET else name
+
+
+@dataclass(frozen=True)
+class DeviceFacts:
+    """What a device says about itself: its name (the CPU model for ``CPU``) and its default inference precision
+    (None when it does not report one: virtual devices such as AUTO)."""
+
+    device: str
+    name: str
+    default_precision: str | None
+
+
+@dataclass(frozen=True)
+class RuntimeCheck:
+    """The IR at ``precision`` (a device's default) against the same IR at f32, on the parity-gate images."""
+
+    device: str
+    device_name: str
+    precision: str
+    passed: bool
+    images: int
+    reference_detections: int
+    matched: int
+    recall: float
+    min_recall: float
+    max_box_diff: float
+    max_score_diff: float
+    openvino_version: str
+    checked: str  # UTC time, ISO 8601
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RuntimeCheck | None:
+        """A check read back from provenance; None when the record is not one (an older or foreign IR)."""
+        try:
+            return cls(device=str(data["device"]), device_name=str(data["device_name"]),
+                       precision=str(data["precision"]), passed=bool(data["passed"]), images=int(data["images"]),
+                       reference_detections=int(data["reference_detections"]), matched=int(data["matched"]),
+                       recall=float(data["recall"]), min_recall=float(data["min_recall"]),
+                       max_box_diff=float(data["max_box_diff"]), max_score_diff=float(data["max_score_diff"]),
+                       openvino_version=str(data.get("openvino_version", "")), checked=str(data.get("checked", "")))
+        except (KeyError, TypeError, ValueError, OverflowError):
+            return None
+
+    def matches(self, facts: DeviceFacts) -> bool:
+        """Whether this check speaks for a run on ``facts``' device at its default precision."""
+        return (self.device, self.device_name, self.precision) == (facts.device, facts.name,
+                                                                   facts.default_precision)
+
+    def summary(self) -> str:
+        verdict = "passed" if self.passed else "FAILED"
+        return (f"{self.precision} vs f32 on {self.device} ({self.device_name}): {verdict}, {self.matched}/"
+                f"{self.reference_detections} f32 detections found (recall {self.recall:.3f}, floor "
+                f"{self.min_recall:.2f}) on {self.images} images, max box diff {self.max_box_diff:.2g}, max score "
+                f"diff {self.max_score_diff:.2g}")
+
+
+PROVENANCE_KEY = "runtime_checks"
+
+
+def recorded_checks(provenance: Mapping[str, Any] | None) -> list[RuntimeCheck]:
+    """The runtime checks an IR's provenance holds (none for IRs made before they existed)."""
+    raw = (provenance or {}).get(PROVENANCE_KEY)
+    if not isinstance(raw, list):
+        return []
+    return [check for item in raw if isinstance(item, Mapping) and (check := RuntimeCheck.from_dict(item))]
+
+
+def with_check(provenance: Mapping[str, Any], check: RuntimeCheck) -> list[dict[str, Any]]:
+    """The provenance's check list with ``check`` replacing any earlier one for the same device and precision."""
+    kept = [c.to_dict() for c in recorded_checks(provenance)
+            if (c.device, c.device_name, c.precision) != (check.device, check.device_name, check.precision)]
+    return [*kept, check.to_dict()]
+
+
+@dataclass(frozen=True)
+class PrecisionPlan:
+    """What to ask OpenVINO for, and why. ``pin`` is the ``INFERENCE_PRECISION_HINT`` to set (None: the device's
+    own default, for ``auto`` where it was checked); ``reason`` is for people, logged at ``level``."""
+
+    requested: InferencePrecision
+    pin: str | None
+    reason: str
+    level: int = logging.DEBUG
+    check: RuntimeCheck | None = None
+
+    @property
+    def expected(self) -> str | None:
+        """The precision that should run (None: whatever the device picks)."""
+        return self.pin
+
+
+def plan(requested: str | InferencePrecision, facts: DeviceFacts | None, checks: Sequence[RuntimeCheck],
+         *, model: str = "the model") -> PrecisionPlan:
+    """Decide what to pin for a run of an IR whose provenance holds ``checks`` on the device ``facts`` describes."""
+    wanted = parse(requested)
+    if wanted is not InferencePrecision.AUTO:
+        return PrecisionPlan(wanted, wanted.value, f"{wanted.value} as requested")
+    if facts is None or facts.default_precision is None:
+        device = facts.device if facts else "the device"
+        return PrecisionPlan(wanted, InferencePrecision.F32.value,
+                             f"{device} does not report its default inference precision; running f32, the "
+                             "precision the IR was proven at")
+    default = facts.default_precision
+    if default == InferencePrecision.F32.value:
+        return PrecisionPlan(wanted, None, f"f32, the default of {facts.device} ({facts.name})")
+    check = next((c for c in checks if c.matches(facts)), None)
+    if check is None:
+        return PrecisionPlan(
+            wanted, InferencePrecision.F32.value,
+            f"{facts.device} ({facts.name}) runs {default} by default, and {model}'s IR has no record of its "
+            f"accuracy at {default} on this device; running f32. Run 'ssdtool convert {model}' here to check and "
+            f"record it, or pass --inference-precision {default} to run it unchecked",
+            level=logging.INFO)
+    if not check.passed:
+        return PrecisionPlan(
+            wanted, InferencePrecision.F32.value,
+            f"{model}'s IR fails its accuracy check at {default}, the default of {facts.device} ({check.summary()});"
+            f" running f32. Pass --inference-precision {default} to run it anyway", level=logging.WARNING,
+            check=check)
+    return PrecisionPlan(wanted, None, f"{default}, the default of {facts.device} ({facts.name}), checked for this "
+                                       f"IR at conversion: recall {check.recall:.3f} (floor {check.min_recall:.2f})",
+                         check=check)
+
+
+def confirm(pin: str | None, read_back: str | None, device: str) -> None:
+    """Raise :class:`BackendError` when a pinned precision is not what the compiled model runs."""
+    if pin is None or read_back is None or read_back == pin:
+        return
+    raise BackendError(
+        f"OpenVINO cannot run inference precision {pin} on {device}: asked for {pin}, the compiled model runs "
+        f"{read_back} (the device has no native {pin} arithmetic, and OpenVINO substitutes another precision)",
+        hint=f"pass --inference-precision auto, f32 or {read_back}")
+
+
+def onnxruntime_precision(requested: str | InferencePrecision) -> str:
+    """onnxruntime's CPU provider computes in f32: accept ``auto`` and ``f32``, refuse the rest."""
+    wanted = parse(requested)
+    if wanted in (InferencePrecision.AUTO, InferencePrecision.F32):
+        return InferencePrecision.F32.value
+    raise UsageError(f"onnxruntime runs the source ONNX in f32 only; got --inference-precision {wanted.value}",
+                     hint="use --backend openvino for bf16 or f16, or pass --inference-precision auto or f32")
+
+
+# ------------------------------------------------------------------------------------------------ the check
+def measure(xml: Path, tensors: Sequence[Any], outputs: tuple[str, str, str], facts: DeviceFacts,
+            *, min_recall: float = RUNTIME_MIN_RECALL) -> RuntimeCheck:
+    """Run the IR at ``facts.default_precision`` and at f32 on ``tensors``; match detections order-independently.
+
+    ``outputs`` names the IR's (boxes, labels, scores). Recall is the share of f32 detections found at the default
+    precision; differences are over matched pairs (normalized boxes, scores).
+    """
+    from ssdtool.backends.openvino import OpenVinoEngine
+    from ssdtool.matching import RawDetections, match_detections
+
+    if facts.default_precision is None:
+        raise UsageError(f"{facts.device} reports no default inference precision to check")
+    reference = OpenVinoEngine(xml, device=facts.device, inference_precision=InferencePrecision.F32.value)
+    candidate = OpenVinoEngine(xml, device=facts.device, inference_precision=facts.default_precision)
+    boxes, labels, scores = outputs
+    reports = []
+    for tensor in tensors:
+        ref_out, cand_out = reference.infer(tensor), candidate.infer(tensor)
+        reports.append(match_detections(
+            RawDetections.from_outputs(ref_out[boxes], ref_out[labels], ref_out[scores]),
+            RawDetections.from_outputs(cand_out[boxes], cand_out[labels], cand_out[scores]), RUNTIME_CHECK_IOU))
+    total = sum(r.reference_count for r in reports)
+    matched = sum(r.matched for r in reports)
+    recall = 1.0 if total == 0 else matched / total
+    from ssdtool.backends.openvino import openvino_version
+
+    return RuntimeCheck(
+        device=facts.device, device_name=facts.name, precision=facts.default_precision,
+        passed=recall >= min_recall, images=len(reports), reference_detections=total, matched=matched,
+        recall=round(recall, 6), min_recall=min_recall,
+        max_box_diff=max((r.max_box_diff for r in reports), default=0.0),
+        max_score_diff=max((r.max_score_diff for r in reports), default=0.0),
+        openvino_version=openvino_version(), checked=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
