@@ -244,7 +244,14 @@ def _format_info(data: dict[str, Any]) -> str:
         for record in data["converted"]:
             lines.append(f"    {record['precision']}: {record['path']}")
             for key, value in (record.get("provenance") or {}).items():
-                lines.append(f"      {key}: {value}")
+                if key == "runtime_checks" and isinstance(value, list):
+                    from ssdtool.precision import recorded_checks
+
+                    checks = recorded_checks({key: value})
+                    lines.append(f"      {key}: " + ("none" if not checks else ""))
+                    lines.extend(f"        {check.summary()}" for check in checks)
+                else:
+                    lines.append(f"      {key}: {value}")
     return "\n".join(lines)
 
 

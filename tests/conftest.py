@@ -109,3 +109,17 @@ def planted_tiny_factory(tmp_path_factory: pytest.TempPathFactory) -> Callable[.
         return built[key]
 
     return factory
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """Which CPU class ran the suite: OpenVINO's default inference precision differs between classes."""
+    try:
+        import openvino as ov
+
+        core = ov.Core()
+        name = core.get_property("CPU", "FULL_DEVICE_NAME")
+        default = core.get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name()
+        capabilities = " ".join(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+    except Exception as exc:  # the header must never stop a run
+        return [f"OpenVINO CPU: unknown ({type(exc).__name__}: {exc})"]
+    return [f"OpenVINO CPU: {name}; default inference precision {default}; capabilities {capabilities}"]

@@ -109,21 +109,26 @@ def test_int8_is_quantized_and_detects(int8_env: dict[str, Any]) -> None:
     assert sum(op.get_type_name() == "FakeQuantize" for op in model.get_ops()) > 10
     assert list(model.input(0).get_shape()) == [1, 3, 300, 300]
     image = generated_images(1, seed=5, size=(320, 240))[0]
-    try:
-        from ssdtool.detect import Detector
-    except ImportError:  # detection not available in this tree: run the IR directly
-        from ssdtool.backends.openvino import OpenVinoEngine
-        from ssdtool.imaging import raw_input, resize_rgb
+    from ssdtool.detect import Detector
 
-        out = OpenVinoEngine(xml).infer(raw_input(resize_rgb(image, entry.input)))
-        assert (out["scores"] > 0.3).sum() > 0
-        return
     detector = Detector("tiny", backend="openvino", precision="INT8", registry=int8_env["registry"],
                         cache_dir=int8_env["cache"], offline=True, threshold=0.3)
     found = detector(image)
     assert found, "the INT8 model found nothing above 0.3 on a generated image"
     assert all(0 <= d.box[0] <= d.box[2] <= 320 and 0 <= d.box[1] <= d.box[3] <= 240 for d in found)
     assert detector.model_path == xml  # it used the IR 'convert --precision INT8' made, no recalibration
+
+
+def test_detect_command_runs_the_int8_ir(int8_env: dict[str, Any], tmp_path: Path) -> None:
+    image = tmp_path / "photo.png"
+    Image.fromarray(generated_images(1, seed=5, size=(320, 240))[0]).save(image)
+    result = CliRunner().invoke(cli, [*int8_env["base"], "detect", str(image), "--model", "tiny", "--precision",
+                                      "int8", "--offline", "--threshold", "0.3", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert document["run"]["precision"] == "INT8" and document["run"]["backend"] == "openvino"
+    assert document["run"]["model_path"].endswith("INT8/tiny.xml")
+    assert document["images"][0]["detections"], "the INT8 model found nothing above 0.3"
 
 
 def test_int8_idempotent_and_calibration_changes_rebuild(int8_env: dict[str, Any], tmp_path: Path) -> None:
