@@ -50,6 +50,18 @@ class InferencePrecision(Choice):
     F16 = "f16"
 
 
+class Int8Recipe(Choice):
+    """How NNCF quantizes weights for an INT8 IR (its ``overflow_fix``), a property of the file.
+
+    ``portable``: 7-bit weights in every layer, so CPUs without VNNI (AVX2: ``pmaddubsw`` saturates at int16)
+    compute them exactly; ``vnni``: NNCF's default, 8-bit weights except the first layer, for CPUs with VNNI or
+    AMX. See docs/convert.md for what each measured.
+    """
+
+    PORTABLE = "portable"
+    VNNI = "vnni"
+
+
 class Backend(Choice):
     """An inference engine."""
 

@@ -37,6 +37,7 @@ import numpy as np
 from ssdtool import __version__, precision
 from ssdtool.backends import import_engine
 from ssdtool.cache import Cache
+from ssdtool.constants import Int8Recipe
 from ssdtool.errors import (
     AccuracyError,
     ConversionError,
@@ -52,13 +53,13 @@ from ssdtool.provenance import RT_INFO_ROOT, encode, read_provenance, rewrite_pr
 from ssdtool.quantize import (
     DEFAULT_CALIBRATION_SIZE,
     GUARD_IMAGES,
-    QUANTIZATION,
     AccuracyReport,
     CalibrationSet,
     ProgressCallback,
     accuracy_guard,
     import_nncf,
     nncf_version,
+    quantization_settings,
     quantize_model,
     resolve_calibration,
 )
@@ -80,8 +81,9 @@ FP16_MIN_RECALL = 0.90
 LOCK_TIMEOUT_SECONDS = 600.0
 
 
-# Parameters that name the calibration images: an INT8 request without calibration accepts any of them.
-CALIBRATION_KEYS = ("calibration", "calibration_count")
+# INT8 parameters a request may leave open: without a calibration choice any calibration will do, without a
+# recipe any recipe (see same_parameters).
+OPEN_INT8_KEYS = ("calibration", "calibration_count", "quantization")
 
 
 @dataclass(frozen=True)
@@ -92,8 +94,9 @@ class ConvertOptions:
     model, an error for others). With None and the default ``calibration_size``, an installed INT8 IR is up to
     date whatever its calibration, so ``Detector(precision="INT8")`` uses what ``ssdtool convert`` made.
     ``calibration_size`` images calibrate; ``guard_images`` held-out images feed the accuracy guard;
-    ``accept_accuracy_drop`` installs an INT8 IR that fails the guard. ``verify=False`` skips the parity gate
-    (FP32/FP16) or the guard (INT8).
+    ``accept_accuracy_drop`` installs an INT8 IR that fails the guard. ``int8_recipe``: "portable" or "vnni"
+    (:class:`ssdtool.constants.Int8Recipe`); None builds portable and accepts any installed recipe.
+    ``verify=False`` skips the parity gate (FP32/FP16) or the guard (INT8).
     """
 
     precision: str = "FP32"
@@ -107,6 +110,7 @@ class ConvertOptions:
     calibration_size: int = DEFAULT_CALIBRATION_SIZE
     accept_accuracy_drop: bool = False
     guard_images: int = GUARD_IMAGES
+    int8_recipe: str | None = None
 
     @property
     def variant(self) -> str:
@@ -175,9 +179,16 @@ def check_options(options: ConvertOptions) -> None:
         raise UsageError(f"input type {options.input_type!r}: expected one of {', '.join(INPUT_TYPES)}")
     if options.input_layout not in INPUT_LAYOUTS:
         raise UsageError(f"input layout {options.input_layout!r}: expected one of {', '.join(INPUT_LAYOUTS)}")
-    if options.precision != "INT8" and (options.calibration is not None or options.accept_accuracy_drop):
-        raise UsageError(f"calibration and the accuracy guard apply to INT8 only, got precision {options.precision}",
-                         hint="add --precision INT8, or drop --calibration / --accept-accuracy-drop")
+    if options.precision != "INT8" and (options.calibration is not None or options.accept_accuracy_drop
+                                        or options.int8_recipe is not None):
+        raise UsageError(f"calibration, the INT8 recipe and the accuracy guard apply to INT8 only, got precision "
+                         f"{options.precision}",
+                         hint="add --precision INT8, or drop --calibration / --int8-recipe / --accept-accuracy-drop")
+    if options.int8_recipe is not None:
+        try:
+            Int8Recipe.parse(options.int8_recipe, "INT8 recipe")
+        except ValueError as exc:
+            raise UsageError(str(exc), hint="pass --int8-recipe portable or vnni") from None
     if options.calibration_size < 1 or options.guard_images < 1:
         raise UsageError(f"calibration size and guard images must be at least 1, got {options.calibration_size} "
                          f"and {options.guard_images}")
@@ -213,7 +224,8 @@ def conversion_parameters(entry: ModelEntry, options: ConvertOptions,
         "label_offset": entry.outputs.label_offset,
     }
     if options.precision == "INT8":
-        parameters["quantization"] = dict(QUANTIZATION)
+        if options.int8_recipe is not None:  # None: only to compare with an installed IR (see same_parameters)
+            parameters["quantization"] = quantization_settings(options.int8_recipe)
         if calibration is not None:  # None: only to compare with an installed IR (see same_parameters)
             parameters.update({"calibration": calibration.identity, "calibration_count": calibration.count})
     return parameters
@@ -222,14 +234,15 @@ def conversion_parameters(entry: ModelEntry, options: ConvertOptions,
 def same_parameters(existing: Any, wanted: dict[str, Any]) -> bool:
     """Whether an installed IR's ``parameters`` (from its provenance) match ``wanted`` (:func:`conversion_parameters`).
 
-    INT8 ``wanted`` without calibration keys (no calibration chosen) accepts any calibration: callers that only
-    ask for "the INT8 IR" (``Detector(precision="INT8")``) should compare with this, not with ``==``.
+    INT8 ``wanted`` without calibration keys (no calibration chosen) accepts any calibration, and without a
+    ``quantization`` key (no recipe chosen) any recipe: callers that only ask for "the INT8 IR"
+    (``Detector(precision="INT8")``) should compare with this, not with ``==``.
     """
     if not isinstance(existing, dict):
         return False
-    if wanted.get("precision") == "INT8" and "calibration" not in wanted:
-        return ({k: v for k, v in existing.items() if k not in CALIBRATION_KEYS}
-                == {k: v for k, v in wanted.items() if k not in CALIBRATION_KEYS})
+    if wanted.get("precision") == "INT8":
+        open_keys = [key for key in OPEN_INT8_KEYS if key not in wanted]
+        return {k: v for k, v in existing.items() if k not in open_keys} == wanted
     return existing == wanted
 
 
@@ -619,8 +632,12 @@ def convert(entry: ModelEntry, cache: Cache, options: ConvertOptions | None = No
             check = _record_missing_runtime_check(xml, entry, options, existing) if options.verify else None
             return _result(entry, xml, options, read_provenance(xml) or existing if check else existing, True,
                            None, started, runtime=check)
-        if options.precision == "INT8" and calibration is None:
-            calibration = resolve_calibration(entry, None, options.calibration_size, options.guard_images)
+        if options.precision == "INT8":
+            if calibration is None:
+                calibration = resolve_calibration(entry, None, options.calibration_size, options.guard_images)
+            # From here on the build's own choices: what provenance records is what was built.
+            options = replace(options, int8_recipe=Int8Recipe.parse(options.int8_recipe or Int8Recipe.PORTABLE,
+                                                                    "INT8 recipe").value)
         log.info("converting %s (%s, %s %s input) ...", source_path.name, options.precision, options.input_type,
                  options.input_layout)
         ov = import_engine("openvino")
@@ -638,7 +655,8 @@ def convert(entry: ModelEntry, cache: Cache, options: ConvertOptions | None = No
                 reference_xml = reference_dir / xml.name
                 ov.save_model(model, str(reference_xml), compress_to_fp16=False)
                 model = quantize_model(model, entry, calibration, input_type=options.input_type,
-                                       input_layout=options.input_layout, progress=quantize_progress)
+                                       input_layout=options.input_layout, progress=quantize_progress,
+                                       recipe=options.int8_recipe or Int8Recipe.PORTABLE)
             _store_provenance(model, provisional)
             ov.save_model(model, str(temp_xml), compress_to_fp16=options.precision == "FP16")
             del model

@@ -26,7 +26,7 @@ code  class                       meaning
 23    DependencyError             an optional or required library is missing or broken
 24    AccuracyError               INT8 accuracy guard failed (nothing installed)
 30    InputError, ImageError      some inputs (images) could not be processed
-31    BackendError                unknown/unusable backend or device
+31    BackendError                unknown/unusable backend or device, or an inference precision it cannot run
 130   (KeyboardInterrupt)         interrupted; partial downloads are kept for resume
 ====  ==========================  ==========================================================
 """

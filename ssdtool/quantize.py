@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from ssdtool.constants import Int8Recipe
 from ssdtool.errors import DependencyError, InputError, UsageError
 from ssdtool.imaging import generated_images, raw_input, resize_rgb
 from ssdtool.matching import MatchReport, RawDetections, match_detections
@@ -58,14 +59,30 @@ GENERATED_SIZE = (640, 480)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 INSTALL_HINT = "pip install 'ssdtool[int8]'"
 # What determines the INT8 graph besides the FP32 graph and the calibration images; part of the idempotency key.
-# Bump "recipe" when these change. overflow_fix "enable" quantizes every layer's weights to 7 bits instead of only
-# the first layer's (NNCF's default): CPUs without VNNI (AVX2) multiply u8 x i8 pairs with pmaddubsw, which
-# saturates at int16, and 7-bit weights cannot saturate it. On the 1200 px twin this halved the worst score
-# difference against FP32 (0.22 -> 0.10) and raised the share of FP32 detections kept; on VNNI CPUs it is not
-# needed and costs one bit of weight precision. Activation ranges: NNCF's default (mean of per-image min/max) kept
-# more detections there than histogram-based ranges.
+# Bump "recipe" when these change. overflow_fix "enable" (the portable recipe) quantizes every layer's weights to 7
+# bits instead of only the first layer's (NNCF's default, the vnni recipe): CPUs without VNNI (AVX2) multiply u8 x i8
+# pairs with pmaddubsw, which saturates at int16, and 7-bit weights cannot saturate it. On the 1200 px twin this
+# halved the worst score difference against FP32 on an AVX2 CPU (0.22 -> 0.10) and raised the share of FP32
+# detections kept; on VNNI CPUs it is not needed and costs one bit of weight precision (docs/convert.md has the
+# figures of both recipes). Activation ranges: NNCF's default (mean of per-image min/max) kept more detections
+# there than histogram-based ranges.
 QUANTIZATION = {"tool": "nncf.quantize", "preset": "performance", "target_device": "ANY",
                 "fast_bias_correction": True, "overflow_fix": "enable", "recipe": 1}
+_OVERFLOW_FIX = {Int8Recipe.PORTABLE: "enable", Int8Recipe.VNNI: "first_layer_only"}
+
+
+def quantization_settings(recipe: str | Int8Recipe = Int8Recipe.PORTABLE) -> dict[str, Any]:
+    """The NNCF settings of ``recipe``, as recorded in provenance and compared for idempotency.
+
+    The portable recipe's settings are exactly those of IRs made before recipes had names, so those stay current.
+    """
+    chosen = Int8Recipe.parse(recipe, "INT8 recipe")
+    return {**QUANTIZATION, "overflow_fix": _OVERFLOW_FIX[chosen]}  # type: ignore[index]
+
+
+def recipe_of(settings: Any) -> str | None:
+    """The recipe whose settings ``settings`` (from provenance) are; None for unknown settings."""
+    return next((r.value for r in Int8Recipe if quantization_settings(r) == settings), None)
 
 
 @dataclass(frozen=True)
@@ -344,7 +361,8 @@ def _unique_friendly_names(model: Any) -> None:
 
 
 def quantize_model(model: Any, entry: ModelEntry, calibration: CalibrationSet, *, input_type: str = "f32",
-                   input_layout: str = "NCHW", progress: ProgressCallback | None = None) -> Any:
+                   input_layout: str = "NCHW", progress: ProgressCallback | None = None,
+                   recipe: str | Int8Recipe = Int8Recipe.PORTABLE) -> Any:
     """Post-training INT8 quantization of a converted FP32 ``openvino.Model`` (preprocessing inside).
 
     Returns the quantized ``openvino.Model``. ``model``'s friendly names may be made unique (see
@@ -372,7 +390,7 @@ def quantize_model(model: Any, entry: ModelEntry, calibration: CalibrationSet, *
     dataset = nncf.Dataset(items, transform)
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
-    advanced = AdvancedQuantizationParameters(overflow_fix=OverflowFix.ENABLE)
+    advanced = AdvancedQuantizationParameters(overflow_fix=OverflowFix(quantization_settings(recipe)["overflow_fix"]))
     with _quiet_nncf(nncf):
         quantized = nncf.quantize(model, dataset, subset_size=total, preset=nncf.QuantizationPreset.PERFORMANCE,
                                   target_device=nncf.TargetDevice.ANY, fast_bias_correction=True,

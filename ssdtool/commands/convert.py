@@ -9,14 +9,15 @@ import click
 
 from ssdtool.cli import AppContext, _complete_model_names, echo_json, human_size, want_json
 from ssdtool.commands.options import inference_precision_option
-from ssdtool.constants import IRPrecision
+from ssdtool.constants import Int8Recipe, IRPrecision
 
 PRECISION_CHOICES = IRPrecision.values()
 
 
 def _options(precision: str | None, input_type: str, input_layout: str, force: bool, verify: bool,
              output_dir: str | None, default_precision: str, calibration: str | None = None,
-             calibration_size: int | None = None, accept_accuracy_drop: bool = False) -> Any:
+             calibration_size: int | None = None, accept_accuracy_drop: bool = False,
+             int8_recipe: str | None = None) -> Any:
     from ssdtool.convert import ConvertOptions
     from ssdtool.errors import UsageError
 
@@ -30,7 +31,7 @@ def _options(precision: str | None, input_type: str, input_layout: str, force: b
     return ConvertOptions(precision=precision, input_type=input_type, input_layout=input_layout.upper(), force=force,
                           verify=verify, output_dir=Path(output_dir) if output_dir else None,
                           calibration=_calibration_value(calibration), accept_accuracy_drop=accept_accuracy_drop,
-                          **extra)
+                          int8_recipe=int8_recipe, **extra)
 
 
 def _calibration_value(calibration: str | None) -> Path | str | None:
@@ -92,6 +93,9 @@ def format_runtime_checks(result: Any) -> list[str]:
                    "deterministic generated images [default for synthetic models: generated].")
 @click.option("--calibration-size", type=click.IntRange(min=1), metavar="N",
               help="INT8: how many calibration images NNCF collects statistics on [default: 300].")
+@click.option("--int8-recipe", type=click.Choice(Int8Recipe.values()), default=None,
+              help="INT8: portable (7-bit weights, exact on CPUs without VNNI) or vnni (8-bit weights but the first "
+                   "layer's, for CPUs with VNNI/AMX) [default: portable; an installed IR of either is kept].")
 @click.option("--accept-accuracy-drop", is_flag=True,
               help="INT8: install the IR even when it fails the accuracy guard (exit 24 otherwise).")
 @click.option("--force", is_flag=True, help="Rebuild even when an up-to-date IR exists.")
@@ -103,7 +107,8 @@ def format_runtime_checks(result: Any) -> list[str]:
 @click.pass_context
 def convert_command(ctx: click.Context, name: str | None, precision: str | None, output_dir: str | None,
                     input_type: str, input_layout: str, calibration: str | None, calibration_size: int | None,
-                    accept_accuracy_drop: bool, force: bool, no_verify: bool, offline: bool, as_json: bool) -> None:
+                    int8_recipe: str | None, accept_accuracy_drop: bool, force: bool, no_verify: bool,
+                    offline: bool, as_json: bool) -> None:
     """Convert NAME (default model) to an OpenVINO IR with BGR raw-pixel input and fixed-size outputs.
 
     The source ONNX is downloaded first if missing (unless --offline). Normalization is folded into the IR;
@@ -119,7 +124,7 @@ def convert_command(ctx: click.Context, name: str | None, precision: str | None,
     app: AppContext = ctx.obj
     entry = app.registry().model(name)
     options = _options(precision, input_type, input_layout, force, not no_verify, output_dir,
-                       entry.convert.precision, calibration, calibration_size, accept_accuracy_drop)
+                       entry.convert.precision, calibration, calibration_size, accept_accuracy_drop, int8_recipe)
     result = convert(entry, app.cache(), options, offline=offline, progress=_download_progress(app),
                      quantize_progress=_quantize_progress(app))
     data = result.to_dict()
@@ -136,6 +141,10 @@ def convert_command(ctx: click.Context, name: str | None, precision: str | None,
         "  outputs: " + ", ".join(f"{k} {list(v)}" for k, v in result.outputs.items()),
     ]
     if result.precision == "INT8":
+        from ssdtool.quantize import recipe_of
+
+        settings = (result.provenance.get("parameters") or {}).get("quantization")
+        lines.append(f"  recipe:  {recipe_of(settings) or 'unknown'} ({settings})")
         lines.append(f"  calibration: {format_calibration(result.calibration)}")
         recorded = result.provenance.get("accuracy_guard")
         if result.accuracy is not None:
