@@ -156,6 +156,36 @@ def test_int8_idempotent_and_calibration_changes_rebuild(int8_env: dict[str, Any
     assert read_provenance(xml)["accuracy_guard"] == "skipped (--no-verify)"
 
 
+def test_int8_recipes_are_recorded_and_any_installed_one_serves(int8_env: dict[str, Any], tmp_path: Path) -> None:
+    from ssdtool.quantize import quantization_settings, recipe_of
+
+    entry = load_registry(int8_env["registry"]).model("tiny")
+    cache_dir = tmp_path / "cache"
+    shutil.copytree(int8_env["cache"], cache_dir)
+    cache = Cache.at(cache_dir)
+    xml = cache.ir_xml(entry, "INT8")
+    # The default build is the portable recipe: 7-bit weights everywhere (NNCF's overflow fix on every layer).
+    assert read_provenance(xml)["parameters"]["quantization"] == quantization_settings("portable")
+    assert quantization_settings("portable")["overflow_fix"] == "enable"
+    assert quantization_settings("vnni")["overflow_fix"] == "first_layer_only"
+    base = ("convert", "tiny", "--precision", "INT8", "--offline", "--calibration-size", str(CALIBRATION_SIZE))
+    portable = _cli((int8_env["registry"], cache_dir), *base, "--int8-recipe", "portable")
+    assert "tiny (INT8): up to date" in portable.stdout and "  recipe:  portable (" in portable.stdout
+    vnni = _cli((int8_env["registry"], cache_dir), *base, "--int8-recipe", "vnni", "--no-verify")
+    assert vnni.exit_code == 0, vnni.output
+    assert "converted in" in vnni.stdout and "  recipe:  vnni (" in vnni.stdout
+    assert recipe_of(read_provenance(xml)["parameters"]["quantization"]) == "vnni"
+    # Without a recipe choice the installed IR serves, whichever recipe made it.
+    assert convert(entry, cache, ConvertOptions(precision="INT8"), offline=True).up_to_date
+    from ssdtool.detect import Detector
+
+    assert Detector("tiny", "openvino", precision="INT8", registry=int8_env["registry"], cache_dir=cache_dir,
+                    offline=True).model_path == xml
+    wrong = _cli((int8_env["registry"], cache_dir), "convert", "tiny", "--int8-recipe", "vnni", "--offline")
+    assert wrong.exit_code == 2
+    assert "calibration, the INT8 recipe and the accuracy guard apply to INT8 only, got precision FP32" in wrong.stderr
+
+
 def _write_images(folder: Path, count: int) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
