@@ -363,9 +363,15 @@ def benchmark_file(path: Path, tensors: Sequence[np.ndarray], options: BenchOpti
         from ssdtool.backends.openvino import OpenVinoEngine, device_facts
         from ssdtool.provenance import read_provenance
 
+        provenance = read_provenance(Path(path))
         plan = inference_precisions.plan(options.inference_precision, device_facts(options.device),
-                                         inference_precisions.recorded_checks(read_provenance(Path(path))),
+                                         inference_precisions.recorded_checks(provenance),
                                          model=model or Path(path).stem)
+        if options.precision == "INT8":
+            from ssdtool.quantize import recipe_warning
+
+            if warning := recipe_warning(provenance, model or Path(path).stem):
+                log.warning("%s", warning)
         log.log(plan.level, "inference precision: %s", plan.reason)
         began = time.perf_counter()
         # Streams are the plugin's choice for the hint (as in benchmark_app); requests only size the queue.

@@ -57,6 +57,7 @@ from ssdtool.quantize import (
     CalibrationSet,
     ProgressCallback,
     accuracy_guard,
+    default_recipe,
     import_nncf,
     nncf_version,
     quantization_settings,
@@ -504,7 +505,7 @@ def _raw(outputs: dict[str, np.ndarray], entry: ModelEntry, normalize_boxes: boo
 def _provenance(entry: ModelEntry, source: Path, source_sha256: str, options: ConvertOptions,
                 parity: ParityReport | None, calibration: CalibrationSet | None = None,
                 accuracy: AccuracyReport | None = None,
-                check: precision.RuntimeCheck | None = None) -> dict[str, Any]:
+                check: precision.RuntimeCheck | None = None, recipe_reason: str | None = None) -> dict[str, Any]:
     ov = import_engine("openvino")
     label_path = entry.label_path()
     record: dict[str, Any] = {
@@ -525,6 +526,7 @@ def _provenance(entry: ModelEntry, source: Path, source_sha256: str, options: Co
     }
     if options.precision == "INT8":
         record["parity"] = "not run for INT8: accuracy_guard compares it with the FP32 IR"
+        record["int8_recipe"] = {"recipe": options.int8_recipe, "reason": recipe_reason}
         record["calibration"] = calibration.to_dict() if calibration is not None else None
         record["nncf_version"] = nncf_version()
         record["accuracy_guard"] = accuracy.summary() if accuracy is not None else "skipped (--no-verify)"
@@ -632,12 +634,18 @@ def convert(entry: ModelEntry, cache: Cache, options: ConvertOptions | None = No
             check = _record_missing_runtime_check(xml, entry, options, existing) if options.verify else None
             return _result(entry, xml, options, read_provenance(xml) or existing if check else existing, True,
                            None, started, runtime=check)
+        recipe_reason: str | None = None
         if options.precision == "INT8":
             if calibration is None:
                 calibration = resolve_calibration(entry, None, options.calibration_size, options.guard_images)
             # From here on the build's own choices: what provenance records is what was built.
-            options = replace(options, int8_recipe=Int8Recipe.parse(options.int8_recipe or Int8Recipe.PORTABLE,
-                                                                    "INT8 recipe").value)
+            if options.int8_recipe is None:
+                recipe, recipe_reason = default_recipe()
+            else:
+                recipe, recipe_reason = (Int8Recipe.parse(options.int8_recipe, "INT8 recipe"),
+                                         "chosen by --int8-recipe")
+            options = replace(options, int8_recipe=recipe.value)
+            log.info("INT8 recipe %s: %s", recipe.value, recipe_reason)
         log.info("converting %s (%s, %s %s input) ...", source_path.name, options.precision, options.input_type,
                  options.input_layout)
         ov = import_engine("openvino")
@@ -647,7 +655,8 @@ def convert(entry: ModelEntry, cache: Cache, options: ConvertOptions | None = No
         reference_dir: Path | None = None
         try:
             temp_xml = temporary / xml.name
-            provisional = _provenance(entry, source_path, source_sha256, options, None, calibration)
+            provisional = _provenance(entry, source_path, source_sha256, options, None, calibration,
+                                      recipe_reason=recipe_reason)
             reference_xml = temp_xml
             if options.precision == "INT8" and calibration is not None:
                 # The FP32 IR of the same graph is the guard's reference; it lives apart, so it is never installed.
@@ -673,7 +682,8 @@ def convert(entry: ModelEntry, cache: Cache, options: ConvertOptions | None = No
                     _refuse_or_accept(accuracy, entry, options)
                     accuracy = replace(accuracy, accepted=True)
                 check = runtime_check(temp_xml, entry, options)
-                final = _provenance(entry, source_path, source_sha256, options, None, calibration, accuracy, check)
+                final = _provenance(entry, source_path, source_sha256, options, None, calibration, accuracy, check,
+                                    recipe_reason)
                 _rewrite_provenance(temp_xml, final)
             elif options.verify:
                 log.info("parity gate: onnxruntime vs OpenVINO on %d generated images ...", options.parity_images)

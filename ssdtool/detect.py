@@ -732,7 +732,13 @@ class Detector:
                 from ssdtool.backends.openvino import device_facts
                 from ssdtool.provenance import read_provenance
 
-                checks = inference_precisions.recorded_checks(read_provenance(self.model_path))
+                provenance = read_provenance(self.model_path)
+                checks = inference_precisions.recorded_checks(provenance)
+                if self.precision == "INT8":
+                    from ssdtool.quantize import recipe_warning
+
+                    if warning := recipe_warning(provenance, self.entry.name):
+                        log.warning("%s", warning)
                 self._plan = inference_precisions.plan(self.requested_inference_precision,
                                                        device_facts(self.device), checks, model=self.entry.name)
                 log.log(self._plan.level, "inference precision: %s", self._plan.reason)

@@ -85,6 +85,35 @@ def recipe_of(settings: Any) -> str | None:
     return next((r.value for r in Int8Recipe if quantization_settings(r) == settings), None)
 
 
+def default_recipe() -> tuple[Int8Recipe, str]:
+    """The recipe for an INT8 build that names none, and why: chosen by the converting CPU's int8 arithmetic.
+
+    Measured on the 1200 px twin (benchmarks/bench_int8_recipes.py, docs/convert.md#int8-recipes): where int8
+    products accumulate in 32 bits (VNNI, AMX, ARM), NNCF's default keeps more FP32 detections than 7-bit weights
+    (1000 vs 987 of 1037) with a third of the worst score difference (0.08 vs 0.21). Where they may saturate (AVX2)
+    or the CPU is unknown, 7-bit weights are exact by construction.
+    """
+    from ssdtool import cpu
+
+    if cpu.exact_int8_products():
+        return Int8Recipe.VNNI, ("chosen for this CPU: its int8 products accumulate without saturation (VNNI, AMX "
+                                 "or ARM dot products), so 8-bit weights keep more accuracy")
+    return Int8Recipe.PORTABLE, ("chosen for this CPU: it has no VNNI/AMX (or reports no flags), so 8-bit weight "
+                                 "products could saturate; 7-bit weights are exact on every CPU")
+
+
+def recipe_warning(provenance: dict[str, Any] | None, model: str) -> str | None:
+    """A warning when an INT8 IR of the vnni recipe runs on a CPU whose int8 products may saturate, else None."""
+    from ssdtool import cpu
+
+    settings = ((provenance or {}).get("parameters") or {}).get("quantization")
+    if recipe_of(settings) != Int8Recipe.VNNI.value or cpu.exact_int8_products() is not False:
+        return None
+    return (f"{model}'s INT8 IR was quantized with the vnni recipe (8-bit weights, for CPUs with VNNI or AMX); this "
+            "CPU has neither, so its int8 products may saturate and lose accuracy. Reconvert it here with 'ssdtool "
+            f"convert {model} --precision INT8 --int8-recipe portable --force'")
+
+
 @dataclass(frozen=True)
 class QuantizeEvent:
     """Progress of one INT8 phase: ``calibrate`` (statistics collection) or ``guard`` (held-out comparison)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import sys
 from collections.abc import Iterator
@@ -156,31 +157,53 @@ def test_int8_idempotent_and_calibration_changes_rebuild(int8_env: dict[str, Any
     assert read_provenance(xml)["accuracy_guard"] == "skipped (--no-verify)"
 
 
-def test_int8_recipes_are_recorded_and_any_installed_one_serves(int8_env: dict[str, Any], tmp_path: Path) -> None:
-    from ssdtool.quantize import quantization_settings, recipe_of
+def test_int8_recipes_are_recorded_and_any_installed_one_serves(int8_env: dict[str, Any], tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    from ssdtool import cpu
+    from ssdtool.quantize import default_recipe, quantization_settings, recipe_of
 
     entry = load_registry(int8_env["registry"]).model("tiny")
     cache_dir = tmp_path / "cache"
     shutil.copytree(int8_env["cache"], cache_dir)
     cache = Cache.at(cache_dir)
     xml = cache.ir_xml(entry, "INT8")
-    # The default build is the portable recipe: 7-bit weights everywhere (NNCF's overflow fix on every layer).
-    assert read_provenance(xml)["parameters"]["quantization"] == quantization_settings("portable")
+    # Without --int8-recipe the converting CPU decides: vnni where int8 products cannot saturate, else portable.
+    chosen, reason = default_recipe()
+    assert chosen.value == ("vnni" if cpu.exact_int8_products() else "portable")
+    record = read_provenance(xml)
+    assert record["parameters"]["quantization"] == quantization_settings(chosen)
+    assert record["int8_recipe"] == {"recipe": chosen.value, "reason": reason}
     assert quantization_settings("portable")["overflow_fix"] == "enable"
     assert quantization_settings("vnni")["overflow_fix"] == "first_layer_only"
+    other = "portable" if chosen.value == "vnni" else "vnni"
     base = ("convert", "tiny", "--precision", "INT8", "--offline", "--calibration-size", str(CALIBRATION_SIZE))
-    portable = _cli((int8_env["registry"], cache_dir), *base, "--int8-recipe", "portable")
-    assert "tiny (INT8): up to date" in portable.stdout and "  recipe:  portable (" in portable.stdout
-    vnni = _cli((int8_env["registry"], cache_dir), *base, "--int8-recipe", "vnni", "--no-verify")
-    assert vnni.exit_code == 0, vnni.output
-    assert "converted in" in vnni.stdout and "  recipe:  vnni (" in vnni.stdout
-    assert recipe_of(read_provenance(xml)["parameters"]["quantization"]) == "vnni"
+    same = _cli((int8_env["registry"], cache_dir), *base, "--int8-recipe", chosen.value)
+    assert "tiny (INT8): up to date" in same.stdout and f"  recipe:  {chosen.value} (overflow fix " in same.stdout
+    rebuilt = _cli((int8_env["registry"], cache_dir), *base, "--int8-recipe", other, "--no-verify")
+    assert rebuilt.exit_code == 0, rebuilt.output
+    assert "converted in" in rebuilt.stdout and f"  recipe:  {other} (overflow fix " in rebuilt.stdout
+    assert "; chosen by --int8-recipe)" in rebuilt.stdout
+    assert recipe_of(read_provenance(xml)["parameters"]["quantization"]) == other
     # Without a recipe choice the installed IR serves, whichever recipe made it.
     assert convert(entry, cache, ConvertOptions(precision="INT8"), offline=True).up_to_date
     from ssdtool.detect import Detector
 
-    assert Detector("tiny", "openvino", precision="INT8", registry=int8_env["registry"], cache_dir=cache_dir,
-                    offline=True).model_path == xml
+    vnni = _cli((int8_env["registry"], cache_dir), *base, "--int8-recipe", "vnni", "--no-verify")
+    assert vnni.exit_code == 0, vnni.output
+    monkeypatch.setattr(cpu, "exact_int8_products", lambda: False)  # as on an AVX2-only CPU
+    logger = logging.getLogger("ssdtool")  # the CLI's logging set-up stops propagation to caplog's root handler
+    logger.addHandler(caplog.handler)
+    try:
+        detector = Detector("tiny", "openvino", precision="INT8", registry=int8_env["registry"], cache_dir=cache_dir,
+                            offline=True)
+        detector(generated_images(1, seed=5, size=(64, 48))[0])
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert detector.model_path == xml
+    assert ("tiny's INT8 IR was quantized with the vnni recipe (8-bit weights, for CPUs with VNNI or AMX); this CPU "
+            "has neither") in caplog.text
+    assert "'ssdtool convert tiny --precision INT8 --int8-recipe portable --force'" in caplog.text
     wrong = _cli((int8_env["registry"], cache_dir), "convert", "tiny", "--int8-recipe", "vnni", "--offline")
     assert wrong.exit_code == 2
     assert "calibration, the INT8 recipe and the accuracy guard apply to INT8 only, got precision FP32" in wrong.stderr

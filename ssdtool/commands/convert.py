@@ -144,7 +144,10 @@ def convert_command(ctx: click.Context, name: str | None, precision: str | None,
         from ssdtool.quantize import recipe_of
 
         settings = (result.provenance.get("parameters") or {}).get("quantization")
-        lines.append(f"  recipe:  {recipe_of(settings) or 'unknown'} ({settings})")
+        reason = (result.provenance.get("int8_recipe") or {}).get("reason")
+        overflow_fix = (settings or {}).get("overflow_fix")
+        lines.append(f"  recipe:  {recipe_of(settings) or 'unknown'} (overflow fix {overflow_fix}"
+                     + (f"; {reason})" if reason else ")"))
         lines.append(f"  calibration: {format_calibration(result.calibration)}")
         recorded = result.provenance.get("accuracy_guard")
         if result.accuracy is not None:
