@@ -43,7 +43,17 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, WORK, machine_description, median, ssdtool_command, write_section
+from common import (
+    QUIET_CORES,
+    ROOT,
+    WORK,
+    load_average,
+    machine_description,
+    median,
+    ssdtool_command,
+    wait_for_quiet,
+    write_section,
+)
 
 sys.path.insert(0, str(ROOT))
 
@@ -55,18 +65,6 @@ COLD_OVERHEAD_TARGET = 1.0
 CHILD_ENV = {"SSDTOOL_REGISTRY": "", "SSDTOOL_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
 BUSY = re.compile(r"the engine was busy ([0-9.]+) s")
 KINDS = ("engine", "bench", "library", "cli")
-
-
-def load_average() -> float:
-    return round(os.getloadavg()[0], 2)
-
-
-def wait_for_quiet(max_load: float, wait: float) -> float:
-    """Wait (up to ``wait`` seconds) for the 1-minute load average to drop below ``max_load``; return it."""
-    deadline = time.monotonic() + wait
-    while load_average() >= max_load and time.monotonic() < deadline:
-        time.sleep(10)
-    return load_average()
 
 
 # Runs the measured command as its child and reports that child's own usage. Measuring from this (large) process
@@ -231,12 +229,13 @@ def cold(image: Path, xml: Path, compiled_cache: Path, runs: int, precision: str
     return data
 
 
-def run(images: int = 8, rounds: int = 3, cold_runs: int = 5, max_load: float = 1.5, wait: float = 600.0
+def run(images: int = 8, rounds: int = 3, cold_runs: int = 5, max_busy: float = QUIET_CORES, wait: float = 600.0
         ) -> dict[str, Any]:
     from ssdtool.detect import Detector, load_image, preprocess
 
     entry, cache, xml, paths = prepare(images)
-    load_before = wait_for_quiet(max_load, wait)
+    wait_for_quiet(max_busy, wait)
+    load_before = load_average()
     detector = Detector(MODEL, "openvino", cache_dir=cache, registry=ROOT / "models.yml", offline=True,
                         performance="throughput")
     measurements = Measurements(entry, xml, detector, paths)
@@ -245,6 +244,7 @@ def run(images: int = 8, rounds: int = 3, cold_runs: int = 5, max_load: float = 
         order = KINDS[number % len(KINDS):] + KINDS[:number % len(KINDS)]  # rotate: none always first or last
         figures: dict[str, tuple[float, float]] = {}
         for kind in order:
+            wait_for_quiet(max_busy, wait)  # each measurement starts while nothing else runs
             figures[kind] = getattr(measurements, "engine_only" if kind == "engine" else kind)()
         per_round.append(figures)
         print(f"round {number + 1}: " + ", ".join(f"{k} {v[0]:.3f} img/s {v[1]:.2f} cpu-s/img"
@@ -360,14 +360,15 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=8, help="images in the folder (default 8)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the three throughput measurements")
     parser.add_argument("--cold-runs", type=int, default=5, help="cold single-image processes (median)")
-    parser.add_argument("--max-load", type=float, default=1.5, help="wait for a 1-minute load average below this")
+    parser.add_argument("--max-busy", type=float, default=QUIET_CORES,
+                        help="wait until other work uses fewer cores than this before each measurement")
     parser.add_argument("--wait", type=float, default=600.0, help="longest wait for a quiet machine, in seconds")
     parser.add_argument("--quick", action="store_true", help="6 images, 1 round, 2 cold runs (not for the record)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON on stdout")
     parser.add_argument("--no-write", action="store_true", help="do not update docs/performance.md")
     args = parser.parse_args()
     images, rounds, cold_runs = (6, 1, 2) if args.quick else (args.images, args.rounds, args.cold_runs)
-    figures = run(images, rounds, cold_runs, args.max_load, 0.0 if args.quick else args.wait)
+    figures = run(images, rounds, cold_runs, args.max_busy, 0.0 if args.quick else args.wait)
     report = sys.stderr if args.json else sys.stdout  # with --json, stdout carries only the JSON
     print(table(figures), file=report)
     for name, measured, ratio, met in figures["targets"]:

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, WORK, measure, median, ssdtool_command, write_section
+from common import QUIET_CORES, ROOT, WORK, measure, median, ssdtool_command, wait_for_quiet, write_section
 
 MODEL = "ssd-resnet34-1200-synthetic"  # the packaged registry's full twin (built locally, like a download)
 GFLOP = 433.411  # Open Model Zoo's figure for ssd-resnet34-1200-onnx; the twin has the same graph
@@ -263,7 +263,11 @@ def run(runs: int = 3, iterations: int = 10, calibration_size: int = CALIBRATION
         keys = list(configs)
         keys = keys[round_index % len(keys):] + keys[:round_index % len(keys)]
         for key in keys:
+            # Each configuration starts on a quiet machine (other work under QUIET_CORES, sampled while idle), so
+            # a burst of other work between configurations does not land in one of them.
+            busy = wait_for_quiet(QUIET_CORES, 900)
             data, result = _run_json(configs[key], key)
+            data["busy_before"] = busy
             data["process_peak_rss_mb"] = result.peak_rss_bytes / 2**20
             raw[key].append(data)
             print(f"  round {round_index + 1}/{runs} {key}: {data['latency_median_ms']:.0f} ms, "
@@ -296,6 +300,7 @@ def run(runs: int = 3, iterations: int = 10, calibration_size: int = CALIBRATION
             "streams": values[0].get("streams"),
             "inference_precision": values[0].get("inference_precision"),
             "raw_latency_ms": [round(v["latency_median_ms"], 1) for v in values],
+            "busy_before": [v["busy_before"] for v in values],
         }
         if key == "ort_reference_path":
             figures[key]["preprocess_median_ms"] = median([v["preprocess_median_ms"] for v in values])

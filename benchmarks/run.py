@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -30,7 +29,16 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, WORK, machine_description, measure, median, write_section
+from common import (
+    ROOT,
+    WORK,
+    load_average,
+    machine_description,
+    measure,
+    median,
+    wait_for_quiet,
+    write_section,
+)
 
 sys.path.insert(0, str(ROOT))
 
@@ -66,45 +74,6 @@ processes load both cores, so the load average *after* a section is about 2 by c
 figures are medians of several runs; ratios are to the compute floor (the model's FLOPs over the machine's
 measured fp32 matmul rate) or to the peer named in the row.
 """
-
-
-def load_average() -> float:
-    return round(os.getloadavg()[0], 2)
-
-
-def busy_cores(seconds: float = 5.0) -> float:
-    """CPU time used by every process on the machine over ``seconds``, in cores (/proc/stat; 0 where missing).
-
-    Called while the suite itself is idle, so it measures other work. The load average cannot tell: it still
-    counts the suite's own previous section for minutes after it ended.
-    """
-    def sample() -> tuple[int, int]:
-        fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-        return sum(fields), idle
-
-    try:
-        total0, idle0 = sample()
-        time.sleep(seconds)
-        total1, idle1 = sample()
-    except (OSError, ValueError, IndexError):
-        return 0.0
-    spent = max(total1 - total0, 1)
-    return round((1 - (idle1 - idle0) / spent) * (os.cpu_count() or 1), 2)
-
-
-def wait_for_quiet(max_busy: float, wait: float) -> float:
-    """Wait (at most ``wait`` seconds) until other work uses under ``max_busy`` cores; return the last sample."""
-    deadline = time.monotonic() + wait
-    current = busy_cores()
-    while current > max_busy and time.monotonic() < deadline:
-        print(f"other work is using {current} cores (> {max_busy}), load average {load_average()}: waiting for a "
-              "quiet machine ...", file=sys.stderr)
-        time.sleep(min(25.0, max(1.0, deadline - time.monotonic())))
-        current = busy_cores()
-    if current > max_busy:
-        print(f"warning: measuring while other work uses {current} cores (timings will be skewed)", file=sys.stderr)
-    return current
 
 
 def versions() -> dict[str, str]:
