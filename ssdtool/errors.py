@@ -36,6 +36,8 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_UNEXPECTED = 1
 EXIT_INTERRUPTED = 130
+#: Problems listed in one RegistryError message (all of them stay in ``RegistryError.problems``).
+MAX_LISTED_PROBLEMS = 50
 
 
 class SsdtoolError(Exception):
@@ -68,7 +70,10 @@ class UsageError(SsdtoolError):
 
 
 class RegistryError(SsdtoolError):
-    """The registry file is malformed. ``problems`` lists every located problem found."""
+    """The registry file is malformed. ``problems`` lists every located problem found.
+
+    The message lists the first :data:`MAX_LISTED_PROBLEMS` (a broken generated registry can have millions).
+    """
 
     exit_code = 3
 
@@ -76,7 +81,10 @@ class RegistryError(SsdtoolError):
         self.problems = list(problems)
         count = len(self.problems)
         header = "invalid model registry" if count == 1 else f"invalid model registry ({count} problems)"
-        super().__init__(header + ":\n" + "\n".join(f"  {p}" for p in self.problems), hint=hint)
+        listed = [f"  {p}" for p in self.problems[:MAX_LISTED_PROBLEMS]]
+        if count > MAX_LISTED_PROBLEMS:
+            listed.append(f"  ... and {count - MAX_LISTED_PROBLEMS} more")
+        super().__init__(header + ":\n" + "\n".join(listed), hint=hint)
 
 
 class UnknownModelError(SsdtoolError):

@@ -12,8 +12,11 @@ import functools
 from collections.abc import Iterable
 from pathlib import Path
 
-from ssdtool.errors import UsageError
+from ssdtool.errors import RegistryError, UsageError
 from ssdtool.registry import ModelEntry
+
+#: Largest label file read (COCO's is 700 bytes).
+MAX_LABEL_FILE_BYTES = 1 << 20
 
 #: COCO category id of model label index i+1 (index 0 is background and has none): 1-11, 13-25, 27-28,
 #: 31-44, 46-65, 67, 70, 72-82, 84-90.
@@ -39,15 +42,54 @@ assert len(COCO_CATEGORY_IDS) == len(COCO_NAMES) == 80
 
 
 @functools.lru_cache(maxsize=16)
-def _read_label_file(path: str, mtime_ns: int) -> tuple[str, ...]:
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
-    return tuple(line.strip() for line in lines if line.strip())
+def _read_label_file(path: str, mtime_ns: int, where: str) -> tuple[str, ...]:
+    from ssdtool.fsutil import UnsafePathError, read_regular
+
+    try:
+        text = read_regular(Path(path), MAX_LABEL_FILE_BYTES, follow_links=True).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RegistryError([f"{where}: label file {path} is not UTF-8 text ({exc.reason} at byte {exc.start})"],
+                            hint="save the label file as UTF-8, one class name per line") from None
+    except UnsafePathError as exc:
+        raise RegistryError([f"{where}: label file {path}: {exc.reason}"]) from None
+    except ValueError:
+        raise RegistryError([f"{where}: label file {path} is larger than {MAX_LABEL_FILE_BYTES:,} bytes"]) from None
+    except OSError as exc:
+        raise RegistryError([f"{where}: cannot read the label file {path}: {exc.strerror or exc}"]) from None
+    names = tuple(line.strip() for line in text.splitlines() if line.strip())
+    if len(names) < 2:
+        raise RegistryError([f"{where}: label file {path} has {len(names)} names; expected the background and "
+                             "at least one class, one name per line"])
+    return names
 
 
 def label_names(entry: ModelEntry) -> tuple[str, ...]:
-    """The model's label names by index (0 is the background), read once per file version."""
+    """The model's label names by index (0 is the background), read once per file version.
+
+    Raises :class:`RegistryError` (exit 3) for a label file that is not UTF-8 text or has fewer than two names.
+    """
     path = entry.label_path()
-    return _read_label_file(str(path), path.stat().st_mtime_ns)
+    try:
+        mtime_ns = path.stat().st_mtime_ns
+    except OSError as exc:
+        raise RegistryError([f"models.{entry.name}.labels: cannot read the label file {path}: "
+                             f"{exc.strerror or exc}"]) from None
+    return _read_label_file(str(path), mtime_ns, f"models.{entry.name}.labels")
+
+
+def check_label_ids(entry: ModelEntry, names: tuple[str, ...], label_ids: Iterable[int]) -> None:
+    """Raise :class:`RegistryError` when the model predicted a label id its label file has no name for.
+
+    A short label file is a registry mistake (a truncated copy, the wrong file); naming such labels
+    ``class_<id>`` would hide it, so detection stops with exit 3 instead.
+    """
+    beyond = sorted({int(i) for i in label_ids if not 0 <= int(i) < len(names)})
+    if beyond:
+        raise RegistryError(
+            [f"models.{entry.name}.labels: the label file {entry.labels} has {len(names)} names (label ids 0.."
+             f"{len(names) - 1}), but the model predicted label id {', '.join(map(str, beyond[:5]))}; expected "
+             "one name per class the model predicts, the background first (81 lines for the COCO models)"],
+            hint=f"check that {entry.labels} is complete and belongs to this model")
 
 
 def is_coco_labels(names: tuple[str, ...]) -> bool:

@@ -2,7 +2,12 @@
 
 Validation collects every problem with its location (``models.NAME.files[0].sha256``) and what was expected,
 so one run shows a registry author everything to fix. Only ``yaml.SafeLoader`` is used (through a subclass
-that additionally rejects duplicate keys, which plain ``safe_load`` silently overwrites).
+that additionally rejects duplicate keys, which plain ``safe_load`` silently overwrites); libyaml's C parser
+(``CSafeLoader``) when PyYAML has it, about six times faster than the pure-Python one.
+
+Load cost is bounded and linear: the file must be a regular file of at most :data:`MAX_REGISTRY_BYTES`, and the
+document may expand (through YAML aliases) to at most :data:`MAX_REGISTRY_VALUES` values. A 50 MB registry used
+to take minutes and gigabytes, nearly all of it in the pure-Python YAML parser's node objects.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import unicodedata
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -20,8 +26,18 @@ from urllib.parse import urlsplit
 import yaml
 
 from ssdtool.errors import RegistryError, UnknownModelError
+from ssdtool.redact import redact_url
 
 REGISTRY_ENV = "SSDTOOL_REGISTRY"
+#: Largest registry file accepted (ssdtool's own is 4 KB; this holds about 500 full model entries).
+MAX_REGISTRY_BYTES = 1 << 20
+#: Most values (scalars, lists, mappings) the parsed document may hold, counting each use of a YAML alias.
+MAX_REGISTRY_VALUES = 200_000
+#: Longest file or model name, in UTF-8 bytes: ssdtool derives longer names from them in the cache
+#: (``<file>.verified.json``, temporary files), and most file systems allow 255 bytes per name.
+MAX_NAME_BYTES = 200
+#: Names of the cache layout's own folders in a model's folder (``ssdtool.cache``); no model file may take them.
+CACHE_LAYOUT_NAMES = frozenset({".ssdtool", "openvino"})
 REGISTRY_FORMAT_VERSION = 1
 PACKAGED_REGISTRY_NAME = "models.yml"
 
@@ -119,9 +135,10 @@ class ModelEntry:
         )
 
     def label_names(self) -> tuple[str, ...]:
-        """Label names by index (index 0 is the background)."""
-        lines = self.label_path().read_text(encoding="utf-8").splitlines()
-        return tuple(line.strip() for line in lines if line.strip())
+        """Label names by index (index 0 is the background); see :func:`ssdtool.labels.label_names`."""
+        from ssdtool.labels import label_names
+
+        return label_names(self)
 
 
 @dataclass(frozen=True)
@@ -153,8 +170,8 @@ class Registry:
         return len(self.models)
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that reports duplicate mapping keys (plain safe_load keeps the last one silently)."""
+class _UniqueKeys:
+    """SafeLoader mixin that reports duplicate mapping keys (plain safe_load keeps the last one silently)."""
 
     duplicate_keys: list[str]
 
@@ -169,19 +186,53 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 )
             elif isinstance(key, (str, int, float, bool)):
                 seen[key] = key_node.start_mark.line
-        return super().construct_mapping(node, deep=deep)
+        return super().construct_mapping(node, deep=deep)  # type: ignore[misc]
 
 
-def _parse_yaml(text: str, source: str) -> tuple[Any, list[str]]:
-    loader = _UniqueKeyLoader(text)
+class _PurePythonLoader(_UniqueKeys, yaml.SafeLoader):
+    pass
+
+
+# libyaml's parser when PyYAML was built with it (the usual wheels): about six times faster.
+_UniqueKeyLoader: type = type("_UniqueKeyLoader", (_UniqueKeys, yaml.CSafeLoader), {}) \
+    if hasattr(yaml, "CSafeLoader") else _PurePythonLoader
+
+
+def _parse_yaml(text: str, source: str, loader_class: type | None = None) -> tuple[Any, list[str]]:
+    try:
+        # The pure-Python reader checks the characters (a NUL, say) as soon as it is made: inside the try.
+        loader = (loader_class or _UniqueKeyLoader)(text)
+    except yaml.YAMLError as exc:
+        raise RegistryError([f"{source}: not valid YAML: {exc}"]) from None
     loader.duplicate_keys = []
     try:
         data = loader.get_single_data()
     except yaml.YAMLError as exc:
         raise RegistryError([f"{source}: not valid YAML: {exc}"]) from None
+    except RecursionError:  # the pure-Python parser on deeply nested collections (libyaml stops at 1000 levels)
+        raise RegistryError([f"{source}: not valid YAML: nested too deeply"]) from None
     finally:
         loader.dispose()
+    if _count_values(data, MAX_REGISTRY_VALUES) > MAX_REGISTRY_VALUES:
+        raise RegistryError([f"{source}: the document expands to more than {MAX_REGISTRY_VALUES:,} values "
+                             f"(through YAML aliases, it seems: the file has {len(text):,} characters)"])
     return data, [f"{source}: {problem}" for problem in loader.duplicate_keys]
+
+
+def _count_values(data: Any, limit: int) -> int:
+    """How many values ``data`` holds, each alias use counted again; stops counting past ``limit`` (an alias
+    bomb, or a recursive structure, is then not walked to its end)."""
+    count = 0
+    pending = [data]
+    while pending and count <= limit:
+        value = pending.pop()
+        count += 1
+        if isinstance(value, dict):
+            pending.extend(value.keys())
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+    return count
 
 
 class _Checker:
@@ -268,6 +319,11 @@ def check_file_name(name: str) -> str | None:
     """Why ``name`` is unsafe as a file name inside the cache, or None when it is safe."""
     if "\x00" in name:
         return "must not contain NUL"
+    if any(unicodedata.category(c) == "Cc" for c in name):
+        return f"must not contain control characters (newlines, tabs, escapes): {name!r}"
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        return (f"must be at most {MAX_NAME_BYTES} bytes long (UTF-8), got {len(name.encode('utf-8', 'surrogatepass'))}"
+                f": {name[:40]!r}...")
     if name.startswith("/") or PurePosixPath(name).is_absolute() or re.match(r"^[A-Za-z]:", name):
         return f"must be a plain file name, not an absolute path: {name!r}"
     if ".." in PurePosixPath(name.replace("\\", "/")).parts or name in (".", ".."):
@@ -280,17 +336,24 @@ def check_file_name(name: str) -> str | None:
 
 
 def check_source_url(url: str) -> str | None:
-    """Why ``url`` is not an acceptable source, or None when it is."""
-    scheme = urlsplit(url).scheme.lower()
+    """Why ``url`` is not an acceptable source, or None when it is. Messages quote it without credentials."""
+    shown = redact_url(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - parses the port, which raises for a bad one
+    except ValueError as exc:
+        return f"expected a valid URL, got {shown!r}: {exc}"
+    scheme = parts.scheme.lower()
     if scheme not in ALLOWED_SCHEMES:
-        return f"expected a URL with scheme {', '.join(ALLOWED_SCHEMES)}, got {url!r}"
-    parts = urlsplit(url)
-    if scheme in ("http", "https") and not parts.netloc:
-        return f"expected a host in the URL, got {url!r}"
+        return f"expected a URL with scheme {', '.join(ALLOWED_SCHEMES)}, got {shown!r}"
+    if scheme in ("http", "https") and not parts.hostname:
+        return f"expected a host in the URL, got {shown!r}"
     if scheme == "file" and not parts.path:
-        return f"expected a path in the file URL, got {url!r}"
+        return f"expected a path in the file URL, got {shown!r}"
     if scheme == "synthetic" and not parts.path:
-        return f"expected synthetic:NAME?params, got {url!r}"
+        return f"expected synthetic:NAME?params, got {shown!r}"
+    if any(unicodedata.category(c) == "Cc" for c in url):
+        return f"expected a URL without control characters or spaces, got {shown!r}"
     return None
 
 
@@ -301,6 +364,10 @@ def _check_file(check: _Checker, raw: Any, where: str) -> FileEntry | None:
     name = check.string(data.get("name"), f"{where}.name") if "name" in data else None
     if name is not None and (reason := check_file_name(name)):
         check.problem(f"{where}.name", reason)
+        name = None
+    if name is not None and name.casefold() in CACHE_LAYOUT_NAMES:
+        check.problem(f"{where}.name", f"{name!r} is reserved: the cache keeps its own {name} folder next to the "
+                                       "model's files; rename the file")
         name = None
     size = check.integer(data.get("size"), f"{where}.size", minimum=0) if "size" in data else None
     digests: dict[str, str | None] = {}
@@ -414,9 +481,12 @@ def _check_convert(check: _Checker, raw: Any, where: str) -> ConvertSpec | None:
 
 
 def _check_model(check: _Checker, name: str, raw: Any, registry_dir: Path | None) -> ModelEntry | None:
-    where = f"models.{name}"
+    where = f"models.{name if len(name) <= 60 else name[:60] + '...'}"
     if not _MODEL_NAME.fullmatch(name):
         check.problem(where, "model names use letters, digits, '.', '_' and '-', starting with a letter or digit")
+    elif len(name) > MAX_NAME_BYTES:
+        check.problem(where, f"model names are at most {MAX_NAME_BYTES} characters (the cache folder is named after "
+                             f"the model), got {len(name)}")
     keys = ("description", "task", "license", "files", "input", "outputs", "labels", "convert")
     data = check.mapping(raw, where, keys)
     if data is None:
@@ -514,11 +584,21 @@ def load_registry(path: str | os.PathLike[str] | None = None) -> Registry:
     else:
         resolved = Path(path).expanduser()
         source = str(path)
+    from ssdtool.fsutil import UnsafePathError, read_regular
+
     try:
-        text = resolved.read_text(encoding="utf-8")
+        text = read_regular(resolved, MAX_REGISTRY_BYTES, follow_links=True).decode("utf-8")
     except FileNotFoundError:
         raise RegistryError([f"{source}: file not found"],
                             hint="check the --registry / SSDTOOL_REGISTRY path") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RegistryError([f"{source}: cannot read: {exc}"]) from None
+    except UnsafePathError as exc:
+        raise RegistryError([f"{source}: {exc.reason}"],
+                            hint="pass a registry file with --registry FILE (devices and pipes are not read)") from None
+    except ValueError as exc:
+        if isinstance(exc, UnicodeDecodeError):
+            raise RegistryError([f"{source}: not UTF-8 text: {exc}"]) from None
+        raise RegistryError([f"{source}: larger than {MAX_REGISTRY_BYTES:,} bytes, the most a registry may have"],
+                            hint="split it, or drop entries you do not use") from None
+    except OSError as exc:
+        raise RegistryError([f"{source}: cannot read: {exc.strerror or exc}"]) from None
     return parse_registry(text, source=source, registry_dir=resolved.parent)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -225,3 +227,120 @@ def test_user_registry_label_file_next_to_it(tmp_path: Path) -> None:
     path = tmp_path / "reg.yml"
     path.write_text(yaml.safe_dump(data))
     assert load_registry(path).model().label_names() == ("bg", "cat")
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Hardening (issue 11): what used to escape as exit 1, and load cost
+
+
+@pytest.mark.parametrize(("mutate", "expected"), [
+    (lambda m: m["files"][0].update(sources=["http://[::1/f.onnx"]),
+     "files[0].sources[0]: expected a valid URL, got 'http://[::1/f.onnx': Invalid IPv6 URL"),
+    (lambda m: m["files"][0].update(sources=["http://host:99999/f.onnx"]),
+     "files[0].sources[0]: expected a valid URL, got 'http://host:99999/f.onnx': Port out of range"),
+    (lambda m: m["files"][0].update(sources=["https://user:pw@/f.onnx"]),
+     "files[0].sources[0]: expected a host in the URL, got 'https://***@/f.onnx'"),
+    (lambda m: m["files"][0].update(name="x" * 300 + ".onnx"),
+     "files[0].name: must be at most 200 bytes long (UTF-8), got 305"),
+    (lambda m: m["files"][0].update(name="é" * 101), "files[0].name: must be at most 200 bytes long (UTF-8), got 202"),
+    (lambda m: m["files"][0].update(name="openvino"), "files[0].name: 'openvino' is reserved"),
+    (lambda m: m["files"][0].update(name=".ssdtool"), "files[0].name: '.ssdtool' is reserved"),
+    (lambda m: m["files"][0].update(name="OpenVINO"), "files[0].name: 'OpenVINO' is reserved"),
+    (lambda m: m["files"][0].update(name="a\nb.onnx"), "files[0].name: must not contain control characters"),
+])
+def test_hostile_values_are_located_problems(mutate: Any, expected: str) -> None:
+    data = one_model(packaged_data())
+    mutate(data["models"][MODEL])
+    problems = problems_of(data)
+    assert any(expected in p for p in problems), problems
+
+
+def test_long_model_name_is_located() -> None:
+    data = one_model(packaged_data())
+    data["models"]["m" * 300] = data["models"].pop(MODEL)
+    data["default_model"] = "m" * 300
+    assert any(f"models.{'m' * 60}...: model names are at most 200 characters" in p for p in problems_of(data))
+
+
+def test_credentials_in_a_rejected_source_are_not_quoted() -> None:
+    data = one_model(packaged_data())
+    data["models"][MODEL]["files"][0]["sources"] = ["ftp://user:hunter2@host/f.onnx?token=abc"]
+    [problem] = problems_of(data)
+    assert "hunter2" not in problem and "abc" not in problem and "ftp://***@host/f.onnx?token=***" in problem
+
+
+@pytest.mark.parametrize("loader", ["libyaml", "pure-python"])
+def test_deeply_nested_yaml_is_a_registry_error(loader: str) -> None:
+    from ssdtool import registry
+
+    text = "[" * 100_000 + "]" * 100_000
+    with pytest.raises(RegistryError, match="not valid YAML"):
+        registry._parse_yaml(text, "deep.yml", None if loader == "libyaml" else registry._PurePythonLoader)
+
+
+def test_yaml_alias_bomb_is_refused() -> None:
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 8)]
+    with pytest.raises(RegistryError, match=r"expands to more than 200,000 values \(through YAML aliases"):
+        parse_registry("\n".join(lines) + "\nversion: 1\nmodels: *a7\n")
+
+
+def test_registry_uses_the_c_parser_when_pyyaml_has_it() -> None:
+    from ssdtool import registry
+
+    assert issubclass(registry._UniqueKeyLoader, getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+
+
+def test_many_problems_are_counted_and_the_first_listed() -> None:
+    data = one_model(packaged_data())
+    data["models"] = {f"m{i}": {"colour": "red"} for i in range(100)}
+    with pytest.raises(RegistryError) as caught:
+        parse_registry(yaml.safe_dump(data))
+    assert len(caught.value.problems) > 100
+    assert caught.value.message.count("\n") == 51 and caught.value.message.endswith(
+        f"... and {len(caught.value.problems) - 50} more")
+
+
+@pytest.mark.parametrize("kind", ["device", "fifo", "folder", "too large", "not utf-8"])
+def test_registry_file_must_be_a_small_regular_text_file(kind: str, tmp_path: Path) -> None:
+    from ssdtool.registry import MAX_REGISTRY_BYTES
+
+    path = tmp_path / "registry.yml"
+    if kind == "device":
+        path = Path("/dev/zero")
+    elif kind == "fifo":
+        os.mkfifo(path)  # opening it for reading would block until a writer came
+    elif kind == "folder":
+        path.mkdir()
+    elif kind == "too large":
+        path.write_bytes(b"#" * (MAX_REGISTRY_BYTES + 1))
+    else:
+        path.write_bytes(b"version: 1\nmodels: {\xff: 1}\n")
+    expected = {"device": "it is a character device, expected a regular file",
+                "fifo": "it is a FIFO (named pipe), expected a regular file",
+                "folder": "it is a folder, expected a regular file",
+                "too large": "larger than 1,048,576 bytes, the most a registry may have",
+                "not utf-8": "not UTF-8 text"}[kind]
+    if kind == "folder":  # the CLI's own option check refuses a folder first (exit 2); the library says why too
+        with pytest.raises(RegistryError, match=expected):
+            load_registry(path)
+        return
+    result = CliRunner().invoke(cli, ["--registry", str(path), "models", "--json"])
+    assert result.exit_code == 3, result.output
+    assert f"{path}: {expected}" in result.stderr
+    assert json.loads(result.stdout)["exit_code"] == 3
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    (b"bg\n\xff\xfe cat\n", "label file .* is not UTF-8 text \\(invalid start byte at byte 3\\)"),
+    (b"only-one\n", "label file .* has 1 names; expected the background and at least one class"),
+])
+def test_bad_label_files_are_registry_errors(tmp_path: Path, content: bytes, expected: str) -> None:
+    data = one_model(packaged_data())
+    data["models"][MODEL]["labels"] = "my-labels.txt"
+    (tmp_path / "my-labels.txt").write_bytes(content)
+    path = tmp_path / "reg.yml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(RegistryError, match=f"models.{MODEL}.labels: {expected}") as caught:
+        load_registry(path).model().label_names()
+    assert caught.value.exit_code == 3
