@@ -9,20 +9,30 @@ Layout under the cache root (``--cache-dir``, else ``$SSDTOOL_HOME``, else ``$XD
     <root>/<model>/.ssdtool/<file>.lock          inter-process lock for downloading <file>
     <root>/<model>/.ssdtool/<file>.owner.json    who holds that lock (pid, host, start), for waiting processes
     <root>/<model>/openvino/<precision>[-<variant>]/<model>.xml|.bin   converted IR
+
+Every write goes through :mod:`ssdtool.fsutil`: into folders checked to be real folders below the root, never
+through a link at ssdtool's own files (parts, records, owner notes, locks), and whole files only by rename. A
+model file at its final path may be a link a user placed there on purpose, and is then read through it, but only
+when the link belongs to the user running ssdtool or to root (:meth:`Cache.check_model_file`): a link planted by
+another user of a shared cache is refused.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
+import stat
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ssdtool import fsutil
 from ssdtool.errors import CacheError
-from ssdtool.registry import FileEntry, ModelEntry, check_file_name
+from ssdtool.redact import redact_url
+from ssdtool.registry import CACHE_LAYOUT_NAMES, FileEntry, ModelEntry, check_file_name
 
 HOME_ENV = "SSDTOOL_HOME"
 STATE_MISSING = "missing"
@@ -30,6 +40,11 @@ STATE_PARTIAL = "partial"
 STATE_DOWNLOADED = "downloaded"
 STATE_CONVERTED = "converted"
 METADATA_DIR = ".ssdtool"
+IR_DIR = "openvino"
+# The registry refuses model files named like the layout's folders (one would take the other's place).
+assert frozenset({METADATA_DIR, IR_DIR}) == CACHE_LAYOUT_NAMES
+# Records and owner notes are a few hundred bytes; a much larger file there is not one of ours.
+MAX_RECORD_BYTES = 64 << 10
 
 
 @dataclass(frozen=True)
@@ -49,24 +64,58 @@ class VerificationRecord:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> VerificationRecord:
-        checksums = data["checksums"]
-        if not isinstance(checksums, dict):
-            raise TypeError("checksums must be a mapping")
-        return cls(size=int(data["size"]), mtime_ns=int(data["mtime_ns"]),
-                   checksums={str(k): str(v) for k, v in checksums.items()},
-                   source=data.get("source"), verified_at=float(data.get("verified_at", 0.0)))
+    def from_dict(cls, data: Any) -> VerificationRecord:
+        """The record in ``data``; ``ValueError`` unless every field has its type (the caller then re-hashes)."""
+        if not isinstance(data, dict):
+            raise ValueError("a verification record is a JSON object")
+        size, mtime_ns, checksums = data.get("size"), data.get("mtime_ns"), data.get("checksums")
+        source, verified_at = data.get("source"), data.get("verified_at", 0.0)
+        if not (_is_int(size) and _is_int(mtime_ns) and isinstance(checksums, dict)
+                and all(isinstance(k, str) and isinstance(v, str) for k, v in checksums.items())
+                and (source is None or isinstance(source, str)) and _is_finite(verified_at)):
+            raise ValueError("a verification record field has the wrong type")
+        return cls(size=size, mtime_ns=mtime_ns, checksums=dict(checksums), source=source,
+                   verified_at=float(verified_at))
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a unique temporary name and ``os.replace`` (safe with concurrent writers of the same path)."""
-    temporary = path.with_name(f"{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+@dataclass(frozen=True)
+class LockOwner:
+    """Who holds a download lock, from its owner note; only for telling a waiting process whom it waits for."""
+
+    pid: int
+    host: str
+    since: float  # Unix time
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> LockOwner:
+        """``ValueError`` unless the note has an integer pid, a host string and a plausible time (then: unknown)."""
+        if not isinstance(data, dict):
+            raise ValueError("an owner note is a JSON object")
+        pid, host, since = data.get("pid"), data.get("host"), data.get("since")
+        if not (_is_int(pid) and isinstance(host, str) and _is_finite(since) and 0 <= since < 1e11):
+            raise ValueError("an owner note field has the wrong type")
+        return cls(pid=pid, host=host, since=float(since))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _load_json(path: Path) -> Any:
+    """A small JSON file of ssdtool's own, read without following a link at it. Any problem is an ``OSError`` or
+    a ``ValueError`` (a 100,000-deep array's ``RecursionError`` included)."""
+    data = fsutil.read_regular(path, MAX_RECORD_BYTES)
     try:
-        temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
+        return json.loads(data.decode("utf-8"))
+    except RecursionError:
+        raise ValueError(f"{path}: nested too deeply to be a record") from None
 
 
 def default_cache_dir() -> Path:
@@ -99,9 +148,30 @@ class Cache:
             raise CacheError(f"file name cannot be used in the cache: {reason}")
         folder = self.model_dir(model)
         path = folder / name
-        # Lexical check (symlinks are not followed: a user may link a model file into the cache on purpose).
+        # Lexical check: the name itself cannot leave the folder (a link at the path: see check_model_file).
         if Path(os.path.abspath(path)).parent != Path(os.path.abspath(folder)):
             raise CacheError(f"file name {name!r} would resolve outside {folder}")
+        return path
+
+    def check_model_file(self, model: ModelEntry | str, file: FileEntry | str) -> Path:
+        """The final path of a model file, after refusing a link there that another user planted.
+
+        A link owned by the user running ssdtool (or by root) was placed on purpose and is followed; one owned by
+        anyone else could make a root job read any file (and report its checksum), so it is refused.
+        """
+        path = self.file_path(model, file)
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            return path
+        except OSError as exc:
+            raise CacheError(f"cannot access {path}: {exc.strerror or exc}") from exc
+        if stat.S_ISLNK(info.st_mode) and info.st_uid not in (0, os.geteuid()):
+            raise CacheError(
+                f"refusing to use {path}: it is {fsutil.describe(info.st_mode, path)} owned by uid {info.st_uid}, "
+                f"not by the user running ssdtool (uid {os.geteuid()}) or root",
+                hint=f"remove the link (rm {path}) and run the command again; to use a file kept elsewhere, link "
+                     "it as the user who runs ssdtool")
         return path
 
     def part_path(self, model: ModelEntry | str, file: FileEntry | str) -> Path:
@@ -110,6 +180,14 @@ class Cache:
 
     def metadata_dir(self, model: ModelEntry | str) -> Path:
         return self.model_dir(model) / METADATA_DIR
+
+    def make_folder(self, path: Path) -> Path:
+        """Create ``path`` (below the root) as a real folder, refusing a link or a file on the way."""
+        try:
+            return fsutil.ensure_folder(path, self.root)
+        except OSError as exc:
+            raise CacheError(f"cannot create the cache folder {path}: {exc}",
+                             hint="pass a writable --cache-dir or set SSDTOOL_HOME") from exc
 
     def record_path(self, model: ModelEntry | str, file: FileEntry | str) -> Path:
         name = file if isinstance(file, str) else file.name
@@ -124,26 +202,32 @@ class Cache:
         return self.metadata_dir(model) / f"{name}.owner.json"
 
     def read_record(self, model: ModelEntry | str, file: FileEntry | str) -> VerificationRecord | None:
-        """The verification record of a file, or None when absent or unreadable (then the file is re-hashed)."""
+        """The verification record of a file, or None when absent, unreadable, malformed or a link (then the file
+        is re-hashed)."""
         try:
-            data = json.loads(self.record_path(model, file).read_text(encoding="utf-8"))
-            return VerificationRecord.from_dict(data)
-        except (OSError, ValueError, TypeError, KeyError):
+            return VerificationRecord.from_dict(_load_json(self.record_path(model, file)))
+        except (OSError, ValueError):
             return None
 
     def write_record(self, model: ModelEntry | str, file: FileEntry | str, record: VerificationRecord) -> None:
-        """Write the record atomically, so a reader never sees half a record (it would re-hash, not misjudge)."""
+        """Write the record atomically, so a reader never sees half a record (it would re-hash, not misjudge).
+
+        Everyone sharing the cache may read records, so the source URL is stored without credentials.
+        """
         path = self.record_path(model, file)
+        clean = VerificationRecord(size=record.size, mtime_ns=record.mtime_ns, checksums=dict(record.checksums),
+                                   source=redact_url(record.source) if record.source else record.source,
+                                   verified_at=record.verified_at)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(path, json.dumps(record.to_dict(), indent=2) + "\n")
+            fsutil.ensure_folder(path.parent, self.root)
+            fsutil.atomic_write(path, (json.dumps(clean.to_dict(), indent=2) + "\n").encode("utf-8"))
         except OSError as exc:
             raise CacheError(f"cannot write the verification record {path}: {exc}",
                              hint="check permissions and free space in the cache directory") from exc
 
     def remove_record(self, model: ModelEntry | str, file: FileEntry | str) -> None:
         with contextlib.suppress(FileNotFoundError):
-            self.record_path(model, file).unlink()
+            self.record_path(model, file).unlink()  # a link is removed itself, never its target
 
     def recorded_verified(self, model: ModelEntry, file: FileEntry) -> VerificationRecord | None:
         """The record when it still vouches for the file on disk, without reading the file.
@@ -156,10 +240,12 @@ class Cache:
         if record is None:
             return None
         try:
-            stat = self.file_path(model, file).stat()
+            info = self.check_model_file(model, file).stat()
         except FileNotFoundError:
             return None
-        if (record.size, record.mtime_ns) != (file.size, stat.st_mtime_ns) or stat.st_size != file.size:
+        if not stat.S_ISREG(info.st_mode) or info.st_size != file.size:
+            return None
+        if (record.size, record.mtime_ns) != (file.size, info.st_mtime_ns):
             return None
         if any(record.checksums.get(algo) != digest for algo, digest in file.checksums.items()):
             return None
@@ -169,24 +255,23 @@ class Cache:
         """Note who holds a download lock; only used to tell a waiting process whom it waits for."""
         import socket  # only when downloading: keeps the cached fast path's imports small
 
-        path = self.owner_path(model, file)
-        data = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+        note = LockOwner(pid=os.getpid(), host=socket.gethostname(), since=time.time())
         with contextlib.suppress(OSError):  # informational only: never fail a download over it
-            atomic_write_text(path, json.dumps(data) + "\n")
+            fsutil.atomic_write(self.owner_path(model, file), (json.dumps(note.to_dict()) + "\n").encode("utf-8"))
 
-    def read_owner(self, model: ModelEntry | str, file: FileEntry | str) -> dict[str, Any] | None:
+    def read_owner(self, model: ModelEntry | str, file: FileEntry | str) -> LockOwner | None:
+        """The lock holder's note, or None when there is none or it is malformed (the holder is then unknown)."""
         try:
-            data = json.loads(self.owner_path(model, file).read_text(encoding="utf-8"))
+            return LockOwner.from_dict(_load_json(self.owner_path(model, file)))
         except (OSError, ValueError):
             return None
-        return data if isinstance(data, dict) else None
 
     def remove_owner(self, model: ModelEntry | str, file: FileEntry | str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.owner_path(model, file).unlink()
 
     def ir_root(self, model: ModelEntry | str) -> Path:
-        return self.model_dir(model) / "openvino"
+        return self.model_dir(model) / IR_DIR
 
     def ir_dir(self, model: ModelEntry | str, precision: str, variant: str = "") -> Path:
         """Folder of a converted IR; ``variant`` distinguishes non-default input types or layouts."""
@@ -197,12 +282,18 @@ class Cache:
         return self.ir_dir(model, precision, variant) / f"{name}.xml"
 
     def converted_irs(self, model: ModelEntry | str) -> list[Path]:
-        """Every IR ``.xml`` installed for the model, sorted."""
+        """Every intact IR ``.xml`` installed for the model (weights of the recorded size, real folders), sorted."""
+        from ssdtool.provenance import ir_problem
+
         root = self.ir_root(model)
-        if not root.is_dir():
-            return []
+        try:
+            if not fsutil.check_folder(root, self.root):
+                return []
+        except OSError:
+            return []  # a link or a file where the IR folder belongs: nothing ssdtool installed
         name = model if isinstance(model, str) else model.name
-        return sorted(p for p in root.glob(f"*/{name}.xml") if p.with_suffix(".bin").is_file())
+        return sorted(xml for xml in root.glob(f"*/{name}.xml")
+                      if not xml.parent.is_symlink() and ir_problem(xml) is None)
 
     def file_state(self, model: ModelEntry, file: FileEntry) -> str:
         """missing / partial / downloaded, judged by presence and size (``ssdtool verify`` re-hashes)."""
@@ -210,9 +301,10 @@ class Cache:
         try:
             if path.stat().st_size == file.size:
                 return STATE_DOWNLOADED
-        except FileNotFoundError:
+        except OSError:
             pass
-        return STATE_PARTIAL if path.exists() or self.part_path(model, file).exists() else STATE_MISSING
+        return STATE_PARTIAL if os.path.lexists(path) or os.path.lexists(self.part_path(model, file)) \
+            else STATE_MISSING
 
     def model_state(self, model: ModelEntry) -> str:
         states = [self.file_state(model, f) for f in model.files]

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ssdtool.cache import Cache
+from ssdtool.redact import redact_url
 from ssdtool.registry import ModelEntry, Registry
 
 
@@ -82,7 +83,8 @@ def model_info(registry: Registry, cache: Cache, name: str | None) -> ModelInfo:
     entry = registry.model(name)
     files = tuple(
         FileStatus(name=f.name, path=str(cache.file_path(entry, f)), size=f.size,
-                   state=cache.file_state(entry, f), sha256=f.sha256, sha384=f.sha384, sources=f.sources)
+                   state=cache.file_state(entry, f), sha256=f.sha256, sha384=f.sha384,
+                   sources=tuple(redact_url(url) for url in f.sources))
         for f in entry.files
     )
     return ModelInfo(name=entry.name, default=entry.name == registry.default_model,

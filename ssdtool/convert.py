@@ -21,11 +21,13 @@ measures the IR at that default against the IR at f32 and records the figure in 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
+import re
 import shutil
-import tempfile
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -34,12 +36,13 @@ from typing import Any
 
 import numpy as np
 
-from ssdtool import __version__, precision
+from ssdtool import __version__, fsutil, precision
 from ssdtool.backends import import_engine
 from ssdtool.cache import Cache
 from ssdtool.constants import Int8Recipe
 from ssdtool.errors import (
     AccuracyError,
+    CacheError,
     ConversionError,
     LockTimeoutError,
     ModelFormatError,
@@ -49,7 +52,15 @@ from ssdtool.errors import (
 )
 from ssdtool.imaging import generated_images, normalized_input, raw_input, resize_rgb
 from ssdtool.matching import MatchReport, RawDetections, match_detections
-from ssdtool.provenance import RT_INFO_ROOT, encode, read_provenance, rewrite_provenance
+from ssdtool.provenance import (
+    RT_INFO_ROOT,
+    WEIGHTS_KEY,
+    encode,
+    ir_problem,
+    read_provenance,
+    rewrite_provenance,
+    weights_record,
+)
 from ssdtool.quantize import (
     DEFAULT_CALIBRATION_SIZE,
     GUARD_IMAGES,
@@ -534,15 +545,110 @@ def _provenance(entry: ModelEntry, source: Path, source_sha256: str, options: Co
 
 
 def _install(temporary: Path, destination: Path) -> None:
-    """Swap the verified temporary folder into place; the old IR (if any) is removed only afterwards."""
-    destination.parent.mkdir(parents=True, exist_ok=True)
+    """Swap the verified temporary folder into place; the old IR (if any) is removed only afterwards.
+
+    Whatever is at ``destination`` (an IR folder, or a link or file planted there) is renamed away, never
+    written through.
+    """
     old = None
-    if destination.exists():
-        old = destination.with_name(f".old-{destination.name}-{os.getpid()}")
+    if os.path.lexists(destination):
+        old = destination.with_name(_temporary_prefix(destination.name, "old") + "0")
         os.replace(destination, old)
     os.replace(temporary, destination)
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            fsutil.remove_tree(old)
+
+
+# Temporary and replaced IR folders beside the target: ``.tmp-<target>@<host>.<pid>.<random>`` (and ``.old-``).
+# Every converter into a target holds its lock while such a folder exists, so under the lock they are all left by
+# a process that died (a SIGKILL, a power cut), except one of a live process on this host (kept, to be safe).
+_LEFTOVER = re.compile(r"\.(tmp|old)-(?P<target>.+)@(?P<host>[^@/]*)\.(?P<pid>\d+)\.[0-9a-f]+")
+# What ssdtool 0.x left: ``.tmp-<target>-<mkdtemp suffix>``, ``.tmp-<target>-fp32-<suffix>``, ``.old-<target>-<pid>``.
+_OLD_LEFTOVER = r"\.tmp-{target}-(fp32-)?[a-z0-9_]{{8}}|\.old-{target}-\d+"
+
+
+def _temporary_prefix(target: str, kind: str = "tmp") -> str:
+    return f".{kind}-{target}@{socket.gethostname()}.{os.getpid()}."
+
+
+def _remove_leftovers(parent: Path, target: str) -> None:
+    """Remove the temporary and replaced folders of ``target`` that a dead conversion left in ``parent``."""
+    old_format = re.compile(_OLD_LEFTOVER.format(target=re.escape(target)))
+    host = socket.gethostname()
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return
+    for name in names:
+        match = _LEFTOVER.fullmatch(name)
+        if match is not None:
+            if match["target"] != target or (match["host"] == host and _process_alive(int(match["pid"]))):
+                continue
+        elif not old_format.fullmatch(name):
+            continue
+        log.info("removing %s, left by a conversion that did not finish", parent / name)
+        with contextlib.suppress(OSError):
+            fsutil.remove_tree(parent / name)
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # it exists, under another user
+    return True
+
+
+def _write_failure(folder: Path, exc: BaseException) -> CacheError:
+    """A failure to write IR files (OpenVINO says ``basic_ios::clear`` for a full disk) as a CacheError."""
+    try:
+        free = f"; {shutil.disk_usage(folder).free} bytes free there"
+    except OSError:
+        free = ""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return CacheError(f"cannot write the IR into {folder}: {text}{free}; nothing was installed",
+                      hint="free some space there (or choose another cache with --cache-dir) and run the command "
+                           "again")
+
+
+def _save_model(ov: Any, model: Any, xml: Path, compress_to_fp16: bool) -> None:
+    try:
+        ov.save_model(model, str(xml), compress_to_fp16=compress_to_fp16)
+    except Exception as exc:  # OpenVINO reports I/O failures as RuntimeError
+        raise _write_failure(xml.parent, exc) from exc
+
+
+def _prepare_target(entry: ModelEntry, cache: Cache, options: ConvertOptions, xml: Path) -> None:
+    """Make the folders a conversion writes into: real folders in the cache, or the user's --output-dir."""
+    if options.output_dir is None:
+        cache.make_folder(xml.parent.parent)
+        return
+    try:
+        xml.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot use --output-dir {xml.parent}: {exc.strerror or exc}",
+                         hint="pass a folder you can write (it is created when missing)") from None
+
+
+def _current_ir(xml: Path, source_sha256: str, wanted: dict[str, Any], options: ConvertOptions
+                ) -> dict[str, Any] | None:
+    """The provenance of the IR at ``xml`` when it is up to date and intact: same source checksum and parameters,
+    and weights of the recorded size and sha256. None otherwise (then it is rebuilt)."""
+    if options.force or not xml.is_file():
+        return None
+    existing = read_provenance(xml)
+    if not existing or existing.get("source_sha256") != source_sha256 \
+            or not same_parameters(existing.get("parameters"), wanted):
+        return None
+    if problem := ir_problem(xml, existing, hash_weights=True):
+        log.info("rebuilding %s: %s", xml, problem)
+        return None
+    return existing
 
 
 def _result(entry: ModelEntry, xml: Path, options: ConvertOptions, provenance: dict[str, Any],
@@ -613,27 +719,37 @@ def convert(entry: ModelEntry, cache: Cache, options: ConvertOptions | None = No
                      else sha256_of(source_path))
     wanted = conversion_parameters(entry, options, calibration)
 
+    def up_to_date(existing: dict[str, Any]) -> ConversionResult:
+        log.info("%s is up to date (same source checksum and parameters); pass --force to rebuild", xml)
+        check = _record_missing_runtime_check(xml, entry, options, existing) if options.verify else None
+        return _result(entry, xml, options, read_provenance(xml) or existing if check else existing, True,
+                       None, started, runtime=check)
+
+    # An IR only ever appears by renaming a complete folder into place, so reading one needs no lock (and works
+    # on a read-only cache).
+    if (existing := _current_ir(xml, source_sha256, wanted, options)) is not None:
+        return up_to_date(existing)
+
     from filelock import FileLock, Timeout
 
-    xml.parent.parent.mkdir(parents=True, exist_ok=True)
-    lock_dir = cache.metadata_dir(entry)
-    lock_dir.mkdir(parents=True, exist_ok=True)
+    _prepare_target(entry, cache, options, xml)
     target_key = hashlib.sha256(str(xml.parent.resolve()).encode()).hexdigest()[:16]
-    lock = FileLock(str(lock_dir / f"convert-{target_key}.lock"))
+    lock_path = cache.metadata_dir(entry) / f"convert-{target_key}.lock"
     try:
+        cache.make_folder(lock_path.parent)
+        lock = FileLock(str(fsutil.safe_lock_path(lock_path)))
         lock.acquire(timeout=LOCK_TIMEOUT_SECONDS)
     except Timeout:
         raise LockTimeoutError(f"another ssdtool process has been converting into {xml.parent} for over "
-                               f"{LOCK_TIMEOUT_SECONDS:.0f} s (lock file {lock.lock_file})",
+                               f"{LOCK_TIMEOUT_SECONDS:.0f} s (lock file {lock_path})",
                                hint="wait for it to finish, or stop it and run the command again") from None
+    except OSError as exc:
+        raise CacheError(f"cannot take the conversion lock {lock_path}: {exc}",
+                         hint="pass a writable --cache-dir or set SSDTOOL_HOME") from exc
     try:
-        existing = read_provenance(xml) if xml.is_file() and xml.with_suffix(".bin").is_file() else None
-        if (existing and not options.force and existing.get("source_sha256") == source_sha256
-                and same_parameters(existing.get("parameters"), wanted)):
-            log.info("%s is up to date (same source checksum and parameters); pass --force to rebuild", xml)
-            check = _record_missing_runtime_check(xml, entry, options, existing) if options.verify else None
-            return _result(entry, xml, options, read_provenance(xml) or existing if check else existing, True,
-                           None, started, runtime=check)
+        _remove_leftovers(xml.parent.parent, xml.parent.name)
+        if (existing := _current_ir(xml, source_sha256, wanted, options)) is not None:
+            return up_to_date(existing)  # another process converted it while this one waited for the lock
         recipe_reason: str | None = None
         if options.precision == "INT8":
             if calibration is None:
@@ -650,8 +766,10 @@ def convert(entry: ModelEntry, cache: Cache, options: ConvertOptions | None = No
                  options.input_layout)
         ov = import_engine("openvino")
         model = build_ir_model(source_path, entry, options)
-        temporary = Path(tempfile.mkdtemp(prefix=f".tmp-{xml.parent.name}-", dir=xml.parent.parent))
-        _chmod_like_umask(temporary)  # mkdtemp makes 0700; a shared cache needs the usual permissions
+        try:
+            temporary = fsutil.make_temporary_folder(xml.parent.parent, _temporary_prefix(xml.parent.name))
+        except OSError as exc:
+            raise _write_failure(xml.parent.parent, exc) from exc
         reference_dir: Path | None = None
         try:
             temp_xml = temporary / xml.name
@@ -660,14 +778,18 @@ def convert(entry: ModelEntry, cache: Cache, options: ConvertOptions | None = No
             reference_xml = temp_xml
             if options.precision == "INT8" and calibration is not None:
                 # The FP32 IR of the same graph is the guard's reference; it lives apart, so it is never installed.
-                reference_dir = Path(tempfile.mkdtemp(prefix=f".tmp-{xml.parent.name}-fp32-", dir=xml.parent.parent))
+                try:
+                    reference_dir = fsutil.make_temporary_folder(xml.parent.parent,
+                                                                 _temporary_prefix(xml.parent.name))
+                except OSError as exc:
+                    raise _write_failure(xml.parent.parent, exc) from exc
                 reference_xml = reference_dir / xml.name
-                ov.save_model(model, str(reference_xml), compress_to_fp16=False)
+                _save_model(ov, model, reference_xml, compress_to_fp16=False)
                 model = quantize_model(model, entry, calibration, input_type=options.input_type,
                                        input_layout=options.input_layout, progress=quantize_progress,
                                        recipe=options.int8_recipe or Int8Recipe.PORTABLE)
             _store_provenance(model, provisional)
-            ov.save_model(model, str(temp_xml), compress_to_fp16=options.precision == "FP16")
+            _save_model(ov, model, temp_xml, compress_to_fp16=options.precision == "FP16")
             del model
             _check_saved(ov, temp_xml, entry, options)
             parity = None
@@ -694,20 +816,30 @@ def convert(entry: ModelEntry, cache: Cache, options: ConvertOptions | None = No
                         f"{parity.reference_detections} detections matched (recall {parity.recall:.4f}), "
                         f"max box difference {parity.max_box_diff:.3g}, max score difference "
                         f"{parity.max_score_diff:.3g}; required: {parity.criteria}. Nothing was installed.",
-                        hint="report this with 'ssdtool --version'; --no-verify installs it anyway (not advised)")
+                        # detect and bench convert on first use too: the hint names the command the flag is on.
+                        hint=f"report this with 'ssdtool --version'; 'ssdtool convert {entry.name} --precision "
+                             f"{options.precision} --no-verify' installs it anyway (not advised)")
                 check = runtime_check(temp_xml, entry, options)
                 final = _provenance(entry, source_path, source_sha256, options, parity, check=check)
                 _rewrite_provenance(temp_xml, final)
             else:
                 final = provisional
-            if options.output_dir is None:
-                _install(temporary, xml.parent)
-            else:
-                _install_files(temporary, xml)
+            # Last, once the weights are final: their size and sha256, checked on the up-to-date path.
+            final = {**final, WEIGHTS_KEY: weights_record(temp_xml)}
+            _rewrite_provenance(temp_xml, {WEIGHTS_KEY: final[WEIGHTS_KEY]})
+            try:
+                if options.output_dir is None:
+                    _install(temporary, xml.parent)
+                else:
+                    _install_files(temporary, xml)
+            except OSError as exc:
+                raise _write_failure(xml.parent, exc) from exc
         finally:
-            shutil.rmtree(temporary, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                fsutil.remove_tree(temporary)
             if reference_dir is not None:
-                shutil.rmtree(reference_dir, ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    fsutil.remove_tree(reference_dir)
         return _result(entry, xml, options, read_provenance(xml) or final, False, parity, started, accuracy,
                        runtime=check)
     finally:
@@ -725,14 +857,9 @@ def _refuse_or_accept(accuracy: AccuracyReport, entry: ModelEntry, options: Conv
         return
     raise AccuracyError(
         f"the INT8 IR of {entry.name} loses too many detections: {figures}. Nothing was installed.",
-        hint="calibrate on more or more representative images (--calibration DIR --calibration-size N), keep "
-             "FP32, or install it anyway with --accept-accuracy-drop")
-
-
-def _chmod_like_umask(folder: Path) -> None:
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(folder, 0o777 & ~umask)
+        hint=f"calibrate on more or more representative images ('ssdtool convert {entry.name} --precision INT8 "
+             "--calibration DIR --calibration-size N'), keep FP32, or install it anyway with 'ssdtool convert "
+             f"{entry.name} --precision INT8 --accept-accuracy-drop'")
 
 
 def _install_files(temporary: Path, xml: Path) -> None:
@@ -749,7 +876,11 @@ def _store_provenance(model: Any, record: dict[str, Any]) -> None:
 
 
 def _rewrite_provenance(xml: Path, record: dict[str, Any]) -> None:
-    if not rewrite_provenance(xml, record):
+    try:
+        rewritten = rewrite_provenance(xml, record)
+    except OSError as exc:
+        raise _write_failure(xml.parent, exc) from exc
+    if not rewritten:
         raise ConversionError(f"{xml} lost its provenance block", hint="report this with 'ssdtool --version'")
 
 

@@ -23,6 +23,7 @@ tqdm bar, JSON lines or log lines), debug details to the ``ssdtool.download`` lo
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import logging
 import os
@@ -30,16 +31,18 @@ import queue
 import random
 import re
 import shutil
+import stat as _stat
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote, urljoin, urlsplit
 
-from ssdtool import __version__
-from ssdtool.cache import Cache, VerificationRecord
+from ssdtool import __version__, fsutil
+from ssdtool.cache import Cache, LockOwner, VerificationRecord
 from ssdtool.errors import (
     CacheError,
     ChecksumError,
@@ -50,6 +53,7 @@ from ssdtool.errors import (
     SsdtoolError,
     UsageError,
 )
+from ssdtool.redact import redact_text, redact_url
 from ssdtool.registry import FileEntry, ModelEntry
 
 if TYPE_CHECKING:
@@ -77,6 +81,11 @@ BACKOFF_CAP = 30.0
 DEFAULT_LOCK_TIMEOUT = 600.0
 DEFAULT_PROGRESS_INTERVAL = 0.25
 LOCK_POLL_SECONDS = 0.25
+# The stall rule: a transfer must receive at least this many bytes (or the rest of the file) in every window of
+# --timeout seconds. --timeout alone bounds each read, so a server trickling a byte a second would never time out.
+STALL_MIN_BYTES = 64 << 10
+# Content-Encoding values a server may send although ssdtool asked for identity; decoded on the fly.
+_DECODABLE_ENCODINGS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 EVENT_START = "start"
 EVENT_PROGRESS = "progress"
@@ -240,15 +249,22 @@ def offline_from_env() -> bool:
 def normalize_mirror(mirror: str) -> str:
     """A mirror as a base URL: http(s)://host/path or file:///dir; a plain directory path becomes a file URL."""
     mirror = mirror.strip()
-    scheme = urlsplit(mirror).scheme.lower()
+    example = "for example --mirror https://mirror.example/models or --mirror /mnt/models"
+    try:
+        parts = urlsplit(mirror)
+        parts.port  # noqa: B018 - parses the port: a bad one raises here, not mid-download
+    except ValueError as exc:
+        raise UsageError(f"invalid mirror {redact_url(mirror)!r}: {exc}", hint=example) from None
+    scheme = parts.scheme.lower()
     if scheme in ("http", "https", "file"):
-        if scheme != "file" and not urlsplit(mirror).netloc:
-            raise UsageError(f"invalid mirror {mirror!r}: expected a host, as in https://mirror.example/models")
+        if scheme != "file" and not parts.hostname:
+            raise UsageError(f"invalid mirror {redact_url(mirror)!r}: expected a host, as in "
+                             "https://mirror.example/models", hint=example)
         return mirror.rstrip("/")
     if not scheme or len(scheme) == 1:  # no scheme, or a Windows drive letter: a local directory
         return Path(mirror).expanduser().absolute().as_uri()
-    raise UsageError(f"invalid mirror {mirror!r}: expected an http://, https:// or file:// URL or a directory",
-                     hint="for example --mirror https://mirror.example/models or --mirror /mnt/models")
+    raise UsageError(f"invalid mirror {redact_url(mirror)!r}: expected an http://, https:// or file:// URL or a "
+                     "directory", hint=example)
 
 
 def mirror_url(mirror: str, model: str, file: str) -> str:
@@ -266,11 +282,14 @@ def source_urls(model: ModelEntry, file: FileEntry, mirror: str | None = None) -
 def redirect_refusal(origin: str, target: str) -> str | None:
     """Why a redirect from ``origin`` to ``target`` must not be followed, or None when it may be."""
     origin_scheme = urlsplit(origin).scheme.lower()
-    target_scheme = urlsplit(target).scheme.lower()
+    try:
+        target_scheme = urlsplit(target).scheme.lower()
+    except ValueError:
+        return f"refused redirect to {redact_url(target)}: not a valid URL"
     if target_scheme not in ("http", "https"):
-        return f"refused redirect to {target}: only http and https redirects are followed"
+        return f"refused redirect to {redact_url(target)}: only http and https redirects are followed"
     if origin_scheme == "https" and target_scheme == "http":
-        return (f"refused redirect from https to plain http ({origin} -> {target}): "
+        return (f"refused redirect from https to plain http ({redact_url(origin)} -> {redact_url(target)}): "
                 "it would drop transport security")
     return None
 
@@ -383,24 +402,33 @@ class _BackgroundFlush:
 
 
 def hash_file(path: Path, algorithms: Iterable[str], *, limit: int | None = None,
-              hasher: _Hasher | None = None) -> tuple[int, dict[str, str]]:
-    """Size and hex digests of ``path`` (its first ``limit`` bytes when given), reading 1 MiB at a time."""
+              hasher: _Hasher | None = None, follow_links: bool = True) -> tuple[int, dict[str, str]]:
+    """Size and hex digests of ``path`` (its first ``limit`` bytes when given), reading 1 MiB at a time.
+
+    Only a regular file is read (a FIFO or device there raises :class:`~ssdtool.fsutil.UnsafePathError` instead
+    of blocking or reading forever); ``follow_links=False`` refuses a link at ``path`` too.
+    """
     own = hasher is None
     hasher = hasher or _Hasher(algorithms)
     try:
-        with open(path, "rb", buffering=0) as stream:
-            remaining = limit
-            while remaining is None or remaining > 0:
-                data = stream.read(CHUNK_SIZE if remaining is None else min(CHUNK_SIZE, remaining))
-                if not data:
-                    break
-                hasher.update(data)
-                if remaining is not None:
-                    remaining -= len(data)
+        descriptor = fsutil.open_regular(os.path.realpath(path) if follow_links else path)
+        with open(descriptor, "rb", buffering=0) as stream:
+            _hash_stream(stream, hasher, limit)
     finally:
         if own:
             hasher.close()
     return hasher.count, (hasher.hexdigests() if own else {})
+
+
+def _hash_stream(stream: Any, hasher: _Hasher, limit: int | None) -> None:
+    remaining = limit
+    while remaining is None or remaining > 0:
+        data = stream.read(CHUNK_SIZE if remaining is None else min(CHUNK_SIZE, remaining))
+        if not data:
+            break
+        hasher.update(data)
+        if remaining is not None:
+            remaining -= len(data)
 
 
 def describe_mismatch(file: FileEntry, size: int, digests: dict[str, str]) -> str | None:
@@ -445,6 +473,39 @@ class _Options:
     progress_interval: float
     emit: ProgressCallback
     cancel: threading.Event
+    stall_bytes: int = STALL_MIN_BYTES
+
+
+class _Decoder:
+    """Undoes a Content-Encoding the server applied although ssdtool asked for identity (gzip or deflate).
+
+    The registry's size and checksums are those of the file itself, so the decoded bytes are what is counted,
+    hashed and written. Output is bounded per call (``max_length``), so a compression bomb cannot fill memory: it
+    is cut off like any body longer than the registry's size.
+    """
+
+    def __init__(self, read: Callable[[int], bytes], encoding: str) -> None:
+        self._read = read
+        self._inflate = zlib.decompressobj(_DECODABLE_ENCODINGS[encoding])
+        self._ended = False
+
+    def __call__(self, amount: int) -> bytes:
+        while not self._ended:
+            pending = self._inflate.unconsumed_tail
+            if pending:
+                data = self._inflate.decompress(pending, amount)
+            else:
+                raw = self._read(CHUNK_SIZE)
+                if not raw:
+                    self._ended = True
+                    data = self._inflate.flush()
+                    if not self._inflate.eof:
+                        raise zlib.error("the compressed body ended early")
+                    return data
+                data = self._inflate.decompress(raw, amount)
+            if data:
+                return data
+        return b""
 
 
 def _network_errors() -> tuple[type[BaseException], ...]:
@@ -459,7 +520,7 @@ def _network_errors() -> tuple[type[BaseException], ...]:
 def _describe_exception(exc: BaseException) -> str:
     """A one-line reason; urllib3 wraps the interesting part (e.g. IncompleteRead) in its first argument."""
     text = str(exc.args[0]) if type(exc).__name__ == "ProtocolError" and exc.args else str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return redact_text(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
 
 
 _CONNECTION_PREFIX = re.compile(r"^(<[^>]*>|\w*Connection(Pool)?\([^)]*\)): ")
@@ -472,7 +533,7 @@ def _connection_reason(exc: BaseException) -> str:
     text = str(reason)
     while (shorter := _CONNECTION_PREFIX.sub("", text, count=1)) != text:
         text = shorter
-    return text.strip("()") if text.startswith("(") else text
+    return redact_text(text.strip("()") if text.startswith("(") else text)
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -516,6 +577,7 @@ class _FileFetcher:
         self.options = options
         self.final = cache.file_path(model, file)
         self.part = cache.part_path(model, file)
+        self.shown_final = str(self.final)
         self.transferred = 0
         self.started = time.monotonic()
         self._session: requests.Session | None = None
@@ -555,11 +617,13 @@ class _FileFetcher:
     def _make_metadata_dir(self) -> None:
         folder = self.cache.metadata_dir(self.model)
         try:
-            folder.mkdir(parents=True, exist_ok=True)
+            fsutil.ensure_folder(folder, self.cache.root)
+        except fsutil.UnsafePathError as exc:
+            raise CacheError(str(exc), hint=f"remove {exc.path}; ssdtool recreates it") from exc
         except OSError as exc:
-            if not folder.is_dir():  # an existing folder on a read-only cache is fine for reading
-                raise CacheError(f"cannot create the cache folder {folder}: {exc}",
-                                 hint="pass a writable --cache-dir or set SSDTOOL_HOME") from exc
+            # A read-only cache: checking the files that are there needs no folder, lock or record of ours;
+            # anything that must be written fails later, naming the file.
+            log.debug("cannot create %s (%s); going on without it", folder, exc)
 
     def _installed_from_cache(self, checksums: dict[str, str]) -> InstalledFile:
         result = InstalledFile(
@@ -574,13 +638,22 @@ class _FileFetcher:
         """Use a file already at the final path when it verifies; remove it when it does not."""
         if trust_record and (record := self.cache.recorded_verified(self.model, self.file)):
             return self._installed_from_cache(record.checksums)  # installed by the process we waited for
+        self.cache.check_model_file(self.model, self.file)
         try:
             stat = self.final.stat()
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            raise CacheError(f"cannot access {self.final}: {exc.strerror or exc}") from exc
+        if not _stat.S_ISREG(stat.st_mode) and not _stat.S_ISLNK(os.lstat(self.final).st_mode):
+            raise CacheError(f"refusing to use {self.final}: it is {fsutil.describe(stat.st_mode)}, expected the "
+                             "model file", hint=f"remove it (rm -r {self.final}) and run the command again")
         if stat.st_size == self.file.size:
-            size, digests = hash_file(self.final, self.file.checksums)
-            problem = describe_mismatch(self.file, size, digests)
+            try:
+                size, digests = hash_file(self.final, self.file.checksums)
+                problem = describe_mismatch(self.file, size, digests)
+            except fsutil.UnsafePathError as exc:
+                problem = f"not a regular file ({exc.reason})"
         else:
             problem = f"size mismatch: expected {self.file.size} bytes, got {stat.st_size}"
         if problem is None:
@@ -618,10 +691,14 @@ class _FileFetcher:
         lock_path = self.cache.lock_path(self.model, self.file)
         lock = FileLock(str(lock_path))
         try:
+            fsutil.safe_lock_path(lock_path)
             lock.acquire(timeout=0)
         except Timeout:
             self._wait_for_lock(lock, lock_path)
         except OSError as exc:
+            if isinstance(exc, fsutil.UnsafePathError) or exc.errno == errno.ELOOP:
+                raise CacheError(f"cannot lock {lock_path}: {exc}",
+                                 hint=f"remove {lock_path}; ssdtool recreates it") from exc
             # A cache that cannot be written (a prefetched cache mounted read-only): no lock is possible, and none
             # is needed to check files that are there; anything that must write fails later with a CacheError.
             log.debug("no lock for %s (%s); continuing without one", self.file.name, exc)
@@ -637,19 +714,19 @@ class _FileFetcher:
     def _progress_signature(self) -> tuple[int, int, bool]:
         """Changes while the holder makes progress: the part grows, or the final file appears."""
         try:
-            stat = self.part.stat()
+            stat = os.lstat(self.part)
             part = (stat.st_size, stat.st_mtime_ns)
-        except FileNotFoundError:
+        except OSError:
             part = (-1, -1)
-        return part[0], part[1], self.final.exists()
+        return part[0], part[1], os.path.lexists(self.final)
 
     def _wait_for_lock(self, lock: Any, lock_path: Path) -> None:
         from filelock import Timeout
 
         holder = self.cache.read_owner(self.model, self.file)
         log.debug("waiting for %s: another process is downloading it (lock %s%s)", self.file.name, lock_path,
-                 f", pid {holder.get('pid')} on {holder.get('host')}" if holder else "")
-        self.emit(EVENT_WAITING, lock=str(lock_path), holder=holder)
+                 f", pid {holder.pid} on {holder.host}" if holder else "")
+        self.emit(EVENT_WAITING, lock=str(lock_path), holder=holder.to_dict() if holder else None)
         signature = self._progress_signature()
         deadline = time.monotonic() + self.options.lock_timeout
         while True:
@@ -665,14 +742,13 @@ class _FileFetcher:
                 deadline = time.monotonic() + self.options.lock_timeout
             elif time.monotonic() >= deadline:
                 holder = self.cache.read_owner(self.model, self.file) or holder
-                who = (f"pid {holder.get('pid')} on host {holder.get('host')}, since "
-                       f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(float(holder.get('since', 0))))}"
-                       if holder else "an unknown process")
+                who = _describe_holder(holder)
                 raise LockTimeoutError(
                     f"timed out waiting for the download lock {lock_path}: held by {who}, and {self.part} "
                     f"made no progress for {self.options.lock_timeout:g} s",
                     hint="the OS releases the lock when its holder dies, so a live process holds it (perhaps on "
-                         "another machine sharing this cache): let it finish or stop it, or raise --lock-timeout")
+                         "another machine sharing this cache): let it finish or stop it, or wait longer with "
+                         "'ssdtool download --lock-timeout SECONDS'")
 
     # -- downloading -------------------------------------------------------------------------------------------
 
@@ -685,6 +761,7 @@ class _FileFetcher:
             urls = [url for url in urls if _is_local(url)]
             if not urls:
                 raise self._offline_error(failures)
+        self._check_part()
         if (found := self._complete_part()) is not None:
             return found
         self._check_free_space()
@@ -697,11 +774,27 @@ class _FileFetcher:
             raise self._offline_error(failures)
         raise self._final_error(failures)
 
+    def _check_part(self) -> None:
+        """Refuse a link, folder or special file where the .part belongs: it is never followed or written through."""
+        try:
+            mode = os.lstat(self.part).st_mode
+        except FileNotFoundError:
+            return
+        if not _stat.S_ISREG(mode):
+            raise CacheError(f"refusing to use {self.part}: it is {fsutil.describe(mode, self.part)}; ssdtool never "
+                             "follows links or writes into special files in the cache",
+                             hint=f"remove it (rm {self.part}) and run the command again")
+
+    def _part_size(self) -> int | None:
+        try:
+            return os.lstat(self.part).st_size
+        except FileNotFoundError:
+            return None
+
     def _complete_part(self) -> InstalledFile | None:
         """A .part of full size is a download interrupted between its last write and the rename: check it."""
-        try:
-            part_size = self.part.stat().st_size
-        except FileNotFoundError:
+        part_size = self._part_size()
+        if part_size is None:
             return None
         if part_size > self.file.size:
             log.debug("discarding %s: %d bytes, more than the expected %d", self.part, part_size, self.file.size)
@@ -709,7 +802,7 @@ class _FileFetcher:
             return None
         if part_size < self.file.size:
             return None
-        size, digests = hash_file(self.part, self.file.checksums)
+        size, digests = hash_file(self.part, self.file.checksums, follow_links=False)
         if describe_mismatch(self.file, size, digests) is not None:
             log.debug("discarding %s: complete in size but its checksum is wrong", self.part)
             self._unlink(self.part)
@@ -717,7 +810,7 @@ class _FileFetcher:
         return self._install("partial download", digests, resumed_from=self.file.size)
 
     def _check_free_space(self) -> None:
-        needed = self.file.size - (self.part.stat().st_size if self.part.exists() else 0)
+        needed = self.file.size - (self._part_size() or 0)
         try:
             free = shutil.disk_usage(self.part.parent).free
         except OSError:
@@ -729,6 +822,7 @@ class _FileFetcher:
 
     def _from_source(self, url: str) -> InstalledFile:
         scheme = urlsplit(url).scheme.lower()
+        shown = redact_url(url)  # what events, messages and records say: never the credentials
         attempt = 0
         fresh_retry_used = False
         while True:
@@ -743,21 +837,22 @@ class _FileFetcher:
                     return self._synthetic_attempt(url)
                 raise _AttemptFailed(f"unsupported URL scheme {scheme!r}")
             except _AttemptFailed as failed:
+                reason = redact_text(failed.reason)
                 if failed.fresh_retry and not fresh_retry_used:
                     fresh_retry_used = True
                     attempt -= 1
-                    self.emit(EVENT_SOURCE_FAILED, source=url, reason=failed.reason, kind=failed.kind,
+                    self.emit(EVENT_SOURCE_FAILED, source=shown, reason=reason, kind=failed.kind,
                               attempt=attempt + 1, retry_in=0.0)
                     continue
                 if failed.retryable and attempt <= self.options.retry.retries:
                     delay = self.options.retry.delay(attempt, failed.retry_after)
-                    log.debug("%s: %s; retry %d in %.2f s", url, failed.reason, attempt, delay)
-                    self.emit(EVENT_SOURCE_FAILED, source=url, reason=failed.reason, kind=failed.kind,
+                    log.debug("%s: %s; retry %d in %.2f s", shown, reason, attempt, delay)
+                    self.emit(EVENT_SOURCE_FAILED, source=shown, reason=reason, kind=failed.kind,
                               attempt=attempt, retry_in=round(delay, 3))
                     self._sleep(delay)
                     continue
-                self.emit(EVENT_SOURCE_FAILED, source=url, reason=failed.reason, kind=failed.kind, attempt=attempt)
-                raise _SourceGaveUp(SourceFailure(url, failed.reason, failed.kind, attempt)) from None
+                self.emit(EVENT_SOURCE_FAILED, source=shown, reason=reason, kind=failed.kind, attempt=attempt)
+                raise _SourceGaveUp(SourceFailure(shown, reason, failed.kind, attempt)) from None
 
     def _sleep(self, seconds: float) -> None:
         if self.options.cancel.wait(seconds):
@@ -795,20 +890,25 @@ class _FileFetcher:
                 raise _AttemptFailed(f"proxy error: {exc}", retryable=True) from None
             except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
                 raise _AttemptFailed(f"connection failed: {_connection_reason(exc)}", retryable=True) from None
-            except requests.exceptions.RequestException as exc:
+            except (requests.exceptions.RequestException, ValueError) as exc:  # ValueError: a malformed URL
                 raise _AttemptFailed(f"request failed: {exc}") from None
             if not response.is_redirect:
                 return response, current
-            target = urljoin(current, response.headers["Location"])
+            try:
+                target = urljoin(current, response.headers["Location"])
+            except ValueError:
+                response.close()
+                raise _AttemptFailed("the server redirected to a malformed URL") from None
             response.close()
             if reason := redirect_refusal(current, target):
                 raise _AttemptFailed(reason)
             if target in chain:
-                raise _AttemptFailed("redirect loop: " + " -> ".join([*chain, target]))
-            log.debug("%s redirects to %s", current, target)
+                raise _AttemptFailed("redirect loop: " + " -> ".join(map(redact_url, [*chain, target])))
+            log.debug("%s redirects to %s", redact_url(current), redact_url(target))
             chain.append(target)
             current = target
-        raise _AttemptFailed(f"too many redirects (more than {MAX_REDIRECTS}): " + " -> ".join(chain))
+        raise _AttemptFailed(f"too many redirects (more than {MAX_REDIRECTS}): "
+                             + " -> ".join(map(redact_url, chain)))
 
     def _http_attempt(self, url: str) -> InstalledFile:
         # At most twice: a server that answers a Range request wrongly (416, or the wrong range) costs the .part
@@ -824,12 +924,24 @@ class _FileFetcher:
                 # read1 returns what has arrived (up to a chunk) instead of waiting for a full chunk: progress
                 # and Ctrl-C stay responsive on slow links. urllib3 < 2 has no read1; read works, coarser.
                 read = getattr(response.raw, "read1", response.raw.read)
-                return self._transfer(url, read, start, read_errors=_network_errors())
+                encoding = _content_encoding(response)
+                if encoding != "identity":
+                    read = _Decoder(read, encoding)
+                return self._transfer(url, read, start, read_errors=(*_network_errors(), zlib.error))
         raise _AttemptFailed("the server answered range requests inconsistently twice", retryable=True)
 
     def _response_start(self, response: requests.Response, offset: int) -> int | None:
         """Where the body starts in the file; None to discard the .part and ask again from zero."""
         status = response.status_code
+        encoding = _content_encoding(response) if status in (200, 206) else "identity"
+        if encoding not in ("identity", *_DECODABLE_ENCODINGS):
+            raise _AttemptFailed(f"the server sent the file with Content-Encoding {encoding!r} although ssdtool "
+                                 "asked for identity, and ssdtool decodes only gzip and deflate")
+        if status == 206 and encoding != "identity":
+            # A range of the compressed stream is no range of the file: start again from byte zero.
+            log.debug("%s: the server answered a range request with Content-Encoding %s; restarting from zero",
+                      self.file.name, encoding)
+            return None if offset else 0
         if status == 206:
             content_range = response.headers.get("Content-Range")
             if offset and _content_range_matches(content_range, offset, self.file.size):
@@ -845,7 +957,7 @@ class _FileFetcher:
                      self.file.name, offset)
             return None
         if status == 200:
-            encoded = response.headers.get("Content-Encoding", "identity").lower() not in ("identity", "")
+            encoded = encoding != "identity"
             length = response.headers.get("Content-Length")
             if length is not None and not encoded and length.isdigit() and int(length) != self.file.size:
                 raise _AttemptFailed(f"the server announces {int(length)} bytes (Content-Length), the registry "
@@ -859,9 +971,9 @@ class _FileFetcher:
         raise _AttemptFailed(reason, retryable=retryable, retry_after=_retry_after(response.headers.get("Retry-After")))
 
     def _part_offset(self) -> int:
-        try:
-            size = self.part.stat().st_size
-        except FileNotFoundError:
+        self._check_part()
+        size = self._part_size()
+        if size is None:
             return 0
         if size >= self.file.size:  # cannot be continued; _complete_part already dealt with a full one
             self._unlink(self.part)
@@ -873,7 +985,8 @@ class _FileFetcher:
     def _file_attempt(self, url: str) -> InstalledFile:
         path = file_url_path(url)
         try:
-            stream = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below, after a size check
+            # A mirror is the user's: links are followed, but a FIFO or device is refused, never read forever.
+            stream = open(fsutil.open_regular(os.path.realpath(path)), "rb", buffering=0)  # noqa: SIM115
         except FileNotFoundError:
             raise _AttemptFailed(f"no such file: {path}") from None
         except OSError as exc:
@@ -889,22 +1002,27 @@ class _FileFetcher:
 
     def _synthetic_attempt(self, url: str) -> InstalledFile:
         try:
-            from ssdtool.synthetic import build_to_path
+            from ssdtool.synthetic import build_model
         except ImportError as exc:
             raise _AttemptFailed(f"the synthetic twin builder is not available: {exc}") from None
         self._unlink(self.part)
         self.emit(EVENT_START, size=self.file.size, source=url, offset=0)
         try:
-            build_to_path(url, self.part)
+            data = build_model(url).SerializeToString()
         except SsdtoolError:
             raise
         except Exception as exc:
-            self._unlink(self.part)
             raise _AttemptFailed(f"building the synthetic model failed: {type(exc).__name__}: {exc}") from None
         try:
-            size, digests = hash_file(self.part, self.file.checksums)
-        except FileNotFoundError:
-            raise _AttemptFailed(f"the synthetic builder did not write {self.part}") from None
+            # O_EXCL: a new file, never one planted at the name since the unlink above.
+            with open(fsutil.open_regular(self.part, os.O_WRONLY | os.O_CREAT | os.O_EXCL), "wb") as stream:
+                stream.write(data)
+        except OSError as exc:
+            self._unlink(self.part)
+            raise CacheError(f"cannot write {self.part}: {exc}",
+                             hint="check permissions and free space in the cache directory") from exc
+        del data
+        size, digests = hash_file(self.part, self.file.checksums, follow_links=False)
         self.emit(EVENT_PROGRESS, size=self.file.size, downloaded=size)
         if problem := describe_mismatch(self.file, size, digests):
             self._unlink(self.part)
@@ -921,22 +1039,26 @@ class _FileFetcher:
         hasher = _Hasher(self.file.checksums)
         try:
             try:
-                handle = open(self.part, "r+b" if start else "wb", buffering=0)  # noqa: SIM115 - closed below
+                # Never through a link (O_NOFOLLOW) and only a regular file: a .part planted as a link to a file
+                # outside the cache must not receive a byte.
+                descriptor = fsutil.open_regular(self.part, os.O_RDWR | os.O_CREAT | (0 if start else os.O_TRUNC))
             except OSError as exc:
                 raise CacheError(f"cannot write {self.part}: {exc}",
                                  hint="check permissions and free space in the cache directory") from exc
+            handle = open(descriptor, "r+b", buffering=0)  # noqa: SIM115 - closed below
             flusher = _BackgroundFlush(handle.fileno())
             with handle, contextlib.closing(flusher):
                 if start:
                     # Resume: the prefix already on disk must enter the checksum before the new bytes do.
-                    hash_file(self.part, (), limit=start, hasher=hasher)
+                    _hash_stream(handle, hasher, start)
                     if hasher.count != start:
                         raise _AttemptFailed(f"{self.part} shrank while resuming", retryable=True)
                     handle.seek(start)
                 handle.truncate(start)
-                self.emit(EVENT_START, size=size, source=url, offset=start)
+                self.emit(EVENT_START, size=size, source=redact_url(url), offset=start)
                 position = start
                 last_report = time.monotonic()
+                window_start, window_position = last_report, position
                 while True:
                     self.check_cancel()
                     # Ask for one byte more than is missing, so a body longer than the registry's size shows.
@@ -964,6 +1086,15 @@ class _FileFetcher:
                     if position == size or now - last_report >= self.options.progress_interval:
                         last_report = now
                         self.emit(EVENT_PROGRESS, size=size, downloaded=position)
+                    if now - window_start >= self.options.timeout:
+                        wanted = min(self.options.stall_bytes, size - window_position)
+                        if position - window_position < wanted:
+                            raise _AttemptFailed(
+                                f"the transfer stalled: {position - window_position} bytes in the last "
+                                f"{now - window_start:.1f} s, at least {wanted} expected in every --timeout "
+                                f"({self.options.timeout:g} s) window; {position} of {size} bytes kept for a resume",
+                                retryable=True)
+                        window_start, window_position = now, position
                 if position != size:
                     raise _AttemptFailed(f"the transfer ended after {position} of {size} bytes", retryable=True)
                 try:
@@ -981,6 +1112,7 @@ class _FileFetcher:
 
     def _install(self, source: str, digests: dict[str, str], resumed_from: int) -> InstalledFile:
         """Atomically move the verified .part into place, then record the verification."""
+        source = redact_url(source)
         self.cache.remove_record(self.model, self.file)
         try:
             os.replace(self.part, self.final)
@@ -1023,10 +1155,11 @@ class _FileFetcher:
                    + self._sources_text(failures))
         if wrong_bytes:
             hint = ("a server may hold another version of the file, or the registry entry is out of date; try "
-                    f"another server with --mirror URL (or SSDTOOL_MIRROR), or {self._manual_hint()}")
+                    f"another server with 'ssdtool download --mirror URL' (or SSDTOOL_MIRROR=URL), or "
+                    f"{self._manual_hint()}")
             return ChecksumError(message, hint=hint)
-        hint = (f"check the network or proxy (HTTPS_PROXY, REQUESTS_CA_BUNDLE), try another server with --mirror "
-                f"URL (or SSDTOOL_MIRROR), or {self._manual_hint()}")
+        hint = (f"check the network or proxy (HTTPS_PROXY, REQUESTS_CA_BUNDLE), try another server with 'ssdtool "
+                f"download --mirror URL' (or SSDTOOL_MIRROR=URL), or {self._manual_hint()}")
         return NetworkError(message, hint=hint)
 
     def _offline_error(self, failures: Sequence[SourceFailure]) -> OfflineError:
@@ -1037,7 +1170,8 @@ class _FileFetcher:
             message += "; sources:\n" + self._sources_text(failures)
         return OfflineError(message, hint=(
             f"run 'ssdtool download {self.model.name}' on a connected machine and copy its cache folder "
-            f"{self.cache.model_dir(self.model)} here, use a local --mirror file:///DIR, or {self._manual_hint()}"))
+            f"{self.cache.model_dir(self.model)} here, use a local mirror ('ssdtool download --offline --mirror "
+            f"/DIR', or SSDTOOL_MIRROR=/DIR), or {self._manual_hint()}"))
 
 
 class _SourceGaveUp(Exception):
@@ -1048,6 +1182,19 @@ class _SourceGaveUp(Exception):
 
 # --------------------------------------------------------------------------------------------------------------
 # Public API
+
+
+def _describe_holder(holder: LockOwner | None) -> str:
+    if holder is None:
+        return "an unknown process"
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.since))
+    return f"pid {holder.pid} on host {holder.host}, since {since}"
+
+
+def _content_encoding(response: requests.Response) -> str:
+    """The response's Content-Encoding, lower-cased; "identity" when there is none."""
+    value = response.headers.get("Content-Encoding", "").strip().lower()
+    return value or "identity"
 
 
 def _select_files(model: ModelEntry, files: Sequence[str] | None) -> list[FileEntry]:
@@ -1063,11 +1210,14 @@ def _select_files(model: ModelEntry, files: Sequence[str] | None) -> list[FileEn
 
 def _make_options(mirror: str | None, offline: bool | None, force: bool, retries: int, timeout: float,
                   lock_timeout: float, backoff: float, progress: ProgressCallback | None,
-                  progress_interval: float, cancel: threading.Event) -> _Options:
+                  progress_interval: float, cancel: threading.Event,
+                  stall_bytes: int = STALL_MIN_BYTES) -> _Options:
     if retries < 0:
         raise UsageError(f"retries must be 0 or more, got {retries}")
     if timeout <= 0:
         raise UsageError(f"timeout must be more than 0 seconds, got {timeout}")
+    if stall_bytes < 0:
+        raise UsageError(f"stall_bytes must be 0 or more, got {stall_bytes}")
     mirror = mirror_from_env() if mirror is None else (mirror or None)
     return _Options(
         mirror=normalize_mirror(mirror) if mirror else None,
@@ -1079,6 +1229,7 @@ def _make_options(mirror: str | None, offline: bool | None, force: bool, retries
         progress_interval=progress_interval,
         emit=progress or (lambda _event: None),
         cancel=cancel,
+        stall_bytes=stall_bytes,
     )
 
 
@@ -1097,6 +1248,7 @@ def fetch_models(
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
     backoff: float = DEFAULT_BACKOFF,
     progress_interval: float = DEFAULT_PROGRESS_INTERVAL,
+    stall_bytes: int = STALL_MIN_BYTES,
 ) -> list[InstalledFile]:
     """Fetch every file of ``models`` (see :func:`fetch`), up to ``jobs`` files at a time.
 
@@ -1106,7 +1258,7 @@ def fetch_models(
     cache = cache or Cache.at()
     cancel = threading.Event()
     options = _make_options(mirror, offline, force, retries, timeout, lock_timeout, backoff, progress,
-                            progress_interval, cancel)
+                            progress_interval, cancel, stall_bytes)
     work = [(model, file) for model in models for file in _select_files(model, files)]
     started = time.monotonic()
     results: list[InstalledFile | None] = [None] * len(work)
@@ -1176,6 +1328,7 @@ def fetch(
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
     backoff: float = DEFAULT_BACKOFF,
     progress_interval: float = DEFAULT_PROGRESS_INTERVAL,
+    stall_bytes: int = STALL_MIN_BYTES,
 ) -> list[InstalledFile]:
     """Make every file of ``model`` (or just ``files``) present and verified in ``cache``.
 
@@ -1183,7 +1336,9 @@ def fetch(
     network, only cached files and local (file://, synthetic:) sources (None: ``$SSDTOOL_OFFLINE``). ``force``:
     download again even when cached (offline: re-hash, ignoring the verification record). ``retries``: further
     attempts per source after transient failures, ``backoff`` seconds apart at first. ``timeout``: connect and
-    read timeout in seconds. ``lock_timeout``: how long to wait for another process's download of the same file
+    read timeout in seconds, and the window of the stall rule: a transfer that receives fewer than ``stall_bytes``
+    bytes (or the rest of the file) in ``timeout`` seconds fails as stalled, and is retried like a timeout.
+    ``lock_timeout``: how long to wait for another process's download of the same file
     while it shows no progress. ``progress`` receives :class:`DownloadEvent` objects, from worker threads when
     ``jobs`` > 1.
 
@@ -1192,7 +1347,7 @@ def fetch(
     """
     return fetch_models([model], cache, files=files, mirror=mirror, offline=offline, force=force, retries=retries,
                         timeout=timeout, jobs=jobs, progress=progress, lock_timeout=lock_timeout, backoff=backoff,
-                        progress_interval=progress_interval)
+                        progress_interval=progress_interval, stall_bytes=stall_bytes)
 
 
 def ensure_downloaded(model: ModelEntry, cache: Cache | None = None, *, offline: bool | None = None,
@@ -1243,15 +1398,15 @@ def verify(
 
 
 def _verify_one(model: ModelEntry, file: FileEntry, cache: Cache, lock_timeout: float) -> VerifyResult:
-    path = cache.file_path(model, file)
+    path = cache.check_model_file(model, file)
     base = {"model": model.name, "file": file.name, "path": path, "expected_size": file.size,
             "expected": file.checksums}
     try:
         stat = path.stat()
     except FileNotFoundError:
         part = cache.part_path(model, file)
-        if part.exists():
-            done = part.stat().st_size
+        if os.path.lexists(part):
+            done = os.lstat(part).st_size
             return VerifyResult(**base, status=STATUS_PARTIAL, actual_size=None, actual={},
                                 detail=f"interrupted download: {done} of {file.size} bytes in {part}; "
                                        "'ssdtool download' resumes it")
@@ -1266,7 +1421,13 @@ def _verify_one(model: ModelEntry, file: FileEntry, cache: Cache, lock_timeout: 
             stat = path.stat()
         except FileNotFoundError:
             return VerifyResult(**base, status=STATUS_MISSING, actual_size=None, actual={}, detail="not downloaded")
-        size, digests = hash_file(path, file.checksums)
+        try:
+            size, digests = hash_file(path, file.checksums)
+        except fsutil.UnsafePathError as exc:
+            with contextlib.suppress(OSError):
+                cache.remove_record(model, file)
+            return VerifyResult(**base, status=STATUS_BAD_SIZE, actual_size=None, actual={},
+                                detail=f"not a regular file: {exc.reason}")
         problem = describe_mismatch(file, size, digests)
         if problem is None:
             try:

@@ -4,8 +4,9 @@ Used by the download tests and by ``benchmarks/bench_download.py``. Each route m
 (``bytes`` in memory, or a ``Path`` served with ``sendfile`` when no fault applies) and an optional
 :class:`Fault`. Faults cover what real mirrors and proxies do: drop the connection mid-body, trickle the body,
 flip bytes, announce a wrong length, answer with an error status (for the first N requests only, if wished),
-ignore Range requests, answer them with the wrong range, redirect (also to plain http, or in a loop), and send
-more bytes than the file has.
+ignore Range requests, answer them with the wrong range, redirect (also to plain http, or in a loop), send
+more bytes than the file has, and gzip the body whatever the client asked for (``Content-Encoding: gzip``). A
+trickling server is ``Fault(chunk=1, delay=...)``.
 
     with FaultyServer() as server:
         url = server.add("/m/f.bin", payload, Fault(drop_after=1000, times=1))
@@ -16,6 +17,7 @@ more bytes than the file has.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import os
 import socket
 import ssl
@@ -46,6 +48,7 @@ class Fault:
     extra: bytes = b""  # bytes appended after the file's last byte: an oversized body
     retry_after: str | None = None  # Retry-After header sent with an error status
     headers: dict[str, str] = field(default_factory=dict)  # extra response headers
+    gzip: bool = False  # send the file gzip-compressed with Content-Encoding: gzip (and Range ignored), unasked
 
 
 @dataclass
@@ -54,6 +57,7 @@ class RequestRecord:
     range: str | None
     status: int
     bytes_sent: int = 0
+    accept_encoding: str | None = None
 
 
 @dataclass
@@ -169,7 +173,7 @@ class FaultyServer:
         with self._lock:
             route = self._routes.get(path)
             earlier = sum(1 for r in self.records if r.path == path)
-            record = RequestRecord(path, range_header, 0)
+            record = RequestRecord(path, range_header, 0, accept_encoding=handler.headers.get("Accept-Encoding"))
             self.records.append(record)
         fault = route.fault if route is not None else None
         if fault is not None and fault.times is not None and earlier >= fault.times:
@@ -186,9 +190,14 @@ class FaultyServer:
             self._send_simple(handler, record, fault.status, extra)
             return
         payload = route.payload
+        headers = dict(fault.headers)
+        if fault.gzip:
+            raw = payload.read_bytes() if isinstance(payload, Path) else payload
+            payload = gzip.compress(raw, compresslevel=1, mtime=0)
+            headers["Content-Encoding"] = "gzip"
         size = payload.stat().st_size if isinstance(payload, Path) else len(payload)
-        start, status, headers = 0, 200, dict(fault.headers)
-        if range_header and not fault.ignore_range:
+        start, status = 0, 200
+        if range_header and not fault.ignore_range and not fault.gzip:
             first = _range_start(range_header)
             if first is None or first >= size:
                 self._send_simple(handler, record, 416, {"Content-Range": f"bytes */{size}"})

@@ -58,9 +58,14 @@ def test_models_json_and_states_follow_the_cache(tmp_path: Path) -> None:
     assert state() == "downloaded"
     ir_dir = model_dir / "openvino" / "FP32"
     ir_dir.mkdir(parents=True)
-    (ir_dir / f"{MODEL}.xml").write_text("<net/>")
-    (ir_dir / f"{MODEL}.bin").write_bytes(b"")
+    # An IR counts as converted when its weights have the size its provenance records.
+    weights = '{&quot;file&quot;: &quot;m.bin&quot;, &quot;size&quot;: 4, &quot;sha256&quot;: &quot;x&quot;}'
+    (ir_dir / f"{MODEL}.xml").write_text(
+        f'<net><rt_info><ssdtool><weights value="{weights}"/></ssdtool></rt_info></net>')
+    (ir_dir / f"{MODEL}.bin").write_bytes(b"1234")
     assert state() == "converted"
+    (ir_dir / f"{MODEL}.bin").write_bytes(b"12")  # truncated
+    assert state() == "downloaded"
 
 
 def test_cache_dir_from_environment(tmp_path: Path) -> None:

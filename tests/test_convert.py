@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -21,7 +22,7 @@ from ssdtool.errors import DependencyError, ModelFormatError, OfflineError, Pari
 from ssdtool.imaging import generated_images, normalized_input, raw_input, resize_rgb
 from ssdtool.matching import RawDetections, match_detections
 from ssdtool.provenance import read_provenance
-from ssdtool.registry import load_registry
+from ssdtool.registry import ModelEntry, load_registry
 from ssdtool.ssd import SsdGeometry, default_boxes
 from ssdtool.synthetic import PlantedDetection, TwinSpec
 from tests.modelkit import install_model, tiny_entry_template
@@ -376,3 +377,151 @@ def test_full_twin_converts_with_parity(tmp_path: Path, full_twin_path: Path) ->
     assert result.input_shape == (1, 3, 1200, 1200)
     # FP32 saved uncompressed: the weights file holds the twin's 20 M float32 parameters.
     assert result.bin.stat().st_size > 79_000_000
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Hardening (issue 11): intact IRs, read-only caches, leftovers of killed conversions, full disks
+
+
+def _converted(env: tuple[Path, Path], tiny_model: onnx.ModelProto) -> tuple[Path, Path, Cache, ModelEntry]:
+    registry_path, cache_dir = env
+    install_model(cache_dir, registry_path, "tiny", tiny_model)
+    entry = load_registry(registry_path).model("tiny")
+    return registry_path, cache_dir, Cache.at(cache_dir), entry
+
+
+def test_weights_size_and_sha256_are_recorded_and_checked(env: tuple[Path, Path], tiny_model: onnx.ModelProto) -> None:
+    import hashlib
+
+    _registry_path, _cache_dir, cache, entry = _converted(env, tiny_model)
+    first = convert(entry, cache, ConvertOptions(verify=False))
+    binary = first.bin
+    weights = read_provenance(first.xml)["weights"]
+    assert weights == {"file": binary.name, "size": binary.stat().st_size,
+                       "sha256": hashlib.sha256(binary.read_bytes()).hexdigest()}
+    assert first.provenance["weights"] == weights
+    data = binary.read_bytes()
+    binary.write_bytes(data[: len(data) // 2])  # truncated: a full disk, a killed copy
+    assert cache.model_state(entry) == "downloaded"  # no longer 'converted'
+    rebuilt = convert(entry, cache, ConvertOptions(verify=False))
+    assert not rebuilt.up_to_date and rebuilt.bin.read_bytes() == data
+    binary.write_bytes(bytes(b ^ 1 for b in data[:16]) + data[16:])  # same size, other bytes
+    assert not convert(entry, cache, ConvertOptions(verify=False)).up_to_date
+
+
+def test_up_to_date_ir_needs_no_lock_and_no_write(env: tuple[Path, Path], tiny_model: onnx.ModelProto,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A prefetched cache mounted read-only: convert and bench read the IR that is there."""
+    import filelock
+
+    from ssdtool import fsutil
+
+    registry_path, cache_dir, cache, entry = _converted(env, tiny_model)
+    convert(entry, cache, ConvertOptions(verify=False))
+
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(filelock.FileLock, "acquire", refuse)
+    monkeypatch.setattr(fsutil, "ensure_folder", refuse)
+    monkeypatch.setattr(fsutil, "atomic_write", refuse)
+    result = CliRunner().invoke(cli, ["--registry", str(registry_path), "--cache-dir", str(cache_dir), "convert",
+                                      "tiny", "--no-verify", "--offline"])
+    assert result.exit_code == 0, result.output
+    assert "tiny (FP32): up to date" in result.stdout
+
+
+def test_leftovers_of_a_killed_conversion_are_removed_under_the_lock(env: tuple[Path, Path],
+                                                                     tiny_model: onnx.ModelProto) -> None:
+    import socket
+    import subprocess
+
+    _registry_path, _cache_dir, cache, entry = _converted(env, tiny_model)
+    ir_root = cache.ir_root("tiny")
+    ir_root.mkdir(parents=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)  # a pid that has just exited
+    host = socket.gethostname()
+    stale = [f".tmp-FP32@{host}.{dead_pid}.0a1b2c3d", f".old-FP32@{host}.{dead_pid}.0",
+             ".tmp-FP32-k2j4h5g6", ".tmp-FP32-fp32-abcd_123", ".old-FP32-12345"]  # names ssdtool made before
+    kept = [f".tmp-FP32@{host}.{os.getpid()}.deadbeef",  # a live process: left alone
+            f".tmp-FP32-u8-nhwc@{host}.{dead_pid}.0a1b2c3d",  # another target, under another lock
+            ".tmp-FP32-notours-at-all"]
+    for name in stale + kept:
+        (ir_root / name).mkdir()
+        (ir_root / name / "tiny.bin").write_bytes(b"half an IR")
+    convert(entry, cache, ConvertOptions(verify=False))
+    assert sorted(p.name for p in ir_root.iterdir()) == sorted(["FP32", *kept])
+
+
+def test_sigkilled_conversion_leaves_nothing_behind_after_the_next_one(env: tuple[Path, Path],
+                                                                       tiny_model: onnx.ModelProto) -> None:
+    import subprocess
+    import time
+
+    registry_path, cache_dir, cache, entry = _converted(env, tiny_model)
+    command = [sys.executable, "-m", "ssdtool", "--registry", str(registry_path), "--cache-dir", str(cache_dir),
+               "convert", "tiny", "--no-verify", "--offline"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    ir_root = cache.ir_root("tiny")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list(ir_root.glob(".tmp-*/*.bin")):
+        time.sleep(0.005)
+    process.kill()
+    process.wait(timeout=30)
+    if not list(ir_root.glob(".tmp-*")):
+        pytest.skip("the conversion finished before it could be killed")
+    convert(entry, cache, ConvertOptions(verify=False))
+    assert [p.name for p in ir_root.iterdir()] == ["FP32"]
+
+
+def test_write_failure_while_saving_is_a_cache_error_and_installs_nothing(
+        env: tuple[Path, Path], tiny_model: onnx.ModelProto, monkeypatch: pytest.MonkeyPatch) -> None:
+    import openvino
+
+    registry_path, cache_dir, cache, _entry = _converted(env, tiny_model)
+
+    def full_disk(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("Exception from src/core/src/pass/serialize.cpp:1: basic_ios::clear: iostream error")
+
+    monkeypatch.setattr(openvino, "save_model", full_disk)
+    result = CliRunner().invoke(cli, ["--registry", str(registry_path), "--cache-dir", str(cache_dir), "convert",
+                                      "tiny", "--no-verify", "--offline", "--json"])
+    assert result.exit_code == 5, result.output
+    assert "error: cannot write the IR into " in result.stderr and "basic_ios::clear" in result.stderr
+    assert "bytes free there; nothing was installed" in result.stderr
+    assert json.loads(result.stdout)["error"] == "CacheError"
+    assert [p.name for p in cache.ir_root("tiny").iterdir()] == []  # no IR, no temporary folder
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc")
+def test_output_dir_that_cannot_be_made_is_a_usage_error(env: tuple[Path, Path], tiny_model: onnx.ModelProto) -> None:
+    registry_path, cache_dir, _cache, _entry = _converted(env, tiny_model)
+    result = CliRunner().invoke(cli, ["--registry", str(registry_path), "--cache-dir", str(cache_dir), "convert",
+                                      "tiny", "--no-verify", "--offline", "--output-dir", "/proc/xx"])
+    assert result.exit_code == 2, result.output
+    assert "error: cannot use --output-dir /proc/xx: No such file or directory" in result.stderr
+
+
+def test_parity_hint_names_the_convert_command_when_detect_converts(
+        env: tuple[Path, Path], tiny_model: onnx.ModelProto, monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    """detect has no --no-verify: a hint printed by detect names the command that has it."""
+    from PIL import Image
+
+    import ssdtool.convert as convert_module
+
+    registry_path, cache_dir, _cache, _entry = _converted(env, tiny_model)
+    real = convert_module.parity_check
+
+    def failing(*args: object, **kwargs: object) -> convert_module.ParityReport:
+        return replace(real(*args, **kwargs), passed=False)
+
+    monkeypatch.setattr(convert_module, "parity_check", failing)
+    Image.new("RGB", (20, 20)).save(tmp_path / "in.png")
+    result = CliRunner().invoke(cli, ["--registry", str(registry_path), "--cache-dir", str(cache_dir), "detect",
+                                      "--backend", "openvino", str(tmp_path / "in.png")])
+    assert result.exit_code == 21, result.output
+    assert "hint: report this with 'ssdtool --version'; 'ssdtool convert tiny --precision FP32 --no-verify' " \
+           "installs it anyway (not advised)" in result.stderr

@@ -872,3 +872,136 @@ def test_cache_dir_option_on_the_command(registry_path: Path, tmp_path: Path) ->
                                       "--json", "--progress", "none"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)[0]["path"] == str(target / "m" / "f.bin")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Hardening (issue 11): credentials, encodings, stalls, malformed notes and records
+
+
+def test_credentials_are_never_printed_or_stored(tmp_path: Path, cache: Cache, server: FaultyServer) -> None:
+    good = server.add("/c/f.bin", PAYLOAD)
+    secret = good.replace("http://", "http://alice:s3cret@") + "?token=t0ps3cret&part=1"
+    missing = server.url("/c/missing").replace("http://", "http://bob:hunter2@") + "?X-Amz-Signature=s1gn3d"
+    registry = write_registry(tmp_path / "r.yml", {"m": [file_entry("f.bin", PAYLOAD, [missing, secret])]})
+    secrets = ("s3cret", "hunter2", "t0ps3cret", "s1gn3d", "alice", "bob")
+    result = run_cli(registry, cache, "-vv", "download", "--json", "--progress", "json")
+    assert result.exit_code == 0, result.output
+    shown = good.replace("http://", "http://***@") + "?token=***&part=1"
+    assert json.loads(result.stdout)[0]["source"] == shown
+    assert f'"source": "{shown}"' in result.stderr  # the progress events name the source, redacted
+    logged = run_cli(registry, Cache.at(cache.root.parent / "c2"), "-vv", "download", "--progress", "auto")
+    assert logged.exit_code == 0 and "downloading" in logged.stderr
+    info = run_cli(registry, cache, "info", "m", "--json")
+    record = cache.record_path("m", "f.bin").read_text()
+    assert json.loads(record)["source"] == shown
+    failed = run_cli(write_registry(tmp_path / "bad.yml", {"m": [file_entry("f.bin", PAYLOAD, [missing])]}),
+                     Cache.at(tmp_path / "c3"), "download", "--json", "--progress", "json",
+                     "--mirror", server.base_url.replace("http://", "http://carol:m1rr0r@"))
+    assert failed.exit_code == 10 and "http://***@127.0.0.1" in failed.stderr
+    for text in (result.stdout, result.stderr, logged.stderr, info.stdout, record, failed.stdout, failed.stderr):
+        assert not any(word in text for word in (*secrets, "m1rr0r", "carol")), text
+
+
+def test_redaction_rule() -> None:
+    from ssdtool.redact import redact_text, redact_url
+
+    assert redact_url("https://TOKEN@github.com/a/b") == "https://***@github.com/a/b"
+    assert redact_url("http://u:p@ss@host:8/x?a=1&access_token=z&sig=y") == "http://***@host:8/x?a=1&access_token=***&sig=***"
+    assert redact_url("https://host/x.onnx?X-Amz-Credential=k&X-Amz-Date=1") == \
+        "https://host/x.onnx?X-Amz-Credential=***&X-Amz-Date=1"
+    assert redact_url("https://host/file.onnx") == "https://host/file.onnx"
+    assert redact_url("http://[::1") == "http://[::1"
+    assert redact_text("Max retries exceeded with url: /f?api_key=abc (Caused by x)") == \
+        "Max retries exceeded with url: /f?api_key=*** (Caused by x)"
+    assert redact_text("from https://a:b@x/y to http://c@z/w") == "from https://***@x/y to http://***@z/w"
+
+
+def test_gzip_body_the_server_sends_unasked_is_decoded(model: ModelEntry, cache: Cache, server: FaultyServer) -> None:
+    server.set_fault(PATH, Fault(gzip=True))
+    part = cache.part_path("m", "f.bin")
+    part.parent.mkdir(parents=True)
+    part.write_bytes(PAYLOAD[:1000])  # a range of a compressed body is no range of the file: restart from zero
+    [installed], _ = get(model, cache)
+    assert cache.file_path("m", "f.bin").read_bytes() == PAYLOAD and not installed.resumed
+    assert installed.bytes_transferred == SIZE  # decoded bytes, as the registry's size counts them
+    assert [r.accept_encoding for r in server.requests_for(PATH)] == ["identity"]
+
+
+def test_undecodable_content_encoding_is_reported(model: ModelEntry, cache: Cache, server: FaultyServer) -> None:
+    server.set_fault(PATH, Fault(headers={"Content-Encoding": "br"}))
+    with pytest.raises(NetworkError, match="Content-Encoding 'br' although ssdtool asked for identity"):
+        get(model, cache, retries=2)
+    assert server.hits(PATH) == 1
+
+
+def test_truncated_gzip_body_is_retried_and_resumes_nothing(model: ModelEntry, cache: Cache,
+                                                            server: FaultyServer) -> None:
+    server.set_fault(PATH, Fault(gzip=True, drop_after=2000, times=1))
+    _installed, events = get(model, cache, retries=1)
+    assert cache.file_path("m", "f.bin").read_bytes() == PAYLOAD
+    assert [e.kind for e in events if e.event == "source_failed"] == ["network"]
+
+
+def test_trickling_server_fails_the_stall_rule(model: ModelEntry, cache: Cache, server: FaultyServer) -> None:
+    """--timeout bounds each read; the stall rule bounds progress per --timeout window (here 0.3 s, 64 KiB)."""
+    server.set_fault(PATH, Fault(chunk=200, delay=0.02))  # every read returns in time, yet 10 KB/s is a stall
+    with pytest.raises(NetworkError, match=r"the transfer stalled: \d+ bytes in the last 0\.\d s, at least 65536 "
+                                           r"expected in every --timeout \(0\.3 s\) window; \d+ of 300000 bytes kept"):
+        get(model, cache, timeout=0.3)
+    kept = cache.part_path("m", "f.bin").stat().st_size
+    assert 0 < kept < SIZE  # kept for a resume
+    server.set_fault(PATH, None)
+    [installed], _ = get(model, cache, timeout=0.3)
+    assert installed.resumed_from == kept
+
+
+def test_stall_rule_lets_a_steady_slow_transfer_finish(model: ModelEntry, cache: Cache, server: FaultyServer) -> None:
+    server.set_fault(PATH, Fault(chunk=1000, delay=0.005))
+    [installed], _ = get(model, cache, timeout=0.2, stall_bytes=1000)
+    assert cache.file_path("m", "f.bin").read_bytes() == PAYLOAD and not installed.cached
+
+
+@pytest.mark.parametrize("since", ['"x"', "null", "1e400", "-5", "true"])
+def test_malformed_lock_owner_note_is_an_unknown_holder(model: ModelEntry, cache: Cache, since: str) -> None:
+    lock_path = cache.lock_path("m", "f.bin")
+    lock_path.parent.mkdir(parents=True)
+    cache.owner_path("m", "f.bin").write_text(f'{{"pid": 1, "host": "h", "since": {since}}}\n')
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(lock_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        assert cache.read_owner("m", "f.bin") is None
+        with pytest.raises(LockTimeoutError, match="held by an unknown process"):
+            get(model, cache, lock_timeout=0.2)
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+
+
+@pytest.mark.parametrize("record", ["[" * 100_000, '{"size": "300000", "mtime_ns": 1, "checksums": {}}',
+                                    '{"size": 300000, "mtime_ns": 1, "checksums": [], "verified_at": 1e400}',
+                                    "\udcff not json", ""])
+def test_malformed_verification_record_is_absent_and_the_file_rehashed(model: ModelEntry, cache: Cache,
+                                                                       server: FaultyServer, record: str) -> None:
+    get(model, cache)
+    cache.record_path("m", "f.bin").write_text(record, errors="surrogateescape")
+    assert cache.read_record("m", "f.bin") is None
+    [installed], _ = get(model, cache)
+    assert installed.cached and server.hits(PATH) == 1
+    assert cache.read_record("m", "f.bin") is not None  # re-hashed, and a good record written
+
+
+def test_malformed_mirror_is_a_usage_error(registry_path: Path, cache: Cache) -> None:
+    for mirror in ("http://[::1", "http://host:99999/models", "http://"):
+        result = run_cli(registry_path, cache, "download", "--mirror", mirror, "--json", "--progress", "none")
+        assert result.exit_code == 2, (mirror, result.output)
+        assert f"error: invalid mirror '{mirror}'" in result.stderr
+        assert json.loads(result.stdout)["exit_code"] == 2
+
+
+def test_hints_name_commands_where_the_flag_is_not_on_the_printing_one(model: ModelEntry, cache: Cache,
+                                                                      server: FaultyServer) -> None:
+    """detect and convert download on first use; their download errors name 'ssdtool download --mirror'."""
+    server.set_fault(PATH, Fault(status=404))
+    with pytest.raises(NetworkError) as caught:
+        get(model, cache)
+    assert "'ssdtool download --mirror URL' (or SSDTOOL_MIRROR=URL)" in (caught.value.hint or "")

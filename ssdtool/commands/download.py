@@ -148,7 +148,8 @@ def _fetch_options(func: Any) -> Any:
         click.option("--retry-backoff", "backoff", type=click.FloatRange(0, 60), default=0.5, show_default=True,
                      metavar="SECONDS", help="First backoff delay; doubles per retry, with jitter, capped at 30 s."),
         click.option("--timeout", type=click.FloatRange(0.1, 3600), default=30.0, show_default=True,
-                     metavar="SECONDS", help="Connect and read timeout."),
+                     metavar="SECONDS", help="Connect and read timeout; also the stall window: a transfer that "
+                     "receives less than 64 KiB in that many seconds fails (and is retried, resuming)."),
         click.option("--lock-timeout", type=click.FloatRange(0), default=600.0, show_default=True,
                      metavar="SECONDS",
                      help="Give up waiting for another process's download of the same file after this long "
