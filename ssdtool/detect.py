@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, TypeVar, Union
 
 import numpy as np
 
@@ -38,9 +38,16 @@ from ssdtool import precision as inference_precisions
 from ssdtool import ssd
 from ssdtool.cache import Cache
 from ssdtool.constants import BACKEND_CHOICES, IRPrecision
-from ssdtool.errors import BackendError, ImageError, OfflineError, UsageError
-from ssdtool.imaging import resize_rgb
-from ssdtool.labels import coco_category_map, label_name, label_names, resolve_classes
+from ssdtool.errors import BackendError, CacheError, ImageError, OfflineError, UsageError
+from ssdtool.imaging import (
+    DEFAULT_DECODE_MEMORY,
+    LARGE_DECODE_BYTES,
+    DecodeBudget,
+    decode_cost,
+    resize_rgb,
+    resized_for_network,
+)
+from ssdtool.labels import check_label_ids, coco_category_map, label_name, label_names, resolve_classes
 from ssdtool.registry import ModelEntry, Registry, load_registry
 
 if TYPE_CHECKING:
@@ -209,7 +216,10 @@ def find_images(sources: Sequence[str | os.PathLike[str]], recursive: bool = Fal
     excluded = [Path(e).resolve() for e in exclude]
 
     def add(path: Path, relative: str, named: bool = False) -> None:
-        resolved = path.resolve() if path.exists() else path.absolute()
+        try:
+            resolved = path.resolve() if _exists(path) else path.absolute()
+        except (OSError, RuntimeError):  # a link loop
+            resolved = path.absolute()
         key = str(resolved)
         if key in seen or (not named and any(_is_below(resolved, folder) for folder in excluded)):
             return
@@ -219,14 +229,14 @@ def find_images(sources: Sequence[str | os.PathLike[str]], recursive: bool = Fal
     for source in sources:
         text = os.fspath(source)
         path = Path(text)
-        if path.is_dir():
+        if _is_dir(path):
             before = len(found)
             for image in _walk_images(path, recursive):
                 add(image, image.relative_to(path).as_posix())
             if len(found) == before:
                 notes.append(f"no image files in folder {text}"
                              + ("" if recursive else " (use --recursive to search its subfolders)"))
-        elif _has_glob(text) and not path.exists():
+        elif _has_glob(text) and not _exists(path):
             before = len(found)
             for match in sorted(glob.glob(os.path.expanduser(text), recursive=recursive)):
                 candidate = Path(match)
@@ -240,6 +250,22 @@ def find_images(sources: Sequence[str | os.PathLike[str]], recursive: bool = Fal
         else:
             add(path, path.name, named=True)
     return found, notes
+
+
+def _exists(path: Path) -> bool:
+    """``path.exists()`` that is False instead of raising (a name over the file system's limit, say): such a path
+    becomes a per-image error, and the other inputs still run."""
+    try:
+        return path.exists()
+    except OSError:
+        return False
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:
+        return False
 
 
 def _is_below(path: Path, folder: Path) -> bool:
@@ -285,7 +311,17 @@ def load_image(source: ImageSource, *, channel_order: str = "RGB", max_pixels: i
     if not isinstance(source, (str, os.PathLike)):
         raise ImageError(f"cannot read an image from {type(source).__name__}; expected a path, a PIL image or a "
                          "numpy array")
-    path = Path(source)
+    return _decode_file(Path(source), max_pixels, _pil_to_rgb)
+
+
+T = TypeVar("T")
+
+
+def _decode_file(path: Path, max_pixels: int | None, decode: Callable[[PILImage.Image], T]) -> T:
+    """Open the image file ``path``, check its size from the header, and return ``decode(image)``; every way a
+    file can fail becomes an :class:`ImageError`."""
+    from PIL import Image
+
     try:
         size = path.stat().st_size
     except FileNotFoundError:
@@ -300,7 +336,7 @@ def load_image(source: ImageSource, *, channel_order: str = "RGB", max_pixels: i
     try:
         with Image.open(path) as image:
             _check_size(image.width, image.height, max_pixels, str(path))
-            return _pil_to_rgb(image)
+            return decode(image)
     except ImageError:
         raise
     except Image.DecompressionBombError as exc:
@@ -516,6 +552,7 @@ def detections_from_arrays(boxes: np.ndarray, labels: np.ndarray, scores: np.nda
     scale = np.array([width, height, width, height], dtype=np.float64)
     pixels = np.clip(boxes[rows].astype(np.float64) * scale, 0.0, np.array([width, height, width, height]))
     names = label_names(entry)
+    check_label_ids(entry, names, labels[rows])
     coco = coco_category_map(names)
     return [Detection(label_id=int(labels[r]), label=label_name(names, int(labels[r])), score=float(scores[r]),
                       box=(float(p[0]), float(p[1]), float(p[2]), float(p[3])),
@@ -539,14 +576,15 @@ def _installed_ir(entry: ModelEntry, cache: Cache, options: Any) -> Path | None:
     small XML read, and an installed IR works even when the source ONNX was removed from the cache.
     """
     from ssdtool.convert import conversion_parameters, ir_path, same_parameters
-    from ssdtool.provenance import read_provenance
+    from ssdtool.provenance import ir_problem, read_provenance
 
     xml = ir_path(entry, cache, options)
     if not (entry.primary_file.sha256 and xml.is_file() and xml.with_suffix(".bin").is_file()):
         return None
     record = read_provenance(xml) or {}
     if (record.get("source_sha256") == entry.primary_file.sha256
-            and same_parameters(record.get("parameters"), conversion_parameters(entry, options))):
+            and same_parameters(record.get("parameters"), conversion_parameters(entry, options))
+            and ir_problem(xml, record) is None):  # weights of the recorded size: a truncated .bin is rebuilt
         return xml
     return None
 
@@ -578,7 +616,9 @@ class Detector:
     hint - "latency" for one image at a time, "throughput" for streams, "auto" (latency for ``detector(image)``,
     throughput for :meth:`many`; each is compiled on first use, from the compiled-model cache after the first
     run). ``workers``: threads decoding images ahead of inference. ``max_pixels``: see :func:`load_image`.
-    ``progress`` receives download events when the model is fetched.
+    ``decode_memory``: bytes that image files being decoded at once may take (estimated from their headers; see
+    :class:`ssdtool.imaging.DecodeBudget`): a larger image waits for the others, and one over the budget decodes
+    alone. ``progress`` receives download events when the model is fetched.
     """
 
     def __init__(self, model: str | ModelEntry | None = None, backend: str = "auto", *,
@@ -587,7 +627,8 @@ class Detector:
                  classes: Iterable[str | int] | str | None = None, max_detections: int | None = None,
                  cache_dir: str | os.PathLike[str] | Cache | None = None, registry: str | os.PathLike[str] | Registry
                  | None = None, offline: bool | None = None, performance: str = "auto", workers: int | None = None,
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS, progress: Callable[[Any], None] | None = None) -> None:
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, progress: Callable[[Any], None] | None = None,
+                 decode_memory: int = DEFAULT_DECODE_MEMORY) -> None:
         if backend not in BACKENDS:
             raise BackendError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}",
                                hint="use --backend openvino, onnxruntime or auto")
@@ -610,6 +651,9 @@ class Detector:
         self.performance = performance
         self.workers = workers or _default_workers()
         self.max_pixels = max_pixels
+        if decode_memory < 1:
+            raise UsageError(f"decode_memory must be at least 1 byte, got {decode_memory}")
+        self._decode_budget = DecodeBudget(decode_memory)
         if offline is None:
             from ssdtool.download import offline_from_env
 
@@ -621,6 +665,7 @@ class Detector:
         self._run_infos: dict[str, RunInfo] = {}
         self._plan: inference_precisions.PrecisionPlan | None = None
         self._starter: ThreadPoolExecutor | None = None
+        self._large_decodes: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         if self.backend == "openvino":
             from ssdtool.backends.openvino import available_devices, check_device
@@ -681,6 +726,26 @@ class Detector:
         """OpenVINO's compiled-model cache for this model (blobs per device and hint; safe to delete)."""
         return self.cache.metadata_dir(self.entry) / "ov-cache"
 
+    def _usable_compiled_cache(self) -> Path | None:
+        """The compiled-model cache folder, or None to compile without one this run.
+
+        OpenVINO writes blobs there itself (following links), so it is used only when it is a real folder that
+        belongs to the user running ssdtool and that nobody else can write; a read-only cache has none. Any
+        other case costs a compile, never the run.
+        """
+        folder = self.compiled_cache_dir
+        try:
+            self.cache.make_folder(folder)
+            info = os.lstat(folder)
+        except (CacheError, OSError) as exc:
+            log.info("compiling without the compiled-model cache: %s", exc)
+            return None
+        if info.st_uid != os.geteuid() or info.st_mode & 0o022 or not os.access(folder, os.W_OK):
+            log.info("compiling without the compiled-model cache: %s is not a folder only this user (uid %d) can "
+                     "write", folder, os.geteuid())
+            return None
+        return folder
+
     def engine(self, performance: str = "latency") -> Engine:
         """The engine for ``performance`` ("latency" or "throughput"), created on first use and kept."""
         return self._engine_future(performance).result()
@@ -712,10 +777,10 @@ class Detector:
             from ssdtool.backends.openvino import OpenVinoEngine
 
             plan = self._precision_plan()
-            cache_dir = self.compiled_cache_dir
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            engine = OpenVinoEngine(self.model_path, device=self.device, cache_dir=str(cache_dir),
-                                    hint=performance.upper(), inference_precision=plan.pin)
+            cache_dir = self._usable_compiled_cache()
+            engine = OpenVinoEngine(self.model_path, device=self.device,
+                                    cache_dir=str(cache_dir) if cache_dir else None, hint=performance.upper(),
+                                    inference_precision=plan.pin)
         else:
             from ssdtool.backends.onnxruntime import OnnxRuntimeEngine
 
@@ -768,9 +833,12 @@ class Detector:
         """Release the engines (compiled models and sessions hold the weights)."""
         with self._lock:
             starter, self._starter = self._starter, None
+            large, self._large_decodes = self._large_decodes, None
             self._engines.clear()
         if starter is not None:
             starter.shutdown(wait=True)
+        if large is not None:
+            large.shutdown(wait=True)
 
     def __enter__(self) -> Detector:
         return self
@@ -784,9 +852,36 @@ class Detector:
 
     # -- running -------------------------------------------------------------------------------------------
     def _prepare(self, source: ImageSource, channel_order: str, keep_image: bool) -> _Prepared:
-        rgb = load_image(source, channel_order=channel_order, max_pixels=self.max_pixels)
-        tensor = preprocess(rgb, self.entry, form=self.form)
-        return _Prepared(rgb if keep_image else None, int(rgb.shape[1]), int(rgb.shape[0]), tensor)
+        if not isinstance(source, (str, os.PathLike)):  # arrays and PIL images: already in the caller's memory
+            rgb = load_image(source, channel_order=channel_order, max_pixels=self.max_pixels)
+            tensor = preprocess(rgb, self.entry, form=self.form)
+            return _Prepared(rgb if keep_image else None, int(rgb.shape[1]), int(rgb.shape[0]), tensor)
+
+        def decode(image: PILImage.Image) -> _Prepared:
+            cost = decode_cost(image.width, image.height, image.mode, keep_image)
+            if cost > LARGE_DECODE_BYTES:
+                return self._large_decoder().submit(decode_within_budget, image, cost).result()
+            return decode_within_budget(image, cost)
+
+        def decode_within_budget(image: PILImage.Image, cost: int) -> _Prepared:
+            # The full-size pixels live only inside the budget's hold; what leaves it is network-sized.
+            with self._decode_budget.hold(cost):
+                from PIL import ImageOps
+
+                upright = ImageOps.exif_transpose(image) or image
+                width, height = upright.size
+                resized = None if keep_image else resized_for_network(upright, self.entry.input)
+                rgb = _pil_to_rgb(upright) if resized is None else None
+                tensor = preprocess(rgb if resized is None else resized, self.entry, form=self.form)
+            return _Prepared(rgb if keep_image else None, width, height, tensor)
+
+        return _decode_file(Path(source), self.max_pixels, decode)
+
+    def _large_decoder(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._large_decodes is None:
+                self._large_decodes = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ssdtool-decode-large")
+            return self._large_decodes
 
     def _detections(self, outputs: Mapping[str, np.ndarray], width: int, height: int) -> list[Detection]:
         return postprocess(outputs, self.entry, (width, height), form=self.form, threshold=self.threshold,

@@ -6,11 +6,94 @@ network exactly the same way. numpy and Pillow only.
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ssdtool.registry import InputSpec
 
+if TYPE_CHECKING:
+    from PIL import Image as PILImage
+
 PIL_FILTERS = {"bilinear": 2, "nearest": 0, "bicubic": 3}  # PIL.Image.Resampling values
+#: Memory that images being decoded at the same time may take (see :class:`DecodeBudget`).
+DEFAULT_DECODE_MEMORY = 512 << 20
+#: Decodes estimated above this run on one thread of their own: the C allocator keeps memory a thread freed for
+#: that thread's next use, so large decodes spread over four threads would keep four times their peak resident.
+LARGE_DECODE_BYTES = 64 << 20
+# Bytes per pixel Pillow keeps for an image of each mode (everything else: 4).
+_MODE_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
+
+
+class DecodeBudget:
+    """Bounds the memory of concurrent image decodes, not only their number.
+
+    A small PNG can declare 9000 x 9000 pixels: a few KB on disk, hundreds of MB once decoded. Each decode
+    holds its estimated cost (:func:`decode_cost`, see :meth:`hold`) while the full-size pixels live; a decode
+    that does not fit waits until the others are done, and one larger than the whole budget runs alone. So eight
+    such files take the memory of one, while ordinary photos still decode in parallel.
+    """
+
+    def __init__(self, capacity: int = DEFAULT_DECODE_MEMORY) -> None:
+        self.capacity = max(1, capacity)
+        self._used = 0
+        self._holders = 0
+        self.peak_holders = 0  # the most decodes that ever held memory at once (for tests and logs)
+        self._condition = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, cost: int) -> Iterator[None]:
+        cost = min(max(0, cost), self.capacity)
+        with self._condition:
+            while self._holders and self._used + cost > self.capacity:
+                self._condition.wait()
+            self._used += cost
+            self._holders += 1
+            self.peak_holders = max(self.peak_holders, self._holders)
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._used -= cost
+                self._holders -= 1
+                self._condition.notify_all()
+
+
+def decode_cost(width: int, height: int, mode: str, keep_full_image: bool) -> int:
+    """Estimated peak bytes of decoding an image: the decoded pixels, one converted or rotated copy, and (when
+    the full-size RGB is kept, for drawing) Pillow's and numpy's RGB copies."""
+    pixels = width * height
+    source = _MODE_BYTES.get(mode, 4)
+    return pixels * (2 * source + 4 + (7 if keep_full_image else 0))
+
+
+def resized_for_network(image: PILImage.Image, spec: InputSpec) -> np.ndarray | None:
+    """The upright ``image`` resized to the network input as 8-bit RGB ``HxWx3``, without a full-size RGB copy.
+
+    The same pixels as ``resize_rgb(load_image(...))``, bit for bit (``tests/test_images.py`` holds them equal):
+    1-bit and grayscale images are resized as one band and then repeated into three (Pillow resizes each band
+    alike), other modes are converted to RGB by Pillow and resized there, skipping numpy's full-size copy. None
+    for modes that need numpy's own conversion (16-bit, 32-bit, float): then the caller takes the usual path.
+    """
+    mode = image.mode
+    size = tuple(spec.resize)
+    resample = PIL_FILTERS[spec.interpolation]
+    if mode in ("1", "L"):
+        gray = image.convert("L") if mode == "1" else image
+        if gray.size != size:
+            gray = gray.resize(size, resample=resample)
+        return np.repeat(np.asarray(gray)[..., None], 3, axis=2)
+    if mode.startswith("I") or mode == "F":
+        return None
+    if mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")  # as load_image does: Pillow's route for palette transparency
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    if rgb.size != size:
+        rgb = rgb.resize(size, resample=resample)
+    return np.asarray(rgb)
 
 
 def resize_rgb(rgb: np.ndarray, spec: InputSpec) -> np.ndarray:

@@ -393,6 +393,8 @@ def _converted(env: tuple[Path, Path], tiny_model: onnx.ModelProto) -> tuple[Pat
 def test_weights_size_and_sha256_are_recorded_and_checked(env: tuple[Path, Path], tiny_model: onnx.ModelProto) -> None:
     import hashlib
 
+    from ssdtool.detect import _installed_ir
+
     _registry_path, _cache_dir, cache, entry = _converted(env, tiny_model)
     first = convert(entry, cache, ConvertOptions(verify=False))
     binary = first.bin
@@ -403,6 +405,7 @@ def test_weights_size_and_sha256_are_recorded_and_checked(env: tuple[Path, Path]
     data = binary.read_bytes()
     binary.write_bytes(data[: len(data) // 2])  # truncated: a full disk, a killed copy
     assert cache.model_state(entry) == "downloaded"  # no longer 'converted'
+    assert _installed_ir(entry, cache, ConvertOptions()) is None  # detect converts again instead of failing (22)
     rebuilt = convert(entry, cache, ConvertOptions(verify=False))
     assert not rebuilt.up_to_date and rebuilt.bin.read_bytes() == data
     binary.write_bytes(bytes(b ^ 1 for b in data[:16]) + data[16:])  # same size, other bytes

@@ -588,3 +588,108 @@ def test_many_keeps_input_order_under_concurrency(detect_world: World) -> None:
         if alone is not None:
             assert [d.label_id for d in result.detections] == [d.label_id for d in alone]
             assert np.allclose([d.box for d in result.detections], [d.box for d in alone], atol=1e-3)
+
+
+# ------------------------------------------------------------------------------------------------- hardening
+# (issue 11) --output never replaces a device, FIFO or input; odd paths and label files; memory of big decodes
+
+def test_a_path_over_the_name_limit_is_one_failed_image(detect_world: World, tmp_path: Path) -> None:
+    long_path = tmp_path / ("y" * 300) / "a.jpg"
+    result = detect(detect_world, "--backend", "onnxruntime", "--format", "jsonl", str(long_path),
+                    str(detect_world.images[(640, 480)]))
+    assert result.exit_code == 30, result.output
+    first, second = jsonl_images(result.stdout)
+    assert first["error"] == f"{long_path}: cannot access: File name too long" and second["error"] is None
+
+def test_a_short_label_file_stops_detection_with_exit_3(detect_world: World, tmp_path: Path) -> None:
+    import yaml
+
+    data = yaml.safe_load(detect_world.registry.read_text())
+    data["models"]["planted"]["labels"] = "short.txt"
+    (tmp_path / "short.txt").write_text("__background__\nperson\ncar\n")
+    registry = tmp_path / "registry.yml"
+    registry.write_text(yaml.safe_dump(data))
+    result = CliRunner().invoke(cli, ["--registry", str(registry), "--cache-dir", str(detect_world.cache), "detect",
+                                      "--backend", "onnxruntime", str(detect_world.images[(640, 480)])])
+    assert result.exit_code == 3, result.output
+    assert "the label file short.txt has 3 names (label ids 0..2), but the model predicted label id 3, 12, 62" in \
+        result.stderr
+
+
+def test_large_decodes_wait_for_each_other(detect_world: World, tmp_path: Path) -> None:
+    from ssdtool.detect import Detector
+
+    paths = []
+    for index in range(4):
+        path = tmp_path / f"big{index}.png"
+        Image.new("1", (2000, 1500)).save(path)
+        paths.append(path)
+    with Detector("planted", "onnxruntime", registry=detect_world.registry, cache_dir=detect_world.cache,
+                  workers=4, decode_memory=1) as detector:
+        results = list(detector.many(paths))
+        assert detector._decode_budget.peak_holders == 1
+    assert [(r.width, r.height, len(r.detections)) for r in results] == [(2000, 1500, 4)] * 4
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads the peak RSS from Linux /proc")
+def test_eight_tiny_pixel_bombs_take_the_memory_of_one(detect_world: World, tmp_path: Path) -> None:
+    """8 PNGs of 9000x9000 1-bit pixels (10 KB each): 1.9 GB peak before; decoded one by one and lean now."""
+    import os
+    import subprocess
+    import sys
+
+    Image.new("1", (9000, 9000)).save(tmp_path / "bomb0.png")
+    for index in range(1, 8):
+        (tmp_path / f"bomb{index}.png").write_bytes((tmp_path / "bomb0.png").read_bytes())
+    # VmHWM is the child's own peak; ru_maxrss would start from the size of this (large) pytest process.
+    code = ("import sys\nfrom ssdtool.detect import Detector\n"
+            "with Detector('planted', 'onnxruntime', registry=sys.argv[1], cache_dir=sys.argv[2], workers=4) as d:\n"
+            "    assert all(r.ok for r in d.many(sys.argv[3:]))\n"
+            "peak = [line for line in open('/proc/self/status') if line.startswith('VmHWM')]\n"
+            "print(int(peak[0].split()[1]) // 1024)\n")
+    run = subprocess.run([sys.executable, "-c", code, str(detect_world.registry), str(detect_world.cache),
+                          *map(str, sorted(tmp_path.glob("bomb*.png")))], capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    assert run.returncode == 0, run.stderr
+    # Measured: 1.9 GB before (with 2 decode threads; more threads, more), 330 MB after (any number of threads).
+    assert int(run.stdout) < 600, f"peak RSS {run.stdout.strip()} MB"
+
+
+@pytest.fixture
+def read_only_copy(tmp_path: Path, tiny_twin_path: Path) -> Any:
+    """A prefetched cache (model and IR, nothing else) bind-mounted read-only; skipped where mounting is not allowed."""
+    import shutil
+    import subprocess
+
+    from ssdtool.convert import ConvertOptions, convert
+
+    registry, source = tmp_path / "registry.yml", tmp_path / "prefetched"
+    install_model(source, registry, "tiny", tiny_twin_path.read_bytes())
+    convert(load_registry(registry).model("tiny"), Cache.at(source), ConvertOptions(verify=False))
+    shutil.rmtree(source / "tiny" / ".ssdtool")
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    try:
+        subprocess.run(["mount", "--bind", str(source), str(mount)], check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("a read-only bind mount needs root and the mount command")
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(mount)], check=True, capture_output=True)
+        yield registry, mount
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+def test_read_only_prefetched_cache_runs_the_main_job(read_only_copy: tuple[Path, Path], tmp_path: Path) -> None:
+    registry, mount = read_only_copy
+    image = tmp_path / "in.png"
+    Image.new("RGB", (64, 48), (10, 200, 30)).save(image)
+    base = ["--registry", str(registry), "--cache-dir", str(mount)]
+    for args in (["detect", "--backend", "openvino", "--offline", str(image)],
+                 ["detect", "--backend", "onnxruntime", "--offline", str(image)],
+                 ["convert", "tiny", "--no-verify", "--offline"],
+                 ["bench", "tiny", "-n", "1", "--offline"],
+                 ["verify", "tiny"]):
+        result = CliRunner().invoke(cli, [*base, *args])
+        assert result.exit_code == 0, (args, result.output)
+    assert not (mount / "tiny" / ".ssdtool").exists()  # nothing could be written, and nothing needed to be

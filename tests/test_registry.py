@@ -344,3 +344,23 @@ def test_bad_label_files_are_registry_errors(tmp_path: Path, content: bytes, exp
     with pytest.raises(RegistryError, match=f"models.{MODEL}.labels: {expected}") as caught:
         load_registry(path).model().label_names()
     assert caught.value.exit_code == 3
+
+
+def test_a_label_id_past_the_label_file_is_a_registry_error(tmp_path: Path) -> None:
+    """A short label file used to turn label 24 into 'class_24' silently."""
+    import numpy as np
+
+    from ssdtool.detect import detections_from_arrays
+
+    data = one_model(packaged_data())
+    data["models"][MODEL]["labels"] = "short.txt"
+    (tmp_path / "short.txt").write_text("__background__\nperson\ncar\n")
+    path = tmp_path / "reg.yml"
+    path.write_text(yaml.safe_dump(data))
+    entry = load_registry(path).model()
+    boxes = np.array([[0.1, 0.1, 0.5, 0.5], [0.2, 0.2, 0.6, 0.6]], np.float32)
+    kept = detections_from_arrays(boxes, np.array([1, 2]), np.array([0.9, 0.8], np.float32), entry, (100, 100))
+    assert [d.label for d in kept] == ["person", "car"]
+    with pytest.raises(RegistryError, match=rf"models.{MODEL}.labels: the label file short.txt has 3 names \(label "
+                                            r"ids 0..2\), but the model predicted label id 24"):
+        detections_from_arrays(boxes, np.array([1, 24]), np.array([0.9, 0.8], np.float32), entry, (100, 100))
