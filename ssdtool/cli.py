@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import traceback
 from collections.abc import Sequence
@@ -22,6 +23,7 @@ import click
 from ssdtool import __version__
 from ssdtool.cache import Cache
 from ssdtool.errors import EXIT_INTERRUPTED, EXIT_UNEXPECTED, SsdtoolError
+from ssdtool.redact import redact_text
 from ssdtool.registry import REGISTRY_ENV, Registry, load_registry
 
 log = logging.getLogger("ssdtool")
@@ -66,21 +68,75 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
 
 
 def emit_error(exc: SsdtoolError, app: AppContext | None) -> None:
-    """Report a library error to people on stderr, and to scripts on stdout when they asked for JSON."""
-    click.echo(f"error: {exc.message}", err=True)
-    if exc.hint:
-        click.echo(f"hint: {exc.hint}", err=True)
+    """Report a library error to people on stderr, and to scripts on stdout when they asked for JSON.
+
+    Messages are redacted once more here (:func:`ssdtool.redact.redact_text`): a URL with credentials that
+    reached an error message by any route is still not printed.
+    """
+    message, hint = redact_text(exc.message), redact_text(exc.hint) if exc.hint else None
+    click.echo(f"error: {message}", err=True)
+    if hint:
+        click.echo(f"hint: {hint}", err=True)
     if app is not None and app.json_errors:
-        click.echo(json.dumps(exc.to_dict(), indent=2))
+        _echo_json_error(type(exc).__name__, exc.exit_code, message, hint)
+
+
+def _echo_json_error(error: str, exit_code: int, message: str, hint: str | None) -> None:
+    click.echo(json.dumps({"error": error, "exit_code": exit_code, "message": message, "hint": hint}, indent=2))
+
+
+_JSON_FORMATS = ("json", "jsonl", "coco")
+
+
+def json_requested(args: Sequence[str]) -> bool:
+    """Whether a command line asks for JSON on stdout: ``--json``, or ``detect``'s ``--format json|jsonl|coco``
+    without ``--output``. Read from the raw arguments, so errors found while parsing them are JSON too."""
+    as_json = to_file = False
+    tokens = iter(args)
+    for token in tokens:
+        short = token.startswith("-") and not token.startswith("--")
+        if token == "--":
+            break
+        if token == "--json":
+            as_json = True
+        elif token in ("-f", "--format"):
+            as_json |= next(tokens, "") in _JSON_FORMATS
+        elif token.startswith("--format=") or (short and token.startswith("-f")):
+            as_json |= token.removeprefix("--format=").removeprefix("-f") in _JSON_FORMATS
+        elif token in ("-o", "--output") or token.startswith("--output=") or (short and token.startswith("-o")):
+            to_file = True
+    return as_json and not to_file
 
 
 class SsdtoolGroup(click.Group):
-    """Maps exceptions to exit codes in one place; shows tracebacks only with ``--debug``."""
+    """Maps exceptions to exit codes in one place; shows tracebacks only with ``--debug``.
+
+    With ``--json`` every failure also leaves one JSON object on stdout: library errors, click's usage errors
+    (exit 2), unexpected errors (1) and Ctrl-C (130). The one exception is ``detect``'s exit 30, whose JSON
+    records already carry each image's error (another object would break the document).
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["ssdtool.json"] = json_requested(args)
+        try:
+            return super().parse_args(ctx, args)
+        except click.exceptions.ClickException as exc:
+            self._json_click_error(ctx, exc)
+            raise
+
+    @staticmethod
+    def _json_click_error(ctx: click.Context, exc: click.exceptions.ClickException) -> None:
+        if ctx.meta.get("ssdtool.json"):
+            _echo_json_error("UsageError", exc.exit_code, redact_text(exc.format_message()),
+                             "see the command's --help")
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+        except click.exceptions.ClickException as exc:
+            self._json_click_error(ctx, exc)
+            raise
+        except (click.exceptions.Exit, click.exceptions.Abort):
             raise
         except SsdtoolError as exc:
             app = ctx.find_object(AppContext)
@@ -90,16 +146,30 @@ class SsdtoolGroup(click.Group):
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
+            app = ctx.find_object(AppContext)
+            if app is not None and app.json_errors:
+                _echo_json_error("Interrupted", EXIT_INTERRUPTED, "interrupted (Ctrl-C)",
+                                 "run the command again: partial downloads resume")
             ctx.exit(EXIT_INTERRUPTED)
         except Exception as exc:
             app = ctx.find_object(AppContext)
+            message = redact_text(f"unexpected {type(exc).__name__}: {exc}")
+            hint = "rerun with --debug for the traceback, and report it with 'ssdtool --version'"
             if app is not None and app.debug:
                 traceback.print_exc(file=sys.stderr)
             else:
-                click.echo(f"error: unexpected {type(exc).__name__}: {exc}", err=True)
-                click.echo("hint: rerun with --debug for the traceback, and report it with 'ssdtool --version'",
-                           err=True)
+                click.echo(f"error: {message}", err=True)
+                click.echo(f"hint: {hint}", err=True)
+            if app is not None and app.json_errors:
+                _echo_json_error("UnexpectedError", EXIT_UNEXPECTED, message, hint)
             ctx.exit(EXIT_UNEXPECTED)
+
+
+class _RedactingFormatter(logging.Formatter):
+    """Log lines without credentials, whatever a library put into them (see :mod:`ssdtool.redact`)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact_text(super().format(record))
 
 
 def _configure_logging(verbosity: int) -> None:
@@ -107,7 +177,7 @@ def _configure_logging(verbosity: int) -> None:
     logger = logging.getLogger("ssdtool")
     logger.handlers.clear()
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s" if verbosity <= 0 else "%(name)s: %(message)s"))
+    handler.setFormatter(_RedactingFormatter("%(message)s" if verbosity <= 0 else "%(name)s: %(message)s"))
     logger.addHandler(handler)
     logger.setLevel(level)
     logger.propagate = False
@@ -130,9 +200,21 @@ def human_size(size: int) -> str:
     raise AssertionError("unreachable")
 
 
+# Characters that would break a line of human output or drive the terminal: C0/C1 controls (newline, escape),
+# line and paragraph separators, and bidirectional overrides.
+_CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(value: object) -> str:
+    """``value`` as text for people: control characters escaped (a file name with a newline stays on one line
+    and cannot fake another row; escape sequences do not reach the terminal). JSON output escapes by itself."""
+    text = str(value)
+    return _CONTROL_CHARACTERS.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """A plain aligned text table (no colour, so it survives pipes and logs)."""
-    cells = [[str(h) for h in headers], *[[str(c) for c in row] for row in rows]]
+    """A plain aligned text table (no colour, so it survives pipes and logs); cells are :func:`printable`."""
+    cells = [[printable(h) for h in headers], *[[printable(c) for c in row] for row in rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
     return "\n".join(lines)
@@ -207,7 +289,7 @@ def info_command(ctx: click.Context, name: str | None, as_json: bool) -> None:
     if as_json:
         echo_json(data)
         return
-    click.echo(_format_info(data))
+    click.echo("\n".join(printable(line) for line in _format_info(data).splitlines()))
 
 
 def _format_info(data: dict[str, Any]) -> str:

@@ -208,3 +208,71 @@ def test_every_error_class_has_a_distinct_exit_code_per_family() -> None:
     for code, members in by_code.items():
         base = members[0]
         assert all(issubclass(cls, base) for cls in members), (code, [cls.__name__ for cls in members])
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Hardening (issue 11): a JSON object for every failure under --json; control characters in human output
+
+
+@pytest.mark.parametrize("args", [["models", "--json", "--no-such-flag"], ["--no-such", "models", "--json"],
+                                  ["download", "--json", "--jobs", "0"], ["detect", "--format", "jsonl"],
+                                  ["detect", "-fjson", "--threshold", "2", "x.jpg"]])
+def test_usage_errors_under_json_print_a_json_object(args: list[str]) -> None:
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2
+    error = json.loads(result.stdout)
+    assert error["error"] == "UsageError" and error["exit_code"] == 2 and error["message"]
+    assert "Usage:" in result.stderr  # people still get click's usage text
+
+
+def test_usage_errors_without_json_leave_stdout_empty() -> None:
+    for args in (["models", "--no-such-flag"], ["detect", "--format", "json", "-o", "x.json"]):
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 2 and result.stdout == ""
+
+
+def test_json_requested_reads_the_raw_command_line() -> None:
+    from ssdtool.cli import json_requested
+
+    assert json_requested(["models", "--json"])
+    assert json_requested(["detect", "a.jpg", "--format=coco"]) and json_requested(["detect", "-f", "jsonl", "a"])
+    assert not json_requested(["detect", "a.jpg", "--format", "json", "--output", "r.json"])
+    assert not json_requested(["detect", "--", "--json"])  # an image called --json
+    assert not json_requested(["detect", "-f", "table", "a.jpg"])
+
+
+def test_ctrl_c_and_unexpected_errors_under_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupted(*_args: object, **_kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("ssdtool.catalog.list_models", interrupted)
+    result = CliRunner().invoke(cli, ["models", "--json"])
+    assert result.exit_code == 130 and json.loads(result.stdout) == {
+        "error": "Interrupted", "exit_code": 130, "message": "interrupted (Ctrl-C)",
+        "hint": "run the command again: partial downloads resume"}
+    monkeypatch.setattr("ssdtool.catalog.list_models", lambda *a, **k: 1 / 0)
+    result = CliRunner().invoke(cli, ["models", "--json"])
+    assert result.exit_code == 1
+    error = json.loads(result.stdout)
+    assert error["error"] == "UnexpectedError" and error["exit_code"] == 1
+    assert error["message"] == "unexpected ZeroDivisionError: division by zero"
+
+
+def test_error_messages_are_redacted_on_the_way_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    def failing(*_args: object, **_kwargs: object) -> None:
+        raise ConversionError("cannot fetch https://alice:s3cret@host/m.onnx?token=abc",
+                              hint="see http://bob:pw@proxy/")
+
+    monkeypatch.setattr("ssdtool.catalog.list_models", failing)
+    result = CliRunner().invoke(cli, ["models", "--json"])
+    assert "s3cret" not in result.output and "abc" not in result.output and "pw@" not in result.output
+    assert "https://***@host/m.onnx?token=***" in result.stderr
+    assert json.loads(result.stdout)["hint"] == "see http://***@proxy/"
+
+
+def test_control_characters_are_escaped_in_tables() -> None:
+    from ssdtool.cli import format_table, printable
+
+    assert printable("evil\nname\x1b[31m\u202e.jpg") == "evil\\nname\\x1b[31m\\u202e.jpg"
+    table = format_table(("A", "B"), [("x\ny", "z")])
+    assert table.splitlines() == ["A     B", "x\\ny  z"]

@@ -593,6 +593,70 @@ def test_many_keeps_input_order_under_concurrency(detect_world: World) -> None:
 # ------------------------------------------------------------------------------------------------- hardening
 # (issue 11) --output never replaces a device, FIFO or input; odd paths and label files; memory of big decodes
 
+
+def _char_device(path: Path, minor: int) -> Path:
+    """A character device node like /dev/null (minor 3) or /dev/full (minor 7), made in a temporary folder so
+    that a regression replaces the test's node, never the machine's."""
+    import os
+    import stat
+
+    try:
+        os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, minor))
+    except OSError:
+        pytest.skip("making a device node needs root")
+    return path
+
+
+def test_output_to_a_device_writes_to_it_and_never_replaces_it(detect_world: World, tmp_path: Path) -> None:
+    import stat
+
+    image = str(detect_world.images[(640, 480)])
+    null = _char_device(tmp_path / "null", 3)
+    result = detect(detect_world, image, "--format", "json", "-o", str(null))
+    assert result.exit_code == 0, result.output
+    assert stat.S_ISCHR(null.lstat().st_mode)
+    full = _char_device(tmp_path / "full", 7)
+    result = detect(detect_world, image, "--format", "json", "-o", str(full))
+    assert result.exit_code == 2
+    assert f"error: cannot write the results to {full}: No space left on device" in result.stderr
+    assert stat.S_ISCHR(full.lstat().st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["full", "null"]  # no temporary file left either
+
+
+def test_output_to_a_fifo_streams_into_it(detect_world: World, tmp_path: Path) -> None:
+    import os
+    import stat
+    import threading
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    received: list[str] = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_text()), daemon=True)
+    reader.start()
+    result = detect(detect_world, str(detect_world.images[(640, 480)]), "--format", "jsonl", "-o", str(fifo))
+    reader.join(30)
+    assert result.exit_code == 0, result.output
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+    assert [r["detections"] for r in jsonl_images(received[0])] == [expected(640, 480)]
+
+
+def test_output_never_overwrites_an_input(detect_world: World, tmp_path: Path) -> None:
+    import os
+    import shutil
+
+    image = tmp_path / "in.png"
+    shutil.copy(detect_world.images[(640, 480)], image)
+    original = image.read_bytes()
+    os.symlink(image, tmp_path / "link.png")
+    for output in (image, tmp_path / "link.png"):
+        result = detect(detect_world, "--format", "json", "-o", str(output), "--", str(image))
+        assert result.exit_code == 2, result.output
+        assert f"refusing to write the results to {output}: it is one of the input images" in result.stderr
+    assert image.read_bytes() == original
+    folder = detect(detect_world, "--format", "json", "-o", str(tmp_path), str(image))
+    assert folder.exit_code == 2 and "is a directory" in folder.stderr  # click's own check of -o
+
+
 def test_a_path_over_the_name_limit_is_one_failed_image(detect_world: World, tmp_path: Path) -> None:
     long_path = tmp_path / ("y" * 300) / "a.jpg"
     result = detect(detect_world, "--backend", "onnxruntime", "--format", "jsonl", str(long_path),
@@ -600,6 +664,19 @@ def test_a_path_over_the_name_limit_is_one_failed_image(detect_world: World, tmp
     assert result.exit_code == 30, result.output
     first, second = jsonl_images(result.stdout)
     assert first["error"] == f"{long_path}: cannot access: File name too long" and second["error"] is None
+
+
+def test_newlines_in_file_names_do_not_break_the_table(detect_world: World, tmp_path: Path) -> None:
+    import shutil
+
+    weird = tmp_path / "evil\nfake.jpg (1x1): 1 detection\n  person  1.000  [0.0, 0.0, 1.0, 1.0].png"
+    shutil.copy(detect_world.images[(640, 480)], weird)
+    result = detect(detect_world, "--backend", "onnxruntime", str(weird))
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert len(lines) == 5 and lines[0].startswith(str(tmp_path) + "/evil\\nfake.jpg (1x1): 1 detection\\n  person")
+    assert lines[0].endswith(".png (640x480): 4 detections")
+
 
 def test_a_short_label_file_stops_detection_with_exit_3(detect_world: World, tmp_path: Path) -> None:
     import yaml

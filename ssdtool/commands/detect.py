@@ -8,17 +8,15 @@ exits with InputError (30) after all output has been written.
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import click
 
-from ssdtool.cli import AppContext, _complete_model_names, want_json
+from ssdtool.cli import AppContext, _complete_model_names, printable, want_json
 from ssdtool.commands.options import inference_precision_option, ir_precision_option
 from ssdtool.errors import InputError, UsageError
 
@@ -32,44 +30,30 @@ def _complete_backends(_ctx: click.Context, _param: click.Parameter, incomplete:
 
 
 class _Output:
-    """stdout, or ``--output FILE`` written through a temporary file renamed into place when complete."""
+    """stdout, or ``--output FILE`` (:class:`ssdtool.fsutil.OutputFile`: written whole or not at all, never over an
+    input; a device or FIFO such as ``/dev/stdout`` is written to, never replaced)."""
 
-    def __init__(self, path: str | None) -> None:
+    def __init__(self, path: str | None, inputs: list[str]) -> None:
+        from ssdtool.fsutil import OutputFile
+
         self.path = Path(path) if path else None
-        self._temporary: Path | None = None
-        self.handle: IO[str]
-        if self.path is None:
-            self.handle = sys.stdout
-            return
-        folder = self.path.parent
-        if not folder.is_dir():
-            raise UsageError(f"cannot write {self.path}: folder {folder} does not exist",
-                             hint="create the folder first")
-        fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=folder)
-        self._temporary = Path(name)
-        self.handle = os.fdopen(fd, "w", encoding="utf-8")
+        self._file = OutputFile(path, inputs) if path else None
 
     def write(self, text: str) -> None:
-        if self.path is None:
+        if self._file is None:
             click.echo(text, nl=False)
         else:
-            self.handle.write(text)
+            self._file.write(text)
 
     def commit(self) -> None:
-        if self._temporary is None:
+        if self._file is None:
             sys.stdout.flush()
-            return
-        self.handle.close()
-        assert self.path is not None
-        os.chmod(self._temporary, 0o666 & ~_umask())
-        os.replace(self._temporary, self.path)
-        self._temporary = None
+        else:
+            self._file.commit()
 
     def abort(self) -> None:
-        if self._temporary is not None:
-            self.handle.close()
-            self._temporary.unlink(missing_ok=True)
-            self._temporary = None
+        if self._file is not None:
+            self._file.abort()
 
 
 def _stderr_is_terminal() -> bool:
@@ -77,23 +61,18 @@ def _stderr_is_terminal() -> bool:
     return sys.stderr.isatty()
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def format_table_block(result: Any) -> str:
     """One image for people: a header line, then one line per detection (class, score, box in pixels)."""
-    header = f"{result.path} ({result.width}x{result.height}): "
+    header = f"{printable(result.path)} ({result.width}x{result.height}): "
     if not result.detections:
         return header + "no detections\n"
     count = len(result.detections)
     lines = [header + (f"{count} detection" if count == 1 else f"{count} detections")]
-    width = max(len(d.label) for d in result.detections)
-    for d in result.detections:
+    labels = [printable(d.label) for d in result.detections]
+    width = max(len(label) for label in labels)
+    for d, label in zip(result.detections, labels, strict=True):
         box = ", ".join(f"{v:.1f}" for v in d.box)
-        lines.append(f"  {d.label.ljust(width)}  {d.score:.3f}  [{box}]")
+        lines.append(f"  {label.ljust(width)}  {d.score:.3f}  [{box}]")
     return "\n".join(lines) + "\n"
 
 
@@ -229,7 +208,7 @@ def _run(app: AppContext, files: list[Any], fmt: str, output: str | None, save_d
                          hint="use --format json")
     # The CLI owns the process, so it may hand the size limit to our own header check alone: Pillow's global
     # limit would otherwise warn (or fail) by its own rules first. Restored afterwards (tests share a process).
-    sink = _Output(output)  # a bad --output fails now, before the model is loaded
+    sink = _Output(output, [f.path for f in files])  # a bad --output fails now, before the model is loaded
     pillow_limit = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = None
     try:
@@ -249,7 +228,7 @@ def _run(app: AppContext, files: list[Any], fmt: str, output: str | None, save_d
         Image.MAX_IMAGE_PIXELS = pillow_limit
     if failed:
         app.json_errors = False  # the records already carry the errors; a trailing JSON object would break them
-        names = ", ".join(failed[:5]) + (f" and {len(failed) - 5} more" if len(failed) > 5 else "")
+        names = ", ".join(map(printable, failed[:5])) + (f" and {len(failed) - 5} more" if len(failed) > 5 else "")
         raise InputError(f"{len(failed)} of {len(files)} images could not be processed: {names}",
                          hint="the other results were written; see the messages above for each file")
 
@@ -289,7 +268,7 @@ def _write_results(app: AppContext, detector: Any, files: list[Any], fmt: str, s
             bar.update(1)
             if not result.ok:
                 failed.append(result.path or str(result.index))
-                tell(f"error: {result.error}")
+                tell(f"error: {printable(result.error)}")
             else:
                 detections += len(result.detections)
                 if save_dir is not None:
@@ -314,7 +293,7 @@ def _write_results(app: AppContext, detector: Any, files: list[Any], fmt: str, s
         done = len(files) - len(failed)
         rate = f", {done / seconds:.2f} images/s" if seconds > 0 and done else ""
         failures = f", {len(failed)} failed" if failed else ""
-        where = f"; results in {sink.path}" if sink.path else ""
+        where = f"; results in {printable(sink.path)}" if sink.path else ""
         engine = detector.run_info().describe()
         click.echo(f"{len(files)} image{'s' if len(files) != 1 else ''}, {detections} detection"
                    f"{'s' if detections != 1 else ''}{failures} in {seconds:.2f} s{rate} ({detector.entry.name}, "
