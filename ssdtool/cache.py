@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import stat
@@ -30,15 +31,14 @@ from pathlib import Path
 from typing import Any
 
 from ssdtool import fsutil
+from ssdtool.constants import ModelState
 from ssdtool.errors import CacheError
 from ssdtool.redact import redact_url
 from ssdtool.registry import CACHE_LAYOUT_NAMES, FileEntry, ModelEntry, check_file_name
 
+log = logging.getLogger("ssdtool.cache")
+
 HOME_ENV = "SSDTOOL_HOME"
-STATE_MISSING = "missing"
-STATE_PARTIAL = "partial"
-STATE_DOWNLOADED = "downloaded"
-STATE_CONVERTED = "converted"
 METADATA_DIR = ".ssdtool"
 IR_DIR = "openvino"
 # The registry refuses model files named like the layout's folders (one would take the other's place).
@@ -225,6 +225,42 @@ class Cache:
             raise CacheError(f"cannot write the verification record {path}: {exc}",
                              hint="check permissions and free space in the cache directory") from exc
 
+    def record_verified(self, model: ModelEntry, file: FileEntry, digests: dict[str, str], *, source: str,
+                        mtime_ns: int, required: bool = True) -> None:
+        """Record that ``file`` (as it is now: ``mtime_ns``) hashed to ``digests``, so later runs trust it unread.
+
+        ``required=False``: the record only saves re-hashing next time, so a cache that cannot be written (a
+        read-only one) gets none, quietly.
+        """
+        record = VerificationRecord(size=file.size, mtime_ns=mtime_ns, checksums=dict(digests), source=source,
+                                    verified_at=time.time())
+        try:
+            self.write_record(model, file, record)
+        except CacheError:
+            if required:
+                raise
+            log.debug("no verification record for %s: the cache cannot be written", file.name)
+
+    def ensure_metadata_dir(self, model: ModelEntry | str) -> None:
+        """Create ``<model>/.ssdtool`` when possible; on a read-only cache go on without it (checking the files that
+        are there needs no folder, lock or record; anything that must be written fails later, naming the file)."""
+        folder = self.metadata_dir(model)
+        try:
+            fsutil.ensure_folder(folder, self.root)
+        except fsutil.UnsafePathError as exc:
+            raise CacheError(str(exc), hint=f"remove {exc.path}; ssdtool recreates it") from exc
+        except OSError as exc:
+            log.debug("cannot create %s (%s); going on without it", folder, exc)
+
+    def remove_file(self, path: Path) -> None:
+        """Remove a file (or a link itself, never its target) from the cache; absent is fine."""
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise CacheError(f"cannot remove {path}: {exc}", hint="check the cache directory's permissions") from exc
+
     def remove_record(self, model: ModelEntry | str, file: FileEntry | str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.record_path(model, file).unlink()  # a link is removed itself, never its target
@@ -270,6 +306,30 @@ class Cache:
         with contextlib.suppress(FileNotFoundError):
             self.owner_path(model, file).unlink()
 
+    def compiled_model_dir(self, model: ModelEntry | str) -> Path:
+        """OpenVINO's compiled-model cache for a model (blobs per device, hint and precision; safe to delete)."""
+        return self.metadata_dir(model) / "ov-cache"
+
+    def usable_compiled_model_dir(self, model: ModelEntry | str) -> Path | None:
+        """The compiled-model cache folder, created if needed, or None to compile without one this run.
+
+        OpenVINO writes blobs there itself (following links), so it is used only when it is a real folder that
+        belongs to the user running ssdtool and that nobody else can write; a read-only cache has none. Any other
+        case costs a compile, never the run.
+        """
+        folder = self.compiled_model_dir(model)
+        try:
+            self.make_folder(folder)
+            info = os.lstat(folder)
+        except (CacheError, OSError) as exc:
+            log.info("compiling without the compiled-model cache: %s", exc)
+            return None
+        if info.st_uid != os.geteuid() or info.st_mode & 0o022 or not os.access(folder, os.W_OK):
+            log.info("compiling without the compiled-model cache: %s is not a folder only this user (uid %d) can "
+                     "write", folder, os.geteuid())
+            return None
+        return folder
+
     def ir_root(self, model: ModelEntry | str) -> Path:
         return self.model_dir(model) / IR_DIR
 
@@ -295,21 +355,21 @@ class Cache:
         return sorted(xml for xml in root.glob(f"*/{name}.xml")
                       if not xml.parent.is_symlink() and ir_problem(xml) is None)
 
-    def file_state(self, model: ModelEntry, file: FileEntry) -> str:
+    def file_state(self, model: ModelEntry, file: FileEntry) -> ModelState:
         """missing / partial / downloaded, judged by presence and size (``ssdtool verify`` re-hashes)."""
         path = self.file_path(model, file)
         try:
             if path.stat().st_size == file.size:
-                return STATE_DOWNLOADED
+                return ModelState.DOWNLOADED
         except OSError:
             pass
-        return STATE_PARTIAL if os.path.lexists(path) or os.path.lexists(self.part_path(model, file)) \
-            else STATE_MISSING
+        return ModelState.PARTIAL if os.path.lexists(path) or os.path.lexists(self.part_path(model, file)) \
+            else ModelState.MISSING
 
-    def model_state(self, model: ModelEntry) -> str:
+    def model_state(self, model: ModelEntry) -> ModelState:
         states = [self.file_state(model, f) for f in model.files]
-        if all(s == STATE_DOWNLOADED for s in states):
-            return STATE_CONVERTED if self.converted_irs(model) else STATE_DOWNLOADED
-        if any(s != STATE_MISSING for s in states):
-            return STATE_PARTIAL
-        return STATE_MISSING
+        if all(s == ModelState.DOWNLOADED for s in states):
+            return ModelState.CONVERTED if self.converted_irs(model) else ModelState.DOWNLOADED
+        if any(s != ModelState.MISSING for s in states):
+            return ModelState.PARTIAL
+        return ModelState.MISSING

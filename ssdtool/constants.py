@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from enum import Enum
 
+#: The environment variable naming a registry file to use instead of the packaged one.
+REGISTRY_ENV = "SSDTOOL_REGISTRY"
+
 
 class Choice(str, Enum):
     """A closed set of strings (``enum.StrEnum`` needs Python 3.11; this works on 3.10)."""
@@ -78,3 +81,61 @@ class PerformanceHint(Choice):
 
     LATENCY = "latency"
     THROUGHPUT = "throughput"
+
+
+class DownloadEventKind(Choice):
+    """What a :class:`ssdtool.download.DownloadEvent` reports (docs/download.md lists each kind's fields)."""
+
+    START = "start"
+    PROGRESS = "progress"
+    SOURCE_FAILED = "source_failed"
+    WAITING = "waiting"
+    VERIFIED = "verified"
+    DONE = "done"
+
+
+class FailureKind(Choice):
+    """Why a source did not deliver: the network (HTTP error, connection, timeout, missing file), the content
+    (bytes of the wrong size or checksum), or not tried (offline mode forbids network sources)."""
+
+    NETWORK = "network"
+    CONTENT = "content"
+    SKIPPED = "skipped"
+
+
+class VerifyStatus(Choice):
+    """The state of one cached file after ``ssdtool verify`` re-hashed it."""
+
+    OK = "ok"
+    REPAIRED = "repaired"
+    MISSING = "missing"
+    PARTIAL = "partial"
+    BAD_SIZE = "bad-size"
+    BAD_CHECKSUM = "bad-checksum"
+
+
+class ModelState(Choice):
+    """A model's files in the cache, as ``ssdtool models`` shows it."""
+
+    MISSING = "missing"
+    PARTIAL = "partial"
+    DOWNLOADED = "downloaded"
+    CONVERTED = "converted"
+
+
+class ProgressMode(Choice):
+    """``--progress``: a bar on a terminal, log lines elsewhere (auto), JSON lines, or nothing."""
+
+    AUTO = "auto"
+    BAR = "bar"
+    JSON = "json"
+    NONE = "none"
+
+
+class OutputFormat(Choice):
+    """``detect --format``."""
+
+    TABLE = "table"
+    JSON = "json"
+    JSONL = "jsonl"
+    COCO = "coco"

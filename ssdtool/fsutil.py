@@ -28,9 +28,9 @@ import os
 import secrets
 import shutil
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, BinaryIO
 
 from ssdtool.errors import UsageError
 
@@ -92,6 +92,12 @@ def open_regular(path: str | os.PathLike[str], flags: int = os.O_RDONLY, mode: i
                 exc.errno == errno.EEXIST and os.path.islink(path)):
             raise _refuse_link(path) from None
         raise
+    return _regular_only(descriptor, path)
+
+
+def _regular_only(descriptor: int, path: str | os.PathLike[str]) -> int:
+    """``descriptor`` when it is a regular file (made blocking again: it was opened non-blocking so that a FIFO
+    could not hang the open); closed, with :class:`UnsafePathError`, otherwise."""
     try:
         info = os.fstat(descriptor)
         if not stat.S_ISREG(info.st_mode):
@@ -112,15 +118,7 @@ def read_regular(path: str | os.PathLike[str], limit: int, *, follow_links: bool
     """
     path = Path(path)
     if follow_links:
-        descriptor = os.open(path, os.O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_BINARY)
-        try:
-            info = os.fstat(descriptor)
-            if not stat.S_ISREG(info.st_mode):
-                raise UnsafePathError(path, f"it is {describe(info.st_mode)}, expected a regular file")
-            os.set_blocking(descriptor, True)
-        except BaseException:
-            os.close(descriptor)
-            raise
+        descriptor = _regular_only(os.open(path, os.O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_BINARY), path)
     else:
         descriptor = open_regular(path)
     with os.fdopen(descriptor, "rb") as stream:
@@ -175,8 +173,9 @@ def _components(path: Path, root: Path) -> Iterator[Path]:
         yield current
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a new temporary file in the same folder, fsynced, then renamed.
+def atomic_write(path: Path, data: bytes | Callable[[BinaryIO], object]) -> None:
+    """Write ``data`` (bytes, or a function that writes to the stream it is given) to ``path`` through a new
+    temporary file in the same folder, fsynced, then renamed.
 
     A reader sees the old content or the new, never half of it; a link at ``path`` is replaced, not followed.
     """
@@ -184,7 +183,10 @@ def atomic_write(path: Path, data: bytes) -> None:
     descriptor = open_regular(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
     try:
         with os.fdopen(descriptor, "wb") as stream:
-            stream.write(data)
+            if isinstance(data, bytes):
+                stream.write(data)
+            else:
+                data(stream)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, path)
@@ -192,6 +194,16 @@ def atomic_write(path: Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise
+
+
+def fsync_folder(path: Path) -> None:
+    """Make a rename inside ``path`` durable; not possible on every platform or filesystem, and then skipped."""
+    with contextlib.suppress(OSError):
+        descriptor = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
 
 
 def make_temporary_folder(parent: Path, prefix: str) -> Path:
