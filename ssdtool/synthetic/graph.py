@@ -1,79 +1,33 @@
-"""The synthetic twin of ``resnet34-ssd1200.onnx``: same network, interface and export pattern, seeded weights.
-
-The real file cannot be fetched in CI, so every test, benchmark and smoke check runs on this twin.
-It is built with ``onnx.helper`` and numpy only, and is byte-reproducible: the same spec gives the
-same bytes on every machine, Python and numpy version (see :func:`_uniform` for how).
-
-Variants, all from one builder (``TwinSpec``):
-
-* ``full``: 1200 px, 20.06 M parameters, 433 GFLOPs, ~80.2 MB: the real file's size and cost.
-* ``tiny``: 300 px, channel widths / 8, default boxes for the 300 px feature sizes; milliseconds.
-* ``planted``: either geometry, head tensors independent of the image that encode a chosen set of
-  detections exactly (zero head weights plus a constant added to the conf heads).
-* ``heads_only``: the graph cut after the twelve head tensors, conf first then loc (Furiosa form).
-
-URL form used by the registry: ``synthetic:ssd-resnet34?seed=0`` and ``...&variant=tiny``
-(optionally ``&outputs=heads``). See docs/synthetic.md.
-"""
+"""The twin's ONNX graph: seeded weights, backbone, extras, heads and the export's decode/NMS tail; and counting
+its parameters and FLOPs."""
 
 from __future__ import annotations
 
 import math
-import re
 import zlib
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qsl
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
 from ssdtool import ssd
-
-__all__ = [
-    "HEAD_CONF_NAMES",
-    "HEAD_LOC_NAMES",
-    "OPSET",
-    "PRODUCER_NAME",
-    "PRODUCER_VERSION",
-    "URL_SCHEME",
-    "FlopCount",
-    "PlantedDetection",
-    "SyntheticUrlError",
-    "TwinSpec",
-    "build_model",
-    "build_to_path",
-    "count_flops",
-    "count_parameters",
-    "is_synthetic_url",
-    "normalize_image",
-    "parse_synthetic_url",
-    "planted_expected",
-    "sample_images",
-]
-
-URL_SCHEME = "synthetic"
-URL_MODEL = "ssd-resnet34"
-OPSET = 10
-IR_VERSION = 5  # the IR version that goes with opset 10 (ONNX 1.5), as in the PyTorch export of the real file
-PRODUCER_NAME = "ssdtool-synthetic"
-PRODUCER_VERSION = "1"  # bump only when the bytes change on purpose; never the ssdtool version
-
-HEAD_LOC_NAMES: tuple[str, ...] = tuple(f"loc_{i}" for i in range(6))
-HEAD_CONF_NAMES: tuple[str, ...] = tuple(f"conf_{i}" for i in range(6))
-
-IMAGE_MEAN = (0.485, 0.456, 0.406)
-IMAGE_STD = (0.229, 0.224, 0.225)
-
-MAX_DETECTIONS = 200
-IOU_THRESHOLD = 0.5
-SCORE_THRESHOLD = 0.05
-
-_VARIANTS: dict[str, tuple[int, int]] = {"full": (1200, 1), "tiny": (300, 8)}  # image size, width divisor
-_OUTPUT_FORMS = ("detections", "heads")
-
+from ssdtool.synthetic.spec import (
+    HEAD_CONF_NAMES,
+    HEAD_LOC_NAMES,
+    IOU_THRESHOLD,
+    IR_VERSION,
+    MAX_DETECTIONS,
+    OPSET,
+    PLANTED_EPSILON,
+    PRODUCER_NAME,
+    PRODUCER_VERSION,
+    SCORE_THRESHOLD,
+    TwinSpec,
+    parse_synthetic_url,
+)
 
 # --------------------------------------------------------------------------------------------- calibration
 # Weight scales. Chosen by measuring activations on sample_images() (see docs/synthetic.md); they are
@@ -94,128 +48,6 @@ _CONF_GAIN = 1.0
 _CONF_SHARE = 0.9
 _BACKGROUND_LOGIT: dict[str, float] = {"full": 4.0, "tiny": 6.0}
 _BACKGROUND_TRACK: dict[str, float] = {"full": 5.0, "tiny": 2.5}
-
-# Planted models: every non-planted foreground probability is this (far below the 0.05 threshold).
-_PLANTED_EPS = 1e-6
-
-
-# --------------------------------------------------------------------------------------------- specs
-class SyntheticUrlError(ValueError):
-    """A ``synthetic:`` URL that cannot be parsed; the message says what was expected."""
-
-
-@dataclass(frozen=True)
-class PlantedDetection:
-    """One detection a planted model must return: default box ``box_index`` with class ``label``
-    (1..80) at probability ``score`` (strictly between 0.05 and 1). Its box is that default box."""
-
-    box_index: int
-    label: int
-    score: float
-
-
-@dataclass(frozen=True)
-class TwinSpec:
-    """What to build. ``planted=None`` means seeded heads; a tuple (even empty) means planted heads."""
-
-    seed: int = 0
-    variant: str = "full"
-    heads_only: bool = False
-    planted: tuple[PlantedDetection, ...] | None = field(default=None)
-
-    def __post_init__(self) -> None:
-        if self.variant not in _VARIANTS:
-            raise ValueError(f"unknown synthetic variant {self.variant!r}; expected one of {sorted(_VARIANTS)}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
-            raise ValueError(f"seed must be an integer in 0..2**32-1, got {self.seed!r}")
-        if self.planted is not None:
-            planted = tuple(self.planted)
-            object.__setattr__(self, "planted", planted)
-            _validate_planted(planted, self.geometry)
-
-    @property
-    def image_size(self) -> int:
-        return _VARIANTS[self.variant][0]
-
-    @property
-    def width_divisor(self) -> int:
-        return _VARIANTS[self.variant][1]
-
-    @property
-    def geometry(self) -> ssd.SsdGeometry:
-        return ssd.SsdGeometry.for_input(self.image_size)
-
-    def to_url(self) -> str:
-        """The canonical ``synthetic:`` URL; planted specs have none (they are built in code)."""
-        if self.planted is not None:
-            raise ValueError("planted twins have no URL form; build them with build_model()")
-        url = f"{URL_SCHEME}:{URL_MODEL}?seed={self.seed}"
-        if self.variant != "full":
-            url += f"&variant={self.variant}"
-        if self.heads_only:
-            url += "&outputs=heads"
-        return url
-
-
-def _validate_planted(planted: tuple[PlantedDetection, ...], geometry: ssd.SsdGeometry) -> None:
-    per_box: dict[int, float] = {}
-    seen: set[tuple[int, int]] = set()
-    for p in planted:
-        if not isinstance(p, PlantedDetection):
-            raise ValueError(f"planted entries must be PlantedDetection, got {p!r}")
-        if not 0 <= p.box_index < geometry.num_boxes:
-            raise ValueError(f"planted box_index {p.box_index} out of range 0..{geometry.num_boxes - 1}")
-        if not 1 <= p.label <= ssd.NUM_CLASSES - 1:
-            raise ValueError(f"planted label {p.label} out of range 1..{ssd.NUM_CLASSES - 1}")
-        if not SCORE_THRESHOLD < p.score < 1.0:
-            raise ValueError(f"planted score {p.score} must be strictly between {SCORE_THRESHOLD} and 1")
-        if (p.box_index, p.label) in seen:
-            raise ValueError(f"box {p.box_index} planted twice with label {p.label}")
-        seen.add((p.box_index, p.label))
-        per_box[p.box_index] = per_box.get(p.box_index, 0.0) + p.score
-    limit = 1.0 - ssd.NUM_CLASSES * _PLANTED_EPS
-    for box, total in per_box.items():
-        if total >= limit:
-            raise ValueError(f"planted scores at box {box} sum to {total}; they must leave room for background")
-
-
-def is_synthetic_url(url: str) -> bool:
-    return url.startswith(URL_SCHEME + ":")
-
-
-def parse_synthetic_url(url: str) -> TwinSpec:
-    """Parse ``synthetic:ssd-resnet34?seed=N[&variant=full|tiny][&outputs=detections|heads]``."""
-    prefix = f"{URL_SCHEME}:{URL_MODEL}"
-    expected = f"expected {prefix}?seed=N[&variant=full|tiny][&outputs=detections|heads]"
-    if not isinstance(url, str) or not url.startswith(URL_SCHEME + ":"):
-        raise SyntheticUrlError(f"not a synthetic URL: {url!r}; {expected}")
-    head, _, query = url.partition("?")
-    if head != prefix:
-        raise SyntheticUrlError(f"unknown synthetic model {head[len(URL_SCHEME) + 1:]!r} in {url!r}; {expected}")
-    try:
-        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True)
-    except ValueError:
-        raise SyntheticUrlError(f"malformed query in {url!r}; {expected}") from None
-    params: dict[str, str] = {}
-    for key, value in pairs:
-        if key in params:
-            raise SyntheticUrlError(f"parameter {key!r} given twice in {url!r}")
-        params[key] = value
-    unknown = sorted(set(params) - {"seed", "variant", "outputs"})
-    if unknown:
-        raise SyntheticUrlError(f"unknown parameter(s) {', '.join(unknown)} in {url!r}; {expected}")
-    if "seed" not in params:
-        raise SyntheticUrlError(f"missing seed in {url!r}; {expected}")
-    seed_text = params["seed"]
-    if not re.fullmatch(r"0|[1-9][0-9]{0,9}", seed_text) or int(seed_text) >= 2**32:
-        raise SyntheticUrlError(f"seed must be a decimal integer in 0..4294967295, got {seed_text!r} in {url!r}")
-    variant = params.get("variant", "full")
-    if variant not in _VARIANTS:
-        raise SyntheticUrlError(f"unknown variant {variant!r} in {url!r}; expected one of {sorted(_VARIANTS)}")
-    outputs = params.get("outputs", "detections")
-    if outputs not in _OUTPUT_FORMS:
-        raise SyntheticUrlError(f"unknown outputs {outputs!r} in {url!r}; expected one of {list(_OUTPUT_FORMS)}")
-    return TwinSpec(seed=int(seed_text), variant=variant, heads_only=outputs == "heads")
 
 
 # --------------------------------------------------------------------------------------------- weights
@@ -390,14 +222,14 @@ def _planted_logits(spec: TwinSpec) -> np.ndarray:
     """Conf logits ``[81, N]`` whose softmax is exactly the planted probabilities.
 
     Logits are log-probabilities of a distribution that sums to one, so softmax returns them
-    unchanged: the planted score for its class, ``_PLANTED_EPS`` for every other foreground class,
+    unchanged: the planted score for its class, ``PLANTED_EPSILON`` for every other foreground class,
     background takes the rest. (``np.log`` is the one libm call in the builder; planted twins are
     built in tests and never pinned by checksum, and their outputs are compared with a tolerance.)
     """
     assert spec.planted is not None
     n = spec.geometry.num_boxes
-    probs = np.full((ssd.NUM_CLASSES, n), _PLANTED_EPS, dtype=np.float64)
-    probs[0, :] = 1.0 - (ssd.NUM_CLASSES - 1) * _PLANTED_EPS
+    probs = np.full((ssd.NUM_CLASSES, n), PLANTED_EPSILON, dtype=np.float64)
+    probs[0, :] = 1.0 - (ssd.NUM_CLASSES - 1) * PLANTED_EPSILON
     for p in spec.planted:
         probs[p.label, p.box_index] = p.score
     fg_sum = probs[1:, :].sum(axis=0)
@@ -533,24 +365,6 @@ def build_to_path(spec: TwinSpec | str, path: str | Path) -> None:
         fh.write(data)
 
 
-def planted_expected(
-    planted: Iterable[PlantedDetection], geometry: ssd.SsdGeometry
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """What a planted model returns: (bboxes [k, 4], labels [k], scores [k]) after the model's own
-    NMS and TopK (planted boxes of one class that overlap by IoU > 0.5 suppress each other)."""
-    items = list(planted)
-    boxes = ssd.default_boxes(geometry, "ltrb")
-    if not items:
-        return np.zeros((0, 4), np.float32), np.zeros(0, np.int64), np.zeros(0, np.float32)
-    rows = sorted({p.box_index for p in items})
-    row_of = {b: i for i, b in enumerate(rows)}
-    probs = np.zeros((len(rows), ssd.NUM_CLASSES), np.float32)
-    for p in items:
-        probs[row_of[p.box_index], p.label] = np.float32(p.score)
-    sel_boxes, labels, scores = ssd.select(boxes[rows], probs, IOU_THRESHOLD, SCORE_THRESHOLD,
-                                           MAX_DETECTIONS, MAX_DETECTIONS)
-    return sel_boxes, labels, scores
-
 
 # --------------------------------------------------------------------------------------------- counting
 def count_parameters(model: onnx.ModelProto) -> int:
@@ -607,52 +421,3 @@ def count_flops(model: onnx.ModelProto) -> FlopCount:
 
 def _is_tail(node: onnx.NodeProto) -> bool:
     return not node.name.startswith(("backbone.", "extra.", "head."))
-
-
-# --------------------------------------------------------------------------------------------- images
-def sample_images(size: int) -> list[tuple[str, np.ndarray]]:
-    """Deterministic RGB uint8 images ``[size, size, 3]`` for smoke tests and calibration:
-    gradients, shapes, stripes, smooth blobs and noise. Drawn in normalised coordinates, so the
-    same scene appears at every size."""
-    t = (np.arange(size, dtype=np.float64) + 0.5) / size
-    y, x = np.meshgrid(t, t, indexing="ij")
-    images: list[tuple[str, np.ndarray]] = []
-
-    grad = np.stack([x, y, 1.0 - 0.5 * (x + y)], axis=-1)
-    images.append(("gradient", grad))
-
-    r = np.hypot(x - 0.5, y - 0.4)
-    radial = np.stack([0.5 + 0.5 * np.cos(18 * r), 0.5 + 0.5 * np.sin(11 * r), np.clip(1 - 1.5 * r, 0, 1)], -1)
-    images.append(("radial", radial))
-
-    shapes = np.empty((size, size, 3))
-    shapes[:] = (0.55, 0.6, 0.5)
-    for (x0, y0, x1, y1), colour in (
-        ((0.08, 0.1, 0.38, 0.55), (0.9, 0.1, 0.1)),
-        ((0.5, 0.55, 0.95, 0.9), (0.1, 0.2, 0.85)),
-        ((0.6, 0.08, 0.8, 0.4), (0.95, 0.85, 0.1)),
-    ):
-        shapes[(x >= x0) & (x < x1) & (y >= y0) & (y < y1)] = colour
-    for (cx, cy, rad), colour in (((0.3, 0.78, 0.14), (0.1, 0.7, 0.2)), ((0.75, 0.3, 0.08), (0.05, 0.05, 0.05))):
-        shapes[np.hypot(x - cx, y - cy) < rad] = colour
-    images.append(("shapes", shapes))
-
-    stripes = np.stack([0.5 + 0.5 * np.sign(np.sin(2 * np.pi * 12 * (x + 0.3 * y)))] * 3, -1)
-    stripes[..., 2] = 0.5 + 0.5 * np.sin(2 * np.pi * 3 * y)
-    images.append(("stripes", stripes))
-
-    coarse = np.random.RandomState(1).random_sample((8, 8, 3))
-    idx = np.minimum((t * 8).astype(int), 7)
-    images.append(("blobs", coarse[idx][:, idx]))
-
-    noise = np.random.RandomState(2).random_sample((size, size, 3))
-    images.append(("noise", noise))
-
-    return [(name, np.clip(np.round(img * 255.0), 0, 255).astype(np.uint8)) for name, img in images]
-
-
-def normalize_image(image: np.ndarray) -> np.ndarray:
-    """RGB uint8 ``[H, W, 3]`` -> float32 ``[1, 3, H, W]``: /255, minus ImageNet mean, over std."""
-    arr = np.asarray(image, dtype=np.float32) / np.float32(255.0)
-    arr = (arr - np.asarray(IMAGE_MEAN, np.float32)) / np.asarray(IMAGE_STD, np.float32)
-    return np.ascontiguousarray(arr.transpose(2, 0, 1)[None])

@@ -1,35 +1,22 @@
-"""Load and validate the model registry (``models.yml``) into frozen dataclasses.
-
-Validation collects every problem with its location (``models.NAME.files[0].sha256``) and what was expected,
-so one run shows a registry author everything to fix. Only ``yaml.SafeLoader`` is used (through a subclass
-that additionally rejects duplicate keys, which plain ``safe_load`` silently overwrites); libyaml's C parser
-(``CSafeLoader``) when PyYAML has it, about six times faster than the pure-Python one.
-
-Load cost is bounded and linear: the file must be a regular file of at most :data:`MAX_REGISTRY_BYTES`, and the
-document may expand (through YAML aliases) to at most :data:`MAX_REGISTRY_VALUES` values. A 50 MB registry used
-to take minutes and gigabytes, nearly all of it in the pure-Python YAML parser's node objects.
-"""
+"""Validating ``models.yml``: a duplicate-key-refusing safe YAML loader, bounded expansion, and a walk that collects
+every problem with its location (``models.NAME.files[0].sha256``) and what was expected."""
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import unicodedata
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
-from importlib import resources
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
 
-from ssdtool.errors import RegistryError, UnknownModelError
+from ssdtool.errors import RegistryError
 from ssdtool.redact import redact_url
+from ssdtool.registry.entries import ConvertSpec, FileEntry, InputSpec, ModelEntry, OutputSpec, Registry
 
-REGISTRY_ENV = "SSDTOOL_REGISTRY"
-#: Largest registry file accepted (ssdtool's own is 4 KB; this holds about 500 full model entries).
 MAX_REGISTRY_BYTES = 1 << 20
 #: Most values (scalars, lists, mappings) the parsed document may hold, counting each use of a YAML alias.
 MAX_REGISTRY_VALUES = 200_000
@@ -39,7 +26,6 @@ MAX_NAME_BYTES = 200
 #: Names of the cache layout's own folders in a model's folder (``ssdtool.cache``); no model file may take them.
 CACHE_LAYOUT_NAMES = frozenset({".ssdtool", "openvino"})
 REGISTRY_FORMAT_VERSION = 1
-PACKAGED_REGISTRY_NAME = "models.yml"
 
 ALLOWED_SCHEMES = ("http", "https", "file", "synthetic")
 TASKS = ("detection",)
@@ -53,121 +39,6 @@ _HASH_LENGTHS = {"sha256": 64, "sha384": 96}
 _HEX = re.compile(r"[0-9a-f]*")
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
-
-@dataclass(frozen=True)
-class FileEntry:
-    """One file of a model, with everything needed to fetch and verify it."""
-
-    name: str
-    size: int
-    sources: tuple[str, ...]
-    sha256: str | None = None
-    sha384: str | None = None
-
-    @property
-    def checksums(self) -> dict[str, str]:
-        """Algorithm name -> expected hex digest, for every checksum the registry lists."""
-        return {algo: value for algo, value in (("sha256", self.sha256), ("sha384", self.sha384)) if value}
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    name: str
-    shape: tuple[int, ...]
-    layout: str
-    color_order: str
-    mean: tuple[float, ...]
-    scale: tuple[float, ...]
-    resize: tuple[int, int]  # (width, height)
-    interpolation: str
-
-
-@dataclass(frozen=True)
-class OutputSpec:
-    boxes: str
-    labels: str
-    scores: str
-    box_format: str
-    box_units: str
-    label_offset: int
-
-
-@dataclass(frozen=True)
-class ConvertSpec:
-    color_order: str
-    output_count: int
-    precision: str
-
-
-@dataclass(frozen=True)
-class ModelEntry:
-    name: str
-    description: str
-    task: str
-    license: str
-    files: tuple[FileEntry, ...]
-    input: InputSpec
-    outputs: OutputSpec
-    labels: str
-    convert: ConvertSpec
-    registry_dir: Path | None = field(default=None, compare=False)
-
-    @property
-    def primary_file(self) -> FileEntry:
-        """The model file itself (the first listed)."""
-        return self.files[0]
-
-    @property
-    def total_size(self) -> int:
-        return sum(f.size for f in self.files)
-
-    def label_path(self) -> Path:
-        """The label file: shipped in the package, or else relative to the registry that names it."""
-        packaged = resources.files("ssdtool") / "data" / self.labels
-        if packaged.is_file():
-            return Path(str(packaged))
-        if self.registry_dir is not None and (self.registry_dir / self.labels).is_file():
-            return self.registry_dir / self.labels
-        raise RegistryError(
-            [f"models.{self.name}.labels: label file {self.labels!r} not found in the package"
-             + (f" or in {self.registry_dir}" if self.registry_dir else "")],
-            hint="ship the label file next to your registry file",
-        )
-
-    def label_names(self) -> tuple[str, ...]:
-        """Label names by index (index 0 is the background); see :func:`ssdtool.labels.label_names`."""
-        from ssdtool.labels import label_names
-
-        return label_names(self)
-
-
-@dataclass(frozen=True)
-class Registry:
-    version: int
-    default_model: str
-    models: Mapping[str, ModelEntry]
-    source: str  # where it was loaded from, for messages
-
-    def model(self, name: str | None = None) -> ModelEntry:
-        """The entry called ``name`` (the default model when None); unknown names suggest close matches."""
-        wanted = name or self.default_model
-        try:
-            return self.models[wanted]
-        except KeyError:
-            close = difflib.get_close_matches(wanted, list(self.models), n=3, cutoff=0.5)
-            if not close:
-                close = [known for known in self.models if wanted.lower() in known.lower()][:3]
-            suggestion = f"did you mean {', '.join(close)}?" if close else "no similar names"
-            raise UnknownModelError(
-                f"unknown model {wanted!r} in {self.source}; {suggestion}",
-                hint="run 'ssdtool models' to list the registry",
-            ) from None
-
-    def __iter__(self) -> Iterator[ModelEntry]:
-        return iter(self.models.values())
-
-    def __len__(self) -> int:
-        return len(self.models)
 
 
 class _UniqueKeys:
@@ -559,46 +430,3 @@ def parse_registry(text: str, source: str = "models.yml", registry_dir: Path | N
     if check.problems:
         raise RegistryError(check.problems, hint=f"fix {source}; the format is described in docs/registry.md")
     return Registry(version=version, default_model=default, models=models, source=source)  # type: ignore[arg-type]
-
-
-def packaged_registry_path() -> Path:
-    """The registry shipped with ssdtool: inside the wheel, or at the repository root in a source checkout."""
-    packaged = resources.files("ssdtool") / PACKAGED_REGISTRY_NAME
-    if packaged.is_file():
-        return Path(str(packaged))
-    # Editable/source checkouts: the one copy lives at the repository root next to the package.
-    checkout = Path(__file__).resolve().parent.parent / PACKAGED_REGISTRY_NAME
-    if checkout.is_file():
-        return checkout
-    raise RegistryError([f"the packaged registry {PACKAGED_REGISTRY_NAME} is missing from this installation"],
-                        hint="reinstall ssdtool, or pass --registry FILE")
-
-
-def load_registry(path: str | os.PathLike[str] | None = None) -> Registry:
-    """Load ``path``, else ``$SSDTOOL_REGISTRY``, else the packaged registry."""
-    if path is None and os.environ.get(REGISTRY_ENV):
-        path = os.environ[REGISTRY_ENV]
-    if path is None:
-        resolved = packaged_registry_path()
-        source = PACKAGED_REGISTRY_NAME
-    else:
-        resolved = Path(path).expanduser()
-        source = str(path)
-    from ssdtool.fsutil import UnsafePathError, read_regular
-
-    try:
-        text = read_regular(resolved, MAX_REGISTRY_BYTES, follow_links=True).decode("utf-8")
-    except FileNotFoundError:
-        raise RegistryError([f"{source}: file not found"],
-                            hint="check the --registry / SSDTOOL_REGISTRY path") from None
-    except UnsafePathError as exc:
-        raise RegistryError([f"{source}: {exc.reason}"],
-                            hint="pass a registry file with --registry FILE (devices and pipes are not read)") from None
-    except ValueError as exc:
-        if isinstance(exc, UnicodeDecodeError):
-            raise RegistryError([f"{source}: not UTF-8 text: {exc}"]) from None
-        raise RegistryError([f"{source}: larger than {MAX_REGISTRY_BYTES:,} bytes, the most a registry may have"],
-                            hint="split it, or drop entries you do not use") from None
-    except OSError as exc:
-        raise RegistryError([f"{source}: cannot read: {exc.strerror or exc}"]) from None
-    return parse_registry(text, source=source, registry_dir=resolved.parent)
