@@ -1,24 +1,39 @@
-"""ssdtool: download, convert and run the MLCommons SSD-ResNet34 1200x1200 detector."""
+"""ssdtool: download, convert and run the MLCommons SSD-ResNet34 1200x1200 detector.
+
+The Python API (docs/python-api.md): :class:`Detector` for detection; :func:`load_image`, :func:`preprocess`,
+:func:`postprocess` and :func:`postprocess_heads` for other runtimes; :func:`find_images` for sources as the CLI
+expands them. Everything is imported on first use, so ``import ssdtool`` (and ``ssdtool --help``) stays light.
+"""
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["Detection", "Detector", "ImageResult", "__version__"]
-
 if TYPE_CHECKING:
-    from ssdtool.detect import Detection, Detector, ImageResult
+    from ssdtool.detect import Detector, RunInfo
+    from ssdtool.detections import Detection, ImageResult, postprocess, postprocess_heads
+    from ssdtool.errors import ImageError
+    from ssdtool.imaging import load_image, preprocess
+    from ssdtool.inputs import find_images
 
-# The detection API is imported on first use, so 'import ssdtool' (and 'ssdtool --help') stays light.
-_LAZY = {"Detector": "ssdtool.detect", "Detection": "ssdtool.detect", "ImageResult": "ssdtool.detect"}
+_LAZY = {
+    "Detector": "ssdtool.detect", "RunInfo": "ssdtool.detect",
+    "Detection": "ssdtool.detections", "ImageResult": "ssdtool.detections", "postprocess": "ssdtool.detections",
+    "postprocess_heads": "ssdtool.detections",
+    "load_image": "ssdtool.imaging", "preprocess": "ssdtool.imaging",
+    "find_images": "ssdtool.inputs",
+    "ImageError": "ssdtool.errors",
+}
+
+__all__ = ["Detection", "Detector", "ImageError", "ImageResult", "RunInfo", "__version__", "find_images", "load_image",
+           "postprocess", "postprocess_heads", "preprocess"]
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        import importlib
-
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'ssdtool' has no attribute {name!r}")
 

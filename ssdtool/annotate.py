@@ -8,18 +8,18 @@ bitmap font elsewhere.
 
 from __future__ import annotations
 
-import os
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ssdtool import fsutil
+
 if TYPE_CHECKING:
     from PIL import Image as PILImage
 
-    from ssdtool.detect import Detection
+    from ssdtool.detections import Detection
 
 # 20 distinguishable colours (Tableau 20), picked by label id so a class keeps its colour across images.
 PALETTE: tuple[tuple[int, int, int], ...] = (
@@ -121,14 +121,8 @@ def output_name(relative: str) -> str:
 
 
 def save_image(image: PILImage.Image, path: Path) -> None:
-    """Write atomically (temporary name, then rename): a reader never sees half an image."""
+    """Write atomically (:func:`ssdtool.fsutil.atomic_write`): a reader never sees half an image."""
     path.parent.mkdir(parents=True, exist_ok=True)
     image_format = KEEP_FORMATS.get(path.suffix.lower(), "PNG")
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
     options: dict[str, Any] = {"quality": 90} if image_format in ("JPEG", "WEBP") else {}
-    try:
-        image.save(temporary, format=image_format, **options)
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
+    fsutil.atomic_write(path, lambda stream: image.save(stream, format=image_format, **options))

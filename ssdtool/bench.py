@@ -5,12 +5,16 @@ NMS included, are exercised), preprocessed once before timing, so only the engin
 inference is reported apart and excluded (it pays for lazy initialisation); throughput mode also runs one
 excluded round over every request before timing.
 
-* OpenVINO, ``latency``: one synchronous request, compiled with the LATENCY hint; latency is the wall time of
-  each ``infer()`` call.
-* OpenVINO, ``throughput``: an ``AsyncInferQueue`` of N requests (default: the compiled model's optimal number)
-  on a THROUGHPUT-compiled model; latency is each request's own time (``InferRequest.latency``).
+Everything runs through the :class:`~ssdtool.backends.Engine` that detection uses, so the figures are those of the
+engine path users run:
+
+* OpenVINO, ``latency``: one synchronous request (``engine.infer``), compiled with the LATENCY hint; latency is
+  the wall time of each call.
+* OpenVINO, ``throughput``: N requests in flight (default: the compiled model's optimal number) on a
+  THROUGHPUT-compiled model (``engine.infer_stream``, no Python callbacks); latency is each request's own time
+  (``InferRequest.latency``).
 * onnxruntime, ``latency``: one session using every core, one run at a time.
-* onnxruntime, ``throughput``: N threads (default: one per core) sharing one session with cores/N intra-op
+* onnxruntime, ``throughput``: N runs at a time (default: one per core) sharing one session with cores/N intra-op
   threads each (a session is safe to run from several threads, and ``run`` releases the GIL).
 
 Peak memory is the process's resident high-water mark, reset (Linux ``/proc/self/clear_refs``) after the model is
@@ -25,19 +29,23 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ssdtool import artifacts
 from ssdtool import precision as inference_precisions
 from ssdtool.cache import Cache
 from ssdtool.constants import Backend, IRPrecision, PerformanceHint
-from ssdtool.errors import OfflineError, UsageError
-from ssdtool.imaging import generated_images, normalized_input, raw_input, resize_rgb
+from ssdtool.errors import BackendError, UsageError
+from ssdtool.imaging import generated_images, preprocess
 from ssdtool.registry import ModelEntry
+
+if TYPE_CHECKING:
+    from ssdtool.backends import Engine
 
 log = logging.getLogger("ssdtool.bench")
 
@@ -114,7 +122,8 @@ class BenchReport:
 
 def check_options(options: BenchOptions) -> None:
     if options.backend not in BACKENDS:
-        raise UsageError(f"unknown backend {options.backend!r}; expected one of {', '.join(BACKENDS)}")
+        raise BackendError(f"unknown backend {options.backend!r}; expected one of {', '.join(BACKENDS)}",
+                           hint="use --backend openvino or onnxruntime")
     if options.hint not in HINTS:
         raise UsageError(f"unknown hint {options.hint!r}; expected one of {', '.join(HINTS)}")
     if options.precision not in PRECISIONS:
@@ -169,8 +178,6 @@ class _Timings:
     latencies_ms: list[float]
     duration: float
     requests: int
-    streams: int | None = None
-    threads: int | None = None
 
 
 class _Budget:
@@ -195,102 +202,32 @@ class _Budget:
             self.started += 1
             return self.started - 1
 
+    def items(self, tensors: Sequence[np.ndarray]) -> Iterator[tuple[int, np.ndarray]]:
+        """``(iteration, tensor)`` pairs, the tensors cycled, until the budget is spent."""
+        while (index := self.take()) is not None:
+            yield index, tensors[index % len(tensors)]
 
-def _run_openvino(engine: Any, tensors: Sequence[np.ndarray], options: BenchOptions) -> _Timings:
-    from ssdtool.backends import import_engine
 
-    ov = import_engine("openvino")
-    compiled = engine.compiled
-    ov_tensors = [ov.Tensor(tensor, shared_memory=True) for tensor in tensors]
-    streams = _int_property(compiled, "NUM_STREAMS")
-    threads = _int_property(compiled, "INFERENCE_NUM_THREADS")
-    request = compiled.create_infer_request()
-    request.set_input_tensor(ov_tensors[0])
+def _measure(engine: Engine, tensors: Sequence[np.ndarray], options: BenchOptions, requests: int) -> _Timings:
+    """The first inference apart, then the timed iterations: one at a time (latency) or ``requests`` in flight."""
     began = time.perf_counter()
-    request.infer()
-    first_ms = (time.perf_counter() - began) * 1000
-    if options.hint == "latency":
-        latencies: list[float] = []
-        budget = _Budget(options.iterations, options.seconds)
-        while (index := budget.take()) is not None:
-            request.set_input_tensor(ov_tensors[index % len(ov_tensors)])
-            began = time.perf_counter()
-            request.infer()
-            latencies.append((time.perf_counter() - began) * 1000)
-        return _Timings(first_ms, latencies, time.perf_counter() - budget.began, 1, streams, threads)
-    requests = options.requests or engine.optimal_requests
-    queue = ov.AsyncInferQueue(compiled, requests)
-    latencies = []
-    finished: list[float] = []
-    record = [False]
-
-    def on_done(infer_request: Any, _userdata: Any) -> None:
-        # An OpenVINO thread; list.append is atomic under the GIL.
-        if record[0]:
-            latencies.append(float(infer_request.latency))
-            finished.append(time.perf_counter())
-
-    queue.set_callback(on_done)
-    for index in range(requests):  # warm-up round: every request (and stream) runs once, untimed
-        queue.start_async({0: ov_tensors[index % len(ov_tensors)]})
-    queue.wait_all()
-    record[0] = True
-    budget = _Budget(options.iterations, options.seconds)
-    while (index := budget.take()) is not None:
-        queue.start_async({0: ov_tensors[index % len(ov_tensors)]})  # blocks until a request is free
-    queue.wait_all()
-    duration = (max(finished) if finished else time.perf_counter()) - budget.began
-    return _Timings(first_ms, latencies, duration, requests, streams, threads)
-
-
-def _int_property(compiled: Any, name: str) -> int | None:
-    try:
-        return int(compiled.get_property(name))
-    except Exception:  # not every device reports every property
-        return None
-
-
-def _run_onnxruntime(tensors: Sequence[np.ndarray], options: BenchOptions,
-                     load: Callable[[int | None], Any]) -> tuple[_Timings, float]:
-    cores = os.cpu_count() or 1
-    requests = 1 if options.hint == "latency" else (options.requests or cores)
-    threads = None if requests == 1 else max(1, cores // requests)
-    began = time.perf_counter()
-    engine = load(threads)
-    load_seconds = time.perf_counter() - began
-    session, name = engine.session, engine.input_name
-    began = time.perf_counter()
-    session.run(None, {name: tensors[0]})
+    engine.infer(tensors[0])
     first_ms = (time.perf_counter() - began) * 1000
     latencies: list[float] = []
-    errors: list[BaseException] = []
-    if requests > 1:  # warm-up round, one run per thread, untimed
-        warm = [threading.Thread(target=session.run, args=(None, {name: tensors[i % len(tensors)]}))
-                for i in range(requests)]
-        for thread in warm:
-            thread.start()
-        for thread in warm:
-            thread.join()
+    if requests == 1:
+        budget = _Budget(options.iterations, options.seconds)
+        for _index, tensor in budget.items(tensors):
+            started = time.perf_counter()
+            engine.infer(tensor)
+            latencies.append((time.perf_counter() - started) * 1000)
+        return _Timings(first_ms, latencies, time.perf_counter() - budget.began, 1)
+    warm_up = [(i, tensors[i % len(tensors)]) for i in range(requests)]  # every request (and stream) runs once
+    for _ in engine.infer_stream(warm_up, requests):
+        pass
     budget = _Budget(options.iterations, options.seconds)
-
-    def worker() -> None:
-        try:
-            while (index := budget.take()) is not None:
-                started = time.perf_counter()
-                session.run(None, {name: tensors[index % len(tensors)]})
-                latencies.append((time.perf_counter() - started) * 1000)
-        except BaseException as exc:  # reported on the calling thread
-            errors.append(exc)
-
-    workers = [threading.Thread(target=worker, name=f"ssdtool-bench-{i}") for i in range(requests)]
-    for thread in workers:
-        thread.start()
-    for thread in workers:
-        thread.join()
-    if errors:
-        raise errors[0]
-    duration = time.perf_counter() - budget.began
-    return _Timings(first_ms, latencies, duration, requests, None, threads or cores), load_seconds
+    for _ in engine.infer_stream(budget.items(tensors), requests, lambda _key, ms: latencies.append(ms)):
+        pass
+    return _Timings(first_ms, latencies, time.perf_counter() - budget.began, requests)
 
 
 # ------------------------------------------------------------------------------------------------ entry point
@@ -298,12 +235,9 @@ def input_tensors(entry: ModelEntry, backend: str, count: int = BENCH_IMAGES, in
                   layout: str = "NCHW") -> list[np.ndarray]:
     """``count`` generated images preprocessed for ``backend``: normalized RGB for onnxruntime (the source model),
     raw BGR pixels for an ssdtool IR."""
-    tensors = []
-    for rgb in generated_images(count, seed=BENCH_SEED, size=IMAGE_SIZE):
-        resized = resize_rgb(rgb, entry.input)
-        tensors.append(normalized_input(resized, entry.input) if backend == "onnxruntime"
-                       else raw_input(resized, entry.convert.color_order, layout, input_type))
-    return tensors
+    form = "onnx" if backend == Backend.ONNXRUNTIME else "ir"
+    return [preprocess(rgb, entry, form=form, input_type=input_type, input_layout=layout)
+            for rgb in generated_images(count, seed=BENCH_SEED, size=IMAGE_SIZE)]
 
 
 def _versions(backend: str, precision: str) -> dict[str, str]:
@@ -318,88 +252,68 @@ def _versions(backend: str, precision: str) -> dict[str, str]:
     return versions
 
 
-def model_file(entry: ModelEntry, cache: Cache, options: BenchOptions,
-               progress: Callable[[Any], None] | None = None) -> Path:
-    """The file the benchmark runs, downloaded or converted first when missing (unless ``offline``)."""
-    if options.backend == "onnxruntime":
-        from ssdtool.download import ensure_downloaded
-
-        try:
-            return ensure_downloaded(entry, cache, offline=options.offline, progress=progress)
-        except OfflineError as exc:
-            raise OfflineError(exc.message, hint=f"run 'ssdtool download {entry.name}' first, or drop --offline"
-                               ) from exc
-    from ssdtool.convert import ConvertOptions, convert
-
-    return convert(entry, cache, ConvertOptions(precision=options.precision), offline=options.offline,
-                   progress=progress).xml
-
-
 def benchmark(entry: ModelEntry, cache: Cache, options: BenchOptions | None = None, *,
               progress: Callable[[Any], None] | None = None) -> BenchReport:
     """Benchmark ``entry`` with ``options`` (see :class:`BenchOptions` and the module docstring).
 
     The model is downloaded (onnxruntime) or converted (OpenVINO, including INT8 for models whose calibration can
-    be chosen automatically) when missing. ``progress`` receives download events.
+    be chosen automatically) when missing (:func:`ssdtool.artifacts.model_file`). ``progress`` receives download
+    events.
     """
     options = options or BenchOptions()
     check_options(options)
-    path = model_file(entry, cache, options, progress)
-    return benchmark_file(path, input_tensors(entry, options.backend, options.images), options, model=entry.name)
+    model = artifacts.model_file(entry, cache, options.backend,
+                                 options.precision if options.backend == Backend.OPENVINO else None,
+                                 offline=options.offline, progress=progress)
+    return benchmark_model(model, input_tensors(entry, options.backend, options.images), options)
 
 
 def benchmark_file(path: Path, tensors: Sequence[np.ndarray], options: BenchOptions, *, model: str = ""
                    ) -> BenchReport:
-    """Benchmark one model file (an IR or ONNX for OpenVINO, an ONNX for onnxruntime) on ready input tensors.
-
-    The engine-only core of :func:`benchmark`, also used by ``benchmarks/`` to measure peer models (a plain
-    ``ovc`` conversion, the source ONNX) with exactly the same loop. ``options.precision`` is only reported.
-    """
+    """Benchmark one model file (an IR or ONNX for OpenVINO, an ONNX for onnxruntime) on ready input tensors:
+    the same loop as :func:`benchmark`, for peer models (a plain ``ovc`` conversion, the source ONNX) in
+    ``benchmarks/``. ``options.precision`` is only reported."""
     check_options(options)
+    backend = Backend.parse(options.backend, "backend")
+    form = "ir" if backend == Backend.OPENVINO else "onnx"
+    return benchmark_model(artifacts.ModelFile(model or Path(path).stem, backend, Path(path), form,
+                                               options.precision if form == "ir" else None), tensors, options)
+
+
+def benchmark_model(model: artifacts.ModelFile, tensors: Sequence[np.ndarray], options: BenchOptions
+                    ) -> BenchReport:
+    """The measurement itself: make the engine (timed: the load), run :func:`_measure`, report."""
+    from ssdtool.backends import make_engine
+
     if not tensors:
-        raise UsageError("benchmark_file needs at least one input tensor")
+        raise UsageError("a benchmark needs at least one input tensor")
     _reset_peak_rss()
-    if options.backend == "openvino":
-        from ssdtool.backends.openvino import OpenVinoEngine, device_facts
-        from ssdtool.provenance import read_provenance
-
-        provenance = read_provenance(Path(path))
-        plan = inference_precisions.plan(options.inference_precision, device_facts(options.device),
-                                         inference_precisions.recorded_checks(provenance),
-                                         model=model or Path(path).stem)
-        if options.precision == "INT8":
-            from ssdtool.quantize import recipe_warning
-
-            if warning := recipe_warning(provenance, model or Path(path).stem):
-                log.warning("%s", warning)
-        log.log(plan.level, "inference precision: %s", plan.reason)
+    throughput = options.hint == PerformanceHint.THROUGHPUT
+    if model.backend == Backend.OPENVINO:
+        plan = artifacts.precision_plan(model, options.inference_precision, options.device)
         began = time.perf_counter()
         # Streams are the plugin's choice for the hint (as in benchmark_app); requests only size the queue.
-        engine = OpenVinoEngine(path, device=options.device, hint=options.hint.upper(), inference_precision=plan.pin)
-        load_seconds = time.perf_counter() - began
-        timings = _run_openvino(engine, tensors, options)
-        input_shape = engine.input_shape or tuple(tensors[0].shape)
-        ran, reason = engine.inference_precision, plan.reason
+        engine = make_engine(model, device=options.device, hint=options.hint, inference_precision=plan.pin)
+        reason = plan.reason
     else:
-        from ssdtool.backends.onnxruntime import OnnxRuntimeEngine
-
-        timings, load_seconds = _run_onnxruntime(tensors, options,
-                                                 lambda threads: OnnxRuntimeEngine(path, threads=threads))
-        input_shape = tuple(tensors[0].shape)
-        ran, reason = "f32", "onnxruntime computes in f32 on the CPU"
+        began = time.perf_counter()
+        engine = make_engine(model, requests=(options.requests or os.cpu_count() or 1) if throughput else 1)
+        reason = "onnxruntime computes in f32 on the CPU"
+    load_seconds = time.perf_counter() - began
+    requests = (options.requests or engine.optimal_requests) if throughput else 1
+    timings = _measure(engine, tensors, options, requests)
     peak = peak_rss_bytes()
     latencies = np.asarray(timings.latencies_ms, dtype=np.float64)
-    iterations = len(latencies)
     return BenchReport(
-        model=model or Path(path).stem, backend=options.backend,
-        precision=options.precision if options.backend == "openvino" else "FP32", device=options.device,
-        hint=options.hint, requests=timings.requests, model_path=str(path), input_shape=tuple(input_shape),
-        load_seconds=load_seconds, first_inference_ms=timings.first_ms, iterations=iterations,
-        duration_seconds=timings.duration,
+        model=model.model, backend=model.backend.value,
+        precision=options.precision if model.backend == Backend.OPENVINO else "FP32", device=options.device,
+        hint=options.hint, requests=timings.requests, model_path=str(model.path),
+        input_shape=tuple(engine.input_shape or tensors[0].shape), load_seconds=load_seconds,
+        first_inference_ms=timings.first_ms, iterations=len(latencies), duration_seconds=timings.duration,
         latency_median_ms=float(np.median(latencies)), latency_p90_ms=float(np.percentile(latencies, 90)),
         latency_min_ms=float(latencies.min()), latency_max_ms=float(latencies.max()),
-        latency_mean_ms=float(latencies.mean()), throughput_fps=iterations / timings.duration,
-        peak_rss_mb=peak / 2**20 if peak is not None else None, streams=timings.streams, threads=timings.threads,
-        versions=_versions(options.backend, options.precision), inference_precision=ran,
+        latency_mean_ms=float(latencies.mean()), throughput_fps=len(latencies) / timings.duration,
+        peak_rss_mb=peak / 2**20 if peak is not None else None, streams=engine.streams, threads=engine.threads,
+        versions=_versions(model.backend.value, options.precision), inference_precision=engine.inference_precision,
         inference_precision_requested=inference_precisions.parse(options.inference_precision).value,
         inference_precision_reason=reason)

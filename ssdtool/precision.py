@@ -24,13 +24,16 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ssdtool.constants import InferencePrecision
 from ssdtool.errors import BackendError, UsageError
+
+if TYPE_CHECKING:
+    from ssdtool.matching import RawDetections
 
 log = logging.getLogger("ssdtool.precision")
 
@@ -202,32 +205,26 @@ def onnxruntime_precision(requested: str | InferencePrecision) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ the check
-def measure(xml: Path, tensors: Sequence[Any], outputs: tuple[str, str, str], facts: DeviceFacts,
+def measure(xml: Path, tensors: Sequence[Any], read: Callable[[dict[str, Any]], RawDetections], facts: DeviceFacts,
             *, min_recall: float = RUNTIME_MIN_RECALL) -> RuntimeCheck:
     """Run the IR at ``facts.default_precision`` and at f32 on ``tensors``; match detections order-independently.
 
-    ``outputs`` names the IR's (boxes, labels, scores). Recall is the share of f32 detections found at the default
-    precision; differences are over matched pairs (normalized boxes, scores).
+    ``read`` turns the IR's outputs into network-level detections (:func:`ssdtool.detections.network_detections`).
+    Recall is the share of f32 detections found at the default precision; differences are over matched pairs
+    (normalized boxes, scores).
     """
-    from ssdtool.backends.openvino import OpenVinoEngine
-    from ssdtool.matching import RawDetections, match_detections
+    from ssdtool.backends.openvino import OpenVinoEngine, openvino_version
+    from ssdtool.matching import match_detections
 
     if facts.default_precision is None:
         raise UsageError(f"{facts.device} reports no default inference precision to check")
     reference = OpenVinoEngine(xml, device=facts.device, inference_precision=InferencePrecision.F32.value)
     candidate = OpenVinoEngine(xml, device=facts.device, inference_precision=facts.default_precision)
-    boxes, labels, scores = outputs
-    reports = []
-    for tensor in tensors:
-        ref_out, cand_out = reference.infer(tensor), candidate.infer(tensor)
-        reports.append(match_detections(
-            RawDetections.from_outputs(ref_out[boxes], ref_out[labels], ref_out[scores]),
-            RawDetections.from_outputs(cand_out[boxes], cand_out[labels], cand_out[scores]), RUNTIME_CHECK_IOU))
+    reports = [match_detections(read(reference.infer(tensor)), read(candidate.infer(tensor)), RUNTIME_CHECK_IOU)
+               for tensor in tensors]
     total = sum(r.reference_count for r in reports)
     matched = sum(r.matched for r in reports)
     recall = 1.0 if total == 0 else matched / total
-    from ssdtool.backends.openvino import openvino_version
-
     return RuntimeCheck(
         device=facts.device, device_name=facts.name, precision=facts.default_precision,
         passed=recall >= min_recall, images=len(reports), reference_detections=total, matched=matched,

@@ -3,8 +3,8 @@
 Where quantization sits: NNCF quantizes the *finished* FP32 ``openvino.Model``, after the output rewrite and
 after ``PrePostProcessor`` folded the channel reversal, mean and scale into the graph. So:
 
-* the calibration dataset yields exactly what detection feeds the IR (raw 0-255 BGR pixels from
-  :func:`ssdtool.imaging.raw_input`): one preprocessing path for calibration, the guard and detection;
+* the calibration dataset yields exactly what detection feeds the IR (raw 0-255 BGR pixels, through detection's
+  loader and preprocessing, :mod:`ssdtool.calibration`): one path for calibration, the guard and detection;
 * the graph NNCF sees is the graph that is installed; quantizing before PPP would need a second rewrite of an
   already quantized model and a second, normalized-input calibration path that could drift from the first;
 * NNCF still places the first quantizer after the folded normalization (it quantizes convolution inputs), so the
@@ -17,47 +17,60 @@ detections order-independently (same label, IoU >= 0.5). It passes when at least
 FP32 detections are found in the INT8 output.
 
 NNCF is an optional dependency (``pip install 'ssdtool[int8]'``); it is imported only here, only when a model is
-quantized. NNCF's own progress bars and log lines are kept off stdout: progress is reported through a callback
-(:class:`QuantizeEvent`) that the CLI renders on stderr, and NNCF's log records go to the ``ssdtool`` logger.
+quantized, and quantization runs in a child process (:func:`quantize_file`): NNCF's rich progress bars land on
+that process's stdout, which goes nowhere, while its progress (:class:`QuantizeEvent`, rendered on stderr by the
+CLI) and log records (the ``ssdtool`` logger, at debug level) come back as JSON lines.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import io
+import json
 import logging
-from collections.abc import Callable, Iterator, Sequence
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
-from urllib.parse import urlsplit
 
 import numpy as np
 
+from ssdtool import fsutil
+from ssdtool.backends import import_engine
+from ssdtool.calibration import (
+    DEFAULT_CALIBRATION_SIZE,
+    GENERATED,
+    GUARD_IMAGES,
+    CalibrationSet,
+    calibration_items,
+    held_out_images,
+    load_rgb,
+    network_input,
+    resolve_calibration,
+)
 from ssdtool.constants import Int8Recipe
-from ssdtool.errors import DependencyError, InputError, UsageError
-from ssdtool.imaging import generated_images, raw_input, resize_rgb
-from ssdtool.matching import MatchReport, RawDetections, match_detections
+from ssdtool.detections import network_detections
+from ssdtool.errors import ConversionError, DependencyError, SsdtoolError, all_error_classes
+from ssdtool.matching import MatchReport, match_detections
+from ssdtool.provenance import RT_INFO_ROOT, encode
 from ssdtool.registry import ModelEntry
+
+__all__ = ["DEFAULT_CALIBRATION_SIZE", "GUARD_IMAGES", "CalibrationSet", "resolve_calibration"]
 
 log = logging.getLogger("ssdtool.quantize")
 
-GENERATED = "generated"
-DEFAULT_CALIBRATION_SIZE = 300  # NNCF's own default subset size
-CALIBRATION_SEED = 0
-# Held-out generated images come from another seed, so no guard image was seen during calibration.
-GUARD_SEED = 4242
-GUARD_IMAGES = 8
 GUARD_IOU = 0.5
 # The floor: 90% of the FP32 IR's detections must reappear in the INT8 output (same label, IoU >= 0.5). The
 # same floor as the FP16 parity gate. Trained weights quantize well above it; the synthetic twin's random weights
 # sit closer to it (see docs/convert.md).
 GUARD_MIN_RECALL = 0.90
-GENERATED_SIZE = (640, 480)
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 INSTALL_HINT = "pip install 'ssdtool[int8]'"
+
 # What determines the INT8 graph besides the FP32 graph and the calibration images; part of the idempotency key.
 # Bump "recipe" when these change. overflow_fix "enable" (the portable recipe) quantizes every layer's weights to 7
 # bits instead of only the first layer's (NNCF's default, the vnni recipe): CPUs without VNNI (AVX2) multiply u8 x i8
@@ -127,41 +140,6 @@ ProgressCallback = Callable[[QuantizeEvent], None]
 
 
 @dataclass(frozen=True)
-class CalibrationSet:
-    """The images NNCF collects statistics on, and the held-out images for the accuracy guard.
-
-    ``identity`` names the calibration images for provenance and the idempotency key: ``generated:seed=N`` or
-    ``sha256:HEX`` over the sorted lines ``relative/path<TAB>sha256 of the file``, so renaming or editing an image
-    changes it and moving the folder does not.
-    """
-
-    kind: str  # "generated" or "files"
-    count: int
-    identity: str
-    folder: Path | None = None
-    files: tuple[Path, ...] = field(default=())
-    held_out: tuple[Path, ...] = field(default=())
-    seed: int | None = None
-    guard_images: int = GUARD_IMAGES
-
-    @property
-    def held_out_description(self) -> str:
-        if self.kind == GENERATED:
-            return f"generated:seed={GUARD_SEED}"
-        return f"{len(self.held_out)} files of {self.folder} not used for calibration"
-
-    def to_dict(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"kind": self.kind, "count": self.count, "identity": self.identity}
-        if self.kind == GENERATED:
-            data["seed"] = self.seed
-        else:
-            data["sha256"] = self.identity.removeprefix("sha256:")
-            data["folder"] = str(self.folder)
-            data["held_out_files"] = len(self.held_out)
-        return data
-
-
-@dataclass(frozen=True)
 class AccuracyReport:
     """INT8 IR against the FP32 IR on held-out images."""
 
@@ -188,7 +166,6 @@ class AccuracyReport:
         """The provenance form: figures without the per-image breakdown."""
         return {k: v for k, v in self.to_dict().items() if k != "per_image"}
 
-
 # ------------------------------------------------------------------------------------------------ dependency
 def import_nncf() -> ModuleType:
     """``import nncf``, or :class:`DependencyError` naming the extra that installs it."""
@@ -202,7 +179,6 @@ def import_nncf() -> ModuleType:
                               hint=f"reinstall it with: {INSTALL_HINT} --force-reinstall") from exc
     return nncf
 
-
 def nncf_version() -> str | None:
     """The installed NNCF version from package metadata (no import)."""
     from importlib import metadata
@@ -212,159 +188,7 @@ def nncf_version() -> str | None:
     except metadata.PackageNotFoundError:
         return None
 
-
-# ------------------------------------------------------------------------------------------------ calibration
-def is_synthetic(entry: ModelEntry) -> bool:
-    """True when the model is built by ssdtool's synthetic twin builder (every source is a ``synthetic:`` URL)."""
-    return all(urlsplit(url).scheme.lower() == "synthetic" for url in entry.primary_file.sources)
-
-
-def _spread(items: Sequence[Path], count: int) -> list[Path]:
-    """``count`` items spread evenly over ``items`` (in order), so a sorted folder is sampled end to end."""
-    if count >= len(items):
-        return list(items)
-    return [items[(index * len(items)) // count] for index in range(count)]
-
-
-def find_images(folder: Path) -> list[Path]:
-    """Image files under ``folder`` (recursive, by suffix), sorted by relative path."""
-    found = [path for path in folder.rglob("*")
-             if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file() and not path.name.startswith(".")]
-    return sorted(found, key=lambda path: path.relative_to(folder).as_posix())
-
-
-def _files_identity(folder: Path, files: Sequence[Path]) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(files, key=lambda p: p.relative_to(folder).as_posix()):
-        content = hashlib.sha256()
-        with open(path, "rb") as handle:
-            while chunk := handle.read(1 << 20):
-                content.update(chunk)
-        digest.update(f"{path.relative_to(folder).as_posix()}\t{content.hexdigest()}\n".encode())
-    return f"sha256:{digest.hexdigest()}"
-
-
-def resolve_calibration(entry: ModelEntry, calibration: Path | str | None, size: int = DEFAULT_CALIBRATION_SIZE,
-                        guard_images: int = GUARD_IMAGES) -> CalibrationSet:
-    """Decide which images calibrate the model and which check it.
-
-    ``calibration``: a folder of images, ``"generated"`` (deterministic generated images), or None - generated
-    images for a synthetic model, an error otherwise (a real model needs representative photos). From a folder,
-    the held-out images are files left over beyond ``size``; when the folder has ``size`` images or fewer, a fifth
-    of them (at most ``guard_images``) is held out and the rest calibrates.
-    """
-    if size < 1:
-        raise UsageError(f"the calibration size must be at least 1, got {size}")
-    if guard_images < 1:
-        raise UsageError(f"the accuracy guard needs at least 1 held-out image, got {guard_images}")
-    if calibration is None:
-        if not is_synthetic(entry):
-            raise UsageError(
-                f"INT8 quantization of {entry.name} needs calibration images, and none were given",
-                hint=f"pass --calibration DIR with about {DEFAULT_CALIBRATION_SIZE} representative photos "
-                     f"(e.g. COCO val2017 images): 'ssdtool convert {entry.name} --precision INT8 --calibration DIR'")
-        calibration = GENERATED
-    if isinstance(calibration, str) and calibration == GENERATED:
-        if not is_synthetic(entry):
-            log.warning("calibrating %s on generated images: they do not look like photos, so the INT8 ranges may "
-                        "not suit real images (the accuracy guard still compares INT8 with FP32)", entry.name)
-        return CalibrationSet(kind=GENERATED, count=size, identity=f"generated:seed={CALIBRATION_SEED}",
-                              seed=CALIBRATION_SEED, guard_images=guard_images)
-    folder = Path(calibration)
-    if not folder.is_dir():
-        what = "is a file" if folder.exists() else "does not exist"
-        raise UsageError(f"calibration folder {folder} {what}; expected a folder of images or 'generated'",
-                         hint="pass --calibration DIR (a folder of .jpg/.png images, searched recursively)")
-    images = find_images(folder)
-    if len(images) < 2:
-        raise UsageError(
-            f"calibration folder {folder} holds {len(images)} image file(s); at least 2 are needed (one to "
-            f"calibrate, one to check), about {DEFAULT_CALIBRATION_SIZE} is usual",
-            hint=f"add images with suffixes {', '.join(IMAGE_SUFFIXES)}")
-    if len(images) > size:
-        held_count = min(guard_images, len(images) - size)
-    else:
-        held_count = min(guard_images, max(1, len(images) // 5))
-    held_out = _spread(images, held_count)
-    held = set(held_out)
-    remaining = [path for path in images if path not in held]
-    files = _spread(remaining, min(size, len(remaining)))
-    if len(files) < size:
-        log.info("calibrating on %d images of %s (%d requested; %d held out for the accuracy guard)", len(files),
-                 folder, size, len(held_out))
-    return CalibrationSet(kind="files", count=len(files), identity=_files_identity(folder, files), folder=folder,
-                          files=tuple(files), held_out=tuple(held_out), guard_images=guard_images)
-
-
-def load_rgb(path: Path) -> np.ndarray:
-    """An image file as upright 8-bit RGB, as detection reads it (EXIF orientation applied)."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            upright = ImageOps.exif_transpose(image) or image
-            if upright.mode == "P" and "transparency" in upright.info:
-                upright = upright.convert("RGBA")  # Pillow's documented route for palette transparency
-            return np.asarray(upright.convert("RGB"))
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise InputError(f"calibration image {path} cannot be read: {exc}",
-                         hint="remove or re-export the file, or pass another --calibration folder") from None
-
-
-def _network_input(rgb: np.ndarray, entry: ModelEntry, input_type: str, input_layout: str) -> np.ndarray:
-    return raw_input(resize_rgb(rgb, entry.input), entry.convert.color_order, input_layout, input_type)
-
-
-def _calibration_items(calibration: CalibrationSet) -> list[Any]:
-    if calibration.kind == GENERATED:
-        # Generated eagerly (0.9 MB each at 640x480): imaging.generated_images has no per-index form. Files are
-        # read lazily, one at a time, in the dataset's transform.
-        return list(generated_images(calibration.count, seed=CALIBRATION_SEED, size=GENERATED_SIZE))
-    return list(calibration.files)
-
-
-def held_out_images(calibration: CalibrationSet) -> Iterator[tuple[str, np.ndarray]]:
-    """``(name, rgb)`` of every held-out image, loaded lazily."""
-    if calibration.kind == GENERATED:
-        for index, rgb in enumerate(generated_images(calibration.guard_images, seed=GUARD_SEED,
-                                                     size=GENERATED_SIZE)):
-            yield f"generated:seed={GUARD_SEED}#{index}", rgb
-        return
-    for path in calibration.held_out:
-        yield str(path), load_rgb(path)
-
-
 # ------------------------------------------------------------------------------------------------ quantization
-class _ForwardToLogger(logging.Handler):
-    """Routes NNCF's log records (its handler writes to stdout) into ssdtool's logger, INFO demoted to DEBUG."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        level = logging.DEBUG if record.levelno <= logging.INFO else record.levelno
-        log.log(level, "nncf: %s", record.getMessage())
-
-
-@contextlib.contextmanager
-def _quiet_nncf(nncf: ModuleType) -> Iterator[None]:
-    """Keep NNCF off stdout for the duration: its rich progress bars and its stdout log handler.
-
-    The bars are replaced by :class:`QuantizeEvent` callbacks; stdout stays clean for ``--json`` output. Rich's
-    default console resolves ``sys.stdout`` when it writes, so redirecting stdout catches it.
-    """
-    logger = nncf.nncf_logger
-    saved_handlers = list(logger.handlers)
-    forward = _ForwardToLogger()
-    for handler in saved_handlers:
-        logger.removeHandler(handler)
-    logger.addHandler(forward)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        logger.removeHandler(forward)
-        for handler in saved_handlers:
-            logger.addHandler(handler)
-
-
 def _unique_friendly_names(model: Any) -> None:
     """Give every non-Result op a unique friendly name.
 
@@ -388,7 +212,6 @@ def _unique_friendly_names(model: Any) -> None:
             op.set_friendly_name(candidate)
             taken.add(candidate)
 
-
 def quantize_model(model: Any, entry: ModelEntry, calibration: CalibrationSet, *, input_type: str = "f32",
                    input_layout: str = "NCHW", progress: ProgressCallback | None = None,
                    recipe: str | Int8Recipe = Int8Recipe.PORTABLE) -> Any:
@@ -399,14 +222,14 @@ def quantize_model(model: Any, entry: ModelEntry, calibration: CalibrationSet, *
     """
     nncf = import_nncf()
     _unique_friendly_names(model)
-    items = _calibration_items(calibration)
+    items = calibration_items(calibration)
     total = len(items)
     done = 0
 
     def transform(item: Any) -> np.ndarray:
         nonlocal done
         rgb = item if isinstance(item, np.ndarray) else load_rgb(item)
-        tensor = _network_input(rgb, entry, input_type, input_layout)
+        tensor = network_input(rgb, entry, input_type, input_layout)
         done = min(done + 1, total)
         if progress is not None:
             progress(QuantizeEvent("calibrate", done, total))
@@ -420,18 +243,96 @@ def quantize_model(model: Any, entry: ModelEntry, calibration: CalibrationSet, *
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
     advanced = AdvancedQuantizationParameters(overflow_fix=OverflowFix(quantization_settings(recipe)["overflow_fix"]))
-    with _quiet_nncf(nncf):
-        quantized = nncf.quantize(model, dataset, subset_size=total, preset=nncf.QuantizationPreset.PERFORMANCE,
-                                  target_device=nncf.TargetDevice.ANY, fast_bias_correction=True,
-                                  advanced_parameters=advanced)
-    return quantized
+    return nncf.quantize(model, dataset, subset_size=total, preset=nncf.QuantizationPreset.PERFORMANCE,
+                         target_device=nncf.TargetDevice.ANY, fast_bias_correction=True, advanced_parameters=advanced)
 
 
-# ------------------------------------------------------------------------------------------------ guard
-def _detections(outputs: dict[str, np.ndarray], entry: ModelEntry) -> RawDetections:
-    spec = entry.outputs
-    return RawDetections.from_outputs(outputs[spec.boxes], outputs[spec.labels], outputs[spec.scores])
+# ------------------------------------------------------------------------------------------------ worker process
+def quantize_file(reference_xml: Path, int8_xml: Path, entry: ModelEntry, calibration: CalibrationSet, *,
+                  provenance: dict[str, Any], input_type: str = "f32", input_layout: str = "NCHW",
+                  recipe: str | Int8Recipe = Int8Recipe.PORTABLE, progress: ProgressCallback | None = None) -> None:
+    """Quantize the FP32 IR at ``reference_xml`` into ``int8_xml`` (carrying ``provenance``), in a child process.
 
+    NNCF draws rich progress bars on stdout, which a library must not touch and a ``--json`` caller must not get;
+    a process of its own is the one place where that output can go nowhere without changing this process's
+    ``sys.stdout``. It also returns NNCF's memory (about 3 GB at 1200 px) when it ends. The child reports
+    progress, NNCF's log records and errors as JSON lines; an ssdtool error there is raised here as the same class.
+    """
+    job = int8_xml.with_name(f".{int8_xml.stem}.quantize-job.pickle")
+    with open(fsutil.open_regular(job, os.O_WRONLY | os.O_CREAT | os.O_EXCL), "wb") as stream:
+        pickle.dump({"reference_xml": str(reference_xml), "int8_xml": str(int8_xml), "entry": entry,
+                     "calibration": calibration, "provenance": provenance, "input_type": input_type,
+                     "input_layout": input_layout, "recipe": Int8Recipe.parse(recipe, "INT8 recipe").value}, stream)
+    try:
+        with tempfile.TemporaryFile("w+") as errors:
+            child = subprocess.Popen([sys.executable, "-m", "ssdtool.quantize", str(job)], stdout=subprocess.PIPE,
+                                     stderr=errors, text=True)
+            failure: dict[str, Any] | None = None
+            assert child.stdout is not None
+            with child.stdout:
+                for line in child.stdout:
+                    event = json.loads(line)
+                    if "phase" in event and progress is not None:
+                        progress(QuantizeEvent(event["phase"], event["done"], event["total"]))
+                    elif "log" in event:
+                        log.log(logging.DEBUG if event["log"] <= logging.INFO else event["log"], "nncf: %s",
+                                event["message"])
+                    elif "error" in event:
+                        failure = event
+            code = child.wait()
+            errors.seek(0)
+            stderr = errors.read()
+    finally:
+        with contextlib.suppress(OSError):
+            job.unlink()
+    if failure is not None:
+        raise _error_class(failure["error"])(failure["message"], hint=failure.get("hint"))
+    if code != 0:
+        text = stderr.strip().splitlines()[-1] if stderr.strip() else f"exit status {code}"
+        raise ConversionError(f"INT8 quantization stopped: {text}", hint="rerun with --debug, and report it with "
+                                                                          "'ssdtool --version'")
+
+
+def _error_class(name: str) -> type[SsdtoolError]:
+    return next((cls for cls in all_error_classes() if cls.__name__ == name), ConversionError)
+
+
+def _worker(job_path: str) -> int:
+    """The child of :func:`quantize_file`: JSON lines on the original stdout, everything else's stdout to nothing."""
+    events = os.fdopen(os.dup(1), "w", buffering=1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)  # rich's bars and anything else printing now go nowhere; the events keep their own fd
+
+    def emit(event: dict[str, Any]) -> None:
+        events.write(json.dumps(event) + "\n")
+
+    class Forward(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            emit({"log": record.levelno, "message": record.getMessage()})
+
+    try:
+        with open(job_path, "rb") as stream:
+            job = pickle.load(stream)
+        nncf = import_nncf()
+        nncf.nncf_logger.handlers.clear()
+        nncf.nncf_logger.addHandler(Forward())
+        ov = import_engine("openvino")
+        model = ov.Core().read_model(job["reference_xml"])
+        quantized = quantize_model(model, job["entry"], job["calibration"], input_type=job["input_type"],
+                                   input_layout=job["input_layout"], recipe=job["recipe"],
+                                   progress=lambda e: emit({"phase": e.phase, "done": e.done, "total": e.total}))
+        for key, value in job["provenance"].items():
+            quantized.set_rt_info(encode(value), [RT_INFO_ROOT, key])
+        from ssdtool.convert.graph import save_model  # not at the top: ssdtool.convert imports this module
+
+        save_model(ov, quantized, Path(job["int8_xml"]), compress_to_fp16=False)
+    except SsdtoolError as exc:
+        emit({"error": type(exc).__name__, "message": exc.message, "hint": exc.hint})
+        return 1
+    except Exception as exc:  # reported to the parent, which turns it into a ConversionError
+        emit({"error": "ConversionError", "message": f"INT8 quantization failed: {type(exc).__name__}: {exc}"})
+        return 1
+    return 0
 
 def accuracy_guard(reference_xml: Path, int8_xml: Path, entry: ModelEntry, calibration: CalibrationSet, *,
                    input_type: str = "f32", input_layout: str = "NCHW", device: str = "CPU",
@@ -449,9 +350,9 @@ def accuracy_guard(reference_xml: Path, int8_xml: Path, entry: ModelEntry, calib
     if progress is not None:
         progress(QuantizeEvent("guard", 0, total))
     for name, rgb in held_out_images(calibration):
-        tensor = _network_input(rgb, entry, input_type, input_layout)
-        reference = _detections(reference_engine.infer(tensor), entry)
-        candidate = _detections(int8_engine.infer(tensor), entry)
+        tensor = network_input(rgb, entry, input_type, input_layout)
+        reference = network_detections(reference_engine.infer(tensor), entry, "ir")
+        candidate = network_detections(int8_engine.infer(tensor), entry, "ir")
         report = match_detections(reference, candidate, GUARD_IOU)
         reports.append(report)
         per_image.append({"image": name, **report.to_dict()})
@@ -472,3 +373,6 @@ def accuracy_guard(reference_xml: Path, int8_xml: Path, entry: ModelEntry, calib
                  f"IoU >= {GUARD_IOU}) on held-out images",
         per_image=tuple(per_image))
 
+
+if __name__ == "__main__":
+    sys.exit(_worker(sys.argv[1]))

@@ -8,13 +8,17 @@ import their engine lazily, and a missing or broken engine becomes a :class:`Dep
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from types import ModuleType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from ssdtool.errors import DependencyError
+
+if TYPE_CHECKING:
+    from ssdtool.artifacts import ModelFile
 
 
 class Engine(Protocol):
@@ -26,6 +30,9 @@ class Engine(Protocol):
     inference_precision: str | None
     #: Seconds with at least one inference in flight, over the engine's life.
     busy_seconds: float
+    #: CPU streams and threads the engine runs with, for reports (None when it does not say).
+    streams: int | None
+    threads: int | None
 
     @property
     def optimal_requests(self) -> int:
@@ -36,9 +43,12 @@ class Engine(Protocol):
         """Run one batch; returns every output by tensor name."""
         ...
 
-    def infer_stream(self, items: Iterable[tuple[Any, np.ndarray]], requests: int | None = None
+    def infer_stream(self, items: Iterable[tuple[Any, np.ndarray]], requests: int | None = None,
+                     on_done: Callable[[Any, float], None] | None = None
                      ) -> Iterator[tuple[Any, dict[str, np.ndarray]]]:
-        """Run ``(key, tensor)`` pairs, consuming them lazily; yield ``(key, outputs)`` in input order."""
+        """Run ``(key, tensor)`` pairs, consuming them lazily, ``requests`` at a time (default
+        :attr:`optimal_requests`); yield ``(key, outputs)`` in input order. ``on_done(key, milliseconds)``
+        receives each run's own time, on the calling thread."""
         ...
 
 
@@ -53,3 +63,18 @@ def import_engine(module: str, package: str | None = None) -> ModuleType:
             hint=f"install it with 'pip install {dist}' (it is a dependency of ssdtool; "
                  f"'pip install --force-reinstall ssdtool' repairs a broken install)",
         ) from exc
+
+
+def make_engine(model: ModelFile, *, device: str = "CPU", hint: str = "latency", inference_precision: str | None = None,
+                cache_dir: Path | None = None, requests: int | None = None) -> Engine:
+    """The engine that runs ``model``: OpenVINO for an IR (``hint`` "latency" or "throughput", ``inference_precision``
+    pinned or None for the device's default, compiled-model ``cache_dir``), onnxruntime for the source ONNX
+    (``requests`` parallel runs for throughput, one otherwise)."""
+    if model.backend == "openvino":
+        from ssdtool.backends.openvino import OpenVinoEngine
+
+        return OpenVinoEngine(model.path, device=device, cache_dir=str(cache_dir) if cache_dir else None,
+                              hint=hint.upper(), inference_precision=inference_precision)
+    from ssdtool.backends.onnxruntime import OnnxRuntimeEngine
+
+    return OnnxRuntimeEngine(model.path, requests=requests)

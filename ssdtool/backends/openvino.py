@@ -11,7 +11,7 @@ import functools
 import os
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -68,7 +68,7 @@ class OpenVinoEngine:
     name = "openvino"
 
     def __init__(self, model_path: str | os.PathLike[str], device: str = "CPU", cache_dir: str | None = None,
-                 hint: str = "LATENCY", streams: int | None = None, inference_precision: str | None = None) -> None:
+                 hint: str = "LATENCY", inference_precision: str | None = None) -> None:
         """Compile ``model_path`` for ``device``.
 
         ``inference_precision`` pins ``INFERENCE_PRECISION_HINT`` (f32, bf16, f16); None leaves the device's
@@ -83,8 +83,6 @@ class OpenVinoEngine:
         config: dict[str, Any] = {"PERFORMANCE_HINT": hint}
         if cache_dir:
             config["CACHE_DIR"] = str(cache_dir)
-        if streams:
-            config["NUM_STREAMS"] = str(streams)
         if inference_precision is not None:
             config["INFERENCE_PRECISION_HINT"] = inference_precision
         if cache_dir:
@@ -159,13 +157,25 @@ class OpenVinoEngine:
         self.busy_seconds += time.perf_counter() - started
         return outputs
 
-    def infer_stream(self, items: Iterable[tuple[K, np.ndarray]], requests: int | None = None
+    @property
+    def streams(self) -> int | None:
+        """The CPU streams the plugin chose for the hint (None when the device does not say)."""
+        return _int_property(self.compiled, "NUM_STREAMS")
+
+    @property
+    def threads(self) -> int | None:
+        """The inference threads of the compiled model (None when the device does not say)."""
+        return _int_property(self.compiled, "INFERENCE_NUM_THREADS")
+
+    def infer_stream(self, items: Iterable[tuple[K, np.ndarray]], requests: int | None = None,
+                     on_done: Callable[[K, float], None] | None = None
                      ) -> Iterator[tuple[K, dict[str, np.ndarray]]]:
         """Run every ``(key, tensor)`` of ``items`` and yield ``(key, outputs)`` in input order.
 
         Up to ``requests`` (default: :attr:`optimal_requests`) inferences run at once, on infer requests this
         engine keeps. ``items`` is consumed lazily, so a producer that prepares tensors in other threads overlaps
-        with inference. Closing the iterator early waits for the requests in flight.
+        with inference. Closing the iterator early waits for the requests in flight. ``on_done(key, milliseconds)``
+        receives each request's own time as OpenVINO measured it (``InferRequest.latency``), from this thread.
 
         Requests are started and awaited from this thread, with no Python callbacks: with ``AsyncInferQueue``
         callbacks, OpenVINO 2026.4 can hang or abort when the compiled model is released afterwards (its worker
@@ -189,6 +199,8 @@ class OpenVinoEngine:
                                    hint="try --device CPU or --backend onnxruntime") from exc
             if not inflight:
                 self.busy_seconds += time.perf_counter() - busy_since
+            if on_done is not None:
+                on_done(key, float(request.latency))
             return key, outputs
 
         try:
@@ -213,3 +225,10 @@ class OpenVinoEngine:
         while len(self._pool) < count:
             self._pool.append(self.compiled.create_infer_request())
         return self._pool[:count]
+
+
+def _int_property(compiled: Any, name: str) -> int | None:
+    try:
+        return int(compiled.get_property(name))
+    except Exception:  # not every device reports every property
+        return None

@@ -1,0 +1,152 @@
+"""Which model file runs for a backend and precision, and making it ready: the one answer detect, bench, eval and
+anything later ask for.
+
+* onnxruntime runs the registry's source ONNX: downloaded (and verified) on first use;
+* OpenVINO runs an IR of the requested weights (FP32, FP16, INT8): the installed one when it is current (same
+  source checksum and conversion parameters, weights of the recorded size - one small XML read, no lock, so a
+  warm start is cheap and a read-only cache works), else converted on first use.
+
+With ``offline`` nothing is downloaded; a missing file is an :class:`OfflineError` naming the command to run.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ssdtool import precision as inference_precisions
+from ssdtool.cache import Cache
+from ssdtool.constants import BACKEND_CHOICES, Backend, InferencePrecision, IRPrecision
+from ssdtool.errors import BackendError, DependencyError, OfflineError, UsageError
+from ssdtool.registry import ModelEntry
+
+if TYPE_CHECKING:
+    from ssdtool.convert import ConvertOptions
+
+log = logging.getLogger("ssdtool.artifacts")
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """The file an engine runs: ``form`` "ir" (raw BGR input, normalization inside) or "onnx" (the source model);
+    ``precision`` the IR's weights, None for the source ONNX."""
+
+    model: str
+    backend: Backend
+    path: Path
+    form: str
+    precision: str | None
+
+
+def ir_precision(value: str) -> str:
+    """``FP32``, ``FP16`` or ``INT8`` (any case); :class:`UsageError` otherwise."""
+    try:
+        return IRPrecision.parse(value, "precision").value
+    except ValueError as exc:
+        raise UsageError(str(exc), hint="pass --precision FP32, FP16 or INT8") from None
+
+
+def resolve_backend(backend: str, precision: str | None = None,
+                    inference_precision: str | InferencePrecision = InferencePrecision.AUTO) -> Backend:
+    """``openvino``, ``onnxruntime`` or ``auto`` (OpenVINO when it can be imported, else onnxruntime, with a
+    warning) as the backend that runs; the precisions are checked against it."""
+    from ssdtool.backends import import_engine
+
+    if backend not in BACKEND_CHOICES:
+        raise BackendError(f"unknown backend {backend!r}; expected one of {', '.join(BACKEND_CHOICES)}",
+                           hint="use --backend openvino, onnxruntime or auto")
+    if backend == Backend.ONNXRUNTIME:
+        if precision is not None:
+            raise UsageError("precision selects an OpenVINO IR; onnxruntime runs the source ONNX as it is",
+                             hint="drop --precision or use --backend openvino")
+        inference_precisions.onnxruntime_precision(inference_precision)
+        return Backend.ONNXRUNTIME
+    if backend == Backend.OPENVINO:
+        import_engine("openvino")
+        return Backend.OPENVINO
+    try:
+        import_engine("openvino")
+    except DependencyError as exc:
+        log.warning("OpenVINO is not available (%s); using onnxruntime%s", exc.message,
+                    f" (precision {precision} applies to OpenVINO only)" if precision else "")
+        inference_precisions.onnxruntime_precision(inference_precision)
+        return Backend.ONNXRUNTIME
+    return Backend.OPENVINO
+
+
+def source_model(entry: ModelEntry, cache: Cache, *, offline: bool | None = None,
+                 progress: Callable[[Any], None] | None = None) -> Path:
+    """The verified source ONNX of ``entry``, downloaded first when needed (``offline``: None reads
+    ``$SSDTOOL_OFFLINE``)."""
+    from ssdtool.download import FetchOptions, ensure_downloaded
+
+    try:
+        return ensure_downloaded(entry, cache, FetchOptions(offline=offline), progress=progress)
+    except OfflineError as exc:
+        raise OfflineError(exc.message, hint=f"run 'ssdtool download {entry.name}' on a machine with network access "
+                                             "and copy the cache here, or drop --offline") from exc
+
+
+def installed_ir(entry: ModelEntry, cache: Cache, options: ConvertOptions) -> Path | None:
+    """The IR for ``options`` when it is installed and current (same source checksum and conversion parameters,
+    weights of the recorded size), else None.
+
+    The test ``convert`` makes, without its lock, download check or log line, so a warm start costs one small XML
+    read, and an installed IR works even when the source ONNX was removed from the cache.
+    """
+    from ssdtool.convert import conversion_parameters, ir_path, same_parameters
+    from ssdtool.provenance import ir_problem, read_provenance
+
+    xml = ir_path(entry, cache, options)
+    if not (entry.primary_file.sha256 and xml.is_file() and xml.with_suffix(".bin").is_file()):
+        return None
+    record = read_provenance(xml) or {}
+    if (record.get("source_sha256") == entry.primary_file.sha256
+            and same_parameters(record.get("parameters"), conversion_parameters(entry, options))
+            and ir_problem(xml, record) is None):  # weights of the recorded size: a truncated .bin is rebuilt
+        return xml
+    return None
+
+
+def model_file(entry: ModelEntry, cache: Cache, backend: Backend | str, precision: str | None = None, *,
+               offline: bool | None = None, progress: Callable[[Any], None] | None = None) -> ModelFile:
+    """The file ``backend`` runs for ``entry`` (OpenVINO: the IR of ``precision``, default the registry's), made
+    ready: downloaded or converted when missing (``offline``: never download; None reads ``$SSDTOOL_OFFLINE``).
+    ``progress`` receives download events."""
+    if offline is None:
+        from ssdtool.download import offline_from_env
+
+        offline = offline_from_env()
+    if Backend.parse(backend, "backend") == Backend.ONNXRUNTIME:
+        return ModelFile(entry.name, Backend.ONNXRUNTIME, source_model(entry, cache, offline=offline,
+                                                                       progress=progress), "onnx", None)
+    from ssdtool.convert import ConvertOptions, convert
+
+    weights = ir_precision(precision or entry.convert.precision)
+    options = ConvertOptions(precision=weights)
+    path = installed_ir(entry, cache, options)
+    if path is None:
+        path = convert(entry, cache, options, offline=offline, progress=progress).xml
+    return ModelFile(entry.name, Backend.OPENVINO, path, "ir", weights)
+
+
+def precision_plan(model: ModelFile, requested: str | InferencePrecision, device: str
+                   ) -> inference_precisions.PrecisionPlan:
+    """What to pin for OpenVINO running ``model`` on ``device``, from the IR's recorded runtime checks (see
+    :func:`ssdtool.precision.plan`); logs the reason, and warns when an INT8 IR's recipe does not suit this CPU."""
+    from ssdtool.backends.openvino import device_facts
+    from ssdtool.provenance import read_provenance
+
+    provenance = read_provenance(model.path)
+    if model.precision == IRPrecision.INT8:
+        from ssdtool.quantize import recipe_warning
+
+        if warning := recipe_warning(provenance, model.model):
+            log.warning("%s", warning)
+    plan = inference_precisions.plan(requested, device_facts(device), inference_precisions.recorded_checks(provenance),
+                                     model=model.model)
+    log.log(plan.level, "inference precision: %s", plan.reason)
+    return plan

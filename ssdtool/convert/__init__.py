@@ -1,0 +1,38 @@
+"""ONNX -> OpenVINO IR, driven by the registry, proven against onnxruntime before it is installed.
+
+The IR takes raw 0-255 pixels in the registry's target channel order (BGR for SSD-ResNet34) with channel
+reversal, mean and scale inside the graph, and returns outputs of a static size (``convert.output_count``):
+normalized xyxy boxes clipped to [0, 1], labels and scores, padded past the last detection with score 0, label 0
+and a zero box. Tensor names survive the rewrite.
+
+The flow is in :mod:`ssdtool.convert.flow`; the graph in :mod:`~ssdtool.convert.graph`; the parity gate and the
+runtime check in :mod:`~ssdtool.convert.gate`; options and the idempotency key in :mod:`~ssdtool.convert.options`;
+locks, temporary folders and installing in :mod:`~ssdtool.convert.workspace`. INT8 quantization and its accuracy
+guard are :mod:`ssdtool.quantize`.
+"""
+
+from __future__ import annotations
+
+from ssdtool.convert.flow import ConversionResult, check, convert
+from ssdtool.convert.gate import FP16_MIN_RECALL, FP32_TOLERANCE, PARITY_IOU, ParityReport, parity_check, runtime_check
+from ssdtool.convert.graph import build_ir_model
+from ssdtool.convert.options import (
+    INPUT_LAYOUTS,
+    INPUT_TYPES,
+    OPEN_INT8_KEYS,
+    PARITY_IMAGES,
+    PRECISIONS,
+    RECIPE_VERSION,
+    ConvertOptions,
+    check_options,
+    conversion_parameters,
+    ir_path,
+    same_parameters,
+)
+
+__all__ = [
+    "FP16_MIN_RECALL", "FP32_TOLERANCE", "INPUT_LAYOUTS", "INPUT_TYPES", "OPEN_INT8_KEYS", "PARITY_IMAGES",
+    "PARITY_IOU", "PRECISIONS", "RECIPE_VERSION", "ConversionResult", "ConvertOptions", "ParityReport",
+    "build_ir_model", "check", "check_options", "conversion_parameters", "convert", "ir_path", "parity_check",
+    "runtime_check", "same_parameters",
+]

@@ -1,0 +1,378 @@
+"""``convert`` and ``check``: a conversion in named steps, and what it reports.
+
+1. **Current?** An IR whose provenance has the same source checksum and parameters and intact weights is up to
+   date: nothing is built (only a missing runtime check for this CPU is measured and recorded). Reading needs no
+   lock, since an IR only ever appears by renaming a complete folder into place.
+2. **Locked**: one converter per destination, across processes; it re-checks, then removes what dead
+   conversions left (:mod:`ssdtool.convert.workspace`).
+3. **Build**: the graph (:mod:`ssdtool.convert.graph`), saved in a temporary folder beside the destination; INT8
+   quantizes it with NNCF (:mod:`ssdtool.quantize`), keeping the FP32 graph apart as the guard's reference.
+4. **Prove**: the parity gate against onnxruntime (INT8: the accuracy guard against FP32), both at f32; then the
+   runtime check at the CPU's default precision (:mod:`ssdtool.convert.gate`). A failure installs nothing.
+5. **Install**: provenance with the weights' size and sha256, then the folder renamed into place.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from ssdtool import __version__, artifacts, precision
+from ssdtool.backends import import_engine
+from ssdtool.cache import Cache
+from ssdtool.constants import Backend, Int8Recipe
+from ssdtool.convert.gate import ParityReport, parity_check, runtime_check
+from ssdtool.convert.graph import build_ir_model, check_saved, save_model, write_failure
+from ssdtool.convert.options import ConvertOptions, check_options, conversion_parameters, ir_path, same_parameters
+from ssdtool.convert.workspace import conversion_lock, install, temporary_folders
+from ssdtool.download.transfer import hash_file
+from ssdtool.errors import AccuracyError, ConversionError, ModelFormatError, ParityError
+from ssdtool.provenance import (
+    RT_INFO_ROOT,
+    WEIGHTS_KEY,
+    encode,
+    ir_problem,
+    read_provenance,
+    rewrite_provenance,
+    weights_record,
+)
+from ssdtool.quantize import (
+    DEFAULT_CALIBRATION_SIZE,
+    AccuracyReport,
+    CalibrationSet,
+    ProgressCallback,
+    accuracy_guard,
+    default_recipe,
+    import_nncf,
+    nncf_version,
+    quantize_file,
+    resolve_calibration,
+)
+from ssdtool.registry import ModelEntry
+
+log = logging.getLogger("ssdtool.convert")
+
+
+@dataclass(frozen=True)
+class ConversionResult:
+    model: str
+    xml: Path
+    bin: Path
+    precision: str
+    input_type: str
+    input_layout: str
+    input_shape: tuple[int, ...]
+    outputs: dict[str, tuple[int, ...]]
+    up_to_date: bool
+    parity: ParityReport | None
+    seconds: float
+    provenance: dict[str, Any]
+    accuracy: AccuracyReport | None = None  # INT8: the accuracy guard (None when skipped or up to date)
+    calibration: dict[str, Any] | None = None  # INT8: the calibration set, as recorded in provenance
+    #: This run's check of the IR at the CPU's default inference precision (None: not run, e.g. the default is f32)
+    runtime_check: precision.RuntimeCheck | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model, "xml": str(self.xml), "bin": str(self.bin), "precision": self.precision,
+            "input_type": self.input_type, "input_layout": self.input_layout, "input_shape": list(self.input_shape),
+            "outputs": {k: list(v) for k, v in self.outputs.items()}, "up_to_date": self.up_to_date,
+            "parity": self.parity.to_dict() if self.parity else None, "seconds": round(self.seconds, 3),
+            "provenance": self.provenance,
+            "accuracy": self.accuracy.to_dict() if self.accuracy else None, "calibration": self.calibration,
+            "runtime_check": self.runtime_check.to_dict() if self.runtime_check else None,
+        }
+
+
+def convert(entry: ModelEntry, cache: Cache, options: ConvertOptions | None = None, *, source: Path | None = None,
+            offline: bool = False, progress: Callable[[Any], None] | None = None,
+            quantize_progress: ProgressCallback | None = None) -> ConversionResult:
+    """Convert ``entry``'s ONNX file (or ``source``) to an OpenVINO IR and install it; see the module docstring.
+
+    ``progress`` receives download events; ``quantize_progress`` INT8 calibration and guard progress.
+    """
+    options = options or ConvertOptions(precision=entry.convert.precision)
+    check_options(options)
+    started = time.perf_counter()
+    xml = ir_path(entry, cache, options)
+    calibration = _early_calibration(entry, options, xml)
+    source_path = _source_path(entry, cache, source, offline, progress)
+    source_sha256 = (entry.primary_file.sha256 if source is None and entry.primary_file.sha256
+                     else hash_file(source_path, ("sha256",))[1]["sha256"])
+    wanted = conversion_parameters(entry, options, calibration)
+    if (existing := _current_ir(xml, source_sha256, wanted, options)) is not None:
+        return _up_to_date(entry, xml, options, existing, started)
+    with conversion_lock(cache, entry, options, xml):
+        if (existing := _current_ir(xml, source_sha256, wanted, options)) is not None:
+            return _up_to_date(entry, xml, options, existing, started)  # converted while this one waited
+        build = _Build(entry, options, source_path, source_sha256, calibration, quantize_progress)
+        build.run(xml)
+    return _result(entry, xml, build.options, read_provenance(xml) or build.final, False, build.parity, started,
+                   build.accuracy, build.check)
+
+
+def _early_calibration(entry: ModelEntry, options: ConvertOptions, xml: Path) -> CalibrationSet | None:
+    """INT8: the calibration set, resolved before any download when it is chosen or no INT8 IR is installed, so
+    an impossible INT8 build (no images for a real model, no NNCF) fails first. Without a choice and with an IR
+    installed it stays open: any calibration will do (see ``same_parameters``)."""
+    if options.precision != "INT8":
+        return None
+    chosen = options.calibration is not None or options.calibration_size != DEFAULT_CALIBRATION_SIZE
+    calibration = None
+    if chosen or not xml.is_file():
+        calibration = resolve_calibration(entry, options.calibration, options.calibration_size, options.guard_images)
+    if not xml.is_file():
+        import_nncf()
+    return calibration
+
+
+def _source_path(entry: ModelEntry, cache: Cache, source: Path | None, offline: bool,
+                 progress: Callable[[Any], None] | None) -> Path:
+    if source is None:
+        return artifacts.source_model(entry, cache, offline=offline, progress=progress)
+    if not Path(source).is_file():
+        raise ModelFormatError(f"source model {source} does not exist", hint="check the path")
+    return Path(source)
+
+
+def _current_ir(xml: Path, source_sha256: str, wanted: dict[str, Any], options: ConvertOptions
+                ) -> dict[str, Any] | None:
+    """The provenance of the IR at ``xml`` when it is up to date and intact: same source checksum and parameters,
+    and weights of the recorded size and sha256. None otherwise (then it is rebuilt)."""
+    if options.force or not xml.is_file():
+        return None
+    existing = read_provenance(xml)
+    if not existing or existing.get("source_sha256") != source_sha256 \
+            or not same_parameters(existing.get("parameters"), wanted):
+        return None
+    if problem := ir_problem(xml, existing, hash_weights=True):
+        log.info("rebuilding %s: %s", xml, problem)
+        return None
+    return existing
+
+
+def _up_to_date(entry: ModelEntry, xml: Path, options: ConvertOptions, existing: dict[str, Any], started: float
+                ) -> ConversionResult:
+    log.info("%s is up to date (same source checksum and parameters); pass --force to rebuild", xml)
+    check = _record_missing_runtime_check(xml, entry, options, existing) if options.verify else None
+    return _result(entry, xml, options, read_provenance(xml) or existing if check else existing, True, None,
+                   started, runtime=check)
+
+
+def _record_missing_runtime_check(xml: Path, entry: ModelEntry, options: ConvertOptions,
+                                  provenance: dict[str, Any]) -> precision.RuntimeCheck | None:
+    """On the up-to-date path: check and record the IR at this CPU's default precision if no record speaks for it.
+
+    An IR converted on another CPU class (or before runtime checks existed) gets its check on the first
+    ``ssdtool convert`` here, so ``--inference-precision auto`` can then use the faster default. Nothing is measured
+    when a record exists or the default is f32; nothing is recorded when the IR's folder cannot be written.
+    """
+    from ssdtool.backends.openvino import device_facts
+
+    facts = device_facts("CPU")
+    if facts.default_precision in (None, "f32") or any(
+            c.matches(facts) for c in precision.recorded_checks(provenance)):
+        return None
+    if not os.access(xml, os.W_OK) or not os.access(xml.parent, os.W_OK):
+        log.info("%s has no runtime check for %s on this CPU, and its folder is read-only: not recorded", xml,
+                 facts.default_precision)
+        return None
+    check = runtime_check(xml, entry, options)
+    if check is not None:
+        _rewrite_provenance(xml, {precision.PROVENANCE_KEY: precision.with_check(provenance, check)})
+    return check
+
+
+class _Build:
+    """One conversion under the lock: settle the INT8 choices, build, save, prove, install."""
+
+    def __init__(self, entry: ModelEntry, options: ConvertOptions, source: Path, source_sha256: str,
+                 calibration: CalibrationSet | None, quantize_progress: ProgressCallback | None) -> None:
+        self.entry, self.options, self.source, self.source_sha256 = entry, options, source, source_sha256
+        self.calibration, self.quantize_progress = calibration, quantize_progress
+        self.recipe_reason: str | None = None
+        self.parity: ParityReport | None = None
+        self.accuracy: AccuracyReport | None = None
+        self.check: precision.RuntimeCheck | None = None
+        self.final: dict[str, Any] = {}
+
+    def run(self, xml: Path) -> None:
+        self._settle_int8_choices()
+        options = self.options
+        log.info("converting %s (%s, %s %s input) ...", self.source.name, options.precision, options.input_type,
+                 options.input_layout)
+        ov = import_engine("openvino")
+        model = build_ir_model(self.source, self.entry, options)
+        with temporary_folders(xml) as new_folder:
+            temporary = new_folder()
+            temp_xml = temporary / xml.name
+            reference_xml = temp_xml
+            if options.precision == "INT8" and self.calibration is not None:
+                # The FP32 IR of the same graph is NNCF's input and the guard's reference; it lives apart, so it
+                # is never installed.
+                reference_xml = new_folder() / xml.name
+                save_model(ov, model, reference_xml, compress_to_fp16=False)
+                del model
+                quantize_file(reference_xml, temp_xml, self.entry, self.calibration, provenance=self._provenance(),
+                              input_type=options.input_type, input_layout=options.input_layout,
+                              recipe=options.int8_recipe or Int8Recipe.PORTABLE, progress=self.quantize_progress)
+            else:
+                for key, value in self._provenance().items():
+                    model.set_rt_info(encode(value), [RT_INFO_ROOT, key])
+                save_model(ov, model, temp_xml, compress_to_fp16=options.precision == "FP16")
+                del model
+            check_saved(ov, temp_xml, self.entry, options)
+            if options.verify:
+                self._prove(temp_xml, reference_xml)
+            # Last, once the weights are final: their size and sha256, checked on the up-to-date path.
+            self.final = {**self._provenance(), WEIGHTS_KEY: weights_record(temp_xml)}
+            _rewrite_provenance(temp_xml, self.final)
+            install(temporary, xml, options)
+
+    def _settle_int8_choices(self) -> None:
+        """INT8: the calibration set and the recipe this build uses, so provenance records what was built."""
+        if self.options.precision != "INT8":
+            return
+        if self.calibration is None:
+            self.calibration = resolve_calibration(self.entry, None, self.options.calibration_size,
+                                                   self.options.guard_images)
+        if self.options.int8_recipe is None:
+            recipe, self.recipe_reason = default_recipe()
+        else:
+            recipe, self.recipe_reason = Int8Recipe.parse(self.options.int8_recipe, "INT8 recipe"), \
+                "chosen by --int8-recipe"
+        self.options = replace(self.options, int8_recipe=recipe.value)
+        log.info("INT8 recipe %s: %s", recipe.value, self.recipe_reason)
+
+    def _prove(self, temp_xml: Path, reference_xml: Path) -> None:
+        """The gate (INT8: the guard), both at f32, then the runtime check; a failure raises, installing nothing."""
+        options, entry = self.options, self.entry
+        if options.precision == "INT8" and self.calibration is not None:
+            log.info("accuracy guard: INT8 vs FP32 IR on held-out images (%s) ...",
+                     self.calibration.held_out_description)
+            accuracy = accuracy_guard(reference_xml, temp_xml, entry, self.calibration, input_type=options.input_type,
+                                      input_layout=options.input_layout, progress=self.quantize_progress)
+            if not accuracy.passed:
+                _refuse_or_accept(accuracy, entry, options)
+                accuracy = replace(accuracy, accepted=True)
+            self.accuracy = accuracy
+        else:
+            log.info("parity gate: onnxruntime vs OpenVINO on %d generated images ...", options.parity_images)
+            parity = parity_check(self.source, temp_xml, entry, options)
+            if not parity.passed:
+                raise ParityError(
+                    f"the {options.precision} IR disagrees with onnxruntime: {parity.matched} of "
+                    f"{parity.reference_detections} detections matched (recall {parity.recall:.4f}), max box "
+                    f"difference {parity.max_box_diff:.3g}, max score difference {parity.max_score_diff:.3g}; "
+                    f"required: {parity.criteria}. Nothing was installed.",
+                    # detect and bench convert on first use too: the hint names the command the flag is on.
+                    hint=f"report this with 'ssdtool --version'; 'ssdtool convert {entry.name} --precision "
+                         f"{options.precision} --no-verify' installs it anyway (not advised)")
+            self.parity = parity
+        self.check = runtime_check(temp_xml, entry, options)
+
+    def _provenance(self) -> dict[str, Any]:
+        """What travels with the IR: source, versions, every parameter, labels, the proofs (as far as they ran)."""
+        entry, options, parity = self.entry, self.options, self.parity
+        record: dict[str, Any] = {
+            "model": entry.name,
+            "source_file": self.source.name,
+            "source_sha256": self.source_sha256,
+            "ssdtool_version": __version__,
+            "openvino_version": import_engine("openvino").get_version(),
+            "parameters": conversion_parameters(entry, options, self.calibration),
+            "labels": entry.labels,
+            "labels_sha256": hash_file(entry.label_path(), ("sha256",))[1]["sha256"],
+            "parity": "skipped (--no-verify)" if parity is None else {
+                "passed": parity.passed, "images": parity.images, "recall": parity.recall,
+                "max_box_diff": parity.max_box_diff, "max_score_diff": parity.max_score_diff,
+                "inference_precision": parity.inference_precision},
+            precision.PROVENANCE_KEY: [self.check.to_dict()] if self.check is not None else [],
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        if options.precision == "INT8":
+            record["parity"] = "not run for INT8: accuracy_guard compares it with the FP32 IR"
+            record["int8_recipe"] = {"recipe": options.int8_recipe, "reason": self.recipe_reason}
+            record["calibration"] = self.calibration.to_dict() if self.calibration is not None else None
+            record["nncf_version"] = nncf_version()
+            record["accuracy_guard"] = self.accuracy.summary() if self.accuracy is not None else "skipped (--no-verify)"
+        return record
+
+
+def _refuse_or_accept(accuracy: AccuracyReport, entry: ModelEntry, options: ConvertOptions) -> None:
+    """Raise :class:`AccuracyError` for a failed guard, unless the caller accepted the drop (then only warn)."""
+    figures = (f"{accuracy.matched} of {accuracy.reference_detections} FP32 detections found in the INT8 output "
+               f"(recall {accuracy.recall:.4f}) on {accuracy.images} held-out images ({accuracy.held_out}), max "
+               f"score difference {accuracy.max_score_diff:.3g}; required: {accuracy.criteria}")
+    if options.accept_accuracy_drop:
+        log.warning("the INT8 IR fails the accuracy guard: %s; installing it anyway (--accept-accuracy-drop)",
+                    figures)
+        return
+    raise AccuracyError(
+        f"the INT8 IR of {entry.name} loses too many detections: {figures}. Nothing was installed.",
+        hint=f"calibrate on more or more representative images ('ssdtool convert {entry.name} --precision INT8 "
+             "--calibration DIR --calibration-size N'), keep FP32, or install it anyway with 'ssdtool convert "
+             f"{entry.name} --precision INT8 --accept-accuracy-drop'")
+
+
+def _rewrite_provenance(xml: Path, record: dict[str, Any]) -> None:
+    try:
+        rewritten = rewrite_provenance(xml, record)
+    except OSError as exc:
+        raise write_failure(xml.parent, exc) from exc
+    if not rewritten:
+        raise ConversionError(f"{xml} lost its provenance block", hint="report this with 'ssdtool --version'")
+
+
+def _result(entry: ModelEntry, xml: Path, options: ConvertOptions, provenance: dict[str, Any],
+            up_to_date: bool, parity: ParityReport | None, started: float,
+            accuracy: AccuracyReport | None = None, runtime: precision.RuntimeCheck | None = None
+            ) -> ConversionResult:
+    count = entry.convert.output_count
+    width, height = entry.input.resize
+    shape = (1, 3, height, width) if options.input_layout == "NCHW" else (1, height, width, 3)
+    return ConversionResult(
+        model=entry.name, xml=xml, bin=xml.with_suffix(".bin"), precision=options.precision,
+        input_type=options.input_type, input_layout=options.input_layout, input_shape=shape,
+        outputs={entry.outputs.boxes: (1, count, 4), entry.outputs.labels: (1, count),
+                 entry.outputs.scores: (1, count)},
+        up_to_date=up_to_date, parity=parity, seconds=time.perf_counter() - started, provenance=provenance,
+        accuracy=accuracy, calibration=provenance.get("calibration") if options.precision == "INT8" else None,
+        runtime_check=runtime)
+
+
+def check(entry: ModelEntry, cache: Cache, options: ConvertOptions | None = None, *, source: Path | None = None,
+          xml: Path | None = None, offline: bool = False, device: str = "CPU",
+          inference_precision: str = "f32") -> ParityReport:
+    """The parity gate on its own, for an installed IR; raises :class:`ParityError` when it fails.
+
+    ``inference_precision`` as for detection (``auto`` resolves the same way, from the IR's runtime checks); at f32
+    an FP32 IR must pass the strict criteria, otherwise the recall floor applies (see :func:`parity_check`).
+    """
+    options = options or ConvertOptions(precision=entry.convert.precision)
+    check_options(options)
+    ir = Path(xml) if xml is not None else ir_path(entry, cache, options)
+    if not ir.is_file():
+        raise ModelFormatError(f"no IR at {ir}",
+                               hint=f"run 'ssdtool convert {entry.name} --precision {options.precision}' first")
+    parameters = (read_provenance(ir) or {}).get("parameters") or {}
+    options = replace(options, input_type=parameters.get("input_type", options.input_type),
+                      input_layout=parameters.get("input_layout", options.input_layout))
+    source_path = _source_path(entry, cache, source, offline, None)
+    plan = artifacts.precision_plan(artifacts.ModelFile(entry.name, Backend.OPENVINO, ir, "ir", options.precision),
+                                    inference_precision, device)
+    report = parity_check(source_path, ir, entry, options, device=device, inference_precision=plan.pin)
+    if not report.passed:
+        raise ParityError(
+            f"{ir} disagrees with onnxruntime on {source_path.name}: {report.matched} of "
+            f"{report.reference_detections} detections matched, max box difference {report.max_box_diff:.3g}, "
+            f"max score difference {report.max_score_diff:.3g}; required: {report.criteria}",
+            hint=f"reconvert with 'ssdtool convert {entry.name} --force'" if report.inference_precision == "f32"
+            else f"at {report.inference_precision} this IR loses accuracy on this device; run it with "
+                 "--inference-precision f32")
+    return report

@@ -1,0 +1,124 @@
+"""Proof before installing: the parity gate (the IR against onnxruntime on the source ONNX) and the runtime check
+(the IR at the CPU's default inference precision against the IR at f32)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ssdtool import precision
+from ssdtool.convert.options import ConvertOptions
+from ssdtool.detections import network_detections
+from ssdtool.imaging import generated_images, normalized_input, raw_input, resize_rgb
+from ssdtool.matching import MatchReport, match_detections
+from ssdtool.registry import ModelEntry
+
+log = logging.getLogger("ssdtool.convert")
+
+PARITY_IOU = 0.5
+PARITY_SEED = 7
+# FP32 must reproduce onnxruntime; FP16 weights shift scores a little, so only agreement is asked of it (and of
+# INT8 when 'ssdtool check' compares it with onnxruntime; at conversion INT8 meets the accuracy guard instead).
+FP32_TOLERANCE = 1e-4
+FP16_MIN_RECALL = 0.90
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    precision: str
+    passed: bool
+    images: int
+    reference_detections: int
+    ir_detections: int
+    matched: int
+    recall: float
+    max_box_diff: float
+    max_score_diff: float
+    criteria: str
+    per_image: tuple[dict[str, Any], ...] = field(default=())
+    inference_precision: str | None = "f32"  # what OpenVINO ran the IR in, read back
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["per_image"] = list(self.per_image)
+        return data
+
+def _parity_images(options: ConvertOptions) -> list[np.ndarray]:
+    """The gate's generated images (RGB); the runtime check uses the same ones."""
+    return generated_images(options.parity_images, seed=PARITY_SEED, size=(640, 480))
+
+def parity_check(source: Path, xml: Path, entry: ModelEntry, options: ConvertOptions,
+                 device: str = "CPU", inference_precision: str | None = "f32") -> ParityReport:
+    """Run the source ONNX (onnxruntime, host normalization) and the IR (OpenVINO, raw pixels) on generated images.
+
+    The IR runs at ``inference_precision`` (pinned; None: the device's default; the gate pins f32, so it proves
+    the IR rather than the CPU's arithmetic). An FP32 IR at f32 passes when every onnxruntime detection is found
+    in the IR output and vice versa, boxes and scores within 1e-4. Otherwise (FP16 or INT8 weights, or a lower
+    inference precision) at least 90% of onnxruntime detections must be found (label match, IoU >= 0.5).
+    """
+    from ssdtool.backends.onnxruntime import OnnxRuntimeEngine
+    from ssdtool.backends.openvino import OpenVinoEngine
+
+    reference_engine = OnnxRuntimeEngine(source)
+    ir_engine = OpenVinoEngine(xml, device=device, inference_precision=inference_precision)
+    ran = ir_engine.inference_precision
+    spec = entry.input
+    reports: list[tuple[MatchReport, MatchReport]] = []
+    for rgb in _parity_images(options):
+        resized = resize_rgb(rgb, spec)
+        ref_out = reference_engine.infer(normalized_input(resized, spec))
+        ir_out = ir_engine.infer(raw_input(resized, entry.convert.color_order, options.input_layout,
+                                           options.input_type))
+        reference = network_detections(ref_out, entry, "onnx")
+        converted = network_detections(ir_out, entry, "ir")
+        reports.append((match_detections(reference, converted, PARITY_IOU),
+                        match_detections(converted, reference, PARITY_IOU)))
+    forward = [f for f, _ in reports]
+    ref_total = sum(r.reference_count for r in forward)
+    matched = sum(r.matched for r in forward)
+    ir_total = sum(r.candidate_count for r in forward)
+    box_diff = max((r.max_box_diff for r in forward), default=0.0)
+    score_diff = max((r.max_score_diff for r in forward), default=0.0)
+    recall = 1.0 if ref_total == 0 else matched / ref_total
+    at = f" at inference precision {ran or 'unknown'}"
+    if options.precision == "FP32" and ran == "f32":
+        passed = all(f.matched == f.reference_count and b.matched == b.reference_count for f, b in reports) \
+            and box_diff <= FP32_TOLERANCE and score_diff <= FP32_TOLERANCE
+        criteria = (f"every detection matched both ways (same label, IoU >= {PARITY_IOU}), boxes and scores within "
+                    f"{FP32_TOLERANCE:g}{at}")
+    else:
+        passed = recall >= FP16_MIN_RECALL
+        criteria = (f"at least {FP16_MIN_RECALL:.0%} of onnxruntime detections matched (same label, IoU >= "
+                    f"{PARITY_IOU}){at}")
+    return ParityReport(precision=options.precision, passed=passed, images=len(reports),
+                        reference_detections=ref_total, ir_detections=ir_total, matched=matched,
+                        recall=recall, max_box_diff=box_diff, max_score_diff=score_diff, criteria=criteria,
+                        per_image=tuple(f.to_dict() for f in forward), inference_precision=ran)
+
+def runtime_check(xml: Path, entry: ModelEntry, options: ConvertOptions, device: str = "CPU"
+                  ) -> precision.RuntimeCheck | None:
+    """The IR at ``device``'s default inference precision against the IR at f32, on the gate's images.
+
+    None when the default is f32 (nothing to check) or the device reports none. Logs the outcome; a failed check
+    does not stop the conversion (the IR is proven at f32), it makes ``--inference-precision auto`` run f32.
+    """
+    from ssdtool.backends.openvino import device_facts
+
+    facts = device_facts(device)
+    if facts.default_precision in (None, "f32"):
+        return None
+    log.info("runtime check: %s (the default of %s, %s) vs f32 on %d generated images ...",
+             facts.default_precision, device, facts.name, options.parity_images)
+    tensors = [raw_input(resize_rgb(rgb, entry.input), entry.convert.color_order, options.input_layout,
+                         options.input_type) for rgb in _parity_images(options)]
+    check = precision.measure(xml, tensors, lambda outputs: network_detections(outputs, entry, "ir"), facts)
+    if check.passed:
+        log.info("runtime check %s", check.summary())
+    else:
+        log.warning("runtime check %s; '--inference-precision auto' will run f32 for this IR on this device",
+                    check.summary())
+    return check

@@ -1,0 +1,128 @@
+"""How to convert, and what identifies an IR: the options, where the IR lives, and the idempotency key."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ssdtool.cache import Cache
+from ssdtool.calibration import DEFAULT_CALIBRATION_SIZE, GUARD_IMAGES, CalibrationSet
+from ssdtool.constants import Int8Recipe, IRPrecision
+from ssdtool.errors import UsageError
+from ssdtool.quantize import quantization_settings
+from ssdtool.registry import ModelEntry
+
+PRECISIONS = IRPrecision.values()
+INPUT_TYPES = ("f32", "u8")
+INPUT_LAYOUTS = ("NCHW", "NHWC")
+# Bump when the graph rewrite changes, so existing IRs are rebuilt instead of reported as up to date.
+RECIPE_VERSION = 1
+PARITY_IMAGES = 3
+# INT8 parameters a request may leave open: without a calibration choice any calibration will do, without a
+# recipe any recipe (see same_parameters).
+OPEN_INT8_KEYS = ("calibration", "calibration_count", "quantization")
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    """How to convert.
+
+    INT8 only: ``calibration`` is a folder of images, ``"generated"``, or None (generated images for a synthetic
+    model, an error for others). With None and the default ``calibration_size``, an installed INT8 IR is up to
+    date whatever its calibration, so ``Detector(precision="INT8")`` uses what ``ssdtool convert`` made.
+    ``calibration_size`` images calibrate; ``guard_images`` held-out images feed the accuracy guard;
+    ``accept_accuracy_drop`` installs an INT8 IR that fails the guard. ``int8_recipe``: "portable" or "vnni"
+    (:class:`ssdtool.constants.Int8Recipe`); None builds portable and accepts any installed recipe.
+    ``verify=False`` skips the parity gate (FP32/FP16) or the guard (INT8).
+    """
+
+    precision: str = "FP32"
+    input_type: str = "f32"
+    input_layout: str = "NCHW"
+    verify: bool = True
+    force: bool = False
+    output_dir: Path | None = None
+    parity_images: int = PARITY_IMAGES
+    calibration: Path | str | None = None
+    calibration_size: int = DEFAULT_CALIBRATION_SIZE
+    accept_accuracy_drop: bool = False
+    guard_images: int = GUARD_IMAGES
+    int8_recipe: str | None = None
+
+    @property
+    def variant(self) -> str:
+        """Folder suffix for non-default inputs, so an f32 NCHW IR and a u8 NHWC IR can live side by side."""
+        if (self.input_type, self.input_layout) == ("f32", "NCHW"):
+            return ""
+        return f"{self.input_type}-{self.input_layout.lower()}"
+
+def check_options(options: ConvertOptions) -> None:
+    if options.precision not in PRECISIONS:
+        raise UsageError(f"precision {options.precision!r} is not supported; expected one of {', '.join(PRECISIONS)}")
+    if options.input_type not in INPUT_TYPES:
+        raise UsageError(f"input type {options.input_type!r}: expected one of {', '.join(INPUT_TYPES)}")
+    if options.input_layout not in INPUT_LAYOUTS:
+        raise UsageError(f"input layout {options.input_layout!r}: expected one of {', '.join(INPUT_LAYOUTS)}")
+    if options.precision != "INT8" and (options.calibration is not None or options.accept_accuracy_drop
+                                        or options.int8_recipe is not None):
+        raise UsageError(f"calibration, the INT8 recipe and the accuracy guard apply to INT8 only, got precision "
+                         f"{options.precision}",
+                         hint="add --precision INT8, or drop --calibration / --int8-recipe / --accept-accuracy-drop")
+    if options.int8_recipe is not None:
+        try:
+            Int8Recipe.parse(options.int8_recipe, "INT8 recipe")
+        except ValueError as exc:
+            raise UsageError(str(exc), hint="pass --int8-recipe portable or vnni") from None
+    if options.calibration_size < 1 or options.guard_images < 1:
+        raise UsageError(f"calibration size and guard images must be at least 1, got {options.calibration_size} "
+                         f"and {options.guard_images}")
+
+def ir_path(entry: ModelEntry, cache: Cache, options: ConvertOptions) -> Path:
+    """Where the IR ``.xml`` for these options lives."""
+    if options.output_dir is not None:
+        return Path(options.output_dir) / f"{entry.name}.xml"
+    return cache.ir_xml(entry, options.precision, options.variant)
+
+def conversion_parameters(entry: ModelEntry, options: ConvertOptions,
+                          calibration: CalibrationSet | None = None) -> dict[str, Any]:
+    """Everything that determines the IR's bytes besides the source file: the idempotency key.
+
+    INT8 adds the calibration identity and count and the quantization settings (``calibration`` is needed then).
+    """
+    parameters = {
+        "recipe": RECIPE_VERSION,
+        "precision": options.precision,
+        "input_type": options.input_type,
+        "input_layout": options.input_layout,
+        "input_name": entry.input.name,
+        "input_shape": list(entry.input.shape),
+        "source_color_order": entry.input.color_order,
+        "color_order": entry.convert.color_order,
+        "mean": list(entry.input.mean),
+        "scale": list(entry.input.scale),
+        "output_count": entry.convert.output_count,
+        "outputs": [entry.outputs.boxes, entry.outputs.labels, entry.outputs.scores],
+        "box_units": entry.outputs.box_units,
+        "label_offset": entry.outputs.label_offset,
+    }
+    if options.precision == "INT8":
+        if options.int8_recipe is not None:  # None: only to compare with an installed IR (see same_parameters)
+            parameters["quantization"] = quantization_settings(options.int8_recipe)
+        if calibration is not None:  # None: only to compare with an installed IR (see same_parameters)
+            parameters.update({"calibration": calibration.identity, "calibration_count": calibration.count})
+    return parameters
+
+def same_parameters(existing: Any, wanted: dict[str, Any]) -> bool:
+    """Whether an installed IR's ``parameters`` (from its provenance) match ``wanted`` (:func:`conversion_parameters`).
+
+    INT8 ``wanted`` without calibration keys (no calibration chosen) accepts any calibration, and without a
+    ``quantization`` key (no recipe chosen) any recipe: callers that only ask for "the INT8 IR"
+    (``Detector(precision="INT8")``) should compare with this, not with ``==``.
+    """
+    if not isinstance(existing, dict):
+        return False
+    if wanted.get("precision") == "INT8":
+        open_keys = [key for key in OPEN_INT8_KEYS if key not in wanted]
+        return {k: v for k, v in existing.items() if k not in open_keys} == wanted
+    return existing == wanted

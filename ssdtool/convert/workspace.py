@@ -1,0 +1,164 @@
+"""Where a conversion writes: its lock, temporary folders beside the destination, cleaning what a killed
+conversion left, and installing by rename (a whole folder, or just the two IR files in a user's --output-dir)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import re
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from ssdtool import fsutil
+from ssdtool.cache import Cache
+from ssdtool.convert.graph import write_failure
+from ssdtool.convert.options import ConvertOptions
+from ssdtool.errors import CacheError, LockTimeoutError, UsageError
+from ssdtool.registry import ModelEntry
+
+log = logging.getLogger("ssdtool.convert")
+
+LOCK_TIMEOUT_SECONDS = 600.0
+
+# Temporary and replaced IR folders beside the target: ``.tmp-<target>@<host>.<pid>.<random>`` (and ``.old-``).
+# Every converter into a target holds its lock while such a folder exists, so under the lock they are all left by
+# a process that died (a SIGKILL, a power cut), except one of a live process on this host (kept, to be safe).
+_LEFTOVER = re.compile(r"\.(tmp|old)-(?P<target>.+)@(?P<host>[^@/]*)\.(?P<pid>\d+)\.[0-9a-f]+")
+# What ssdtool 0.x left: ``.tmp-<target>-<mkdtemp suffix>``, ``.tmp-<target>-fp32-<suffix>``, ``.old-<target>-<pid>``.
+_OLD_LEFTOVER = r"\.tmp-{target}-(fp32-)?[a-z0-9_]{{8}}|\.old-{target}-\d+"
+
+
+def _temporary_prefix(target: str, kind: str = "tmp") -> str:
+    return f".{kind}-{target}@{socket.gethostname()}.{os.getpid()}."
+
+
+def _remove_leftovers(parent: Path, target: str) -> None:
+    """Remove the temporary and replaced folders of ``target`` that a dead conversion left in ``parent``."""
+    old_format = re.compile(_OLD_LEFTOVER.format(target=re.escape(target)))
+    host = socket.gethostname()
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return
+    for name in names:
+        match = _LEFTOVER.fullmatch(name)
+        if match is not None:
+            if match["target"] != target or (match["host"] == host and _process_alive(int(match["pid"]))):
+                continue
+        elif not old_format.fullmatch(name):
+            continue
+        log.info("removing %s, left by a conversion that did not finish", parent / name)
+        with contextlib.suppress(OSError):
+            fsutil.remove_tree(parent / name)
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # it exists, under another user
+    return True
+
+
+def _prepare_target(cache: Cache, options: ConvertOptions, xml: Path) -> None:
+    """Make the folders a conversion writes into: real folders in the cache, or the user's --output-dir."""
+    if options.output_dir is None:
+        cache.make_folder(xml.parent.parent)
+        return
+    try:
+        xml.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot use --output-dir {xml.parent}: {exc.strerror or exc}",
+                         hint="pass a folder you can write (it is created when missing)") from None
+
+
+def _install(temporary: Path, destination: Path) -> None:
+    """Swap the verified temporary folder into place; the old IR (if any) is removed only afterwards.
+
+    Whatever is at ``destination`` (an IR folder, or a link or file planted there) is renamed away, never
+    written through.
+    """
+    old = None
+    if os.path.lexists(destination):
+        old = destination.with_name(_temporary_prefix(destination.name, "old") + "0")
+        os.replace(destination, old)
+    os.replace(temporary, destination)
+    if old is not None:
+        with contextlib.suppress(OSError):
+            fsutil.remove_tree(old)
+
+
+def _install_files(temporary: Path, xml: Path) -> None:
+    """For --output-dir: a user's folder may hold other files, so only the IR's two files are replaced."""
+    xml.parent.mkdir(parents=True, exist_ok=True)
+    # .bin first: an .xml never points at a missing or older .bin for longer than one rename.
+    os.replace(temporary / xml.with_suffix(".bin").name, xml.with_suffix(".bin"))
+    os.replace(temporary / xml.name, xml)
+
+
+@contextlib.contextmanager
+def conversion_lock(cache: Cache, entry: ModelEntry, options: ConvertOptions, xml: Path) -> Iterator[None]:
+    """Hold the lock of the conversion target of ``xml`` (one converter per destination folder, across processes),
+    after making its folders; leftovers of conversions that died are removed under it."""
+    from filelock import FileLock, Timeout
+
+    _prepare_target(cache, options, xml)
+    target_key = hashlib.sha256(str(xml.parent.resolve()).encode()).hexdigest()[:16]
+    lock_path = cache.metadata_dir(entry) / f"convert-{target_key}.lock"
+    try:
+        cache.make_folder(lock_path.parent)
+        lock = FileLock(str(fsutil.safe_lock_path(lock_path)))
+        lock.acquire(timeout=LOCK_TIMEOUT_SECONDS)
+    except Timeout:
+        raise LockTimeoutError(f"another ssdtool process has been converting into {xml.parent} for over "
+                               f"{LOCK_TIMEOUT_SECONDS:.0f} s (lock file {lock_path})",
+                               hint="wait for it to finish, or stop it and run the command again") from None
+    except OSError as exc:
+        raise CacheError(f"cannot take the conversion lock {lock_path}: {exc}",
+                         hint="pass a writable --cache-dir or set SSDTOOL_HOME") from exc
+    try:
+        _remove_leftovers(xml.parent.parent, xml.parent.name)
+        yield
+    finally:
+        lock.release()
+
+
+@contextlib.contextmanager
+def temporary_folders(xml: Path) -> Iterator[Callable[[], Path]]:
+    """``new()`` makes a fresh temporary folder beside ``xml``'s folder; all of them are removed at the end
+    (whatever was installed from one has been renamed away by then)."""
+    made: list[Path] = []
+
+    def new() -> Path:
+        try:
+            folder = fsutil.make_temporary_folder(xml.parent.parent, _temporary_prefix(xml.parent.name))
+        except OSError as exc:
+            raise write_failure(xml.parent.parent, exc) from exc
+        made.append(folder)
+        return folder
+
+    try:
+        yield new
+    finally:
+        for folder in made:
+            with contextlib.suppress(OSError):
+                fsutil.remove_tree(folder)
+
+
+def install(temporary: Path, xml: Path, options: ConvertOptions) -> None:
+    """Put the verified IR in ``temporary`` in place at ``xml``: the whole folder in the cache, or only the two IR
+    files in a user's --output-dir (which may hold other files)."""
+    try:
+        if options.output_dir is None:
+            _install(temporary, xml.parent)
+        else:
+            _install_files(temporary, xml)
+    except OSError as exc:
+        raise write_failure(xml.parent, exc) from exc
