@@ -126,7 +126,7 @@ class Measurements:
 
     def __init__(self, entry: Any, xml: Path, detector: Any, paths: list[Path]) -> None:
         from ssdtool.backends.openvino import OpenVinoEngine
-        from ssdtool.detect import load_image, preprocess
+        from ssdtool.imaging import load_image, preprocess
 
         self.paths = paths
         self.detector = detector
@@ -231,7 +231,8 @@ def cold(image: Path, xml: Path, compiled_cache: Path, runs: int, precision: str
 
 def run(images: int = 8, rounds: int = 3, cold_runs: int = 5, max_busy: float = QUIET_CORES, wait: float = 600.0
         ) -> dict[str, Any]:
-    from ssdtool.detect import Detector, load_image, preprocess
+    from ssdtool.detect import Detector
+    from ssdtool.imaging import load_image, preprocess
 
     entry, cache, xml, paths = prepare(images)
     wait_for_quiet(max_busy, wait)

@@ -18,12 +18,14 @@ records that sample and the load average next to every section.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -119,7 +121,37 @@ def _console_script() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "ssdtool"]
 
 
+BASELINE_ENV = "SSDTOOL_BENCH_STARTUP_BASELINE"
+
+
+def _from_tree(tree: Path, *args: str) -> list[str]:
+    """``ssdtool ARGS`` run from the source tree ``tree`` (not the installed console script)."""
+    code = f"import sys; sys.path.insert(0, {str(tree)!r}); from ssdtool.cli import main; main()"
+    return [sys.executable, "-c", code, *args]
+
+
+@contextlib.contextmanager
+def _baseline_tree(revision: str | None) -> Iterator[Path | None]:
+    """A detached git worktree of ``revision`` for the before/after comparison, removed afterwards."""
+    if not revision:
+        yield None
+        return
+    folder = Path(tempfile.mkdtemp(prefix="ssdtool-baseline-"))
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(folder), revision], check=True,
+                   capture_output=True)
+    try:
+        yield folder
+    finally:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(folder)], check=False,
+                       capture_output=True)
+
+
 def section_startup(quick: bool) -> dict[str, Any]:
+    with _baseline_tree(os.environ.get(BASELINE_ENV)) as baseline:
+        return _startup(quick, baseline, os.environ.get(BASELINE_ENV))
+
+
+def _startup(quick: bool, baseline: Path | None, revision: str | None) -> dict[str, Any]:
     runs = 5 if quick else 11
     cache = WORK / "engines-cache"
     commands = {
@@ -129,6 +161,9 @@ def section_startup(quick: bool) -> dict[str, Any]:
         "ssdtool models": [*_console_script(), "--cache-dir", str(cache), "models"],
         "ssdtool bench --help": [*_console_script(), "bench", "--help"],
     }
+    if baseline is not None:
+        commands["ssdtool --help, this tree"] = _from_tree(ROOT, "--help")
+        commands[f"ssdtool --help, baseline {revision}"] = _from_tree(baseline, "--help")
     for command in commands.values():  # warm the page cache and bytecode once, untimed
         measure(command)
     raw: dict[str, list[float]] = {label: [] for label in commands}
@@ -146,6 +181,13 @@ def section_startup(quick: bool) -> dict[str, Any]:
     help_s = figures["commands"]["ssdtool --help"]["median_s"]
     figures["targets"] = [[f"`ssdtool --help` under {HELP_TARGET} s", f"{help_s:.3f} s (median of {runs})",
                            f"{help_s / HELP_TARGET:.2f}x of target", help_s < HELP_TARGET]]
+    if baseline is not None:
+        now = figures["commands"]["ssdtool --help, this tree"]["median_s"]
+        before = figures["commands"][f"ssdtool --help, baseline {revision}"]["median_s"]
+        # "no slower": within 5% or 10 ms of the baseline, whichever is larger (process start-up jitters by ~5 ms)
+        figures["targets"].append([f"`ssdtool --help` no slower than at {revision}",
+                                   f"{now:.3f} s vs {before:.3f} s", f"{now / before:.3f}x",
+                                   now <= max(before * 1.05, before + 0.010)])
     base = figures["commands"]["python -c pass (interpreter alone)"]["median_s"]
     lines = ["| command | median wall (s) | min (s) | over bare interpreter (s) | peak RSS (MB) |",
              "| --- | ---: | ---: | ---: | ---: |"]
@@ -279,10 +321,14 @@ def main() -> None:
                         help="wait until other work uses fewer cores than this (sampled over 5 s between sections)")
     parser.add_argument("--wait", type=float, default=900.0, help="longest wait for a quiet machine, in seconds")
     parser.add_argument("--json", action="store_true", help="print every figure as JSON at the end")
+    parser.add_argument("--startup-baseline", metavar="REV",
+                        help="startup: also time `--help` from a git worktree of REV, interleaved with this tree")
     parser.add_argument("--section", choices=SECTIONS, help=argparse.SUPPRESS)  # internal: one section, in a child
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
+    if args.startup_baseline:
+        os.environ[BASELINE_ENV] = args.startup_baseline  # the section runs in a child process, which inherits it
     if args.section:
         args.result.write_text(json.dumps(RUNNERS[args.section](args.quick), default=str))
         return

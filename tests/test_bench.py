@@ -15,7 +15,7 @@ from ssdtool import synthetic
 from ssdtool.bench import BenchOptions, BenchReport, benchmark, check_options, input_tensors, peak_rss_bytes
 from ssdtool.cache import Cache
 from ssdtool.cli import cli
-from ssdtool.errors import OfflineError, UsageError
+from ssdtool.errors import BackendError, OfflineError, UsageError
 from ssdtool.registry import load_registry
 from ssdtool.synthetic import TwinSpec
 from tests.modelkit import TINY_URL, install_model
@@ -121,11 +121,25 @@ def test_option_errors_exit_2(env: tuple[Path, Path], args: tuple[str, ...], mes
     assert message in result.output
 
 
-def test_library_option_checks() -> None:
-    for options in (BenchOptions(backend="tensorflow"), BenchOptions(hint="fast"), BenchOptions(precision="INT4"),
-                    BenchOptions(iterations=3, seconds=1.0), BenchOptions(requests=0), BenchOptions(seconds=-1)):
-        with pytest.raises(UsageError):
-            check_options(options)
+@pytest.mark.parametrize(("options", "error", "message"), [
+    (BenchOptions(backend="tensorflow"), BackendError, "unknown backend 'tensorflow'; expected one of openvino, "
+                                                       "onnxruntime"),
+    (BenchOptions(hint="fast"), UsageError, "unknown hint 'fast'; expected one of latency, throughput"),
+    (BenchOptions(precision="INT4"), UsageError, "precision 'INT4' is not supported; expected one of FP32, FP16, "
+                                                 "INT8"),
+    (BenchOptions(iterations=3, seconds=1.0), UsageError, "give either a number of iterations or a time, not both"),
+    (BenchOptions(requests=0), UsageError, "requests must be at least 1, got 0"),
+    (BenchOptions(seconds=-1), UsageError, "the time must be positive, got -1 s"),
+    (BenchOptions(inference_precision="f8"), UsageError, "unknown inference precision 'f8'"),
+    (BenchOptions(backend="onnxruntime", inference_precision="bf16"), UsageError,
+     "onnxruntime runs the source ONNX in f32 only"),
+    (BenchOptions(images=0), UsageError, "images must be at least 1, got 0"),
+])
+def test_library_option_checks(options: BenchOptions, error: type[Exception], message: str) -> None:
+    """Each invalid option set fails with its own message (not merely the first check that happens to trip)."""
+    with pytest.raises(error) as caught:
+        check_options(options)
+    assert type(caught.value) is error and str(caught.value).startswith(message)
 
 
 def test_offline_with_missing_model(tmp_path: Path, tiny_model: onnx.ModelProto) -> None:

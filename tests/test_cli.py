@@ -271,7 +271,7 @@ def test_error_messages_are_redacted_on_the_way_out(monkeypatch: pytest.MonkeyPa
 
 
 def test_control_characters_are_escaped_in_tables() -> None:
-    from ssdtool.cli import format_table, printable
+    from ssdtool.commands.common import format_table, printable
 
     assert printable("evil\nname\x1b[31m\u202e.jpg") == "evil\\nname\\x1b[31m\\u202e.jpg"
     table = format_table(("A", "B"), [("x\ny", "z")])

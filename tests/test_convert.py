@@ -252,7 +252,7 @@ def test_gate_fails_on_an_ir_without_channel_reversal(env: tuple[Path, Path], ti
 
 def test_failed_gate_installs_nothing(env: tuple[Path, Path], tiny_model: onnx.ModelProto,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    import ssdtool.convert as convert_module
+    import ssdtool.convert.flow as convert_module  # where convert looks the gate up
 
     registry_path, cache_dir = env
     install_model(cache_dir, registry_path, "tiny", tiny_model)
@@ -393,7 +393,7 @@ def _converted(env: tuple[Path, Path], tiny_model: onnx.ModelProto) -> tuple[Pat
 def test_weights_size_and_sha256_are_recorded_and_checked(env: tuple[Path, Path], tiny_model: onnx.ModelProto) -> None:
     import hashlib
 
-    from ssdtool.detect import _installed_ir
+    from ssdtool.artifacts import installed_ir as _installed_ir
 
     _registry_path, _cache_dir, cache, entry = _converted(env, tiny_model)
     first = convert(entry, cache, ConvertOptions(verify=False))
@@ -513,7 +513,7 @@ def test_parity_hint_names_the_convert_command_when_detect_converts(
     """detect has no --no-verify: a hint printed by detect names the command that has it."""
     from PIL import Image
 
-    import ssdtool.convert as convert_module
+    import ssdtool.convert.flow as convert_module  # where convert looks the gate up
 
     registry_path, cache_dir, _cache, _entry = _converted(env, tiny_model)
     real = convert_module.parity_check

@@ -292,6 +292,19 @@ def test_bad_inputs_do_not_stop_the_others(detect_world: World, tmp_path: Path, 
     assert "2 failed" not in result.stderr and "4 failed" in result.stderr
 
 
+def test_progress_is_json_lines_off_a_terminal_and_follows_the_option(detect_world: World) -> None:
+    images = [str(detect_world.images[size]) for size in ((640, 480), (480, 640), (33, 1000))]
+    default = detect(detect_world, *images)  # CliRunner's stderr is not a terminal: auto means JSON lines
+    assert default.exit_code == 0, default.output
+    events = [json.loads(line) for line in default.stderr.splitlines() if line.startswith("{")]
+    assert events == [{"event": "progress", "phase": "detect", "done": done, "total": 3} for done in (1, 2, 3)]
+    for mode in ("none", "log"):
+        quiet = detect(detect_world, *images, "--progress", mode)
+        assert quiet.exit_code == 0 and not [line for line in quiet.stderr.splitlines() if line.startswith("{")]
+    one = detect(detect_world, images[0])  # one image is not a long step
+    assert not [line for line in one.stderr.splitlines() if line.startswith("{")]
+
+
 def test_bad_inputs_in_table_and_json(detect_world: World, tmp_path: Path) -> None:
     good = detect_world.images[(480, 640)]
     text = tmp_path / "notes.jpg"
@@ -499,9 +512,9 @@ def test_progress_bar_only_on_a_terminal(detect_world: World, monkeypatch: pytes
     plain = detect(detect_world, *paths)
     assert "img/s" not in plain.stderr and "\r" not in plain.stderr
 
-    import ssdtool.commands.detect as command
+    import ssdtool.commands.progress as progress
 
-    monkeypatch.setattr(command, "_stderr_is_terminal", lambda: True)
+    monkeypatch.setattr(progress, "stderr_is_terminal", lambda: True)
     result = detect(detect_world, *paths)
     assert result.exit_code == 0
     assert "| 0/2 [" in result.stderr and "img/s]" in result.stderr
@@ -704,7 +717,7 @@ def test_large_decodes_wait_for_each_other(detect_world: World, tmp_path: Path) 
     with Detector("planted", "onnxruntime", registry=detect_world.registry, cache_dir=detect_world.cache,
                   workers=4, decode_memory=1) as detector:
         results = list(detector.many(paths))
-        assert detector._decode_budget.peak_holders == 1
+        assert detector._prepare.budget.peak_holders == 1
     assert [(r.width, r.height, len(r.detections)) for r in results] == [(2000, 1500, 4)] * 4
 
 

@@ -22,8 +22,9 @@ from ssdtool.cache import Cache
 from ssdtool.cli import cli
 from ssdtool.download import (
     DownloadEvent,
+    FetchOptions,
     RetryPolicy,
-    _content_range_matches,
+    content_range_matches,
     ensure_downloaded,
     fetch,
     normalize_mirror,
@@ -109,7 +110,7 @@ class Events(list[DownloadEvent]):
 def get(model: ModelEntry, cache: Cache, **options: Any) -> tuple[Any, Events]:
     events = Events()
     options = {"retries": 0, "backoff": 0.01, "mirror": "", "offline": False, **options}
-    return fetch(model, cache, progress=events.append, **options), events
+    return fetch(model, cache, FetchOptions(**options), progress=events.append), events
 
 
 def run_cli(registry: Path, cache: Cache, *args: str, env: dict[str, str] | None = None) -> Result:
@@ -163,7 +164,7 @@ def test_cli_table_output(registry_path: Path, cache: Cache) -> None:
 def test_verified_file_is_not_fetched_or_rehashed_again(model: ModelEntry, cache: Cache, server: FaultyServer,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     get(model, cache)
-    import ssdtool.download as download
+    import ssdtool.download.fetcher as download
 
     def no_hashing(*_args: Any, **_kwargs: Any) -> Any:
         raise AssertionError("a recorded, unchanged file must not be re-hashed")
@@ -210,7 +211,7 @@ def test_force_downloads_again(model: ModelEntry, cache: Cache, server: FaultySe
 
 
 def test_ensure_downloaded_returns_primary_path(model: ModelEntry, cache: Cache) -> None:
-    path = ensure_downloaded(model, cache, offline=False, mirror="")
+    path = ensure_downloaded(model, cache, FetchOptions(offline=False, mirror=""))
     assert path == cache.file_path("m", "f.bin") and path.read_bytes() == PAYLOAD
 
 
@@ -297,7 +298,7 @@ def test_keyboard_interrupt_keeps_part_and_rerun_resumes(model: ModelEntry, cach
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        fetch(model, cache, retries=0, mirror="", offline=False, progress=interrupt, progress_interval=0)
+        fetch(model, cache, FetchOptions(retries=0, mirror="", offline=False, progress_interval=0), progress=interrupt)
     part = cache.part_path("m", "f.bin")
     kept = part.stat().st_size
     assert 64 * 1024 <= kept < SIZE and not cache.file_path("m", "f.bin").exists()
@@ -610,7 +611,7 @@ def test_verify_reports_partial_and_failed_repair(model: ModelEntry, cache: Cach
     [result] = verify(model, cache)
     assert result.status == "partial" and "10 of 300000 bytes" in result.detail
     server.set_fault(PATH, Fault(status=404))
-    [result] = verify(model, cache, repair=True, retries=0, mirror="", offline=False)
+    [result] = verify(model, cache, FetchOptions(retries=0, mirror="", offline=False), repair=True)
     assert not result.ok and "HTTP 404" in (result.repair_error or "")
 
 
@@ -722,13 +723,13 @@ def test_backoff_is_capped_with_jitter() -> None:
 
 
 def test_content_range_check() -> None:
-    assert _content_range_matches("bytes 100-299/300", 100, 300)
-    assert _content_range_matches("bytes 100-299/*", 100, 300)
-    assert not _content_range_matches("bytes 110-299/300", 100, 300)
-    assert not _content_range_matches("bytes 100-298/300", 100, 300)
-    assert not _content_range_matches("bytes 100-299/400", 100, 300)
-    assert not _content_range_matches(None, 100, 300)
-    assert not _content_range_matches("bytes x-y/z", 100, 300)
+    assert content_range_matches("bytes 100-299/300", 100, 300)
+    assert content_range_matches("bytes 100-299/*", 100, 300)
+    assert not content_range_matches("bytes 110-299/300", 100, 300)
+    assert not content_range_matches("bytes 100-298/300", 100, 300)
+    assert not content_range_matches("bytes 100-299/400", 100, 300)
+    assert not content_range_matches(None, 100, 300)
+    assert not content_range_matches("bytes x-y/z", 100, 300)
 
 
 def test_cache_refuses_paths_outside_the_cache(cache: Cache) -> None:
@@ -738,9 +739,9 @@ def test_cache_refuses_paths_outside_the_cache(cache: Cache) -> None:
 
 
 def test_progress_sinks_render(capsys: pytest.CaptureFixture[str]) -> None:
-    from ssdtool.commands.download import progress_renderer
+    from ssdtool.commands.progress import download_progress as progress_renderer
 
-    for mode in ("bar", "json"):
+    for mode in ("bar", "json", "log"):
         sink = progress_renderer(mode)
         assert sink is not None
         for event in (DownloadEvent("start", model="m", file="f", size=10, source="http://x", offset=0),
@@ -760,7 +761,7 @@ def test_cached_path_imports_no_network_libraries(model: ModelEntry, cache: Cach
     code = ("import sys; from ssdtool.download import ensure_downloaded; from ssdtool.cache import Cache; "
             "from ssdtool.registry import load_registry; "
             f"ensure_downloaded(load_registry({str(model.registry_dir / 'registry.yml')!r}).model('m'), "
-            f"Cache.at({str(cache.root)!r}), offline=False, mirror=''); "
+            f"Cache.at({str(cache.root)!r})); "
             "print(sorted(m for m in ('requests', 'urllib3', 'filelock', 'tqdm') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env(),
                          check=True).stdout
@@ -780,9 +781,9 @@ def test_helper_threads_end_with_the_transfer(model: ModelEntry, cache: Cache, s
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     import threading
 
-    import ssdtool.download as download
+    import ssdtool.download.transfer as transfer
 
-    monkeypatch.setattr(download, "FLUSH_EVERY", 32 * 1024)  # exercise the background writeback thread
+    monkeypatch.setattr(transfer, "FLUSH_EVERY", 32 * 1024)  # exercise the background writeback thread
     server.set_fault(PATH, Fault(drop_after=200_000, times=1))
     with pytest.raises(NetworkError):
         get(model, cache)
@@ -889,7 +890,7 @@ def test_credentials_are_never_printed_or_stored(tmp_path: Path, cache: Cache, s
     shown = good.replace("http://", "http://***@") + "?token=***&part=1"
     assert json.loads(result.stdout)[0]["source"] == shown
     assert f'"source": "{shown}"' in result.stderr  # the progress events name the source, redacted
-    logged = run_cli(registry, Cache.at(cache.root.parent / "c2"), "-vv", "download", "--progress", "auto")
+    logged = run_cli(registry, Cache.at(cache.root.parent / "c2"), "-vv", "download", "--progress", "log")
     assert logged.exit_code == 0 and "downloading" in logged.stderr
     info = run_cli(registry, cache, "info", "m", "--json")
     record = cache.record_path("m", "f.bin").read_text()

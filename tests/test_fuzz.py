@@ -24,12 +24,12 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ssdtool import registry
 from ssdtool.cache import Cache
 from ssdtool.cli import cli
-from ssdtool.download import _describe_holder, fetch
+from ssdtool.download import FetchOptions, fetch
+from ssdtool.download.locks import describe_holder as _describe_holder
 from ssdtool.errors import RegistryError
-from ssdtool.registry import load_registry
+from ssdtool.registry import load_registry, schema
 from tests.httpserver import FaultyServer
 from tests.test_download import PAYLOAD, file_entry, write_registry
 
@@ -142,7 +142,7 @@ def test_mutated_registry_text_never_exits_1(edits: list[tuple[int, int, bytes]]
                          {0, 3})
     # PyYAML without libyaml falls back to its pure-Python parser, which fails in other places (a NUL, deep nests).
     with contextlib.suppress(RegistryError):
-        registry._parse_yaml(data.decode("utf-8", "replace"), "fuzz.yml", registry._PurePythonLoader)
+        schema._parse_yaml(data.decode("utf-8", "replace"), "fuzz.yml", schema._PurePythonLoader)
 
 
 # ------------------------------------------------------------------------------------------------ cache records
@@ -160,7 +160,7 @@ def downloaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, 
                                   {"m": [file_entry("f.bin", PAYLOAD, [server.add("/m/f.bin", PAYLOAD)])]})
         model = load_registry(registry_path).model("m")
         cache = Cache.at(folder / "cache")
-        fetch(model, cache, mirror="", offline=False, retries=0)
+        fetch(model, cache, FetchOptions(mirror="", offline=False, retries=0))
         yield model, cache, server
 
 
@@ -187,7 +187,7 @@ def test_any_verification_record_is_trusted_only_when_right(downloaded: tuple[An
                                                             record: bytes) -> None:
     model, cache, server = downloaded
     cache.record_path(model, model.primary_file).write_bytes(record)
-    [installed] = fetch(model, cache, mirror="", offline=True)  # never the network: the file is there
+    [installed] = fetch(model, cache, FetchOptions(mirror="", offline=True))  # never the network: the file is there
     assert installed.cached and cache.file_path(model, model.primary_file).read_bytes() == PAYLOAD
     assert server.hits("/m/f.bin") == 1
     again = cache.read_record(model, model.primary_file)

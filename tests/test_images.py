@@ -16,8 +16,10 @@ import pytest
 from PIL import Image
 
 from ssdtool.annotate import annotate, drawing_sizes, output_name, save_image
-from ssdtool.detect import DEFAULT_MAX_PIXELS, Detection, ImageError, find_images, load_image
-from ssdtool.errors import InputError, UsageError
+from ssdtool.detections import Detection
+from ssdtool.errors import ImageError, InputError, UsageError
+from ssdtool.imaging import DEFAULT_MAX_PIXELS, load_image
+from ssdtool.inputs import find_images
 from ssdtool.labels import COCO_CATEGORY_IDS, COCO_NAMES, coco_category_map, is_coco_labels
 
 # A 4x2 image with eight distinct colours, so any rotation or flip is visible.
@@ -326,7 +328,7 @@ def _image_in_mode(mode: str, size: tuple[int, int], seed: int) -> Image.Image:
 @pytest.mark.parametrize("mode", ["1", "L", "P", "P+transparency", "RGB", "RGBA", "LA", "CMYK", "YCbCr", "I;16"])
 @pytest.mark.parametrize("size", [(640, 480), (300, 300), (31, 517)])
 def test_lean_network_resize_gives_the_same_pixels(mode: str, size: tuple[int, int]) -> None:
-    from ssdtool.detect import _pil_to_rgb
+    from ssdtool.imaging import pil_to_rgb as _pil_to_rgb
     from ssdtool.imaging import resize_rgb, resized_for_network
     from ssdtool.registry import load_registry
 

@@ -302,19 +302,29 @@ def _corrupted(model: Any) -> Any:
     return model
 
 
+def _broken_quantize_file(reference_xml: Path, int8_xml: Path, *args: Any, provenance: dict[str, Any],
+                          **kwargs: Any) -> None:
+    """Stands in for the NNCF child process: writes the FP32 reference with noise weights as the "INT8" IR."""
+    import openvino as ov
+
+    from ssdtool.convert.graph import save_model
+    from ssdtool.provenance import RT_INFO_ROOT, encode
+
+    model = _corrupted(ov.Core().read_model(str(reference_xml)))
+    for key, value in provenance.items():
+        model.set_rt_info(encode(value), [RT_INFO_ROOT, key])
+    save_model(ov, model, int8_xml, compress_to_fp16=False)
+
+
 def test_guard_refuses_a_broken_int8_model_and_accept_installs_it(
         env: tuple[Path, Path], tiny_model: onnx.ModelProto, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import ssdtool.convert as convert_module
+    from ssdtool.convert import flow
 
     registry_path, cache_dir = env
     install_model(cache_dir, registry_path, "tiny", tiny_model, sources=[TINY_URL])
     folder = tmp_path / "photos"
     _write_images(folder, 6)
-
-    def broken_quantizer(model: Any, *args: Any, **kwargs: Any) -> Any:
-        return _corrupted(model)
-
-    monkeypatch.setattr(convert_module, "quantize_model", broken_quantizer)
+    monkeypatch.setattr(flow, "quantize_file", _broken_quantize_file)
     args = ["convert", "tiny", "--precision", "INT8", "--calibration", str(folder), "--offline"]
     refused = _cli(env, *args)
     assert refused.exit_code == 24, refused.output
@@ -338,12 +348,12 @@ def test_guard_refuses_a_broken_int8_model_and_accept_installs_it(
 
 def test_guard_library_error_is_accuracy_error(env: tuple[Path, Path], tiny_model: onnx.ModelProto,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    import ssdtool.convert as convert_module
+    from ssdtool.convert import flow
     from ssdtool.errors import AccuracyError
 
     registry_path, cache_dir = env
     install_model(cache_dir, registry_path, "tiny", tiny_model, sources=[TINY_URL])
-    monkeypatch.setattr(convert_module, "quantize_model", lambda model, *a, **k: _corrupted(model))
+    monkeypatch.setattr(flow, "quantize_file", _broken_quantize_file)
     entry = load_registry(registry_path).model("tiny")
     options = ConvertOptions(precision="INT8", calibration_size=2, guard_images=2)
     with pytest.raises(AccuracyError) as caught:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ssdtool.detect import (
+from ssdtool import (
     Detection,
     Detector,
     ImageError,
@@ -168,22 +168,38 @@ def test_public_steps_reproduce_the_detector(world: World, backend: str, form: s
     assert mine and mine == detector(rgb)
 
 
-@pytest.mark.parametrize("size", [(640, 480), (300, 300), (33, 1000)])
-def test_preprocess_equals_the_shared_imaging_functions(world: World, size: tuple[int, int]) -> None:
-    """detect.preprocess takes a faster route than imaging.* (used by the conversion parity gate): same bits."""
-    from ssdtool.imaging import normalized_input, raw_input, resize_rgb
+def _reference_tensor(resized: np.ndarray, color_order: str, layout: str, mean: tuple[float, ...] | None = None,
+                      scale: tuple[float, ...] | None = None, dtype: type = np.float32) -> np.ndarray:
+    """The input tensors written out from their definition (docs/python-api.md, docs/convert.md), in float64."""
+    pixels = resized[..., ::-1] if color_order == "BGR" else resized
+    values = pixels.astype(np.float64)
+    if mean is not None and scale is not None:
+        values = (values - np.asarray(mean)) / np.asarray(scale)
+    tensor = values[None] if layout == "NHWC" else values.transpose(2, 0, 1)[None]
+    return tensor.astype(dtype)
+
+
+@pytest.mark.parametrize("size", [(640, 480), (300, 300), (31, 517)])
+def test_preprocess_matches_the_definition_of_each_input(world: World, size: tuple[int, int]) -> None:
+    """The source model's input: registry channel order, (pixel - mean) / scale, layout. The IR's input: raw BGR
+    pixels, as float32 or uint8, NCHW or NHWC. Each computed here from its definition, not from ssdtool's code."""
+    from ssdtool.imaging import resize_rgb
 
     entry = load_registry(world.registry).model("tiny")
     rgb = generated_images(1, seed=size[0], size=size)[0]
     resized = resize_rgb(rgb, entry.input)
-    assert np.array_equal(preprocess(rgb, entry), normalized_input(resized, entry.input))
-    nhwc = dataclasses.replace(entry, input=dataclasses.replace(entry.input, layout="NHWC", shape=(1, 300, 300, 3),
+    assert resized.shape == (300, 300, 3) and resized.dtype == np.uint8
+    spec = entry.input
+    expected = _reference_tensor(resized, spec.color_order, spec.layout, spec.mean, spec.scale)
+    np.testing.assert_allclose(preprocess(rgb, entry), expected, rtol=0, atol=1e-5)
+    nhwc = dataclasses.replace(entry, input=dataclasses.replace(spec, layout="NHWC", shape=(1, 300, 300, 3),
                                                                  color_order="BGR"))
-    assert np.array_equal(preprocess(rgb, nhwc), normalized_input(resized, nhwc.input))
-    for input_type in ("f32", "u8"):
+    np.testing.assert_allclose(preprocess(rgb, nhwc), _reference_tensor(resized, "BGR", "NHWC", spec.mean, spec.scale),
+                               rtol=0, atol=1e-5)
+    for input_type, dtype in (("f32", np.float32), ("u8", np.uint8)):
         for layout in ("NCHW", "NHWC"):
             mine = preprocess(rgb, entry, form="ir", input_type=input_type, input_layout=layout)
-            theirs = raw_input(resized, "BGR", layout, input_type)
+            theirs = _reference_tensor(resized, "BGR", layout, dtype=dtype)
             assert mine.dtype == theirs.dtype and mine.flags.c_contiguous and np.array_equal(mine, theirs)
 
 

@@ -271,11 +271,11 @@ def test_credentials_in_a_rejected_source_are_not_quoted() -> None:
 
 @pytest.mark.parametrize("loader", ["libyaml", "pure-python"])
 def test_deeply_nested_yaml_is_a_registry_error(loader: str) -> None:
-    from ssdtool import registry
+    from ssdtool.registry import schema
 
     text = "[" * 100_000 + "]" * 100_000
     with pytest.raises(RegistryError, match="not valid YAML"):
-        registry._parse_yaml(text, "deep.yml", None if loader == "libyaml" else registry._PurePythonLoader)
+        schema._parse_yaml(text, "deep.yml", None if loader == "libyaml" else schema._PurePythonLoader)
 
 
 def test_yaml_alias_bomb_is_refused() -> None:
@@ -286,9 +286,9 @@ def test_yaml_alias_bomb_is_refused() -> None:
 
 
 def test_registry_uses_the_c_parser_when_pyyaml_has_it() -> None:
-    from ssdtool import registry
+    from ssdtool.registry import schema
 
-    assert issubclass(registry._UniqueKeyLoader, getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    assert issubclass(schema._UniqueKeyLoader, getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
 def test_many_problems_are_counted_and_the_first_listed() -> None:
@@ -350,7 +350,7 @@ def test_a_label_id_past_the_label_file_is_a_registry_error(tmp_path: Path) -> N
     """A short label file used to turn label 24 into 'class_24' silently."""
     import numpy as np
 
-    from ssdtool.detect import detections_from_arrays
+    from ssdtool.detections import detections_from_arrays
 
     data = one_model(packaged_data())
     data["models"][MODEL]["labels"] = "short.txt"

@@ -6,8 +6,18 @@ from typing import Any
 
 import click
 
-from ssdtool.cli import AppContext, _complete_model_names, echo_json, human_size, want_json
-from ssdtool.commands.options import inference_precision_option, ir_precision_option
+from ssdtool.commands.common import app_context, echo_json, human_size, want_json
+from ssdtool.commands.options import (
+    backend_option,
+    device_option,
+    inference_precision_option,
+    ir_precision_option,
+    json_option,
+    model_argument,
+    offline_option,
+    progress_option,
+)
+from ssdtool.commands.progress import app_download_progress
 
 
 def format_report(data: dict[str, Any]) -> str:
@@ -37,13 +47,13 @@ def format_report(data: dict[str, Any]) -> str:
 
 
 @click.command("bench")
-@click.argument("name", required=False, shell_complete=_complete_model_names)
-@click.option("--backend", type=click.Choice(["openvino", "onnxruntime"]), default="openvino", show_default=True,
-              help="Engine: OpenVINO on the converted IR, or onnxruntime on the source ONNX.")
+@model_argument
+@backend_option(allow_auto=False, default="openvino")
 @ir_precision_option("Which IR (OpenVINO only; converted on first use).", default="FP32")
 @inference_precision_option()
 @click.option("--hint", type=click.Choice(["latency", "throughput"], case_sensitive=False), default="latency",
-              show_default=True, help="latency: one request at a time; throughput: N requests in parallel.")
+              show_default=True, callback=lambda _ctx, _param, value: value.lower(),
+              help="latency: one request at a time; throughput: N requests in parallel.")
 @click.option("--requests", type=click.IntRange(min=1), metavar="N",
               help="Parallel requests in throughput mode [default: OpenVINO's optimal number; onnxruntime: one "
                    "per core].")
@@ -51,15 +61,14 @@ def format_report(data: dict[str, Any]) -> str:
               help="Measured inferences (the warm-up is extra).")
 @click.option("--time", "-t", "seconds", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
               help="Measure for this long instead [default: 20 s when --iterations is not given].")
-@click.option("--device", default="CPU", show_default=True, help="OpenVINO device.")
-@click.option("--offline", is_flag=True, envvar="SSDTOOL_OFFLINE", show_envvar=True,
-              help="Never touch the network: the model must already be in the cache.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+@device_option("OpenVINO device.")
+@offline_option()
+@progress_option
+@json_option("Print the report as JSON on stdout.")
 @click.pass_context
 def bench_command(ctx: click.Context, name: str | None, backend: str, precision: str, inference_precision: str,
-                  hint: str,
-                  requests: int | None, iterations: int | None, seconds: float | None, device: str, offline: bool,
-                  as_json: bool) -> None:
+                  hint: str, requests: int | None, iterations: int | None, seconds: float | None, device: str,
+                  offline: bool, progress_mode: str, as_json: bool) -> None:
     """Measure inference speed of NAME (default model): latency percentiles, throughput, load time, memory.
 
     Inputs are generated images, preprocessed before timing; the first inference is reported apart and
@@ -71,19 +80,11 @@ def bench_command(ctx: click.Context, name: str | None, backend: str, precision:
     want_json(ctx, as_json)
     if iterations is not None and seconds is not None:
         raise UsageError("--iterations and --time are exclusive", hint="give one of them")
-    app: AppContext = ctx.obj
-    entry = app.registry().model(name)
-    options = BenchOptions(backend=backend, precision=precision, inference_precision=inference_precision,
-                           hint=hint.lower(), requests=requests,
-                           iterations=iterations, seconds=seconds, device=device, offline=offline)
-    progress = None
-    try:
-        from ssdtool.commands.download import progress_renderer
-
-        progress = progress_renderer("auto", quiet=app.verbosity < 0)
-    except ImportError:
-        pass
-    report = benchmark(entry, app.cache(), options, progress=progress)
+    app = app_context(ctx)
+    options = BenchOptions(backend=backend, precision=precision, inference_precision=inference_precision, hint=hint,
+                           requests=requests, iterations=iterations, seconds=seconds, device=device, offline=offline)
+    downloads = app_download_progress(app, progress_mode)
+    report = benchmark(app.registry().model(name), app.cache(), options, progress=downloads)
     if as_json:
         echo_json(report.to_dict())
         return

@@ -7,8 +7,16 @@ from typing import Any
 
 import click
 
-from ssdtool.cli import AppContext, _complete_model_names, echo_json, human_size, want_json
-from ssdtool.commands.options import inference_precision_option
+from ssdtool.commands.common import app_context, echo_json, human_size, want_json
+from ssdtool.commands.options import (
+    device_option,
+    inference_precision_option,
+    json_option,
+    model_argument,
+    offline_option,
+    progress_option,
+)
+from ssdtool.commands.progress import app_download_progress, quantize_progress
 from ssdtool.constants import Int8Recipe, IRPrecision
 
 PRECISION_CHOICES = IRPrecision.values()
@@ -79,7 +87,7 @@ def format_runtime_checks(result: Any) -> list[str]:
 
 
 @click.command("convert")
-@click.argument("name", required=False, shell_complete=_complete_model_names)
+@model_argument
 @click.option("--precision", type=click.Choice(PRECISION_CHOICES, case_sensitive=False),
               help="Weights precision of the IR [default: the registry's, FP32].")
 @click.option("--output-dir", type=click.Path(file_okay=False),
@@ -101,14 +109,14 @@ def format_runtime_checks(result: Any) -> list[str]:
 @click.option("--force", is_flag=True, help="Rebuild even when an up-to-date IR exists.")
 @click.option("--no-verify", "no_verify", is_flag=True,
               help="Skip the parity gate against onnxruntime (INT8: the accuracy guard).")
-@click.option("--offline", is_flag=True, envvar="SSDTOOL_OFFLINE", show_envvar=True,
-              help="Never touch the network: the source ONNX must already be in the cache.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
+@offline_option("Never touch the network: the source ONNX must already be in the cache.")
+@progress_option
+@json_option("Print a JSON summary on stdout.")
 @click.pass_context
 def convert_command(ctx: click.Context, name: str | None, precision: str | None, output_dir: str | None,
                     input_type: str, input_layout: str, calibration: str | None, calibration_size: int | None,
                     int8_recipe: str | None, accept_accuracy_drop: bool, force: bool, no_verify: bool,
-                    offline: bool, as_json: bool) -> None:
+                    offline: bool, progress_mode: str, as_json: bool) -> None:
     """Convert NAME (default model) to an OpenVINO IR with BGR raw-pixel input and fixed-size outputs.
 
     The source ONNX is downloaded first if missing (unless --offline). Normalization is folded into the IR;
@@ -121,12 +129,12 @@ def convert_command(ctx: click.Context, name: str | None, precision: str | None,
     from ssdtool.convert import convert
 
     want_json(ctx, as_json)
-    app: AppContext = ctx.obj
+    app = app_context(ctx)
     entry = app.registry().model(name)
     options = _options(precision, input_type, input_layout, force, not no_verify, output_dir,
                        entry.convert.precision, calibration, calibration_size, accept_accuracy_drop, int8_recipe)
-    result = convert(entry, app.cache(), options, offline=offline, progress=_download_progress(app),
-                     quantize_progress=_quantize_progress(app))
+    result = convert(entry, app.cache(), options, offline=offline, progress=app_download_progress(app, progress_mode),
+                     quantize_progress=quantize_progress(app, progress_mode))
     data = result.to_dict()
     if as_json:
         echo_json(data)
@@ -164,42 +172,8 @@ def convert_command(ctx: click.Context, name: str | None, precision: str | None,
     click.echo("\n".join(lines))
 
 
-def _quantize_progress(app: AppContext) -> Any:
-    """tqdm bars on stderr for INT8 calibration and the guard, when stderr is a terminal (else log lines only)."""
-    import sys
-
-    if app.verbosity < 0 or not sys.stderr.isatty():
-        return None
-    from tqdm import tqdm
-
-    from ssdtool.quantize import QuantizeEvent
-
-    labels = {"calibrate": "INT8 calibration", "guard": "accuracy guard"}
-    bars: dict[str, Any] = {}
-
-    def render(event: QuantizeEvent) -> None:
-        bar = bars.get(event.phase)
-        if bar is None:
-            bar = bars[event.phase] = tqdm(total=event.total, desc=labels.get(event.phase, event.phase),
-                                           unit="img", file=sys.stderr, leave=False)
-        bar.update(event.done - bar.n)
-        if event.done >= event.total:
-            bar.close()
-
-    return render
-
-
-def _download_progress(app: AppContext) -> Any:
-    """The download command's progress renderer, when that command is available (auto mode)."""
-    try:
-        from ssdtool.commands.download import progress_renderer
-    except ImportError:
-        return None
-    return progress_renderer("auto", quiet=app.verbosity < 0)
-
-
 @click.command("check")
-@click.argument("name", required=False, shell_complete=_complete_model_names)
+@model_argument
 @click.option("--precision", type=click.Choice(PRECISION_CHOICES, case_sensitive=False),
               help="Which installed IR to check [default: the registry's, FP32].")
 @click.option("--xml", "xml_path", type=click.Path(dir_okay=False, exists=True),
@@ -209,13 +183,12 @@ def _download_progress(app: AppContext) -> Any:
 @click.option("--input-type", type=click.Choice(["f32", "u8"]), default="f32", show_default=True)
 @click.option("--input-layout", type=click.Choice(["NCHW", "NHWC"], case_sensitive=False), default="NCHW",
               show_default=True)
-@click.option("--device", default="CPU", show_default=True, help="OpenVINO device to run the IR on.")
+@device_option("OpenVINO device to run the IR on.")
 @inference_precision_option(default="f32", help_text=(
     "The arithmetic the IR runs in. f32 (the default) proves the IR with the gate's strict criteria; auto, bf16 "
     "or f16 check how it fares at that precision (the recall floor applies)."))
-@click.option("--offline", is_flag=True, envvar="SSDTOOL_OFFLINE", show_envvar=True,
-              help="Never touch the network.")
-@click.option("--json", "as_json", is_flag=True, help="Print the parity report as JSON on stdout.")
+@offline_option("Never touch the network.")
+@json_option("Print the parity report as JSON on stdout.")
 @click.pass_context
 def check_command(ctx: click.Context, name: str | None, precision: str | None, xml_path: str | None,
                   source_path: str | None, input_type: str, input_layout: str, device: str,
@@ -228,7 +201,7 @@ def check_command(ctx: click.Context, name: str | None, precision: str | None, x
     from ssdtool.convert import check
 
     want_json(ctx, as_json)
-    app: AppContext = ctx.obj
+    app = app_context(ctx)
     entry = app.registry().model(name)
     options = _options(precision, input_type, input_layout, False, True, None, entry.convert.precision)
     report = check(entry, app.cache(), options, source=Path(source_path) if source_path else None,

@@ -10,9 +10,48 @@ from typing import Any, TypeVar
 
 import click
 
-from ssdtool.constants import InferencePrecision, IRPrecision
+from ssdtool.commands.common import complete_model_names
+from ssdtool.commands.progress import PROGRESS_MODES
+from ssdtool.constants import BACKEND_CHOICES, Backend, InferencePrecision, IRPrecision
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _stack(*decorators: Callable[[F], F]) -> Callable[[F], F]:
+    def apply(func: F) -> F:
+        for decorator in reversed(decorators):
+            func = decorator(func)
+        return func
+
+    return apply
+
+
+def model_argument(func: F) -> F:
+    """``[NAME]``: a registry model, the registry's default when left out."""
+    return click.argument("name", required=False, shell_complete=complete_model_names)(func)
+
+
+def model_option(func: F) -> F:
+    """``-m/--model NAME`` for commands whose arguments are something else (images)."""
+    return click.option("-m", "--model", "model_name", shell_complete=complete_model_names,
+                        help="Registry model to run [default: the registry's default model].")(func)
+
+
+def backend_option(allow_auto: bool = True, default: str = "auto") -> Callable[[F], F]:
+    """``-b/--backend``: OpenVINO on the converted IR, onnxruntime on the source ONNX (and ``auto``).
+
+    A plain string (completed by the shell), checked by the library, so an unknown backend is the same error with
+    the same exit code (31) from the command line as from Python.
+    """
+    choices = BACKEND_CHOICES if allow_auto else Backend.values()
+    auto = ", or auto (openvino when it can be imported, else onnxruntime)" if allow_auto else ""
+
+    def complete(_ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[str]:
+        return [name for name in choices if name.startswith(incomplete)]
+
+    return click.option("-b", "--backend", default=default, show_default=True, shell_complete=complete,
+                        help=f"openvino (the converted IR, converted on first use), onnxruntime (the source "
+                             f"ONNX){auto}.")
 
 
 def ir_precision_option(help_text: str = "Which IR to run with OpenVINO (FP32, FP16 or INT8) [default: the "
@@ -31,6 +70,55 @@ def inference_precision_option(default: str = InferencePrecision.AUTO.value,
         help=help_text or "OpenVINO's arithmetic: auto (the device's default, bf16 on CPUs with native bf16, where "
                           "this IR was checked at it; else f32), or f32, bf16, f16 pinned (an error if the "
                           "device cannot run it). onnxruntime runs f32.")
+
+
+def device_option(help_text: str = "OpenVINO device (CPU, GPU, AUTO, ...).") -> Callable[[F], F]:
+    return click.option("--device", default="CPU", show_default=True, help=help_text)
+
+
+def offline_option(help_text: str = "Never use the network: the model must already be in the cache."
+                   ) -> Callable[[F], F]:
+    return click.option("--offline", is_flag=True, envvar="SSDTOOL_OFFLINE", show_envvar=True, help=help_text)
+
+
+def json_option(help_text: str = "Print JSON on stdout instead of a table.") -> Callable[[F], F]:
+    return click.option("--json", "as_json", is_flag=True, help=help_text)
+
+
+def engine_options(func: F) -> F:
+    """The engine a command runs: backend (with auto), IR precision, inference precision, device."""
+    return _stack(backend_option(), ir_precision_option(), inference_precision_option(), device_option())(func)
+
+
+def progress_option(func: F) -> F:
+    return click.option(
+        "--progress", "progress_mode", type=click.Choice(PROGRESS_MODES), default="auto", show_default=True,
+        help="Progress on stderr: a bar (auto: when stderr is a terminal, else JSON lines, one event per line), "
+             "JSON lines, log lines, or none.")(func)
+
+
+def fetch_options(func: F) -> F:
+    """How to download: shared by ``download`` and ``verify --repair``."""
+    return _stack(
+        click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+                     help="Cache directory (same as the group option, which SSDTOOL_HOME also sets)."),
+        click.option("--mirror", envvar="SSDTOOL_MIRROR", show_envvar=True, metavar="URL",
+                     help="Base URL or directory tried before the registry's sources, as URL/MODEL/FILE "
+                          "(http, https or file://)."),
+        offline_option("Never use the network: check what is cached and use only file:// or synthetic sources; "
+                       "fail on anything missing (exit 12)."),
+        click.option("--retries", type=click.IntRange(0, 50), default=3, show_default=True,
+                     help="Further attempts per source after a transient failure (exponential backoff)."),
+        click.option("--retry-backoff", "backoff", type=click.FloatRange(0, 60), default=0.5, show_default=True,
+                     metavar="SECONDS", help="First backoff delay; doubles per retry, with jitter, capped at 30 s."),
+        click.option("--timeout", type=click.FloatRange(0.1, 3600), default=30.0, show_default=True,
+                     metavar="SECONDS", help="Connect and read timeout; also the stall window: a transfer that "
+                     "receives less than 64 KiB in that many seconds fails (and is retried, resuming)."),
+        click.option("--lock-timeout", type=click.FloatRange(0), default=600.0, show_default=True,
+                     metavar="SECONDS", help="Give up waiting for another process's download of the same file after "
+                                             "this long without progress (exit 13)."),
+        progress_option,
+    )(func)
 
 
 def _upper(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
