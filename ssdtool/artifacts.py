@@ -25,6 +25,7 @@ from ssdtool.registry import ModelEntry
 
 if TYPE_CHECKING:
     from ssdtool.convert import ConvertOptions
+    from ssdtool.serving.protocol import ServerTarget
 
 log = logging.getLogger("ssdtool.artifacts")
 
@@ -32,13 +33,21 @@ log = logging.getLogger("ssdtool.artifacts")
 @dataclass(frozen=True)
 class ModelFile:
     """The file an engine runs: ``form`` "ir" (raw BGR input, normalization inside) or "onnx" (the source model);
-    ``precision`` the IR's weights, None for the source ONNX."""
+    ``precision`` the IR's weights, None for the source ONNX. ``server``: the model runs on an Open Inference
+    Protocol server instead (:func:`remote_model_file`); ``path`` is then only a name."""
 
     model: str
     backend: Backend
     path: Path
     form: str
     precision: str | None
+    server: ServerTarget | None = None
+
+
+def remote_model_file(entry: ModelEntry, server: ServerTarget) -> ModelFile:
+    """``entry``'s IR as served at ``server``: nothing is downloaded or converted here; the engine takes the IR's
+    input (raw BGR pixels) from the server (the server's metadata says its shape and type)."""
+    return ModelFile(entry.name, Backend.OPENVINO, Path(server.model or entry.name), "ir", None, server=server)
 
 
 def ir_precision(value: str) -> str:

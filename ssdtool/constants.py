@@ -76,6 +76,14 @@ class Backend(Choice):
 BACKEND_CHOICES = ("auto", *Backend.values())
 
 
+class WireProtocol(Choice):
+    """How Open Inference Protocol tensors travel: JSON numbers, or raw bytes after a JSON header (the binary
+    tensor extension)."""
+
+    BINARY = "binary"
+    JSON = "json"
+
+
 class PerformanceHint(Choice):
     """OpenVINO's performance hint: one request at a time, or as many as keep every core busy."""
 

@@ -34,6 +34,7 @@ from ssdtool.registry import ModelEntry, Registry, load_registry
 
 if TYPE_CHECKING:
     from ssdtool.backends import Engine
+    from ssdtool.serving.protocol import ServerTarget
 
 log = logging.getLogger("ssdtool.detect")
 
@@ -89,6 +90,14 @@ def _check_device(backend: str, device: str) -> None:
                            hint="use --backend openvino for other devices")
 
 
+def _check_remote(precision: str | None, requested: InferencePrecision, device: str) -> None:
+    """Precisions and device are chosen where the model runs: on the server."""
+    if precision is not None or requested != InferencePrecision.AUTO or device != "CPU":
+        raise UsageError("--precision, --inference-precision and --device choose how a local engine runs; with "
+                         "--server the server has chosen them",
+                         hint="pass them to 'ssdtool serve' (or the server's own configuration) instead")
+
+
 class _Engines:
     """The detector's engines, one per performance hint, each made on first use in a helper thread: compiling
     (or loading the compiled blob) is mostly C++ that releases the GIL, so it overlaps with decoding images."""
@@ -105,8 +114,9 @@ class _Engines:
     def _key(self, performance: str) -> str:
         if performance not in PerformanceHint.values():
             raise UsageError(f"performance must be latency or throughput, got {performance!r}")
-        # onnxruntime: one session serves both
-        return PerformanceHint.LATENCY.value if self.model_file.backend == Backend.ONNXRUNTIME else performance
+        # onnxruntime: one session serves both; a server is configured on its side
+        single = self.model_file.backend == Backend.ONNXRUNTIME or self.model_file.server is not None
+        return PerformanceHint.LATENCY.value if single else performance
 
     def start(self, performance: str) -> Future[Engine]:
         """Start making the engine for ``performance`` (once); ``.result()`` waits for it."""
@@ -123,6 +133,14 @@ class _Engines:
 
         started = time.perf_counter()
         model = self.model_file
+        if model.server is not None:
+            engine = make_engine(model)
+            info = RunInfo(model=model.model, backend="remote", device=engine.device, precision=None,
+                           inference_precision=engine.inference_precision, inference_precision_requested="auto",
+                           inference_precision_reason="chosen by the server",
+                           model_path=f"{engine.device}/v2/models/{model.path}", performance=performance)
+            self._run_infos[performance] = info
+            return engine
         if model.backend == Backend.OPENVINO:
             with self._lock:
                 if self._plan is None:
@@ -181,6 +199,8 @@ class Detector:
     cache after the first run). ``workers``: threads decoding images ahead of inference. ``max_pixels``: see
     :func:`~ssdtool.imaging.load_image`. ``decode_memory``: bytes that image files being decoded at once may take
     (see :class:`~ssdtool.pipeline.ImagePreparer`). ``progress`` receives download events when the model is fetched.
+    ``server``: run the model on an Open Inference Protocol server (:class:`~ssdtool.serving.ServerTarget`)
+    instead of here; nothing is downloaded, and precision and device are the server's.
     """
 
     def __init__(self, model: str | ModelEntry | None = None, backend: str = "auto", *,
@@ -189,7 +209,8 @@ class Detector:
                  max_detections: int | None = None, cache_dir: str | os.PathLike[str] | Cache | None = None,
                  registry: str | os.PathLike[str] | Registry | None = None, offline: bool | None = None,
                  performance: str = "auto", workers: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-                 progress: Callable[[Any], None] | None = None, decode_memory: int = DEFAULT_DECODE_MEMORY) -> None:
+                 progress: Callable[[Any], None] | None = None, decode_memory: int = DEFAULT_DECODE_MEMORY,
+                 server: ServerTarget | None = None) -> None:
         _check_arguments(performance, workers, decode_memory)
         self.entry: ModelEntry = model if isinstance(model, ModelEntry) else (
             registry if isinstance(registry, Registry) else load_registry(registry)).model(model)
@@ -201,10 +222,15 @@ class Detector:
         self.device, self.performance = device, performance
         self.workers = workers or _default_workers()
         requested = inference_precisions.parse(inference_precision)
-        self.backend: str = artifacts.resolve_backend(backend, precision, requested).value
-        _check_device(self.backend, device)
-        self.model_file = artifacts.model_file(self.entry, self.cache, self.backend, precision, offline=offline,
-                                               progress=progress)
+        if server is not None:
+            _check_remote(precision, requested, device)
+            self.backend = "remote"
+            self.model_file = artifacts.remote_model_file(self.entry, server)
+        else:
+            self.backend = artifacts.resolve_backend(backend, precision, requested).value
+            _check_device(self.backend, device)
+            self.model_file = artifacts.model_file(self.entry, self.cache, self.backend, precision,
+                                                   offline=offline, progress=progress)
         self.model_path, self.form, self.precision = self.model_file.path, self.model_file.form, \
             self.model_file.precision
         self._prepare = ImagePreparer(self.entry, self.form, max_pixels=max_pixels, decode_memory=decode_memory)

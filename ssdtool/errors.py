@@ -27,6 +27,7 @@ code  class                       meaning
 24    AccuracyError               INT8 accuracy guard failed (nothing installed)
 30    InputError, ImageError      some inputs (images) could not be processed
 31    BackendError                unknown/unusable backend or device, or an inference precision it cannot run
+32    ServerError                 an inference server refused or failed a request (``--server``)
 130   (KeyboardInterrupt)         interrupted; partial downloads are kept for resume
 ====  ==========================  ==========================================================
 """
@@ -156,6 +157,13 @@ class ImageError(InputError):
 
 class BackendError(SsdtoolError):
     exit_code = 31
+
+
+class ServerError(SsdtoolError):
+    """An Open Inference Protocol server answered a request with an error (4xx, 5xx after the retries), or with
+    something that is not a v2 response. Servers that cannot be reached at all are a :class:`NetworkError`."""
+
+    exit_code = 32
 
 
 def all_error_classes() -> list[type[SsdtoolError]]:

@@ -1,6 +1,7 @@
 """Inference engines behind one small interface: ``engine.infer(tensor) -> {output name: array}``.
 
-``onnxruntime`` runs the source ONNX (normalized input); ``openvino`` runs an IR or an ONNX file. Both modules
+``onnxruntime`` runs the source ONNX (normalized input); ``openvino`` runs an IR or an ONNX file; ``remote`` runs
+a model on an Open Inference Protocol server (``--server``). The modules
 import their engine lazily, and a missing or broken engine becomes a :class:`DependencyError` with an install hint.
 ``infer_stream`` runs many tensors with the engine's best concurrency and returns results in input order.
 """
@@ -69,7 +70,12 @@ def make_engine(model: ModelFile, *, device: str = "CPU", hint: str = "latency",
                 cache_dir: Path | None = None, requests: int | None = None) -> Engine:
     """The engine that runs ``model``: OpenVINO for an IR (``hint`` "latency" or "throughput", ``inference_precision``
     pinned or None for the device's default, compiled-model ``cache_dir``), onnxruntime for the source ONNX
-    (``requests`` parallel runs for throughput, one otherwise)."""
+    (``requests`` parallel runs for throughput, one otherwise), or :class:`~ssdtool.backends.remote.RemoteEngine`
+    when the model is on a server (``model.server``; the other arguments are the server's business)."""
+    if model.server is not None:
+        from ssdtool.backends.remote import RemoteEngine
+
+        return RemoteEngine(model.server, model.model)
     if model.backend == "openvino":
         from ssdtool.backends.openvino import OpenVinoEngine
 
