@@ -46,6 +46,7 @@ from ssdtool.registry import ModelEntry
 
 if TYPE_CHECKING:
     from ssdtool.backends import Engine
+    from ssdtool.serving.protocol import ServerTarget
 
 log = logging.getLogger("ssdtool.bench")
 
@@ -78,6 +79,9 @@ class BenchOptions:
     seconds: float | None = None
     device: str = "CPU"
     images: int = BENCH_IMAGES
+    #: Measure a model served over the Open Inference Protocol instead (precision and device are the server's;
+    #: ``requests`` in flight, default the target's ``concurrency``).
+    server: ServerTarget | None = None
     offline: bool = False
 
 
@@ -262,6 +266,9 @@ def benchmark(entry: ModelEntry, cache: Cache, options: BenchOptions | None = No
     """
     options = options or BenchOptions()
     check_options(options)
+    if options.server is not None:
+        return benchmark_model(artifacts.remote_model_file(entry, options.server),
+                               input_tensors(entry, Backend.OPENVINO.value, options.images), options)
     model = artifacts.model_file(entry, cache, options.backend,
                                  options.precision if options.backend == Backend.OPENVINO else None,
                                  offline=options.offline, progress=progress)
@@ -289,7 +296,11 @@ def benchmark_model(model: artifacts.ModelFile, tensors: Sequence[np.ndarray], o
         raise UsageError("a benchmark needs at least one input tensor")
     _reset_peak_rss()
     throughput = options.hint == PerformanceHint.THROUGHPUT
-    if model.backend == Backend.OPENVINO:
+    if model.server is not None:
+        began = time.perf_counter()
+        engine = make_engine(model)  # reads the model's metadata from the server
+        reason = "chosen by the server"
+    elif model.backend == Backend.OPENVINO:
         plan = artifacts.precision_plan(model, options.inference_precision, options.device)
         began = time.perf_counter()
         # Streams are the plugin's choice for the hint (as in benchmark_app); requests only size the queue.
@@ -304,16 +315,21 @@ def benchmark_model(model: artifacts.ModelFile, tensors: Sequence[np.ndarray], o
     timings = _measure(engine, tensors, options, requests)
     peak = peak_rss_bytes()
     latencies = np.asarray(timings.latencies_ms, dtype=np.float64)
+    remote = model.server is not None
     return BenchReport(
-        model=model.model, backend=model.backend.value,
-        precision=options.precision if model.backend == Backend.OPENVINO else "FP32", device=options.device,
-        hint=options.hint, requests=timings.requests, model_path=str(model.path),
+        model=model.model, backend="remote" if remote else model.backend.value,
+        precision="served" if remote else options.precision if model.backend == Backend.OPENVINO else "FP32",
+        device=engine.device if remote else options.device,
+        hint=options.hint, requests=timings.requests,
+        model_path=f"{engine.device}/v2/models/{model.path}" if remote else str(model.path),
         input_shape=tuple(engine.input_shape or tensors[0].shape), load_seconds=load_seconds,
         first_inference_ms=timings.first_ms, iterations=len(latencies), duration_seconds=timings.duration,
         latency_median_ms=float(np.median(latencies)), latency_p90_ms=float(np.percentile(latencies, 90)),
         latency_min_ms=float(latencies.min()), latency_max_ms=float(latencies.max()),
         latency_mean_ms=float(latencies.mean()), throughput_fps=len(latencies) / timings.duration,
         peak_rss_mb=peak / 2**20 if peak is not None else None, streams=engine.streams, threads=engine.threads,
-        versions=_versions(model.backend.value, options.precision), inference_precision=engine.inference_precision,
-        inference_precision_requested=inference_precisions.parse(options.inference_precision).value,
+        versions=_versions("requests" if remote else model.backend.value, options.precision),
+        inference_precision=engine.inference_precision,
+        inference_precision_requested="auto" if remote
+        else inference_precisions.parse(options.inference_precision).value,
         inference_precision_reason=reason)

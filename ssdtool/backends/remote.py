@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from ssdtool.constants import WireProtocol
-from ssdtool.errors import NetworkError, ServerError
+from ssdtool.errors import NetworkError, ServerError, UsageError
 from ssdtool.redact import redact_text, redact_url
 from ssdtool.serving.protocol import (
     HEADER_LENGTH,
@@ -49,6 +49,9 @@ class RemoteEngine:
     def __init__(self, target: ServerTarget, model: str) -> None:
         import requests
 
+        if not target.url.lower().startswith(("http://", "https://")):
+            raise UsageError(f"--server takes an http:// or https:// URL, got {redact_url(target.url)!r}",
+                             hint="for example --server http://127.0.0.1:8080")
         self._requests = requests
         self.target = target
         self.model = target.model or model

@@ -16,6 +16,8 @@ from ssdtool.commands.options import (
     model_argument,
     offline_option,
     progress_option,
+    server_options,
+    server_target,
 )
 from ssdtool.commands.progress import app_download_progress
 
@@ -26,9 +28,9 @@ def format_report(data: dict[str, Any]) -> str:
     engine = f"{data['streams']} stream{'s' if data['streams'] != 1 else ''}" if data.get("streams") else ""
     threads = f"{data['threads']} thread{'s' if data['threads'] != 1 else ''}" if data.get("threads") else ""
     detail = ", ".join(part for part in (requests, engine, threads) if part)
-    load = "read + compile" if data["backend"] == "openvino" else "session creation"
+    load = {"openvino": "read + compile", "remote": "server metadata"}.get(data["backend"], "session creation")
     peak = human_size(int(data["peak_rss_mb"] * 2**20)) if data.get("peak_rss_mb") is not None else "unknown"
-    weights = f"{data['precision']} IR" if data["backend"] == "openvino" else "source ONNX"
+    weights = {"openvino": f"{data['precision']} IR", "remote": "served model"}.get(data["backend"], "source ONNX")
     lines = [
         f"{data['model']}: {data['backend']} {weights} on {data['device']}, {data['hint']} hint ({detail})",
         f"  model:           {data['model_path']}",
@@ -64,11 +66,14 @@ def format_report(data: dict[str, Any]) -> str:
 @device_option("OpenVINO device.")
 @offline_option()
 @progress_option
+@server_options
 @json_option("Print the report as JSON on stdout.")
 @click.pass_context
 def bench_command(ctx: click.Context, name: str | None, backend: str, precision: str, inference_precision: str,
                   hint: str, requests: int | None, iterations: int | None, seconds: float | None, device: str,
-                  offline: bool, progress_mode: str, as_json: bool) -> None:
+                  offline: bool, progress_mode: str, server_url: str | None, server_model: str | None,
+                  concurrency: int | None, wire_protocol: str, server_timeout: float, server_retries: int,
+                  as_json: bool) -> None:
     """Measure inference speed of NAME (default model): latency percentiles, throughput, load time, memory.
 
     Inputs are generated images, preprocessed before timing; the first inference is reported apart and
@@ -81,8 +86,12 @@ def bench_command(ctx: click.Context, name: str | None, backend: str, precision:
     if iterations is not None and seconds is not None:
         raise UsageError("--iterations and --time are exclusive", hint="give one of them")
     app = app_context(ctx)
+    server = server_target(server_url, server_model, concurrency, wire_protocol, server_timeout, server_retries, 1)
+    if server is not None:
+        hint, requests = ("throughput", server.concurrency) if server.concurrency > 1 else (hint, requests)
     options = BenchOptions(backend=backend, precision=precision, inference_precision=inference_precision, hint=hint,
-                           requests=requests, iterations=iterations, seconds=seconds, device=device, offline=offline)
+                           requests=requests, iterations=iterations, seconds=seconds, device=device, offline=offline,
+                           server=server)
     downloads = app_download_progress(app, progress_mode)
     report = benchmark(app.registry().model(name), app.cache(), options, progress=downloads)
     if as_json:

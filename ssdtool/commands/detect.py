@@ -13,7 +13,14 @@ from pathlib import Path
 import click
 
 from ssdtool.commands.common import app_context, printable, want_json
-from ssdtool.commands.options import engine_options, model_option, offline_option, progress_option
+from ssdtool.commands.options import (
+    engine_options,
+    model_option,
+    offline_option,
+    progress_option,
+    server_options,
+    server_target,
+)
 from ssdtool.commands.progress import app_download_progress
 from ssdtool.constants import OutputFormat
 from ssdtool.errors import InputError, UsageError
@@ -45,13 +52,15 @@ DEFAULT_MAX_PIXELS = 89_478_485  # = ssdtool.imaging.DEFAULT_MAX_PIXELS (not imp
 @click.option("--workers", type=click.IntRange(1, 64), metavar="N",
               help="Threads decoding and resizing images ahead of inference [default: cores, at most 4].")
 @offline_option("Never use the network: the model must already be downloaded.")
+@server_options
 @progress_option
 @click.pass_context
 def detect_command(ctx: click.Context, sources: tuple[str, ...], model_name: str | None, backend: str,
                    precision: str | None, inference_precision: str, device: str, threshold: float,
                    classes: str | None, max_detections: int | None, output_format: str | None, as_json: bool,
                    output: str | None, save_dir: str | None, recursive: bool, max_pixels: int, workers: int | None,
-                   offline: bool, progress_mode: str) -> None:
+                   offline: bool, server_url: str | None, server_model: str | None, concurrency: int | None,
+                   wire_protocol: str, server_timeout: float, server_retries: int, progress_mode: str) -> None:
     """Detect objects in images: files, folders or glob patterns (quote them to let ssdtool expand them).
 
     Prints one line per detection (class, score, box [x_min, y_min, x_max, y_max] in pixels of the original
@@ -65,6 +74,7 @@ def detect_command(ctx: click.Context, sources: tuple[str, ...], model_name: str
       ssdtool detect photos/ --recursive --format jsonl -o results.jsonl
       ssdtool detect 'val2017/*.jpg' --format coco --threshold 0.05 -o detections.json
       ssdtool detect street.jpg --classes person,car --save-dir annotated/
+      ssdtool detect photos/ --server http://127.0.0.1:8080 --concurrency 8
     """
     from ssdtool.commands.detect_output import Output, make_writer, write_results
     from ssdtool.detect import Detector
@@ -94,7 +104,9 @@ def detect_command(ctx: click.Context, sources: tuple[str, ...], model_name: str
                       threshold=threshold, classes=classes, max_detections=max_detections, cache_dir=app.cache(),
                       registry=app.registry(), offline=offline,
                       performance="latency" if len(files) == 1 else "throughput", workers=workers,
-                      max_pixels=max_pixels, progress=app_download_progress(app, progress_mode)) as detector:
+                      max_pixels=max_pixels, progress=app_download_progress(app, progress_mode),
+                      server=server_target(server_url, server_model, concurrency, wire_protocol, server_timeout,
+                                           server_retries, 1 if len(files) == 1 else 4)) as detector:
             failed = write_results(detector, files, make_writer(fmt, out, [f.path for f in files]), out,
                                    Path(save_dir) if save_dir else None, app.quiet, progress_mode)
     except BaseException:

@@ -127,3 +127,39 @@ def _upper(_ctx: click.Context, _param: click.Parameter, value: str | None) -> s
 
 def _lower(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
     return value.lower() if value is not None else None
+
+
+def server_options(func: F) -> F:
+    """``--server URL`` and how to talk to it: run the model on an Open Inference Protocol server (ssdtool serve,
+    OVMS, Triton, KServe) instead of here. :func:`server_target` turns them into a ``ServerTarget``."""
+    return _stack(
+        click.option("--server", "server_url", metavar="URL", envvar="SSDTOOL_SERVER", show_envvar=True,
+                     help="Run the model on this Open Inference Protocol (KServe v2) server, e.g. "
+                          "http://127.0.0.1:8080: nothing is downloaded or converted here."),
+        click.option("--server-model", metavar="NAME",
+                     help="The model's name on the server [default: the registry model's name]."),
+        click.option("--concurrency", type=click.IntRange(1, 256), default=None, metavar="N",
+                     help="Requests in flight to the server [default: 4 for many images, 1 for one]."),
+        click.option("--protocol", "wire_protocol", type=click.Choice(["binary", "json"]), default="binary",
+                     show_default=True,
+                     help="binary: the binary tensor extension (raw bytes after a JSON header); json: numbers in "
+                          "JSON (slower; for servers without the extension)."),
+        click.option("--server-timeout", type=click.FloatRange(0.1, 3600), default=30.0, show_default=True,
+                     metavar="SECONDS", help="Seconds to connect and to wait for each answer."),
+        click.option("--server-retries", type=click.IntRange(0, 50), default=6, show_default=True, metavar="N",
+                     help="Further attempts after a connection error, a timeout or a 503 (backoff doubles from "
+                          "0.2 s, capped at 5 s)."),
+    )(func)
+
+
+def server_target(server_url: str | None, server_model: str | None, concurrency: int | None,
+                  wire_protocol: str, server_timeout: float, server_retries: int, default_concurrency: int = 4
+                  ) -> Any:
+    """The ``ServerTarget`` the server options name, or None without ``--server``."""
+    if server_url is None:
+        return None
+    from ssdtool.constants import WireProtocol
+    from ssdtool.serving.protocol import ServerTarget
+
+    return ServerTarget(server_url, server_model, concurrency or default_concurrency, server_timeout,
+                        server_retries, protocol=WireProtocol.parse(wire_protocol, "protocol"))

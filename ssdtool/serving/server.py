@@ -131,7 +131,7 @@ def _application(kserve: Any, model: Any, limit: int) -> Any:
     app = FastAPI(title="ssdtool serve", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_api_route("/metrics", metrics_handler, methods=["GET"])
     register_v2_endpoints(app, DataPlane(model_registry=repository), ModelRepositoryExtension(repository))
-    for error, handler in ((errors.InvalidInput, errors.invalid_input_handler),
+    for error, handler in ((errors.InvalidInput, _invalid_input),
                            (errors.InferenceError, errors.inference_error_handler),
                            (errors.ModelNotFound, errors.model_not_found_handler),
                            (errors.ModelNotReady, errors.model_not_ready_handler),
@@ -142,6 +142,14 @@ def _application(kserve: Any, model: Any, limit: int) -> Any:
         app.add_exception_handler(error, handler)
     app.add_middleware(_BodyLimit, limit=limit)
     return app
+
+
+async def _invalid_input(_request: Any, exc: Exception) -> Any:
+    """400 with the reason, logged on one line (kserve's own handler logs a traceback per bad request)."""
+    from fastapi.responses import JSONResponse
+
+    log.info("bad request: %s", exc)
+    return JSONResponse(status_code=400, content={"error": str(exc)})
 
 
 class Server:

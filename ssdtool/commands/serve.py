@@ -1,0 +1,104 @@
+"""``ssdtool serve``: a thin command over :func:`ssdtool.serving.start_server`; it owns the process's signals."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from typing import Any
+
+import click
+
+from ssdtool.commands.common import app_context, printable, want_json
+from ssdtool.commands.options import (
+    device_option,
+    inference_precision_option,
+    ir_precision_option,
+    json_option,
+    model_argument,
+    offline_option,
+    progress_option,
+)
+from ssdtool.commands.progress import app_download_progress
+
+DEFAULT_MAX_REQUEST_BYTES = 64 * 2**20  # = ssdtool.serving.protocol.DEFAULT_MAX_REQUEST_BYTES (keeps --help light)
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+@click.command("serve")
+@model_argument
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on. Only this machine can connect by default; 0.0.0.0 (or ::) opens the "
+                   "server to the network, with no authentication.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True,
+              help="TCP port (0: any free port; the URL is printed).")
+@click.option("--model-name", metavar="NAME", help="Serve the model under this name [default: the registry name].")
+@ir_precision_option()
+@inference_precision_option()
+@device_option()
+@click.option("--max-request-bytes", type=click.IntRange(min=1), default=DEFAULT_MAX_REQUEST_BYTES,
+              show_default=True, metavar="BYTES",
+              help="Refuse request bodies larger than this with 413 (the default holds a 1200 px FP32 tensor in "
+                   "binary or JSON, or a large photo).")
+@click.option("--grace", "grace_seconds", type=click.FloatRange(0, 600), default=10.0, show_default=True,
+              metavar="SECONDS", help="On SIGTERM or Ctrl-C, wait this long for requests in flight to finish.")
+@offline_option("Never use the network: the model must already be downloaded (and is converted if needed).")
+@progress_option
+@json_option("When the server is ready, print its URL and what it runs as one JSON document on stdout.")
+@click.pass_context
+def serve_command(ctx: click.Context, name: str | None, host: str, port: int, model_name: str | None,
+                  precision: str | None, inference_precision: str, device: str, max_request_bytes: int,
+                  grace_seconds: float, offline: bool, progress_mode: str, as_json: bool) -> None:
+    """Serve NAME (default model) over the Open Inference Protocol (KServe v2 REST) until SIGTERM or Ctrl-C.
+
+    Endpoints: /v2/health/live, /v2/health/ready, /v2/models/NAME (metadata), /v2/models/NAME/infer (the IR's
+    tensor input, raw BGR pixels, or an encoded image as the BYTES input "encoded_image", answered with
+    detections in pixels), /metrics (Prometheus). Needs the serve extra: pip install 'ssdtool[serve]'.
+
+    \b
+    Examples:
+      ssdtool serve --inference-precision f32
+      ssdtool serve --host 0.0.0.0 --port 9000
+      ssdtool detect photos/ --server http://127.0.0.1:8080
+    """
+    from ssdtool.serving import ServeOptions, start_server
+
+    want_json(ctx, as_json)
+    app = app_context(ctx)
+    options = ServeOptions(host=host, port=port, precision=precision, inference_precision=inference_precision,
+                           device=device, model_name=model_name, max_request_bytes=max_request_bytes,
+                           offline=offline, grace_seconds=grace_seconds)
+    if host not in LOOPBACK:
+        click.echo(f"warning: listening on {printable(host)}: anyone who can reach this machine on port {port} can "
+                   f"use the model (there is no authentication; put a proxy with TLS and auth in front)", err=True)
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        server = start_server(app.registry().model(name), app.cache(), options,
+                              progress=app_download_progress(app, progress_mode))
+        try:
+            _announce(server, as_json, app.quiet)
+            while not stop.wait(0.25) and not server.wait(0):
+                pass
+        finally:
+            server.stop()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if not app.quiet:
+        click.echo("stopped", err=True)
+
+
+def _announce(server: Any, as_json: bool, quiet: bool) -> None:
+    info = server.info
+    if as_json:
+        # One line, so a script reading stdout line by line gets the whole document at once.
+        click.echo(json.dumps({"url": server.url, "infer_url": f"{server.url}/v2/models/{server.model_name}/infer",
+                               **info}))
+    if not quiet:
+        click.echo(f"serving {printable(server.model_name)} at {server.url}/v2/models/{printable(server.model_name)} "
+                   f"({info['precision']} IR on {info['device']}, {info['inference_precision'] or 'unreported'}); "
+                   f"SIGTERM or Ctrl-C stops", err=True)
+
+
+COMMANDS = [serve_command]
