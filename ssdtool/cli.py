@@ -196,5 +196,6 @@ def main() -> None:
 
 # The commands, in the order --help lists them. An explicit list: a command module never imports this one, so
 # importing any of them first cannot leave the group without its commands.
-for _command in (*catalog.COMMANDS, *download.COMMANDS, *convert.COMMANDS, *detect.COMMANDS, *bench.COMMANDS, *serve.COMMANDS):
+for _command in (*catalog.COMMANDS, *download.COMMANDS, *convert.COMMANDS, *detect.COMMANDS, *bench.COMMANDS,
+                 *serve.COMMANDS):
     cli.add_command(_command)

@@ -121,7 +121,6 @@ def _application(kserve: Any, model: Any, limit: int) -> Any:
     from fastapi import FastAPI
     from kserve import errors
     from kserve.model_repository import ModelRepository
-    from kserve.protocol.dataplane import DataPlane
     from kserve.protocol.model_repository_extension import ModelRepositoryExtension
     from kserve.protocol.rest.server import metrics_handler
     from kserve.protocol.rest.v2_endpoints import register_v2_endpoints
@@ -130,7 +129,9 @@ def _application(kserve: Any, model: Any, limit: int) -> Any:
     repository.update(model)
     app = FastAPI(title="ssdtool serve", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_api_route("/metrics", metrics_handler, methods=["GET"])
-    register_v2_endpoints(app, DataPlane(model_registry=repository), ModelRepositoryExtension(repository))
+    from ssdtool.serving.binary import BinaryDataPlane
+
+    register_v2_endpoints(app, BinaryDataPlane(model_registry=repository), ModelRepositoryExtension(repository))
     for error, handler in ((errors.InvalidInput, _invalid_input),
                            (errors.InferenceError, errors.inference_error_handler),
                            (errors.ModelNotFound, errors.model_not_found_handler),
@@ -263,5 +264,5 @@ def start_server(entry: ModelEntry, cache: Cache, options: ServeOptions | None =
                             access_log=False, lifespan="off")
     server = Server(uvicorn.Server(config), sock, model, name, info)
     server._start()
-    log.info("serving %s at %s", name, server.url)
+    log.debug("serving %s at %s", name, server.url)
     return server
