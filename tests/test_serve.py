@@ -1,0 +1,341 @@
+"""``ssdtool serve`` and the ``--server`` client on the tiny twin, all on 127.0.0.1.
+
+One server process per module (started with ``--port 0``; its URL is read from the JSON line it prints), pinned
+to f32 so its numbers can be compared with local inference of the same IR. The restart and SIGTERM test starts
+its own servers on one free port.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import requests
+from click.testing import CliRunner
+from PIL import Image
+
+from ssdtool.cache import Cache
+from ssdtool.cli import cli
+from ssdtool.errors import NetworkError, ServerError
+from ssdtool.imaging import generated_images, preprocess
+from ssdtool.registry import load_registry
+from ssdtool.serving.protocol import DETECTION_OUTPUTS, HEADER_LENGTH, IMAGE_INPUT, ServerTarget
+from ssdtool.synthetic import TwinSpec, build_model
+from tests.modelkit import install_model
+
+pytest.importorskip("kserve")
+
+TOLERANCE = 1e-5
+MAX_BODY = 4_000_000  # the tiny twin's tensor is 1.08 MB in binary and about 1.6 MB as JSON numbers
+
+
+@dataclass(frozen=True)
+class World:
+    registry: Path
+    cache: Path
+    images: tuple[Path, ...]
+
+    def args(self, *extra: str) -> list[str]:
+        return ["--registry", str(self.registry), "--cache-dir", str(self.cache), *extra]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> World:
+    from ssdtool.convert import ConvertOptions, convert
+
+    root = tmp_path_factory.mktemp("serve-world")
+    registry, cache = root / "registry.yml", root / "cache"
+    install_model(cache, registry, "tiny", build_model(TwinSpec(variant="tiny")))
+    convert(load_registry(registry).model("tiny"), Cache.at(cache), ConvertOptions(verify=False))
+    images = []
+    for index, size in enumerate(((640, 480), (300, 300), (333, 500))):
+        path = root / f"image-{index}.png"
+        Image.fromarray(generated_images(1, seed=40 + index, size=size)[0]).save(path)
+        images.append(path)
+    return World(registry, cache, tuple(images))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServeProcess:
+    """``ssdtool serve`` in a child process; :attr:`info` is the JSON line it prints when ready."""
+
+    def __init__(self, world: World, port: int = 0, *extra: str) -> None:
+        self.log = open(world.registry.parent / f"serve-{time.monotonic_ns()}.log", "w+")  # noqa: SIM115
+        command = [sys.executable, "-m", "ssdtool", *world.args("serve", "tiny", "--port", str(port),
+                                                                 "--inference-precision", "f32", "--json",
+                                                                 "--max-request-bytes", str(MAX_BODY), *extra)]
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=self.log, text=True,
+                                        env={**os.environ, "SSDTOOL_OFFLINE": "1"})
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line:
+            self.process.wait(10)
+            self.log.seek(0)
+            raise AssertionError(f"serve did not start: {self.log.read()[-2000:]}")
+        self.info: dict[str, Any] = json.loads(line)
+        self.url: str = self.info["url"]
+
+    def terminate(self, timeout: float = 30) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout)
+        self.log.close()
+        return code
+
+    def stderr(self) -> str:
+        if not self.log.closed:
+            self.log.flush()
+        return Path(self.log.name).read_text()
+
+
+@pytest.fixture(scope="module")
+def server(world: World) -> Iterator[ServeProcess]:
+    process = ServeProcess(world)
+    yield process
+    assert process.terminate() == 0
+
+
+@pytest.fixture(scope="module")
+def local_engine(world: World) -> Any:
+    from ssdtool.backends.openvino import OpenVinoEngine
+
+    return OpenVinoEngine(world.cache / "tiny" / "openvino" / "FP32" / "tiny.xml", inference_precision="f32")
+
+
+def _tensor(world: World, index: int) -> np.ndarray:
+    entry = load_registry(world.registry).model("tiny")
+    rgb = np.asarray(Image.open(world.images[index % len(world.images)]).convert("RGB"))
+    return preprocess(rgb, entry, form="ir")
+
+
+def _remote(url: str, **options: Any) -> Any:
+    from ssdtool.backends.remote import RemoteEngine
+
+    return RemoteEngine(ServerTarget(url, **options), "tiny")
+
+
+# -- protocol -------------------------------------------------------------------------------------------------
+def test_binds_loopback_and_answers_health_metadata_and_metrics(server: ServeProcess) -> None:
+    assert server.url.startswith("http://127.0.0.1:")
+    assert server.info["inference_precision"] == "f32" and server.info["precision"] == "FP32"
+    assert requests.get(f"{server.url}/v2/health/live", timeout=10).json() == {"live": True}
+    assert requests.get(f"{server.url}/v2/health/ready", timeout=10).json() == {"ready": True}
+    metadata = requests.get(f"{server.url}/v2/models/tiny", timeout=10).json()
+    assert metadata["name"] == "tiny"
+    assert metadata["inputs"] == [{"name": "image", "datatype": "FP32", "shape": [1, 3, 300, 300]},
+                                  {"name": IMAGE_INPUT, "datatype": "BYTES", "shape": [1]}]
+    names = [output["name"] for output in metadata["outputs"]]
+    assert names == ["bboxes", "labels", "scores", *DETECTION_OUTPUTS]
+    requests.post(f"{server.url}/v2/models/tiny/infer", data=b"{}", timeout=10)
+    metrics = requests.get(f"{server.url}/metrics", timeout=10).text
+    assert "request_predict_seconds" in metrics
+
+
+@pytest.mark.parametrize("protocol", ["binary", "json"])
+def test_tensor_request_equals_local_inference(world: World, server: ServeProcess, local_engine: Any,
+                                               protocol: str) -> None:
+    remote = _remote(server.url, protocol=protocol)
+    tensor = _tensor(world, 0)
+    expected, got = local_engine.infer(tensor), remote.infer(tensor)
+    assert set(got) == set(expected)
+    for name, value in expected.items():
+        assert got[name].dtype == value.dtype and got[name].shape == value.shape
+        np.testing.assert_allclose(got[name], value, atol=TOLERANCE, rtol=0)
+    assert remote.inference_precision == "f32"  # reported by the server with each answer
+    assert remote.device == server.url and remote.input_shape == (1, 3, 300, 300)
+
+
+def _image_request(data: bytes, threshold: float | None = None) -> tuple[bytes, dict[str, str]]:
+    raw = len(data).to_bytes(4, "little") + data
+    header: dict[str, Any] = {"inputs": [{"name": IMAGE_INPUT, "shape": [1], "datatype": "BYTES",
+                                          "parameters": {"binary_data_size": len(raw)}}]}
+    if threshold is not None:
+        header["parameters"] = {"threshold": threshold}
+    encoded = json.dumps(header).encode()
+    return encoded + raw, {HEADER_LENGTH: str(len(encoded)), "Content-Type": "application/octet-stream"}
+
+
+def test_encoded_image_request_equals_local_detect(world: World, server: ServeProcess) -> None:
+    from ssdtool.detect import Detector
+
+    path = world.images[0]
+    body, headers = _image_request(path.read_bytes(), threshold=0.1)
+    answer = requests.post(f"{server.url}/v2/models/tiny/infer", data=body, headers=headers, timeout=30)
+    assert answer.status_code == 200, answer.text
+    outputs = {out["name"]: np.asarray(out["data"]).reshape(out["shape"]) for out in answer.json()["outputs"]}
+    with Detector("tiny", "openvino", inference_precision="f32", registry=world.registry, cache_dir=world.cache,
+                  threshold=0.1, offline=True) as detector:
+        local = detector(path)
+    assert len(local) > 5 and outputs["detection_boxes"].shape == (len(local), 4)
+    np.testing.assert_allclose(outputs["detection_boxes"], [d.box for d in local], atol=1e-3)
+    assert outputs["detection_labels"].tolist() == [d.label_id for d in local]
+    np.testing.assert_allclose(outputs["detection_scores"], [d.score for d in local], atol=TOLERANCE)
+
+
+@pytest.mark.parametrize("protocol", ["binary", "json"])
+def test_detect_with_server_equals_local_detect(world: World, server: ServeProcess, protocol: str) -> None:
+    images = [str(p) for p in world.images]
+    local = CliRunner().invoke(cli, world.args("detect", *images, "-m", "tiny", "--inference-precision", "f32",
+                                               "--json", "-t", "0.2", "--offline"))
+    remote = CliRunner().invoke(cli, world.args("detect", *images, "-m", "tiny", "--server", server.url,
+                                                "--protocol", protocol, "--concurrency", "3", "--json", "-t", "0.2"))
+    assert local.exit_code == 0 and remote.exit_code == 0, remote.output
+    local_images, remote_images = json.loads(local.stdout)["images"], json.loads(remote.stdout)["images"]
+    assert sum(len(image["detections"]) for image in local_images) > 10
+    assert remote_images == local_images
+    run = json.loads(remote.stdout)["run"]
+    assert run["backend"] == "remote" and run["device"] == server.url
+
+
+# -- bad requests -----------------------------------------------------------------------------------------------
+def _tensor_json(name: str = "image", shape: tuple[int, ...] = (1, 3, 300, 300), datatype: str = "FP32",
+                 count: int | None = None) -> bytes:
+    size = count if count is not None else int(np.prod(shape))
+    return json.dumps({"inputs": [{"name": name, "shape": list(shape), "datatype": datatype,
+                                   "data": [1.0] * size}]}).encode()
+
+
+JSON_TYPE = {"Content-Type": "application/json"}
+BAD_REQUESTS = {
+    "wrong shape": (_tensor_json(shape=(1, 3, 200, 200)), JSON_TYPE, 400, "shape"),
+    "wrong dtype": (_tensor_json(datatype="INT32"), JSON_TYPE, 400, "datatype"),
+    "wrong name": (_tensor_json(name="pixels"), JSON_TYPE, 400, "unknown input 'pixels'"),
+    "too little data": (_tensor_json(count=10), JSON_TYPE, 400, "image"),
+    "garbage JSON": (b"{not json", {"Content-Type": "application/json"}, 422, ""),
+    "no inputs": (b'{"inputs": []}', {"Content-Type": "application/json"}, 400, "exactly one input"),
+    "over the size limit": (b"x" * (MAX_BODY + 1), {"Content-Type": "application/json"}, 413, "limit"),
+    "bad binary header": (b'{"inputs": [}' + b"\0" * 16, {HEADER_LENGTH: "13"}, 400, "binary request"),
+    "binary size past the end": (b'{"inputs":[{"name":"image","shape":[1,3,300,300],"datatype":"FP32",'
+                                 b'"parameters":{"binary_data_size":1080000}}]}' + b"\0" * 8, {}, 400, "past the end"),
+    "not an image": (*_image_request(b"this is not a picture"), 400, "decode"),
+    "bad threshold": (*_image_request(b"x", threshold=7), 400, "threshold"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_REQUESTS))
+def test_bad_request_gets_4xx_json_and_the_server_keeps_serving(world: World, server: ServeProcess,
+                                                                local_engine: Any, case: str) -> None:
+    body, headers, status, text = BAD_REQUESTS[case]
+    if case == "binary size past the end":
+        headers = {HEADER_LENGTH: str(len(body) - 8)}
+    answer = requests.post(f"{server.url}/v2/models/tiny/infer", data=body, headers=headers, timeout=30)
+    assert answer.status_code == status, answer.text
+    error = answer.json()
+    assert isinstance(error, dict) and ("error" in error or "detail" in error)
+    assert text in json.dumps(error)
+    assert requests.get(f"{server.url}/v2/health/ready", timeout=10).status_code == 200
+    tensor = _tensor(world, 1)
+    np.testing.assert_allclose(_remote(server.url).infer(tensor)["scores"], local_engine.infer(tensor)["scores"],
+                               atol=TOLERANCE)
+
+
+def test_client_errors_are_ssdtool_errors_with_exit_codes(world: World, server: ServeProcess) -> None:
+    with pytest.raises(ServerError, match="HTTP 404"):
+        _remote(server.url, model="no-such-model")
+    port = _free_port()
+    with pytest.raises(NetworkError, match="after 2 attempts"):
+        _remote(f"http://user:secret@127.0.0.1:{port}", retries=1, backoff=0.01)
+    result = CliRunner().invoke(cli, world.args("detect", str(world.images[0]), "-m", "tiny", "--server",
+                                                f"http://user:secret@127.0.0.1:{port}", "--server-retries", "0"))
+    assert result.exit_code == 10 and "secret" not in result.output
+    result = CliRunner().invoke(cli, world.args("detect", str(world.images[0]), "-m", "tiny", "--server",
+                                                server.url, "--server-model", "nope"))
+    assert result.exit_code == 32 and "HTTP 404" in result.output
+    result = CliRunner().invoke(cli, world.args("detect", str(world.images[0]), "-m", "tiny", "--server",
+                                                server.url, "--inference-precision", "bf16"))
+    assert result.exit_code == 2 and "ssdtool serve" in result.output
+
+
+# -- load and failures ------------------------------------------------------------------------------------------
+def test_eight_concurrent_clients_fifty_requests_each(world: World, server: ServeProcess,
+                                                      local_engine: Any) -> None:
+    tensors = [_tensor(world, i) for i in range(3)]
+    expected = [local_engine.infer(t) for t in tensors]
+    failures: list[str] = []
+
+    def client(number: int) -> None:
+        engine = _remote(server.url)
+        for request in range(50):
+            index = (number + request) % len(tensors)
+            try:
+                got = engine.infer(tensors[index])
+                for name, value in expected[index].items():
+                    np.testing.assert_allclose(got[name], value, atol=TOLERANCE)
+            except Exception as exc:  # collected: an assertion in a thread would be lost
+                failures.append(f"client {number} request {request}: {exc}")
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+
+
+def test_client_retries_through_a_restart_and_sigterm_is_graceful(world: World, local_engine: Any) -> None:
+    port = _free_port()
+    first = ServeProcess(world, port)
+    remote = _remote(first.url, retries=12, backoff=0.1, concurrency=2)
+    tensors = [_tensor(world, i) for i in range(3)]
+    expected = [local_engine.infer(t)["scores"] for t in tensors]
+    second: ServeProcess | None = None
+    results = []
+    try:
+        for key, outputs in remote.infer_stream(((i, tensors[i % 3]) for i in range(30)), 2):
+            results.append((key, outputs))
+            if key == 5:
+                assert first.terminate() == 0  # SIGTERM: requests in flight finish, then exit 0
+                assert "stopped" in first.stderr()
+                second = ServeProcess(world, port)
+        assert [key for key, _ in results] == list(range(30))
+        for key, outputs in results:
+            np.testing.assert_allclose(outputs["scores"], expected[key % 3], atol=TOLERANCE)
+        assert second is not None
+    finally:
+        if second is not None:
+            assert second.terminate() == 0
+        if first.process.poll() is None:
+            first.terminate()
+
+
+def test_serve_refuses_a_port_in_use(world: World, server: ServeProcess) -> None:
+    port = int(server.url.rsplit(":", 1)[1])
+    result = CliRunner().invoke(cli, world.args("serve", "tiny", "--port", str(port), "--offline"))
+    assert result.exit_code == 2 and "--port" in result.output
+
+
+def test_bench_with_server_measures_the_served_model(world: World, server: ServeProcess) -> None:
+    result = CliRunner().invoke(cli, world.args("bench", "tiny", "--server", server.url, "--concurrency", "2",
+                                                "-n", "6", "--json"))
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["backend"] == "remote" and report["requests"] == 2 and report["hint"] == "throughput"
+    assert report["iterations"] == 6 and report["device"] == server.url
+    assert report["inference_precision"] == "f32"
+
+
+def test_encoded_image_json_round_trip_through_pil(server: ServeProcess) -> None:
+    """A JPEG made in memory (any encoder's bytes work): the answer's boxes lie inside the image."""
+    buffer = io.BytesIO()
+    Image.fromarray(generated_images(1, seed=7, size=(200, 120))[0]).save(buffer, format="JPEG")
+    body, headers = _image_request(buffer.getvalue(), threshold=0.0)
+    answer = requests.post(f"{server.url}/v2/models/tiny/infer", data=body, headers=headers, timeout=30).json()
+    boxes = np.asarray(answer["outputs"][0]["data"]).reshape(answer["outputs"][0]["shape"])
+    assert len(boxes) > 0 and boxes[:, [0, 2]].max() <= 200 and boxes[:, [1, 3]].max() <= 120
