@@ -44,9 +44,9 @@ from common import (
 
 sys.path.insert(0, str(ROOT))
 
-SECTIONS = ("engines", "detect", "startup", "download", "convert")
+SECTIONS = ("engines", "detect", "startup", "download", "convert", "serve")
 HEADINGS = {"summary": "Summary", "engines": "Engines", "detect": "Detect", "startup": "Start-up",
-            "download": "Download", "convert": "Convert"}
+            "download": "Download", "convert": "Convert", "serve": "Serving"}
 RESULTS = WORK / "results.json"
 PERFORMANCE_MD = ROOT / "docs" / "performance.md"
 HELP_TARGET = 0.25
@@ -226,6 +226,14 @@ def section_download(quick: bool) -> dict[str, Any]:
     return report
 
 
+def section_serve(quick: bool) -> dict[str, Any]:
+    import bench_serve
+
+    figures = bench_serve.run(quick)
+    write_section(HEADINGS["serve"], bench_serve.markdown(figures))
+    return figures
+
+
 def section_convert(quick: bool) -> dict[str, Any]:
     import bench_convert
 
@@ -243,7 +251,7 @@ def section_convert(quick: bool) -> dict[str, Any]:
 
 RUNNERS: dict[str, Callable[[bool], dict[str, Any]]] = {
     "engines": section_engines, "detect": section_detect, "startup": section_startup,
-    "download": section_download, "convert": section_convert,
+    "download": section_download, "convert": section_convert, "serve": section_serve,
 }
 
 
