@@ -26,10 +26,13 @@ _LAZY = {
     "load_image": "ssdtool.imaging", "preprocess": "ssdtool.imaging",
     "find_images": "ssdtool.inputs",
     "ImageError": "ssdtool.errors",
+    "start_server": "ssdtool.serving.server", "ServeOptions": "ssdtool.serving.server",
+    "ServerTarget": "ssdtool.serving.protocol", "RemoteEngine": "ssdtool.backends.remote",
 }
 
-__all__ = ["Detection", "Detector", "ImageError", "ImageResult", "RunInfo", "__version__", "find_images", "load_image",
-           "postprocess", "postprocess_heads", "preprocess"]
+__all__ = ["Detection", "Detector", "ImageError", "ImageResult", "RemoteEngine", "RunInfo", "ServeOptions",
+           "ServerTarget", "__version__", "find_images", "load_image", "postprocess", "postprocess_heads", "preprocess",
+           "start_server"]
 
 
 def __getattr__(name: str) -> Any:

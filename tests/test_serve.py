@@ -146,6 +146,10 @@ def test_binds_loopback_and_answers_health_metadata_and_metrics(server: ServePro
     requests.post(f"{server.url}/v2/models/tiny/infer", data=b"{}", timeout=10)
     metrics = requests.get(f"{server.url}/metrics", timeout=10).text
     assert "request_predict_seconds" in metrics
+    for path in ("/v2/repository/models/tiny/unload", "/v2/repository/index", "/docs", "/openapi.json"):
+        method = requests.post if "repository" in path else requests.get
+        assert method(f"{server.url}{path}", timeout=10).status_code in (404, 405)
+    assert requests.get(f"{server.url}/v2/health/ready", timeout=10).status_code == 200
 
 
 @pytest.mark.parametrize("protocol", ["binary", "json"])
@@ -339,3 +343,28 @@ def test_encoded_image_json_round_trip_through_pil(server: ServeProcess) -> None
     answer = requests.post(f"{server.url}/v2/models/tiny/infer", data=body, headers=headers, timeout=30).json()
     boxes = np.asarray(answer["outputs"][0]["data"]).reshape(answer["outputs"][0]["shape"])
     assert len(boxes) > 0 and boxes[:, [0, 2]].max() <= 200 and boxes[:, [1, 3]].max() <= 120
+
+
+def test_a_chunked_body_over_the_limit_is_refused_while_it_streams(server: ServeProcess) -> None:
+    def chunks() -> Iterator[bytes]:
+        for _ in range(MAX_BODY // 65536 + 2):
+            yield b"x" * 65536
+
+    answer = requests.post(f"{server.url}/v2/models/tiny/infer", data=chunks(), timeout=30,
+                           headers={"Content-Type": "application/json"})
+    assert answer.status_code == 413 and "--max-request-bytes" in answer.json()["error"]
+    assert requests.get(f"{server.url}/v2/health/live", timeout=10).status_code == 200
+
+
+def test_serve_without_kserve_names_the_extra(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [m for m in sys.modules if m == "kserve" or m.startswith("kserve.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "kserve", None)  # import kserve -> ImportError
+    result = CliRunner().invoke(cli, world.args("serve", "tiny", "--port", "0", "--offline"))
+    assert result.exit_code == 23 and "pip install 'ssdtool[serve]'" in result.output
+
+
+def test_serve_warns_before_listening_beyond_this_machine(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "kserve", None)  # stop right after the warning, before any socket is bound
+    result = CliRunner().invoke(cli, world.args("serve", "tiny", "--host", "0.0.0.0", "--port", "0", "--offline"))
+    assert "anyone who can reach this machine" in result.output and result.exit_code == 23

@@ -68,9 +68,15 @@ def _import_kserve() -> Any:
     return kserve
 
 
+#: kserve's model repository extension (load/unload over HTTP): one unauthenticated POST would take the model away,
+#: or load whatever kserve finds in its default model directory.
+BLOCKED_PREFIXES = ("/v2/repository/",)
+
+
 class _BodyLimit:
     """ASGI middleware: a request body over ``limit`` bytes gets ``413 {"error": ...}`` before it is read whole
-    (by its Content-Length, or while it streams in when it has none)."""
+    (by its Content-Length, or while it streams in when it has none); paths under :data:`BLOCKED_PREFIXES` get
+    404 (checked here, before routing: FastAPI's router internals differ between versions)."""
 
     def __init__(self, app: Any, limit: int) -> None:
         self.app, self.limit = app, limit
@@ -78,6 +84,9 @@ class _BodyLimit:
     async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        if str(scope.get("path", "")).startswith(BLOCKED_PREFIXES):
+            await _json_response(send, 404, {"error": "not found"})
             return
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.limit):
@@ -96,20 +105,27 @@ class _BodyLimit:
                     raise _TooLarge
             return message
 
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            if refused:
-                await self._refuse(send)
+        async def guarded_send(message: dict[str, Any]) -> None:
+            if not refused:  # after a refusal, whatever the app answers (FastAPI: 400 "error parsing the body")
+                await send(message)
+
+        with contextlib.suppress(_TooLarge):
+            await self.app(scope, limited, guarded_send)
+        if refused:
+            await self._refuse(send)
 
     async def _refuse(self, send: Callable[..., Any]) -> None:
-        import json
+        await _json_response(send, 413, {"error": f"request body larger than the server's limit of {self.limit} "
+                                                  f"bytes (ssdtool serve --max-request-bytes)"})
 
-        body = json.dumps({"error": f"request body larger than the server's limit of {self.limit} bytes "
-                                    f"(ssdtool serve --max-request-bytes)"}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+
+async def _json_response(send: Callable[..., Any], status: int, content: dict[str, str]) -> None:
+    import json
+
+    body = json.dumps(content).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
 
 
 class _TooLarge(Exception):
