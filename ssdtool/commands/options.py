@@ -6,13 +6,16 @@ Imports nothing heavy and nothing from :mod:`ssdtool.cli` (which imports the com
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from ssdtool.commands.common import complete_model_names
 from ssdtool.commands.progress import PROGRESS_MODES
 from ssdtool.constants import BACKEND_CHOICES, Backend, InferencePrecision, IRPrecision
+
+if TYPE_CHECKING:
+    from ssdtool.serving.protocol import ServerTarget
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -154,7 +157,7 @@ def server_options(func: F) -> F:
 
 def server_target(server_url: str | None, server_model: str | None, concurrency: int | None,
                   wire_protocol: str, server_timeout: float, server_retries: int, default_concurrency: int = 4
-                  ) -> Any:
+                  ) -> ServerTarget | None:
     """The ``ServerTarget`` the server options name, or None without ``--server``."""
     if server_url is None:
         return None
