@@ -9,6 +9,7 @@ and ``ImageResult.error`` records in :meth:`Detector.many`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -166,8 +167,12 @@ class _Engines:
 
     def run_info(self, performance: str) -> RunInfo:
         key = self._key(performance)
-        self.start(key).result()
-        return self._run_infos[key]
+        engine = self.start(key).result()
+        info = self._run_infos[key]
+        if self.model_file.server is not None and engine.inference_precision != info.inference_precision:
+            # a server reports its precision with its answers: known from the first result on
+            info = self._run_infos[key] = dataclasses.replace(info, inference_precision=engine.inference_precision)
+        return info
 
     def close(self) -> None:
         with self._lock:

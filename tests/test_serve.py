@@ -206,6 +206,7 @@ def test_detect_with_server_equals_local_detect(world: World, server: ServeProce
     assert remote_images == local_images
     run = json.loads(remote.stdout)["run"]
     assert run["backend"] == "remote" and run["device"] == server.url
+    assert run["inference_precision"] == "f32"  # what the server reported with its answers
 
 
 # -- bad requests -----------------------------------------------------------------------------------------------
