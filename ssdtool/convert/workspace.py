@@ -31,12 +31,14 @@ _LEFTOVER = re.compile(r"\.(tmp|old)-(?P<target>.+)@(?P<host>[^@/]*)\.(?P<pid>\d
 _OLD_LEFTOVER = r"\.tmp-{target}-(fp32-)?[a-z0-9_]{{8}}|\.old-{target}-\d+"
 
 
-def _temporary_prefix(target: str, kind: str = "tmp") -> str:
+def temporary_prefix(target: str, kind: str = "tmp") -> str:
+    """The name prefix of a temporary (or replaced, ``kind="old"``) folder of ``target`` made by this process."""
     return f".{kind}-{target}@{socket.gethostname()}.{os.getpid()}."
 
 
-def _remove_leftovers(parent: Path, target: str) -> None:
-    """Remove the temporary and replaced folders of ``target`` that a dead conversion left in ``parent``."""
+def remove_leftovers(parent: Path, target: str) -> None:
+    """Remove the temporary and replaced folders of ``target`` that a dead conversion (or export) left in
+    ``parent``; the caller holds the lock of ``parent``'s writers."""
     old_format = re.compile(_OLD_LEFTOVER.format(target=re.escape(target)))
     host = socket.gethostname()
     try:
@@ -79,7 +81,7 @@ def _prepare_target(cache: Cache, options: ConvertOptions, xml: Path) -> None:
                          hint="pass a folder you can write (it is created when missing)") from None
 
 
-def _install(temporary: Path, destination: Path) -> None:
+def install_folder(temporary: Path, destination: Path) -> None:
     """Swap the verified temporary folder into place; the old IR (if any) is removed only afterwards.
 
     Whatever is at ``destination`` (an IR folder, or a link or file planted there) is renamed away, never
@@ -87,7 +89,7 @@ def _install(temporary: Path, destination: Path) -> None:
     """
     old = None
     if os.path.lexists(destination):
-        old = destination.with_name(_temporary_prefix(destination.name, "old") + "0")
+        old = destination.with_name(temporary_prefix(destination.name, "old") + "0")
         os.replace(destination, old)
     os.replace(temporary, destination)
     if old is not None:
@@ -124,7 +126,7 @@ def conversion_lock(cache: Cache, entry: ModelEntry, options: ConvertOptions, xm
         raise CacheError(f"cannot take the conversion lock {lock_path}: {exc}",
                          hint="pass a writable --cache-dir or set SSDTOOL_HOME") from exc
     try:
-        _remove_leftovers(xml.parent.parent, xml.parent.name)
+        remove_leftovers(xml.parent.parent, xml.parent.name)
         yield
     finally:
         lock.release()
@@ -138,7 +140,7 @@ def temporary_folders(xml: Path) -> Iterator[Callable[[], Path]]:
 
     def new() -> Path:
         try:
-            folder = fsutil.make_temporary_folder(xml.parent.parent, _temporary_prefix(xml.parent.name))
+            folder = fsutil.make_temporary_folder(xml.parent.parent, temporary_prefix(xml.parent.name))
         except OSError as exc:
             raise write_failure(xml.parent.parent, exc) from exc
         made.append(folder)
@@ -157,7 +159,7 @@ def install(temporary: Path, xml: Path, options: ConvertOptions) -> None:
     files in a user's --output-dir (which may hold other files)."""
     try:
         if options.output_dir is None:
-            _install(temporary, xml.parent)
+            install_folder(temporary, xml.parent)
         else:
             _install_files(temporary, xml)
     except OSError as exc:
