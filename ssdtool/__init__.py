@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from ssdtool.detect import Detector, RunInfo
     from ssdtool.detections import Detection, ImageResult, postprocess, postprocess_heads
     from ssdtool.errors import ImageError
+    from ssdtool.export import ExportOptions, ExportResult, export_model
     from ssdtool.imaging import load_image, preprocess
     from ssdtool.inputs import find_images
 
@@ -26,10 +27,11 @@ _LAZY = {
     "load_image": "ssdtool.imaging", "preprocess": "ssdtool.imaging",
     "find_images": "ssdtool.inputs",
     "ImageError": "ssdtool.errors",
+    "ExportOptions": "ssdtool.export", "ExportResult": "ssdtool.export", "export_model": "ssdtool.export",
 }
 
-__all__ = ["Detection", "Detector", "ImageError", "ImageResult", "RunInfo", "__version__", "find_images", "load_image",
-           "postprocess", "postprocess_heads", "preprocess"]
+__all__ = ["Detection", "Detector", "ExportOptions", "ExportResult", "ImageError", "ImageResult", "RunInfo",
+           "__version__", "export_model", "find_images", "load_image", "postprocess", "postprocess_heads", "preprocess"]
 
 
 def __getattr__(name: str) -> Any:
