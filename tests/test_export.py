@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner, Result
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ssdtool.cache import Cache
 from ssdtool.cli import cli
@@ -73,6 +75,9 @@ def model_config_pb2() -> ModuleType:
     return module
 
 
+PB2 = model_config_pb2()
+
+
 # ------------------------------------------------------------------------------------------------------- layouts
 def test_ovms_repository_config_and_byte_identical_ir(world: World, tmp_path: Path) -> None:
     out = tmp_path / "repo"
@@ -119,7 +124,7 @@ def test_triton_config_parses_into_tritons_model_config(world: World, tmp_path: 
     data = export_json(world, out, "--format", "triton", "--hint", "throughput", "--inference-precision", "bf16")
     assert not (out / "config.json").exists()
     text = (out / MODEL / "config.pbtxt").read_text()
-    pb2 = model_config_pb2()
+    pb2 = PB2
     config = text_format.Parse(text, pb2.ModelConfig())
     assert (config.name, config.backend, config.max_batch_size) == (MODEL, "openvino", 0)
     inputs = [(t.name, pb2.DataType.Name(t.data_type), list(t.dims)) for t in config.input]
@@ -141,7 +146,7 @@ def test_triton_types_and_dims_are_the_irs_own(world: World, tmp_path: Path) -> 
 
     out = tmp_path / "repo"
     export_json(world, out, "--format", "triton")
-    pb2 = model_config_pb2()
+    pb2 = PB2
     config = text_format.Parse((out / MODEL / "config.pbtxt").read_text(), pb2.ModelConfig())
     model = ov.Core().read_model(out / MODEL / "1" / "model.xml")
     triton_of = {"f32": "TYPE_FP32", "i64": "TYPE_INT64", "u8": "TYPE_UINT8"}
@@ -149,6 +154,18 @@ def test_triton_types_and_dims_are_the_irs_own(world: World, tmp_path: Path) -> 
         assert [(t.name, pb2.DataType.Name(t.data_type), list(t.dims)) for t in tensors] == [
             (p.get_any_name(), triton_of[p.get_element_type().get_type_name()], list(p.get_shape())) for p in ports]
     assert "HINT_BF16" not in config.parameters  # auto: the server's default, which Triton cannot pin to f32
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text())
+def test_pbtxt_strings_round_trip_through_protobufs_parser(value: str) -> None:
+    """Tensor and model names reach config.pbtxt as text-format literals; any text parses back to itself."""
+    from google.protobuf import text_format
+
+    from ssdtool.export.layouts import pbtxt_string
+
+    config = text_format.Parse(f"name: {pbtxt_string(value)}", PB2.ModelConfig())
+    assert config.name == value
 
 
 @pytest.mark.parametrize("precision", ["f32", "f16"])

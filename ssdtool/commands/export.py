@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from ssdtool.commands.common import app_context, echo_json, want_json
+from ssdtool.commands.common import app_context, echo_json, printable, want_json
 from ssdtool.commands.options import (
     device_option,
     hint_option,
@@ -44,7 +44,7 @@ def format_result(data: dict[str, Any]) -> str:
         "  next:      " + NEXT_STEP[data["format"]].format(root=data["output_dir"], name=data["served_name"],
                                                            storage_uri=data["storage_uri"]),
     ]
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)  # paths a user named: no control characters reach the terminal
 
 
 @click.command("export")
