@@ -363,6 +363,43 @@ def test_a_link_at_config_json_is_refused_not_followed(world: World, tmp_path: P
     assert secret.read_text() == '{"model_config_list": []}'
 
 
+def test_weights_that_differ_from_their_provenance_are_not_installed(world: World, tmp_path: Path) -> None:
+    """The copy is compared with the weights digest in the IR's provenance before it is renamed into place."""
+    import shutil
+
+    cache = tmp_path / "cache"
+    shutil.copytree(world.cache, cache)
+    binary = Cache.at(cache).ir_xml(MODEL, "FP32").with_suffix(".bin")
+    data = bytearray(binary.read_bytes())
+    data[len(data) // 2] ^= 0x01  # a weight, not a shape constant; same size, so the cached IR still looks current
+    binary.write_bytes(bytes(data))
+    out = tmp_path / "repo"
+    result = CliRunner().invoke(cli, ["--registry", str(world.registry), "--cache-dir", str(cache), "export", MODEL,
+                                      "--format", "ovms", "--output-dir", str(out), "--offline"])
+    assert result.exit_code == 5, result.output
+    assert "does not have the sha256 its provenance records" in result.output and "convert --force" in result.output
+    assert not (out / MODEL / "1").exists() and not (out / "config.json").exists()
+    assert not [p for p in (out / MODEL).iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_leftovers_of_a_killed_export_are_removed(world: World, tmp_path: Path) -> None:
+    import socket
+
+    out = tmp_path / "repo"
+    leftover = out / MODEL / f".tmp-1@{socket.gethostname()}.999999999.0badf00d"
+    leftover.mkdir(parents=True)
+    (leftover / "model.bin").write_bytes(b"half")
+    assert export_json(world, out, "--format", "ovms")["version"] == 1
+    assert not leftover.exists()
+
+
+def test_errors_are_json_on_stdout_with_json(world: World, tmp_path: Path) -> None:
+    result = export(world, tmp_path / "repo", "--format", "kserve", "--storage-uri", "ftp://h/m", "--json")
+    assert result.exit_code == 2
+    error = json.loads(result.stdout)
+    assert (error["error"], error["exit_code"]) == ("UsageError", 2) and "not a storage URI" in error["message"]
+
+
 # ------------------------------------------------------------------------------------------------------- Python API
 def test_python_api_returns_the_result(world: World, tmp_path: Path) -> None:
     import ssdtool

@@ -66,5 +66,7 @@ def read_signature(xml: Path) -> Signature:
         return Signature(inputs=tuple(_tensor(p) for p in model.inputs),
                          outputs=tuple(_tensor(p) for p in model.outputs))
     except RuntimeError as exc:
-        raise ModelFormatError(f"OpenVINO cannot read the IR {xml}: {str(exc).strip().splitlines()[0]}",
+        # OpenVINO's first lines name its own source files; the last says what is wrong.
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        raise ModelFormatError(f"OpenVINO cannot read the IR {xml}: {lines[-1] if lines else type(exc).__name__}",
                                hint="rebuild it with 'ssdtool convert --force'") from None
