@@ -82,7 +82,11 @@ PB2 = model_config_pb2()
 def test_ovms_repository_config_and_byte_identical_ir(world: World, tmp_path: Path) -> None:
     out = tmp_path / "repo"
     data = export_json(world, out, "--format", "ovms")
+    assert set(data) == {"model", "served_name", "format", "output_dir", "version", "replaced", "version_dir",
+                         "ir_precision", "device", "hint", "inference_precision", "precision_reason", "storage_uri",
+                         "source_xml", "sha256", "signature", "files", "seconds"}  # as docs/export.md lists them
     assert (data["format"], data["version"], data["replaced"], data["served_name"]) == ("ovms", 1, False, MODEL)
+    assert data["files"] == [str(out / "config.json"), str(out / MODEL / "ssdtool-export.json")]
     assert (data["inference_precision"], data["device"], data["hint"]) == ("f32", "CPU", "LATENCY")
     config = json.loads((out / "config.json").read_text())
     assert config == {"model_config_list": [{"config": {
@@ -101,6 +105,21 @@ def test_ovms_repository_config_and_byte_identical_ir(world: World, tmp_path: Pa
     assert manifest["versions"]["1"]["sha256"] == data["sha256"]
     assert manifest["versions"]["1"]["inference_precision"] == "f32"
     assert not [p.name for p in (out / MODEL).iterdir() if p.name.startswith(".")]  # no temporary folder left
+
+
+def test_human_summary_names_the_version_the_settings_and_the_next_step(world: World, tmp_path: Path) -> None:
+    out = tmp_path / "repo"
+    first = export(world, out, "--format", "ovms")
+    again = export(world, out, "--format", "ovms", "--force")
+    assert first.exit_code == again.exit_code == 0
+    assert first.stdout.startswith(f"{MODEL}: added version 1 of {MODEL} in {out} (ovms) in ")
+    assert again.stdout.startswith(f"{MODEL}: replaced version 1 of {MODEL} in {out} (ovms) in ")
+    assert "  server:    CPU, LATENCY hint\n" in first.stdout
+    assert "  precision: IR FP32, inference f32 (auto written as f32: the server's device is not known" in first.stdout
+    assert f"  wrote:     {out / 'config.json'}\n" in first.stdout
+    assert f"-v {out}:/models:ro openvino/model_server:latest --config_path /models/config.json" in first.stdout
+    triton = export(world, tmp_path / "triton", "--format", "triton")
+    assert "inference not pinned (Triton's OpenVINO backend can pin only bf16" in triton.stdout
 
 
 def test_exported_ir_runs_like_the_cached_one(world: World, tmp_path: Path) -> None:

@@ -137,7 +137,7 @@ class TritonLayout(Layout):
         if requested == InferencePrecision.BF16.value:
             return requested, "bf16 as requested (the backend's HINT_BF16)"
         if requested == InferencePrecision.AUTO.value:
-            return None, ("not pinned: Triton's OpenVINO backend can pin only bf16 (HINT_BF16), so the server runs "
+            return None, ("Triton's OpenVINO backend can pin only bf16 (HINT_BF16), so the server runs "
                           "its device's default, bf16 on CPUs with native bf16 and f32 elsewhere; export --format "
                           "ovms or kserve to pin f32")
         raise UsageError(f"Triton's OpenVINO backend cannot pin inference precision {requested}: its only precision "
