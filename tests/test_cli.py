@@ -249,7 +249,8 @@ def test_ctrl_c_and_unexpected_errors_under_json(monkeypatch: pytest.MonkeyPatch
     result = CliRunner().invoke(cli, ["models", "--json"])
     assert result.exit_code == 130 and json.loads(result.stdout) == {
         "error": "Interrupted", "exit_code": 130, "message": "interrupted (Ctrl-C)",
-        "hint": "run the command again: partial downloads resume"}
+        "hint": "run the command again"}
+    assert result.stdout.count("\n") == 1  # one line: after jsonl records it is one more record
     monkeypatch.setattr("ssdtool.catalog.list_models", lambda *a, **k: 1 / 0)
     result = CliRunner().invoke(cli, ["models", "--json"])
     assert result.exit_code == 1
