@@ -94,17 +94,24 @@ def ssdtool_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "ssdtool", *args]
 
 
+CPU_CLASS_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
 def machine_description() -> dict[str, str]:
-    cpu = "unknown"
+    cpu, flags = "unknown", set[str]()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith("model name") and cpu == "unknown":
                 cpu = line.split(":", 1)[1].strip()
-                break
+            elif line.startswith("flags"):
+                flags |= set(line.split(":", 1)[1].split())
     except OSError:
         pass
+    # The flags that decide OpenVINO's default precision and its int8 kernels: a figure is only comparable with
+    # one from the same CPU class.
+    relevant = [flag for flag in CPU_CLASS_FLAGS if flag in flags]
     return {"cpu": cpu, "cores": str(os.cpu_count()), "python": platform.python_version(),
-            "platform": platform.platform()}
+            "platform": platform.platform(), "flags": " ".join(relevant) or "none of " + " ".join(CPU_CLASS_FLAGS)}
 
 
 def ensure_full_twin() -> Path:

@@ -256,31 +256,58 @@ RUNNERS: dict[str, Callable[[bool], dict[str, Any]]] = {
 
 
 # ------------------------------------------------------------------------------------------------ report
+def _cpu_class(machine: dict[str, str]) -> str:
+    return f"{machine.get('cpu', '?')}: {machine.get('flags', 'flags not recorded')}"
+
+
+def _kept_rows(measured: set[str]) -> list[str]:
+    """Summary rows of sections this results file has no figures for (measured on another day or machine, whose
+    results file is gone): kept from the page as they are, so a partial run never drops another's targets."""
+    if not PERFORMANCE_MD.exists():
+        return []
+    _, sections = _split_sections(PERFORMANCE_MD.read_text())
+    page = dict(sections).get(HEADINGS["summary"], "")
+    headings = {HEADINGS[name] for name in SECTIONS}
+    kept = []
+    for line in page.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) >= 5 and line.startswith("|"):
+            section = cells[-1].split(" (", 1)[0]
+            if section in headings and section not in measured:
+                kept.append(line)
+    return kept
+
+
 def summary(results: dict[str, Any]) -> str:
     machine = results.get("machine", {})
     lines = [
-        f"Machine: {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores, {machine.get('platform', '?')}, "
-        f"Python {machine.get('python', '?')}.",
+        f"Machine of the latest run: {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores, "
+        f"{machine.get('platform', '?')}, Python {machine.get('python', '?')}; CPU flags that matter: "
+        f"{machine.get('flags', '?')}. Each row names the CPU class it was measured on: figures compare only "
+        "within one class.",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in results.get("versions", {}).items()) + ".",
         "",
-        "| target | measured | ratio | met | section (when, idle-machine check, load average before -> after) |",
+        "| target | measured | ratio | met | section (when, CPU, idle-machine check, load average before -> after) |",
         "| --- | --- | --- | --- | --- |",
     ]
     notes = []
+    measured = {HEADINGS[name] for name in SECTIONS if results.get("sections", {}).get(name)}
+    lines += _kept_rows(measured)
     for name in SECTIONS:
         data = results.get("sections", {}).get(name)
         if not data:
             continue
         quick = ", quick" if data.get("quick") else ""
-        when = (f"{HEADINGS[name]} ({data.get('when', '?')}, other work {data.get('busy_before', '?')} cores, load "
-                f"{data.get('load_before', '?')} -> {data.get('load_after', '?')}{quick})")
+        when = (f"{HEADINGS[name]} ({data.get('when', '?')}, {_cpu_class(data.get('machine', machine))}, other work "
+                f"{data.get('busy_before', '?')} cores, load {data.get('load_before', '?')} -> "
+                f"{data.get('load_after', '?')}{quick})")
         figures = data.get("figures", {})
         if "skipped" in figures:
             notes.append(f"- {HEADINGS[name]}: not measured: {figures['skipped']}.")
             continue
-        for target, measured, ratio, met in figures.get("targets", []):
+        for target, measured_text, ratio, met in figures.get("targets", []):
             verdict = "yes" if met else "**no**" if met is not None else "n/a"
-            lines.append(f"| {target} | {measured} | {ratio} | {verdict} | {when} |")
+            lines.append(f"| {target} | {measured_text} | {ratio} | {verdict} | {when} |")
     return "\n".join(lines + (["", *notes] if notes else [])) + "\n"
 
 
@@ -351,6 +378,7 @@ def main() -> None:
         started = time.time()
         figures = run_section(name, args.quick)
         sections[name] = {"figures": figures, "quick": args.quick, "load_before": before, "busy_before": busy,
+                          "machine": results["machine"],
                           "load_after": load_average(), "seconds": round(time.time() - started, 1),
                           "when": time.strftime("%Y-%m-%d %H:%M", time.localtime(started))}
         RESULTS.write_text(json.dumps(results, indent=2, default=str))

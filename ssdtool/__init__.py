@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from ssdtool.detect import Detector, RunInfo
     from ssdtool.detections import Detection, ImageResult, postprocess, postprocess_heads
     from ssdtool.errors import ImageError
+    from ssdtool.export import ExportOptions, ExportResult, export_model
     from ssdtool.imaging import load_image, preprocess
     from ssdtool.inputs import find_images
 
@@ -26,13 +27,14 @@ _LAZY = {
     "load_image": "ssdtool.imaging", "preprocess": "ssdtool.imaging",
     "find_images": "ssdtool.inputs",
     "ImageError": "ssdtool.errors",
+    "ExportOptions": "ssdtool.export", "ExportResult": "ssdtool.export", "export_model": "ssdtool.export",
     "start_server": "ssdtool.serving.server", "ServeOptions": "ssdtool.serving.server",
     "ServerTarget": "ssdtool.serving.protocol", "RemoteEngine": "ssdtool.backends.remote",
 }
 
-__all__ = ["Detection", "Detector", "ImageError", "ImageResult", "RemoteEngine", "RunInfo", "ServeOptions",
-           "ServerTarget", "__version__", "find_images", "load_image", "postprocess", "postprocess_heads", "preprocess",
-           "start_server"]
+__all__ = ["Detection", "Detector", "ExportOptions", "ExportResult", "ImageError", "ImageResult", "RemoteEngine",
+           "RunInfo", "ServeOptions", "ServerTarget", "__version__", "export_model", "find_images", "load_image",
+           "postprocess", "postprocess_heads", "preprocess", "start_server"]
 
 
 def __getattr__(name: str) -> Any:

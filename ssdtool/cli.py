@@ -19,7 +19,7 @@ from typing import Any
 import click
 
 from ssdtool import __version__
-from ssdtool.commands import bench, catalog, convert, detect, download, serve
+from ssdtool.commands import bench, catalog, convert, detect, download, export, serve
 from ssdtool.commands.common import AppContext
 from ssdtool.constants import REGISTRY_ENV
 from ssdtool.errors import EXIT_INTERRUPTED, EXIT_UNEXPECTED, SsdtoolError
@@ -63,7 +63,8 @@ def emit_error(exc: SsdtoolError, app: AppContext | None) -> None:
 
 
 def _echo_json_error(error: str, exit_code: int, message: str, hint: str | None) -> None:
-    click.echo(json.dumps({"error": error, "exit_code": exit_code, "message": message, "hint": hint}, indent=2))
+    # One line: after detect's jsonl records the error object must be one more record, not a pretty-printed block.
+    click.echo(json.dumps({"error": error, "exit_code": exit_code, "message": message, "hint": hint}))
 
 
 _JSON_FORMATS = ("json", "jsonl", "coco")
@@ -130,7 +131,7 @@ class SsdtoolGroup(click.Group):
             app = ctx.find_object(AppContext)
             if app is not None and app.json_errors:
                 _echo_json_error("Interrupted", EXIT_INTERRUPTED, "interrupted (Ctrl-C)",
-                                 "run the command again: partial downloads resume")
+                                 "run the command again")
             ctx.exit(EXIT_INTERRUPTED)
         except Exception as exc:
             app = ctx.find_object(AppContext)
@@ -197,5 +198,5 @@ def main() -> None:
 # The commands, in the order --help lists them. An explicit list: a command module never imports this one, so
 # importing any of them first cannot leave the group without its commands.
 for _command in (*catalog.COMMANDS, *download.COMMANDS, *convert.COMMANDS, *detect.COMMANDS, *bench.COMMANDS,
-                 *serve.COMMANDS):
+                 *export.COMMANDS, *serve.COMMANDS):
     cli.add_command(_command)

@@ -147,3 +147,11 @@ class OutputFormat(Choice):
     JSON = "json"
     JSONL = "jsonl"
     COCO = "coco"
+
+
+class ExportFormat(Choice):
+    """``export --format``: the model server a repository is laid out for (docs/export.md)."""
+
+    OVMS = "ovms"
+    TRITON = "triton"
+    KSERVE = "kserve"

@@ -86,7 +86,8 @@ def check_label_ids(entry: ModelEntry, names: tuple[str, ...], label_ids: Iterab
     beyond = sorted({int(i) for i in label_ids if not 0 <= int(i) < len(names)})
     if beyond:
         raise RegistryError(
-            [f"models.{entry.name}.labels: the label file {entry.labels} has {len(names)} names (label ids 0.."
+            [f"models.{entry.name}.labels: the label file {entry.labels} has {len(names)} "
+             f"name{'s' if len(names) != 1 else ''} (label ids 0.."
              f"{len(names) - 1}), but the model predicted label id {', '.join(map(str, beyond[:5]))}; expected "
              "one name per class the model predicts, the background first (81 lines for the COCO models)"],
             hint=f"check that {entry.labels} is complete and belongs to this model")

@@ -479,6 +479,52 @@ def test_sigkilled_conversion_leaves_nothing_behind_after_the_next_one(env: tupl
     assert [p.name for p in ir_root.iterdir()] == ["FP32"]
 
 
+def test_up_to_date_convert_sweeps_what_a_killed_rebuild_left(env: tuple[Path, Path],
+                                                              tiny_model: onnx.ModelProto) -> None:
+    """A --force rebuild killed while a good IR exists leaves a temporary IR; the next convert finds the IR up to
+    date and still removes it (the lock is free), keeping a live process's folder."""
+    import socket
+    import subprocess
+
+    _registry_path, _cache_dir, cache, entry = _converted(env, tiny_model)
+    convert(entry, cache, ConvertOptions(verify=False))
+    ir_root = cache.ir_root("tiny")
+    dead_pid = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                                  text=True).stdout)
+    host = socket.gethostname()
+    stale, live = f".tmp-FP32@{host}.{dead_pid}.0a1b2c3d", f".tmp-FP32@{host}.{os.getpid()}.deadbeef"
+    for name in (stale, live):
+        (ir_root / name).mkdir()
+        (ir_root / name / "tiny.bin").write_bytes(b"half an IR")
+    result = convert(entry, cache, ConvertOptions(verify=False))
+    assert result.up_to_date
+    assert sorted(p.name for p in ir_root.iterdir()) == sorted(["FP32", live])
+
+
+def test_output_dir_on_its_own_file_system_is_installed_by_renames_inside_it(
+        env: tuple[Path, Path], tiny_model: onnx.ModelProto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--output-dir may be a mount point (a container volume): a rename into it from anywhere outside fails with
+    EXDEV, so the IR is staged inside it."""
+    import errno
+
+    registry_path, cache_dir, _cache, _entry = _converted(env, tiny_model)
+    out = tmp_path / "volume"
+    out.mkdir()
+    real_replace = os.replace
+
+    def replace_on_one_file_system(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        inside = out.resolve()
+        if Path(dst).resolve().is_relative_to(inside) and not Path(src).resolve().is_relative_to(inside):
+            raise OSError(errno.EXDEV, "Invalid cross-device link", str(src))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace_on_one_file_system)
+    result = CliRunner().invoke(cli, ["--registry", str(registry_path), "--cache-dir", str(cache_dir), "convert",
+                                      "tiny", "--no-verify", "--offline", "--output-dir", str(out)])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["tiny.bin", "tiny.xml"]  # no temporary folder left inside
+
+
 def test_write_failure_while_saving_is_a_cache_error_and_installs_nothing(
         env: tuple[Path, Path], tiny_model: onnx.ModelProto, monkeypatch: pytest.MonkeyPatch) -> None:
     import openvino

@@ -18,7 +18,7 @@ from ssdtool.registry import load_registry
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = "ssd-resnet34-300-synthetic-tiny"
-COMMAND_MODULES = ("bench", "catalog", "convert", "detect", "download", "common", "options", "progress",
+COMMAND_MODULES = ("bench", "catalog", "convert", "detect", "download", "export", "common", "options", "progress",
                    "detect_output", "serve")
 
 
@@ -34,7 +34,7 @@ def _registered_after(first_import: str) -> list[str]:
 
 def test_commands_register_whatever_is_imported_first() -> None:
     expected = _registered_after("ssdtool")
-    assert expected == ["bench", "check", "convert", "detect", "download", "info", "models", "run", "serve",
+    assert expected == ["bench", "check", "convert", "detect", "download", "export", "info", "models", "run", "serve",
                         "verify"]
     for module in COMMAND_MODULES:
         assert _registered_after(f"ssdtool.commands.{module}") == expected, module
@@ -63,6 +63,7 @@ def test_library_calls_print_nothing(tmp_path: Path, capfd: pytest.CaptureFixtur
     from ssdtool.bench import BenchOptions, benchmark
     from ssdtool.convert import ConvertOptions, convert
     from ssdtool.download import fetch
+    from ssdtool.export import ExportOptions, export_model
 
     caplog.set_level(logging.DEBUG)
     entry = load_registry().model(TINY)
@@ -75,6 +76,7 @@ def test_library_calls_print_nothing(tmp_path: Path, capfd: pytest.CaptureFixtur
     detector = Detector(TINY, "openvino", cache_dir=cache, inference_precision="f32")
     detections = detector(np.full((240, 320, 3), 128, np.uint8))
     report = benchmark(entry, cache, BenchOptions(iterations=2, images=1, inference_precision="f32"))
+    exported = export_model(entry, cache, ExportOptions(format="triton", output_dir=tmp_path / "repository"))
 
     out, err = capfd.readouterr()
     assert (out, err) == ("", "")
@@ -83,6 +85,7 @@ def test_library_calls_print_nothing(tmp_path: Path, capfd: pytest.CaptureFixtur
     assert events  # progress went to the callback, not to a stream
     assert isinstance(detections, list)
     assert report.iterations == 2 and report.inference_precision == "f32"
+    assert exported.version == 1 and (exported.version_dir / "model.xml").is_file()
     assert any(record.name.startswith("ssdtool") for record in caplog.records)  # it did have things to say
 
 
@@ -142,7 +145,7 @@ def test_calibration_sees_the_pixels_detection_sees(tmp_path: Path, mode: str, s
 # ------------------------------------------------------------------------------------------------- docs
 DOC_PAGES = {"download": "download.md", "verify": "download.md", "convert": "convert.md", "check": "convert.md",
              "detect": "detect.md", "run": "detect.md", "bench": "bench.md", "models": "registry.md",
-             "info": "registry.md", "serve": "serve.md"}
+             "info": "registry.md", "export": "export.md", "serve": "serve.md"}
 
 
 def test_every_command_and_option_is_documented() -> None:

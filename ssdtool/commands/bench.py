@@ -10,6 +10,7 @@ from ssdtool.commands.common import app_context, echo_json, human_size, want_jso
 from ssdtool.commands.options import (
     backend_option,
     device_option,
+    hint_option,
     inference_precision_option,
     ir_precision_option,
     json_option,
@@ -53,9 +54,7 @@ def format_report(data: dict[str, Any]) -> str:
 @backend_option(allow_auto=False, default="openvino")
 @ir_precision_option("Which IR (OpenVINO only; converted on first use).", default="FP32")
 @inference_precision_option()
-@click.option("--hint", type=click.Choice(["latency", "throughput"], case_sensitive=False), default="latency",
-              show_default=True, callback=lambda _ctx, _param, value: value.lower(),
-              help="latency: one request at a time; throughput: N requests in parallel.")
+@hint_option()
 @click.option("--requests", type=click.IntRange(min=1), metavar="N",
               help="Parallel requests in throughput mode [default: OpenVINO's optimal number; onnxruntime: one "
                    "per core].")

@@ -12,7 +12,7 @@ import click
 
 from ssdtool.commands.common import complete_model_names
 from ssdtool.commands.progress import PROGRESS_MODES
-from ssdtool.constants import BACKEND_CHOICES, Backend, InferencePrecision, IRPrecision
+from ssdtool.constants import BACKEND_CHOICES, Backend, InferencePrecision, IRPrecision, PerformanceHint
 
 if TYPE_CHECKING:
     from ssdtool.serving.protocol import ServerTarget
@@ -77,6 +77,13 @@ def inference_precision_option(default: str = InferencePrecision.AUTO.value,
 
 def device_option(help_text: str = "OpenVINO device (CPU, GPU, AUTO, ...).") -> Callable[[F], F]:
     return click.option("--device", default="CPU", show_default=True, help=help_text)
+
+
+def hint_option(help_text: str = "latency: one request at a time; throughput: N requests in parallel."
+                ) -> Callable[[F], F]:
+    """``--hint latency|throughput``: OpenVINO's performance hint (the value reaches the command lower-case)."""
+    return click.option("--hint", type=click.Choice(PerformanceHint.values(), case_sensitive=False),
+                        default=PerformanceHint.LATENCY.value, show_default=True, callback=_lower, help=help_text)
 
 
 def offline_option(help_text: str = "Never use the network: the model must already be in the cache."

@@ -29,7 +29,7 @@ from ssdtool.constants import Backend, Int8Recipe
 from ssdtool.convert.gate import ParityReport, parity_check, runtime_check
 from ssdtool.convert.graph import build_ir_model, check_saved, save_model, write_failure
 from ssdtool.convert.options import ConvertOptions, check_options, conversion_parameters, ir_path, same_parameters
-from ssdtool.convert.workspace import conversion_lock, install, temporary_folders
+from ssdtool.convert.workspace import conversion_lock, install, sweep_leftovers, temporary_folders
 from ssdtool.download.transfer import hash_file
 from ssdtool.errors import AccuracyError, ConversionError, ModelFormatError, ParityError
 from ssdtool.provenance import (
@@ -106,9 +106,10 @@ def convert(entry: ModelEntry, cache: Cache, options: ConvertOptions | None = No
                      else hash_file(source_path, ("sha256",))[1]["sha256"])
     wanted = conversion_parameters(entry, options, calibration)
     if (existing := _current_ir(xml, source_sha256, wanted, options)) is not None:
+        sweep_leftovers(cache, entry, options, xml)
         return _up_to_date(entry, xml, options, existing, started)
     with conversion_lock(cache, entry, options, xml):
-        if (existing := _current_ir(xml, source_sha256, wanted, options)) is not None:
+        if (existing := _current_ir(xml, source_sha256, wanted, options, recheck=True)) is not None:
             return _up_to_date(entry, xml, options, existing, started)  # converted while this one waited
         build = _Build(entry, options, source_path, source_sha256, calibration, quantize_progress)
         build.run(xml)
@@ -140,8 +141,8 @@ def _source_path(entry: ModelEntry, cache: Cache, source: Path | None, offline: 
     return Path(source)
 
 
-def _current_ir(xml: Path, source_sha256: str, wanted: dict[str, Any], options: ConvertOptions
-                ) -> dict[str, Any] | None:
+def _current_ir(xml: Path, source_sha256: str, wanted: dict[str, Any], options: ConvertOptions,
+                recheck: bool = False) -> dict[str, Any] | None:
     """The provenance of the IR at ``xml`` when it is up to date and intact: same source checksum and parameters,
     and weights of the recorded size and sha256. None otherwise (then it is rebuilt)."""
     if options.force or not xml.is_file():
@@ -151,7 +152,8 @@ def _current_ir(xml: Path, source_sha256: str, wanted: dict[str, Any], options: 
             or not same_parameters(existing.get("parameters"), wanted):
         return None
     if problem := ir_problem(xml, existing, hash_weights=True):
-        log.info("rebuilding %s: %s", xml, problem)
+        # Said once: the check under the lock (``recheck``) finds the same problem unless another process fixed it.
+        log.log(logging.DEBUG if recheck else logging.INFO, "rebuilding %s: %s", xml, problem)
         return None
     return existing
 
@@ -208,7 +210,7 @@ class _Build:
                  options.input_layout)
         ov = import_engine("openvino")
         model = build_ir_model(self.source, self.entry, options)
-        with temporary_folders(xml) as new_folder:
+        with temporary_folders(xml, self.options) as new_folder:
             temporary = new_folder()
             temp_xml = temporary / xml.name
             reference_xml = temp_xml

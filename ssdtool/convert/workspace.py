@@ -11,6 +11,7 @@ import re
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from ssdtool import fsutil
 from ssdtool.cache import Cache
@@ -31,12 +32,14 @@ _LEFTOVER = re.compile(r"\.(tmp|old)-(?P<target>.+)@(?P<host>[^@/]*)\.(?P<pid>\d
 _OLD_LEFTOVER = r"\.tmp-{target}-(fp32-)?[a-z0-9_]{{8}}|\.old-{target}-\d+"
 
 
-def _temporary_prefix(target: str, kind: str = "tmp") -> str:
+def temporary_prefix(target: str, kind: str = "tmp") -> str:
+    """The name prefix of a temporary (or replaced, ``kind="old"``) folder of ``target`` made by this process."""
     return f".{kind}-{target}@{socket.gethostname()}.{os.getpid()}."
 
 
-def _remove_leftovers(parent: Path, target: str) -> None:
-    """Remove the temporary and replaced folders of ``target`` that a dead conversion left in ``parent``."""
+def remove_leftovers(parent: Path, target: str) -> None:
+    """Remove the temporary and replaced folders of ``target`` that a dead conversion (or export) left in
+    ``parent``; the caller holds the lock of ``parent``'s writers."""
     old_format = re.compile(_OLD_LEFTOVER.format(target=re.escape(target)))
     host = socket.gethostname()
     try:
@@ -67,6 +70,18 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
+def staging_folder(xml: Path, options: ConvertOptions) -> tuple[Path, str]:
+    """Where a conversion's temporary folders go, and the target name in their names.
+
+    In the cache: beside the IR's folder, which is then swapped whole. In a user's --output-dir: inside that
+    folder, because only its two IR files are replaced, and it may be a mount point (a container volume), where a
+    rename from its parent would cross file systems.
+    """
+    if options.output_dir is None:
+        return xml.parent.parent, xml.parent.name
+    return xml.parent, xml.stem
+
+
 def _prepare_target(cache: Cache, options: ConvertOptions, xml: Path) -> None:
     """Make the folders a conversion writes into: real folders in the cache, or the user's --output-dir."""
     if options.output_dir is None:
@@ -79,7 +94,7 @@ def _prepare_target(cache: Cache, options: ConvertOptions, xml: Path) -> None:
                          hint="pass a folder you can write (it is created when missing)") from None
 
 
-def _install(temporary: Path, destination: Path) -> None:
+def install_folder(temporary: Path, destination: Path) -> None:
     """Swap the verified temporary folder into place; the old IR (if any) is removed only afterwards.
 
     Whatever is at ``destination`` (an IR folder, or a link or file planted there) is renamed away, never
@@ -87,7 +102,7 @@ def _install(temporary: Path, destination: Path) -> None:
     """
     old = None
     if os.path.lexists(destination):
-        old = destination.with_name(_temporary_prefix(destination.name, "old") + "0")
+        old = destination.with_name(temporary_prefix(destination.name, "old") + "0")
         os.replace(destination, old)
     os.replace(temporary, destination)
     if old is not None:
@@ -103,18 +118,26 @@ def _install_files(temporary: Path, xml: Path) -> None:
     os.replace(temporary / xml.name, xml)
 
 
+def _lock(cache: Cache, entry: ModelEntry, xml: Path) -> tuple[Any, Path]:
+    """The inter-process lock of the conversion target of ``xml`` (one converter per destination folder)."""
+    from filelock import FileLock
+
+    target_key = hashlib.sha256(str(xml.parent.resolve()).encode()).hexdigest()[:16]
+    lock_path = cache.metadata_dir(entry) / f"convert-{target_key}.lock"
+    cache.make_folder(lock_path.parent)
+    return FileLock(str(fsutil.safe_lock_path(lock_path))), lock_path
+
+
 @contextlib.contextmanager
 def conversion_lock(cache: Cache, entry: ModelEntry, options: ConvertOptions, xml: Path) -> Iterator[None]:
     """Hold the lock of the conversion target of ``xml`` (one converter per destination folder, across processes),
     after making its folders; leftovers of conversions that died are removed under it."""
-    from filelock import FileLock, Timeout
+    from filelock import Timeout
 
     _prepare_target(cache, options, xml)
-    target_key = hashlib.sha256(str(xml.parent.resolve()).encode()).hexdigest()[:16]
-    lock_path = cache.metadata_dir(entry) / f"convert-{target_key}.lock"
+    lock_path = cache.metadata_dir(entry)
     try:
-        cache.make_folder(lock_path.parent)
-        lock = FileLock(str(fsutil.safe_lock_path(lock_path)))
+        lock, lock_path = _lock(cache, entry, xml)
         lock.acquire(timeout=LOCK_TIMEOUT_SECONDS)
     except Timeout:
         raise LockTimeoutError(f"another ssdtool process has been converting into {xml.parent} for over "
@@ -124,23 +147,51 @@ def conversion_lock(cache: Cache, entry: ModelEntry, options: ConvertOptions, xm
         raise CacheError(f"cannot take the conversion lock {lock_path}: {exc}",
                          hint="pass a writable --cache-dir or set SSDTOOL_HOME") from exc
     try:
-        _remove_leftovers(xml.parent.parent, xml.parent.name)
+        remove_leftovers(*staging_folder(xml, options))
         yield
     finally:
         lock.release()
 
 
+def sweep_leftovers(cache: Cache, entry: ModelEntry, options: ConvertOptions, xml: Path) -> None:
+    """On the up-to-date path: remove what a killed conversion into ``xml``'s folder left, if the lock is free
+    right now. Never waits (a live converter holds it and cleans up itself) and never fails: a read-only cache
+    has nothing to sweep that this process could remove."""
+    from filelock import Timeout
+
+    parent, target = staging_folder(xml, options)
+    if not any(name.startswith((".tmp-", ".old-")) for name in _names(parent)):
+        return
+    try:
+        lock, _ = _lock(cache, entry, xml)
+        lock.acquire(timeout=0)
+    except (Timeout, OSError, CacheError):
+        return
+    try:
+        remove_leftovers(parent, target)
+    finally:
+        lock.release()
+
+
+def _names(folder: Path) -> list[str]:
+    try:
+        return os.listdir(folder)
+    except OSError:
+        return []
+
+
 @contextlib.contextmanager
-def temporary_folders(xml: Path) -> Iterator[Callable[[], Path]]:
-    """``new()`` makes a fresh temporary folder beside ``xml``'s folder; all of them are removed at the end
+def temporary_folders(xml: Path, options: ConvertOptions) -> Iterator[Callable[[], Path]]:
+    """``new()`` makes a fresh temporary folder in :func:`staging_folder`; all of them are removed at the end
     (whatever was installed from one has been renamed away by then)."""
     made: list[Path] = []
+    parent, target = staging_folder(xml, options)
 
     def new() -> Path:
         try:
-            folder = fsutil.make_temporary_folder(xml.parent.parent, _temporary_prefix(xml.parent.name))
+            folder = fsutil.make_temporary_folder(parent, temporary_prefix(target))
         except OSError as exc:
-            raise write_failure(xml.parent.parent, exc) from exc
+            raise write_failure(parent, exc) from exc
         made.append(folder)
         return folder
 
@@ -157,7 +208,7 @@ def install(temporary: Path, xml: Path, options: ConvertOptions) -> None:
     files in a user's --output-dir (which may hold other files)."""
     try:
         if options.output_dir is None:
-            _install(temporary, xml.parent)
+            install_folder(temporary, xml.parent)
         else:
             _install_files(temporary, xml)
     except OSError as exc:

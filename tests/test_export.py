@@ -1,0 +1,434 @@
+"""ssdtool export: the three layouts parse (JSON, Triton's own protobuf message, YAML), the exported IR is the cache's
+byte for byte and runs the same, versions are added and replaced as documented, writers take turns, and unsafe
+output folders or bad options are refused with their exit codes. All on the tiny twin, converted once."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner, Result
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ssdtool.cache import Cache
+from ssdtool.cli import cli
+from ssdtool.registry import load_registry
+from tests.modelkit import install_model
+
+MODEL = "tiny"
+
+
+@dataclass(frozen=True)
+class World:
+    registry: Path
+    cache: Path
+
+    def args(self, *extra: str) -> list[str]:
+        return ["--registry", str(self.registry), "--cache-dir", str(self.cache), *extra]
+
+    def ir(self) -> Path:
+        return Cache.at(self.cache).ir_xml(MODEL, "FP32")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory, tiny_twin_path: Path) -> World:
+    from ssdtool.convert import ConvertOptions, convert
+
+    root = tmp_path_factory.mktemp("export-world")
+    registry, cache = root / "registry.yml", root / "cache"
+    install_model(cache, registry, MODEL, tiny_twin_path.read_bytes())
+    convert(load_registry(registry).model(MODEL), Cache.at(cache), ConvertOptions(verify=False))
+    return World(registry, cache)
+
+
+def export(world: World, output: Path, *args: str) -> Result:
+    return CliRunner().invoke(cli, world.args("export", MODEL, "--output-dir", str(output), "--offline", *args))
+
+
+def export_json(world: World, output: Path, *args: str) -> dict[str, Any]:
+    result = export(world, output, "--json", *args)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def model_config_pb2() -> ModuleType:
+    """Triton's ModelConfig message from tritonclient (a test dependency). Loaded from its file: importing
+    ``tritonclient.grpc`` would need grpcio, and the module itself needs only protobuf."""
+    spec = importlib.util.find_spec("tritonclient")
+    assert spec is not None and spec.submodule_search_locations, "pip install -e '.[test]' installs tritonclient"
+    path = Path(next(iter(spec.submodule_search_locations))) / "grpc" / "model_config_pb2.py"
+    module_spec = importlib.util.spec_from_file_location("triton_model_config_pb2", path)
+    assert module_spec is not None and module_spec.loader is not None
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
+PB2 = model_config_pb2()
+
+
+# ------------------------------------------------------------------------------------------------------- layouts
+def test_ovms_repository_config_and_byte_identical_ir(world: World, tmp_path: Path) -> None:
+    out = tmp_path / "repo"
+    data = export_json(world, out, "--format", "ovms")
+    assert set(data) == {"model", "served_name", "format", "output_dir", "version", "replaced", "version_dir",
+                         "ir_precision", "device", "hint", "inference_precision", "precision_reason", "storage_uri",
+                         "source_xml", "sha256", "signature", "files", "seconds"}  # as docs/export.md lists them
+    assert (data["format"], data["version"], data["replaced"], data["served_name"]) == ("ovms", 1, False, MODEL)
+    assert data["files"] == [str(out / "config.json"), str(out / MODEL / "ssdtool-export.json")]
+    assert (data["inference_precision"], data["device"], data["hint"]) == ("f32", "CPU", "LATENCY")
+    config = json.loads((out / "config.json").read_text())
+    assert config == {"model_config_list": [{"config": {
+        "name": MODEL, "base_path": MODEL, "target_device": "CPU",
+        "plugin_config": {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}}}]}
+    # base_path is relative to config.json's folder, as OVMS resolves it.
+    version = out / config["model_config_list"][0]["config"]["base_path"] / "1"
+    assert sorted(p.name for p in version.iterdir()) == ["model.bin", "model.xml"]
+    assert (version / "model.xml").read_bytes() == world.ir().read_bytes()
+    assert (version / "model.bin").read_bytes() == world.ir().with_suffix(".bin").read_bytes()
+    # Provenance travels in the IR, and the manifest records what the export decided.
+    from ssdtool.provenance import read_provenance
+
+    assert read_provenance(version / "model.xml") == read_provenance(world.ir())
+    manifest = json.loads((out / MODEL / "ssdtool-export.json").read_text())
+    assert manifest["versions"]["1"]["sha256"] == data["sha256"]
+    assert manifest["versions"]["1"]["inference_precision"] == "f32"
+    assert not [p.name for p in (out / MODEL).iterdir() if p.name.startswith(".")]  # no temporary folder left
+
+
+def test_human_summary_names_the_version_the_settings_and_the_next_step(world: World, tmp_path: Path) -> None:
+    out = tmp_path / "repo"
+    first = export(world, out, "--format", "ovms")
+    again = export(world, out, "--format", "ovms", "--force")
+    assert first.exit_code == again.exit_code == 0
+    assert first.stdout.startswith(f"{MODEL}: added version 1 of {MODEL} in {out} (ovms) in ")
+    assert again.stdout.startswith(f"{MODEL}: replaced version 1 of {MODEL} in {out} (ovms) in ")
+    assert "  server:    CPU, LATENCY hint\n" in first.stdout
+    assert "  precision: IR FP32, inference f32 (auto written as f32: the server's device is not known" in first.stdout
+    assert f"  wrote:     {out / 'config.json'}\n" in first.stdout
+    assert f"-v {out}:/models:ro openvino/model_server:latest --config_path /models/config.json" in first.stdout
+    triton = export(world, tmp_path / "triton", "--format", "triton")
+    assert "inference not pinned (Triton's OpenVINO backend can pin only bf16" in triton.stdout
+
+
+def test_exported_ir_runs_like_the_cached_one(world: World, tmp_path: Path) -> None:
+    from ssdtool.backends.openvino import OpenVinoEngine
+
+    out = tmp_path / "repo"
+    export_json(world, out, "--format", "triton", "--inference-precision", "auto")
+    tensor = np.random.default_rng(0).uniform(0, 255, (1, 3, 300, 300)).astype(np.float32)
+    exported = OpenVinoEngine(out / MODEL / "1" / "model.xml", inference_precision="f32").infer(tensor)
+    cached = OpenVinoEngine(world.ir(), inference_precision="f32").infer(tensor)
+    assert set(exported) == set(cached) == {"bboxes", "labels", "scores"}
+    for name in cached:
+        assert np.array_equal(exported[name], cached[name]), name
+    assert float(cached["scores"].max()) > 0  # the twin detects something, so the comparison means something
+
+
+def test_triton_config_parses_into_tritons_model_config(world: World, tmp_path: Path) -> None:
+    from google.protobuf import text_format
+
+    out = tmp_path / "repo"
+    data = export_json(world, out, "--format", "triton", "--hint", "throughput", "--inference-precision", "bf16")
+    assert not (out / "config.json").exists()
+    text = (out / MODEL / "config.pbtxt").read_text()
+    pb2 = PB2
+    config = text_format.Parse(text, pb2.ModelConfig())
+    assert (config.name, config.backend, config.max_batch_size) == (MODEL, "openvino", 0)
+    inputs = [(t.name, pb2.DataType.Name(t.data_type), list(t.dims)) for t in config.input]
+    outputs = [(t.name, pb2.DataType.Name(t.data_type), list(t.dims)) for t in config.output]
+    assert inputs == [("image", "TYPE_FP32", [1, 3, 300, 300])]
+    assert outputs == [("bboxes", "TYPE_FP32", [1, 200, 4]), ("labels", "TYPE_INT64", [1, 200]),
+                       ("scores", "TYPE_FP32", [1, 200])]
+    assert [(g.count, pb2.ModelInstanceGroup.Kind.Name(g.kind)) for g in config.instance_group] == [(1, "KIND_CPU")]
+    assert {k: v.string_value for k, v in config.parameters.items()} == {
+        "TARGET_DEVICE": "CPU", "PERFORMANCE_HINT": "THROUGHPUT", "HINT_BF16": "YES"}
+    assert data["signature"]["inputs"] == [{"name": "image", "element_type": "f32", "shape": [1, 3, 300, 300]}]
+    assert sorted(p.name for p in (out / MODEL / "1").iterdir()) == ["model.bin", "model.xml"]
+
+
+def test_triton_types_and_dims_are_the_irs_own(world: World, tmp_path: Path) -> None:
+    """What the pbtxt says is read from the IR: checked against OpenVINO's view of the exported file."""
+    import openvino as ov
+    from google.protobuf import text_format
+
+    out = tmp_path / "repo"
+    export_json(world, out, "--format", "triton")
+    pb2 = PB2
+    config = text_format.Parse((out / MODEL / "config.pbtxt").read_text(), pb2.ModelConfig())
+    model = ov.Core().read_model(out / MODEL / "1" / "model.xml")
+    triton_of = {"f32": "TYPE_FP32", "i64": "TYPE_INT64", "u8": "TYPE_UINT8"}
+    for tensors, ports in ((config.input, model.inputs), (config.output, model.outputs)):
+        assert [(t.name, pb2.DataType.Name(t.data_type), list(t.dims)) for t in tensors] == [
+            (p.get_any_name(), triton_of[p.get_element_type().get_type_name()], list(p.get_shape())) for p in ports]
+    assert "HINT_BF16" not in config.parameters  # auto: the server's default, which Triton cannot pin to f32
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text())
+def test_pbtxt_strings_round_trip_through_protobufs_parser(value: str) -> None:
+    """Tensor and model names reach config.pbtxt as text-format literals; any text parses back to itself."""
+    from google.protobuf import text_format
+
+    from ssdtool.export.layouts import pbtxt_string
+
+    config = text_format.Parse(f"name: {pbtxt_string(value)}", PB2.ModelConfig())
+    assert config.name == value
+
+
+@pytest.mark.parametrize("precision", ["f32", "f16"])
+def test_triton_refuses_a_precision_it_cannot_pin(world: World, tmp_path: Path, precision: str) -> None:
+    result = export(world, tmp_path / "repo", "--format", "triton", "--inference-precision", precision)
+    assert result.exit_code == 2
+    assert f"cannot pin inference precision {precision}" in result.output
+    assert "--format ovms or kserve" in result.output
+    assert not (tmp_path / "repo" / MODEL).exists()  # refused before anything was written
+
+
+def test_kserve_manifest_and_repository(world: World, tmp_path: Path) -> None:
+    out = tmp_path / "repo"
+    uri = "s3://models/ssd/tiny"
+    data = export_json(world, out, "--format", "kserve", "--storage-uri", uri, "--inference-precision", "bf16",
+                       "--device", "GPU")
+    assert data["storage_uri"] == uri
+    manifest = yaml.safe_load((out / "inferenceservice.yaml").read_text())
+    assert (manifest["apiVersion"], manifest["kind"], manifest["metadata"]["name"]) == (
+        "serving.kserve.io/v1beta1", "InferenceService", MODEL)
+    model = manifest["spec"]["predictor"]["model"]
+    assert (model["modelFormat"], model["runtime"], model["storageUri"]) == ({"name": "openvino"}, "kserve-openvino",
+                                                                            uri)
+    device_arg, plugin_arg = model["args"]
+    assert device_arg == "--target_device=GPU"
+    assert json.loads(plugin_arg.removeprefix("--plugin_config=")) == {"PERFORMANCE_HINT": "LATENCY",
+                                                                       "INFERENCE_PRECISION_HINT": "bf16"}
+    entry = json.loads((out / "config.json").read_text())["model_config_list"][0]["config"]
+    assert (entry["target_device"], entry["plugin_config"]["INFERENCE_PRECISION_HINT"]) == ("GPU", "bf16")
+    assert (out / MODEL / "1" / "model.xml").read_bytes() == world.ir().read_bytes()
+
+
+@pytest.mark.parametrize(("uri", "message"), [
+    ("ftp://host/models", "not a storage URI"),
+    ("/data/models", "not a storage URI"),
+    ("s3:///no-bucket", "not a storage URI"),
+    ("https://user:hunter2@example.com/m", "carries credentials"),
+    ("https://example.com/m?sig=abc", "carries credentials"),
+    ("s3://bucket/a b", "spaces, quotes or control characters"),
+])
+def test_bad_storage_uri_is_refused(world: World, tmp_path: Path, uri: str, message: str) -> None:
+    result = export(world, tmp_path / "repo", "--format", "kserve", "--storage-uri", uri)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "hunter2" not in result.output and "sig=abc" not in result.output
+    assert not (tmp_path / "repo" / MODEL).exists()
+
+
+def test_storage_uri_is_required_for_kserve_and_refused_elsewhere(world: World, tmp_path: Path) -> None:
+    missing = export(world, tmp_path / "a", "--format", "kserve")
+    assert missing.exit_code == 2 and "--format kserve needs --storage-uri" in missing.output
+    extra = export(world, tmp_path / "b", "--format", "ovms", "--storage-uri", "s3://b/m")
+    assert extra.exit_code == 2 and "--storage-uri applies to --format kserve only" in extra.output
+
+
+def test_served_name_must_be_a_dns_label(world: World, tmp_path: Path) -> None:
+    result = export(world, tmp_path / "repo", "--format", "ovms", "--served-name", "Bad_Name")
+    assert result.exit_code == 2 and "DNS-1035" in result.output
+    data = export_json(world, tmp_path / "repo", "--format", "ovms", "--served-name", "ssd-prod")
+    assert data["served_name"] == "ssd-prod" and (tmp_path / "repo" / "ssd-prod" / "1" / "model.xml").is_file()
+
+
+# ------------------------------------------------------------------------------------------------------- versions
+def test_second_export_adds_version_2_and_force_replaces(world: World, tmp_path: Path) -> None:
+    out = tmp_path / "repo"
+    assert export_json(world, out, "--format", "ovms")["version"] == 1
+    second = export_json(world, out, "--format", "ovms", "--hint", "throughput")
+    assert (second["version"], second["replaced"]) == (2, False)
+    config = json.loads((out / "config.json").read_text())
+    assert len(config["model_config_list"]) == 1  # one entry per model, now with the latest settings
+    assert config["model_config_list"][0]["config"]["plugin_config"]["PERFORMANCE_HINT"] == "THROUGHPUT"
+
+    (out / MODEL / "2" / "model.xml").write_text("damaged")
+    (out / MODEL / "2" / "stray.txt").write_text("left by hand")
+    refused = export(world, out, "--format", "ovms", "--version", "2")
+    assert refused.exit_code == 2 and "version 2 of tiny already exists" in refused.output
+    assert "--force" in refused.output and (out / MODEL / "2" / "model.xml").read_text() == "damaged"
+
+    forced = export_json(world, out, "--format", "ovms", "--force")
+    assert (forced["version"], forced["replaced"]) == (2, True)  # --force alone replaces the latest
+    assert (out / MODEL / "2" / "model.xml").read_bytes() == world.ir().read_bytes()
+    assert not (out / MODEL / "2" / "stray.txt").exists()  # the whole version was replaced
+    assert export_json(world, out, "--format", "ovms", "--version", "1", "--force")["replaced"] is True
+    assert export_json(world, out, "--format", "ovms", "--version", "7")["version"] == 7
+    assert sorted(p.name for p in (out / MODEL).iterdir() if p.is_dir()) == ["1", "2", "7"]
+    manifest = json.loads((out / MODEL / "ssdtool-export.json").read_text())
+    assert list(manifest["versions"]) == ["1", "2", "7"]
+
+
+def test_other_models_in_config_json_are_kept(world: World, tmp_path: Path) -> None:
+    out = tmp_path / "repo"
+    out.mkdir()
+    other = {"config": {"name": "resnet", "base_path": "/models/resnet"}}
+    (out / "config.json").write_text(json.dumps({"model_config_list": [other], "mediapipe_config_list": []}))
+    export_json(world, out, "--format", "ovms")
+    config = json.loads((out / "config.json").read_text())
+    assert config["mediapipe_config_list"] == []
+    assert [e["config"]["name"] for e in config["model_config_list"]] == ["resnet", MODEL]
+    assert config["model_config_list"][0] == other
+
+
+def test_corrupt_config_json_is_refused_before_anything_is_written(world: World, tmp_path: Path) -> None:
+    out = tmp_path / "repo"
+    out.mkdir()
+    (out / "config.json").write_text("{not json")
+    result = export(world, out, "--format", "ovms")
+    assert result.exit_code == 2 and "is not valid JSON" in result.output
+    assert (out / "config.json").read_text() == "{not json" and not (out / MODEL / "1").exists()
+
+
+# ------------------------------------------------------------------------------------------------------- locking
+def test_an_exporter_waits_for_the_lock_and_times_out(world: World, tmp_path: Path) -> None:
+    from filelock import FileLock
+
+    out = tmp_path / "repo"
+    out.mkdir()
+    with FileLock(str(out / ".ssdtool-export.lock")):
+        result = export(world, out, "--format", "ovms", "--lock-timeout", "0.3")
+    assert result.exit_code == 13, result.output
+    assert "another ssdtool export has been writing into" in result.output and "--lock-timeout" in result.output
+    assert not (out / MODEL / "1").exists()
+    assert export_json(world, out, "--format", "ovms")["version"] == 1  # the lock is free again
+
+
+def test_a_waiting_exporter_goes_on_when_the_lock_is_released(world: World, tmp_path: Path) -> None:
+    import threading
+    import time
+
+    from filelock import FileLock
+
+    out = tmp_path / "repo"
+    out.mkdir()
+    results: list[Result] = []
+    lock = FileLock(str(out / ".ssdtool-export.lock"))
+    lock.acquire()
+    waiter = threading.Thread(target=lambda: results.append(export(world, out, "--format", "ovms", "--json")))
+    waiter.start()
+    time.sleep(0.5)
+    assert waiter.is_alive() and not (out / MODEL / "1").exists()  # waiting, and nothing written meanwhile
+    lock.release()
+    waiter.join(timeout=60)
+    assert results[0].exit_code == 0, results[0].output
+    assert json.loads(results[0].stdout)["version"] == 1
+
+
+def test_two_exporting_processes_get_distinct_versions(world: World, tmp_path: Path) -> None:
+    out = tmp_path / "repo"
+    command = [sys.executable, "-m", "ssdtool", *world.args("export", MODEL, "--format", "ovms", "--output-dir",
+                                                           str(out), "--offline", "--json", "--progress", "none")]
+    runs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "OPENVINO_LOG_LEVEL": "0"}) for _ in range(2)]
+    outputs = [run.communicate(timeout=120) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    versions = sorted(json.loads(stdout)["version"] for stdout, _err in outputs)
+    assert versions == [1, 2]
+    for version in versions:
+        assert (out / MODEL / str(version) / "model.bin").read_bytes() == world.ir().with_suffix(".bin").read_bytes()
+    assert list(json.loads((out / MODEL / "ssdtool-export.json").read_text())["versions"]) == ["1", "2"]
+
+
+# ------------------------------------------------------------------------------------------------------- safety
+def test_output_dir_that_is_a_link_or_a_file_is_refused(world: World, tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    result = export(world, link, "--format", "ovms")
+    assert result.exit_code == 2 and "it is a symbolic link" in result.output and "--output-dir" in result.output
+    assert list(target.iterdir()) == []
+
+    plain = tmp_path / "file"
+    plain.write_text("keep me")
+    result = export(world, plain, "--format", "triton")
+    assert result.exit_code == 2 and "it is a regular file, expected a folder" in result.output
+    assert plain.read_text() == "keep me"
+
+
+def test_a_planted_model_folder_link_is_refused(world: World, tmp_path: Path) -> None:
+    out, target = tmp_path / "repo", tmp_path / "victim"
+    out.mkdir()
+    target.mkdir()
+    (out / MODEL).symlink_to(target)
+    result = export(world, out, "--format", "ovms")
+    assert result.exit_code == 2 and f"refusing to export into {out / MODEL}" in result.output
+    assert list(target.iterdir()) == []
+
+
+def test_a_link_at_config_json_is_refused_not_followed(world: World, tmp_path: Path) -> None:
+    out, secret = tmp_path / "repo", tmp_path / "secret.json"
+    out.mkdir()
+    secret.write_text('{"model_config_list": []}')
+    (out / "config.json").symlink_to(secret)
+    result = export(world, out, "--format", "ovms")
+    assert result.exit_code == 2 and "refusing to read" in result.output
+    assert secret.read_text() == '{"model_config_list": []}'
+
+
+def test_weights_that_differ_from_their_provenance_are_not_installed(world: World, tmp_path: Path) -> None:
+    """The copy is compared with the weights digest in the IR's provenance before it is renamed into place."""
+    import shutil
+
+    cache = tmp_path / "cache"
+    shutil.copytree(world.cache, cache)
+    binary = Cache.at(cache).ir_xml(MODEL, "FP32").with_suffix(".bin")
+    data = bytearray(binary.read_bytes())
+    data[len(data) // 2] ^= 0x01  # a weight, not a shape constant; same size, so the cached IR still looks current
+    binary.write_bytes(bytes(data))
+    out = tmp_path / "repo"
+    result = CliRunner().invoke(cli, ["--registry", str(world.registry), "--cache-dir", str(cache), "export", MODEL,
+                                      "--format", "ovms", "--output-dir", str(out), "--offline"])
+    assert result.exit_code == 5, result.output
+    assert "does not have the sha256 its provenance records" in result.output and "convert --force" in result.output
+    assert not (out / MODEL / "1").exists() and not (out / "config.json").exists()
+    assert not [p for p in (out / MODEL).iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_leftovers_of_a_killed_export_are_removed(world: World, tmp_path: Path) -> None:
+    import socket
+
+    out = tmp_path / "repo"
+    leftover = out / MODEL / f".tmp-1@{socket.gethostname()}.999999999.0badf00d"
+    leftover.mkdir(parents=True)
+    (leftover / "model.bin").write_bytes(b"half")
+    assert export_json(world, out, "--format", "ovms")["version"] == 1
+    assert not leftover.exists()
+
+
+def test_errors_are_json_on_stdout_with_json(world: World, tmp_path: Path) -> None:
+    result = export(world, tmp_path / "repo", "--format", "kserve", "--storage-uri", "ftp://h/m", "--json")
+    assert result.exit_code == 2
+    error = json.loads(result.stdout)
+    assert (error["error"], error["exit_code"]) == ("UsageError", 2) and "not a storage URI" in error["message"]
+
+
+# ------------------------------------------------------------------------------------------------------- Python API
+def test_python_api_returns_the_result(world: World, tmp_path: Path) -> None:
+    import ssdtool
+
+    entry = load_registry(world.registry).model(MODEL)
+    options = ssdtool.ExportOptions(format="ovms", output_dir=tmp_path / "repo", inference_precision="bf16",
+                                    hint="throughput")
+    result = ssdtool.export_model(entry, Cache.at(world.cache), options, offline=True)
+    assert isinstance(result, ssdtool.ExportResult)
+    assert (result.version, result.inference_precision, result.hint, result.ir_precision) == (1, "bf16",
+                                                                                              "THROUGHPUT", "FP32")
+    assert result.version_dir == tmp_path / "repo" / MODEL / "1"
+    assert result.files[0] == tmp_path / "repo" / "config.json"
