@@ -111,23 +111,21 @@ def network_detections(outputs: Mapping[str, np.ndarray], entry: ModelEntry, for
     """The model's three outputs (batch 1) as network-level detections: normalized xyxy boxes clipped to [0, 1],
     label ids with the registry's ``label_offset`` applied, padded rows (score 0) dropped.
 
-    ``form="onnx"``: the source model's outputs (pixel boxes normalized by the network size, offset added; for a
-    heads model, ``outputs: {form: heads}``, the head tensors decoded and selected on the host by
-    :mod:`ssdtool.heads`); ``form="ir"``: a converted IR's, which are already so (a heads model's IR included).
+    ``form="onnx"``: the source model's outputs (pixel boxes normalized by the network size, offset added; a
+    heads model's engine has already decoded its heads into these three, see :mod:`ssdtool.heads`);
+    ``form="ir"``: a converted IR's, which are already so (a heads model's IR included).
     Detection, the parity gate and the INT8 guard all read outputs through this one function.
     """
     check_form(form)
     spec = entry.outputs
-    if form == "onnx" and spec.form == "heads":
-        # The split model: decoded and selected on the host, exactly as the full model's tail does.
-        from ssdtool.heads import decode_outputs
-
-        boxes, labels, scores = decode_outputs(outputs, entry)
-        return RawDetections.from_outputs(np.clip(boxes, 0.0, 1.0), labels, scores)
     missing = [name for name in (spec.boxes, spec.labels, spec.scores) if name not in outputs]
     if missing:
+        hint = (f"these look like the raw heads of {entry.name!r}: run the model through "
+                "ssdtool.backends.make_engine (its onnxruntime engine decodes them) or use postprocess_heads"
+                if spec.form == "heads" else
+                f"check the registry entry {entry.name!r} ('outputs') against the model file")
         raise BackendError(f"the model gave no output {', '.join(missing)}; it gave {', '.join(sorted(outputs))}",
-                           hint=f"check the registry entry {entry.name!r} ('outputs') against the model file")
+                           hint=hint)
     boxes = np.asarray(outputs[spec.boxes], dtype=np.float32).reshape(-1, 4)
     labels = np.asarray(outputs[spec.labels]).reshape(-1).astype(np.int64)
     if form == "onnx":

@@ -3,15 +3,19 @@ describes, and the decode and selection of :mod:`ssdtool.ssd`.
 
 A registry entry with ``outputs: {form: heads, ...}`` names its six conf and six loc heads (by output name or by
 position in the model's output list). :func:`decode_outputs` turns such a model's outputs into the same three
-arrays the full model returns (ltrb boxes normalized to the input, labels 1..80, scores, best first), so every
-consumer of outputs (:func:`ssdtool.detections.network_detections`: detection, the parity gate, evaluation) treats
-both forms alike. The converted IR does the same in the graph (:mod:`ssdtool.convert.heads_tail`).
+arrays the full model returns (ltrb boxes normalized to the input, labels 1..80, scores, best first).
+
+Where it runs: inside the onnxruntime engine (:func:`host_decoder`, chosen by :func:`ssdtool.backends.make_engine`
+from the registry's output form), so whatever reads an engine's outputs - detection, bench (whose timings then
+include the decode, as the full model's include its in-graph tail), the parity gate, evaluation, LoadGen,
+serving - sees the full model's three outputs and needs no second code path. The converted IR does the same in
+the graph (:mod:`ssdtool.convert.heads_tail`).
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -19,7 +23,8 @@ from ssdtool import ssd
 from ssdtool.errors import ModelFormatError, RegistryError
 from ssdtool.registry import DefaultBoxSpec, HeadsSpec, ModelEntry
 
-__all__ = ["decode_outputs", "entry_geometry", "head_tensors", "heads_spec", "is_heads"]
+__all__ = ["decode_heads", "decode_outputs", "entry_geometry", "head_tensors", "heads_spec", "host_decoder",
+           "is_heads"]
 
 
 def is_heads(entry: ModelEntry) -> bool:
@@ -105,3 +110,17 @@ def decode_heads(confs: Sequence[np.ndarray], locs: Sequence[np.ndarray], entry:
     boxes, probs = ssd.decode(locs, confs, entry_geometry(entry))
     return ssd.select(boxes, probs, selection.iou_threshold, selection.score_threshold, selection.per_class,
                       selection.max_detections)
+
+
+def host_decoder(entry: ModelEntry) -> Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]:
+    """``outputs -> outputs`` for an engine running a heads model: the head tensors replaced by the full model's
+    three batch-1 outputs under the registry's names (``bboxes [1, K, 4]``, ``labels [1, K]`` int64,
+    ``scores [1, K]``), unpadded as the full source model returns them. Geometry and default boxes are made once."""
+    entry_geometry(entry)  # a bad description fails when the engine is made, not at the first image
+    spec = entry.outputs
+
+    def decode(outputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        boxes, labels, scores = decode_outputs(outputs, entry)
+        return {spec.boxes: boxes[None], spec.labels: labels[None], spec.scores: scores[None]}
+
+    return decode

@@ -69,7 +69,9 @@ def make_engine(model: ModelFile, *, device: str = "CPU", hint: str = "latency",
                 cache_dir: Path | None = None, requests: int | None = None) -> Engine:
     """The engine that runs ``model``: OpenVINO for an IR (``hint`` "latency" or "throughput", ``inference_precision``
     pinned or None for the device's default, compiled-model ``cache_dir``), onnxruntime for the source ONNX
-    (``requests`` parallel runs for throughput, one otherwise)."""
+    (``requests`` parallel runs for throughput, one otherwise). The source ONNX of a heads model
+    (``ModelFile.host_decode``) gets an engine that decodes its heads on the host (:func:`ssdtool.heads.host_decoder`),
+    so it returns the full model's three outputs."""
     if model.backend == "openvino":
         from ssdtool.backends.openvino import OpenVinoEngine
 
@@ -77,4 +79,9 @@ def make_engine(model: ModelFile, *, device: str = "CPU", hint: str = "latency",
                               hint=hint.upper(), inference_precision=inference_precision)
     from ssdtool.backends.onnxruntime import OnnxRuntimeEngine
 
-    return OnnxRuntimeEngine(model.path, requests=requests)
+    decode = None
+    if model.host_decode:
+        from ssdtool.heads import host_decoder
+
+        decode = host_decoder(model.entry)  # type: ignore[arg-type]
+    return OnnxRuntimeEngine(model.path, requests=requests, decode=decode)
