@@ -245,6 +245,28 @@ def test_postprocess_heads_reads_a_heads_entry_by_its_names(world: HeadsWorld) -
     assert found == _detector(world, TINY_HEADS, "onnxruntime", 0.1)(rgb) and found
 
 
+def test_the_tails_nms_keeps_the_onnx_semantics_at_the_thresholds() -> None:
+    """The tail's NonMaxSuppression on the CPU decides as ONNX (onnxruntime; ssdtool.ssd.nms) does at the edges:
+    a score equal to the score threshold is dropped, an IoU equal to the IoU threshold does not suppress (bare
+    OpenVINO would suppress it), and only valid rows come back."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    from ssdtool import ssd
+    from ssdtool.convert.heads_tail import selection_nms
+    from ssdtool.registry import SelectionSpec
+
+    boxes = np.array([[[0, 0, 2, 1], [0, 0, 1, 1], [5, 5, 6, 6], [7, 7, 8, 8], [0, 0, 2, 1.01]]], np.float32)
+    just_above = np.nextafter(np.float32(0.05), np.float32(1))
+    scores = np.array([[[0.9, 0.8, np.float32(0.05), just_above, 0.7]]], np.float32)
+    b, s = ops.parameter([1, 5, 4], ov.Type.f32), ops.parameter([1, 1, 5], ov.Type.f32)
+    model = ov.Model([ops.result(selection_nms(b, s, SelectionSpec(per_class=10)))], [b, s])
+    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    selected = compiled([boxes, scores])[0]
+    # box 0 kept; box 4 (IoU 0.99 with it) suppressed; box 1 (IoU exactly 0.5) kept; box 3 kept, box 2 (= 0.05) not
+    assert selected[:, 2].tolist() == [0, 1, 3] == ssd.nms(boxes[0], scores[0, 0], 0.5, 0.05, 10).tolist()
+
+
 # ------------------------------------------------------------------------------------------------ commands
 def test_detect_and_convert_commands_on_the_heads_twin(world: HeadsWorld, tmp_path: Path) -> None:
     photo = tmp_path / "photo.jpg"

@@ -10,7 +10,8 @@ raw-pixel input, the parity gate) is the full model's:
 * decode (``scale_back_batch``): ``xy = (scale_xy*d_xy)*wh_a + xy_a``, ``wh = exp(scale_wh*d_wh)*wh_a``, corners
   ``xy -/+ wh/2``, with the registry's default boxes as one constant;
 * ``Softmax`` over the 81 classes, background (class 0) dropped;
-* ``NonMaxSuppression`` (opset 9, ``corner`` boxes, no sorting across classes), ``Gather`` of the selected
+* ``NonMaxSuppression`` (opset 9, ``corner`` boxes, no sorting across classes, ONNX's IoU rule: see
+  :func:`selection_nms`), ``Gather`` of the selected
   scores, ``TopK`` (opset 11, ``stable``) of the best ``min(max_detections, selected)``, ``Gather`` of their
   boxes and classes, labels ``class + 1``.
 
@@ -27,7 +28,7 @@ from ssdtool import ssd
 from ssdtool.backends import import_engine
 from ssdtool.errors import ModelFormatError
 from ssdtool.heads import entry_geometry, heads_spec
-from ssdtool.registry import ModelEntry
+from ssdtool.registry import ModelEntry, SelectionSpec
 
 
 def head_ports(model: Any, entry: ModelEntry) -> tuple[list[Any], list[Any]]:
@@ -62,11 +63,31 @@ def head_ports(model: Any, entry: ModelEntry) -> tuple[list[Any], list[Any]]:
     return ports["conf"], ports["loc"]
 
 
+def selection_nms(boxes: Any, scores: Any, selection: SelectionSpec) -> Any:
+    """``NonMaxSuppression`` (opset 9) with ONNX's rules: boxes ``[1, N, 4]`` corners, scores ``[1, C, N]`` ->
+    the selected ``[K, 3]`` (batch, class, box), class by class, each by descending score.
+
+    OpenVINO's CPU plugin suppresses a box whose IoU *equals* the threshold, ONNX only above it; the operation gets
+    the next float32 above the registry's IoU threshold, so it suppresses exactly when ONNX does. (Scores equal
+    to the score threshold are dropped by both.) Rows past ``valid_outputs``, where a device pads the selection to
+    its upper bound, are sliced off.
+    """
+    ops = import_engine("openvino.opset13")
+    nms_ops = import_engine("openvino.opset9")
+    slice_op = import_engine("openvino.opset8").slice
+    iou = np.nextafter(np.float32(selection.iou_threshold), np.float32(np.inf))
+    nms = nms_ops.non_max_suppression(
+        boxes, scores, ops.constant(np.array([selection.per_class], np.int64)),
+        ops.constant(np.array([iou], np.float32)),
+        ops.constant(np.array([selection.score_threshold], np.float32)),
+        box_encoding="corner", sort_result_descending=False, output_type="i64")
+    return slice_op(nms.output(0), np.array([0]), nms.output(2), np.array([1]), np.array([0]))
+
+
 def append_tail(model: Any, entry: ModelEntry) -> dict[str, Any]:
     """The full model's three outputs computed from ``model``'s head tensors: ``{"boxes": [1, K, 4] ltrb
     normalized f32, "labels": [1, K] i64 (1..80), "scores": [1, K] f32}``, best first, K <= max_detections."""
     ops = import_engine("openvino.opset13")
-    nms_ops = import_engine("openvino.opset9")
     topk_ops = import_engine("openvino.opset11")
     slice_op = import_engine("openvino.opset8").slice
     softmax = import_engine("openvino.opset8").softmax
@@ -97,13 +118,7 @@ def append_tail(model: Any, entry: ModelEntry) -> dict[str, Any]:
 
     probs = softmax(ops.transpose(flat(conf_ports, classes), np.array([0, 2, 1])), 2)  # [1, N, 81]
     foreground = part(ops.transpose(probs, np.array([0, 2, 1])), 1, classes, 1)  # [1, 80, N]
-    nms = nms_ops.non_max_suppression(
-        boxes, foreground, ops.constant(np.array([selection.per_class], np.int64)),
-        ops.constant(np.array([selection.iou_threshold], np.float32)),
-        ops.constant(np.array([selection.score_threshold], np.float32)),
-        box_encoding="corner", sort_result_descending=False, output_type="i64")
-    # Rows past valid_outputs, where a device pads the selection to its upper bound, are dropped explicitly.
-    selected = slice_op(nms.output(0), np.array([0]), nms.output(2), np.array([1]), np.array([0]))  # [K, 3]
+    selected = selection_nms(boxes, foreground, selection)  # [K, 3]: batch, class, box
     box_index = ops.gather(selected, ops.constant(np.array(2, np.int64)), 1)  # [K]
     class_index = ops.gather(selected, ops.constant(np.array(1, np.int64)), 1)  # [K], 0..79
     flat_index = ops.add(ops.multiply(class_index, ops.constant(np.array(n, np.int64))), box_index)
