@@ -405,9 +405,9 @@ def test_tiny_heads_twin_matches_its_registry_pin(world: HeadsWorld) -> None:
 # ------------------------------------------------------------------------------------------------ full size
 @pytest.mark.slow
 def test_full_heads_twin_matches_the_full_form_twin_in_both_engines(full_twin_path: Path, tmp_path: Path) -> None:
-    """At 1200 px (15,130 default boxes): the pin, the host decode against the full twin on onnxruntime, and the
-    heads IR against the full-form IR on OpenVINO (f32; both converted without the gate, which the tiny tests
-    run: the comparison here is the proof)."""
+    """At 1200 px (15,130 default boxes): the pin, the host decode against the full-form twin on onnxruntime, and the
+    heads IR (converted without the gate, which the tiny tests run: this comparison is the proof) against both at
+    f32. The tiny twins show the heads IR equal to the full-form IR; here the full geometry is what is new."""
     from ssdtool.convert import ConvertOptions, convert
 
     registry = load_registry()
@@ -422,15 +422,13 @@ def test_full_heads_twin_matches_the_full_form_twin_in_both_engines(full_twin_pa
     rgb = generated_images(1, seed=12, size=(640, 480))[0]
     host = make_engine(heads_file).infer(preprocess(rgb, heads_entry))
     full = make_engine(model_file(full_entry, cache, "onnxruntime")).infer(preprocess(rgb, full_entry))
-    mine = RawDetections.from_outputs(host["bboxes"], host["labels"], host["scores"])
-    theirs = RawDetections.from_outputs(full["bboxes"], full["labels"], full["scores"])
-    report = match_detections(theirs, mine, SAME_IOU)
-    assert report.matched == len(theirs) == len(mine) > 20 and report.max_score_diff <= SAME_SCORE
-    irs = [convert(entry, cache, ConvertOptions(verify=False)).xml for entry in (heads_entry, full_entry)]
-    tensor = preprocess(rgb, heads_entry, form="ir")
-    outputs = [make_engine(model_file(entry, cache, "openvino"), inference_precision="f32").infer(tensor)
-               for entry in (heads_entry, full_entry)]
-    assert all(xml.is_file() for xml in irs)
-    np.testing.assert_array_equal(outputs[0]["labels"], outputs[1]["labels"])
-    np.testing.assert_allclose(outputs[0]["bboxes"], outputs[1]["bboxes"], atol=1e-6)
-    np.testing.assert_allclose(outputs[0]["scores"], outputs[1]["scores"], atol=1e-6)
+    convert(heads_entry, cache, ConvertOptions(verify=False))
+    ir = make_engine(model_file(heads_entry, cache, "openvino"), inference_precision="f32").infer(
+        preprocess(rgb, heads_entry, form="ir"))
+    reference = RawDetections.from_outputs(full["bboxes"], full["labels"], full["scores"])
+    assert len(reference) > 20
+    for outputs in (host, ir):
+        found = RawDetections.from_outputs(np.clip(outputs["bboxes"], 0, 1), outputs["labels"], outputs["scores"])
+        report = match_detections(RawDetections(np.clip(reference.boxes, 0, 1), reference.labels, reference.scores),
+                                  found, SAME_IOU)
+        assert report.matched == len(reference) == len(found) and report.max_score_diff <= SAME_SCORE, report
