@@ -178,6 +178,8 @@ def test_heads_in_the_wrong_order_are_refused_naming_the_registry_key(world: Hea
     result = CliRunner().invoke(cli, world.args("convert", "unknown-head", "--json", "--progress", "none"))
     assert result.exit_code == 22, result.output
     assert "the model has no output 'loc_9' for a loc head" in result.output
+    result = CliRunner().invoke(cli, world.args("convert", "conf-reversed", "--progress", "none"))
+    assert result.exit_code == 22 and "conf head 0 (conf_5) has shape [1,324,1,1]" in result.output, result.output
 
 
 # ------------------------------------------------------------------------------------------------ the twins

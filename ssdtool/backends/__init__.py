@@ -80,8 +80,8 @@ def make_engine(model: ModelFile, *, device: str = "CPU", hint: str = "latency",
     from ssdtool.backends.onnxruntime import OnnxRuntimeEngine
 
     decode = None
-    if model.host_decode:
+    if model.host_decode and model.entry is not None:
         from ssdtool.heads import host_decoder
 
-        decode = host_decoder(model.entry)  # type: ignore[arg-type]
+        decode = host_decoder(model.entry)
     return OnnxRuntimeEngine(model.path, requests=requests, decode=decode)

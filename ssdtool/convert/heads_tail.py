@@ -37,7 +37,8 @@ def head_ports(model: Any, entry: ModelEntry) -> tuple[list[Any], list[Any]]:
     spec = heads_spec(entry)
     results = list(model.get_results())
     names = [sorted(r.output(0).get_names()) for r in results]
-    shown = ", ".join(n[0] if n else "(unnamed)" for n in names)
+    labels = [n[0] if n else f"output {i}" for i, n in enumerate(names)]
+    shown = ", ".join(labels)
     loc_shapes, conf_shapes = entry_geometry(entry).head_shapes()
     ports: dict[str, list[Any]] = {}
     for kind, wanted, shapes in (("conf", spec.conf, conf_shapes), ("loc", spec.loc, loc_shapes)):
@@ -54,7 +55,7 @@ def head_ports(model: Any, entry: ModelEntry) -> tuple[list[Any], list[Any]]:
             got = port.get_partial_shape()
             if not got.is_static or tuple(got.to_shape()) != shape:
                 raise ModelFormatError(
-                    f"{kind} head {level} ({shown.split(', ')[index]}) has shape {got}; the default boxes expect "
+                    f"{kind} head {level} ({labels[index]}) has shape {got}; the default boxes expect "
                     f"{list(shape)}",
                     hint=f"check 'outputs.conf', 'outputs.loc' (level by level) and 'outputs.default_boxes' of the "
                          f"registry entry {entry.name!r}")
