@@ -13,6 +13,7 @@ section's latest figures (kept in benchmarks/_work/results.json), so ``--only`` 
 the others. Timings are only meaningful on a quiet machine: before each section the suite waits (up to --wait
 seconds) until other work uses fewer than --max-busy cores (sampled from /proc/stat while the suite is idle) and
 records that sample and the load average next to every section.
+Section heads: host decode vs the in-graph tail of the split form (bench_heads.py).
 """
 
 from __future__ import annotations
@@ -44,9 +45,9 @@ from common import (
 
 sys.path.insert(0, str(ROOT))
 
-SECTIONS = ("engines", "detect", "startup", "download", "convert", "serve")
+SECTIONS = ("engines", "detect", "startup", "download", "convert", "serve", "heads")
 HEADINGS = {"summary": "Summary", "engines": "Engines", "detect": "Detect", "startup": "Start-up",
-            "download": "Download", "convert": "Convert", "serve": "Serving"}
+            "download": "Download", "convert": "Convert", "serve": "Serving", "heads": "Heads form"}
 RESULTS = WORK / "results.json"
 PERFORMANCE_MD = ROOT / "docs" / "performance.md"
 HELP_TARGET = 0.25
@@ -249,9 +250,20 @@ def section_convert(quick: bool) -> dict[str, Any]:
     return figures
 
 
+def section_heads(quick: bool) -> dict[str, Any]:
+    import bench_heads
+
+    figures = bench_heads.run(quick)
+    write_section(HEADINGS["heads"], bench_heads.markdown(figures))
+    host, graph = figures["host_total_ms"], figures["in_graph_tail_ms"].get("f32", 0.0)
+    figures["targets"] = [["heads form: host decode per image vs the in-graph tail (f32), full twin",
+                           f"{host} vs {graph} ms", f"{figures['host_over_in_graph_f32']}x", None]]
+    return figures
+
+
 RUNNERS: dict[str, Callable[[bool], dict[str, Any]]] = {
     "engines": section_engines, "detect": section_detect, "startup": section_startup,
-    "download": section_download, "convert": section_convert, "serve": section_serve,
+    "download": section_download, "convert": section_convert, "serve": section_serve, "heads": section_heads,
 }
 
 

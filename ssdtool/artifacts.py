@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +42,14 @@ class ModelFile:
     form: str
     precision: str | None
     server: ServerTarget | None = None
+    #: The registry entry, when the file is its source model: a heads model's engine decodes by it on the host.
+    entry: ModelEntry | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def host_decode(self) -> bool:
+        """Whether an engine running this file must decode the head tensors on the host (the split form's
+        source ONNX; its IR has the decode inside)."""
+        return self.form == "onnx" and self.entry is not None and self.entry.outputs.form == "heads"
 
 
 def remote_model_file(entry: ModelEntry, server: ServerTarget) -> ModelFile:
@@ -131,7 +139,7 @@ def model_file(entry: ModelEntry, cache: Cache, backend: Backend | str, precisio
         offline = offline_from_env()
     if Backend.parse(backend, "backend") == Backend.ONNXRUNTIME:
         return ModelFile(entry.name, Backend.ONNXRUNTIME, source_model(entry, cache, offline=offline,
-                                                                       progress=progress), "onnx", None)
+                                                                       progress=progress), "onnx", None, entry)
     from ssdtool.convert import ConvertOptions, convert
 
     weights = ir_precision(precision or entry.convert.precision)

@@ -111,16 +111,21 @@ def network_detections(outputs: Mapping[str, np.ndarray], entry: ModelEntry, for
     """The model's three outputs (batch 1) as network-level detections: normalized xyxy boxes clipped to [0, 1],
     label ids with the registry's ``label_offset`` applied, padded rows (score 0) dropped.
 
-    ``form="onnx"``: the source model's outputs (pixel boxes normalized by the network size, offset added);
-    ``form="ir"``: a converted IR's, which are already so. Detection, the parity gate and the INT8 guard all read
-    outputs through this one function.
+    ``form="onnx"``: the source model's outputs (pixel boxes normalized by the network size, offset added; a
+    heads model's engine has already decoded its heads into these three, see :mod:`ssdtool.heads`);
+    ``form="ir"``: a converted IR's, which are already so (a heads model's IR included).
+    Detection, the parity gate and the INT8 guard all read outputs through this one function.
     """
     check_form(form)
     spec = entry.outputs
     missing = [name for name in (spec.boxes, spec.labels, spec.scores) if name not in outputs]
     if missing:
+        hint = (f"these look like the raw heads of {entry.name!r}: run the model through "
+                "ssdtool.backends.make_engine (its onnxruntime engine decodes them) or use postprocess_heads"
+                if spec.form == "heads" else
+                f"check the registry entry {entry.name!r} ('outputs') against the model file")
         raise BackendError(f"the model gave no output {', '.join(missing)}; it gave {', '.join(sorted(outputs))}",
-                           hint=f"check the registry entry {entry.name!r} ('outputs') against the model file")
+                           hint=hint)
     boxes = np.asarray(outputs[spec.boxes], dtype=np.float32).reshape(-1, 4)
     labels = np.asarray(outputs[spec.labels]).reshape(-1).astype(np.int64)
     if form == "onnx":
@@ -142,14 +147,27 @@ def postprocess_heads(heads: Sequence[np.ndarray] | Mapping[str, np.ndarray], en
     0.05, NMS at IoU 0.5, 200 per class; then the best ``convert.output_count`` overall) are the model's own, in
     numpy (:mod:`ssdtool.ssd`). Conf and loc tensors are told apart by their channel count, so any order works
     as long as each kind comes in level order (Furiosa: six conf then six loc; a mapping: in its order).
-    ``geometry`` defaults to the default boxes of the registry's (square) input size.
+    ``geometry`` defaults to the default boxes of the registry's (square) input size. For an entry of the heads
+    form (``outputs: {form: heads}``) its default boxes and selection parameters apply, and a mapping is read by
+    the registry's head names or positions (checked against the default boxes).
     """
+    from ssdtool.heads import decode_heads, head_tensors, is_heads
+
+    if is_heads(entry) and isinstance(heads, Mapping) and geometry is None:
+        # A heads entry names its outputs: they are picked and checked by the registry, not by channel count.
+        boxes, labels, scores = decode_heads(*head_tensors(heads, entry), entry)
+        return detections_from_arrays(boxes, labels, scores, entry, image_size, threshold=threshold,
+                                      classes=classes, max_detections=max_detections)
     tensors = list(heads.values()) if isinstance(heads, Mapping) else list(heads)
     confs = [t for t in tensors if np.asarray(t).ndim >= 3 and np.asarray(t).shape[-3] % ssd.NUM_CLASSES == 0]
     locs = [t for t in tensors if not (np.asarray(t).ndim >= 3 and np.asarray(t).shape[-3] % ssd.NUM_CLASSES == 0)]
     if len(confs) != 6 or len(locs) != 6:
         raise UsageError(f"expected six conf and six loc head tensors, got {len(confs)} conf (channels a multiple "
                          f"of {ssd.NUM_CLASSES}) and {len(locs)} others")
+    if geometry is None and is_heads(entry):
+        boxes, labels, scores = decode_heads(confs, locs, entry)
+        return detections_from_arrays(boxes, labels, scores, entry, image_size, threshold=threshold,
+                                      classes=classes, max_detections=max_detections)
     if geometry is None:
         width, height = entry.input.resize
         if width != height:

@@ -19,6 +19,7 @@ each column ``j`` (x), centre ``((j+0.5)/fk, (i+0.5)/fk)``.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -282,13 +283,21 @@ def decode_flat(loc: np.ndarray, conf: np.ndarray, geometry: SsdGeometry) -> tup
         raise ValueError(
             f"expected loc (4, {n}) and conf ({NUM_CLASSES}, {n}) for this geometry, got {loc.shape} and {conf.shape}"
         )
-    anchors = default_boxes(geometry, "xywh")
+    anchors = _anchors_xywh(geometry)
     d = loc.T
     xy = d[:, :2] * _F32(geometry.scale_xy) * anchors[:, 2:] + anchors[:, :2]
     wh = np.exp(d[:, 2:] * _F32(geometry.scale_wh)) * anchors[:, 2:]
     half = wh * _F32(0.5)
     boxes = np.concatenate([xy - half, xy + half], axis=1)
     return boxes.astype(np.float32, copy=False), softmax(conf.T, axis=1)
+
+
+@functools.lru_cache(maxsize=8)
+def _anchors_xywh(geometry: SsdGeometry) -> np.ndarray:
+    """The default boxes of ``geometry``, made once: decoding every image rebuilds nothing (read-only)."""
+    anchors = default_boxes(geometry, "xywh")
+    anchors.setflags(write=False)
+    return anchors
 
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:

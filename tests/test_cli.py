@@ -101,7 +101,7 @@ def test_info_json_is_complete(tmp_path: Path) -> None:
     assert data["name"] == MODEL
     assert data["input"]["shape"] == [1, 3, 1200, 1200]
     assert data["outputs"] == {"boxes": "bboxes", "labels": "labels", "scores": "scores", "box_format": "xyxy",
-                               "box_units": "normalized", "label_offset": 0}
+                               "box_units": "normalized", "label_offset": 0, "form": "detections", "heads": None}
     assert data["convert"] == {"color_order": "BGR", "output_count": 200, "precision": "FP32"}
     assert data["files"][0]["sha384"].startswith("754dd59f")
     assert data["converted"] == []

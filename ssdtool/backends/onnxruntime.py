@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
@@ -26,7 +26,10 @@ K = TypeVar("K")
 class OnnxRuntimeEngine:
     name = "onnxruntime"
 
-    def __init__(self, model_path: str | os.PathLike[str], requests: int | None = None) -> None:
+    def __init__(self, model_path: str | os.PathLike[str], requests: int | None = None,
+                 decode: Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]] | None = None) -> None:
+        """``decode``: applied to every run's outputs inside the run (so in its thread, counted in its time and in
+        :attr:`busy_seconds`): a heads model's host decode (:func:`ssdtool.heads.host_decoder`)."""
         ort = import_engine("onnxruntime")
         options = ort.SessionOptions()
         options.log_severity_level = 3  # warnings about unused initializers are noise for users
@@ -47,6 +50,7 @@ class OnnxRuntimeEngine:
         self.input_name: str = first.name
         self.input_shape: tuple[int, ...] = tuple(d if isinstance(d, int) else -1 for d in first.shape)
         self.output_names: list[str] = [o.name for o in self.session.get_outputs()]
+        self.decode = decode
         self.path = Path(model_path)
         self.device = "CPU"
         self.inference_precision: str | None = "f32"  # the CPU execution provider computes in f32
@@ -63,10 +67,10 @@ class OnnxRuntimeEngine:
     def infer(self, tensor: np.ndarray) -> dict[str, np.ndarray]:
         self._enter()
         try:
-            values = self.session.run(None, {self.input_name: tensor})
+            outputs = dict(zip(self.output_names, self.session.run(None, {self.input_name: tensor}), strict=True))
+            return outputs if self.decode is None else self.decode(outputs)
         finally:
             self._leave()
-        return dict(zip(self.output_names, values, strict=True))
 
     def infer_stream(self, items: Iterable[tuple[K, np.ndarray]], requests: int | None = None,
                      on_done: Callable[[K, float], None] | None = None

@@ -49,6 +49,21 @@ def info_command(ctx: click.Context, name: str | None, as_json: bool) -> None:
     click.echo("\n".join(printable(line) for line in _format_info(data).splitlines()))
 
 
+def _format_outputs(outputs: dict[str, Any]) -> str:
+    if outputs.get("form") == "heads" and outputs.get("heads"):
+        heads = outputs["heads"]
+        boxes, selection = heads["default_boxes"], heads["selection"]
+        given = [f"{key} {list(value) if isinstance(value, (list, tuple)) else value}"
+                 for key, value in boxes.items() if value is not None]
+        return (f"  outputs: heads form: conf {list(heads['conf'])}, loc {list(heads['loc'])}\n"
+                f"           default boxes: {', '.join(given)} (the rest: the reference for the input size)\n"
+                f"           selection: score > {selection['score_threshold']}, IoU {selection['iou_threshold']}, "
+                f"{selection['per_class']} per class, {selection['max_detections']} in all; decoded into "
+                f"{outputs['boxes']}, {outputs['labels']}, {outputs['scores']}")
+    return (f"  outputs: boxes={outputs['boxes']} labels={outputs['labels']} scores={outputs['scores']} "
+            f"({outputs['box_format']}, {outputs['box_units']}, label offset {outputs['label_offset']})")
+
+
 def _format_info(data: dict[str, Any]) -> str:
     entry_input, outputs, convert = data["input"], data["outputs"], data["convert"]
     lines = [
@@ -72,8 +87,7 @@ def _format_info(data: dict[str, Any]) -> str:
         f"  input:   {entry_input['name']} {list(entry_input['shape'])} {entry_input['layout']} "
         f"{entry_input['color_order']}, mean {list(entry_input['mean'])}, scale {list(entry_input['scale'])}, "
         f"resize {entry_input['resize'][0]}x{entry_input['resize'][1]} {entry_input['interpolation']}",
-        f"  outputs: boxes={outputs['boxes']} labels={outputs['labels']} scores={outputs['scores']} "
-        f"({outputs['box_format']}, {outputs['box_units']}, label offset {outputs['label_offset']})",
+        _format_outputs(outputs),
         f"  labels:  {data['labels']}",
         f"  convert: {convert['color_order']} input, {convert['output_count']} outputs, "
         f"default precision {convert['precision']}",

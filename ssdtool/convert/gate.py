@@ -62,8 +62,10 @@ def parity_check(source: Path, xml: Path, entry: ModelEntry, options: ConvertOpt
     """
     from ssdtool.backends.onnxruntime import OnnxRuntimeEngine
     from ssdtool.backends.openvino import OpenVinoEngine
+    from ssdtool.heads import host_decoder, is_heads
 
-    reference_engine = OnnxRuntimeEngine(source)
+    # A heads model's reference is its host decode (ssdtool.ssd), the same the onnxruntime backend runs.
+    reference_engine = OnnxRuntimeEngine(source, decode=host_decoder(entry) if is_heads(entry) else None)
     ir_engine = OpenVinoEngine(xml, device=device, inference_precision=inference_precision)
     ran = ir_engine.inference_precision
     spec = entry.input

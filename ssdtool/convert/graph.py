@@ -27,10 +27,17 @@ def _rewrite_outputs(ov: Any, model: Any, entry: ModelEntry) -> Any:
     slice_op = import_engine("openvino.opset8").slice
     count = entry.convert.output_count
     spec = entry.outputs
-    # model.outputs are the Result nodes' ports; the rewrite must start from what feeds each Result.
-    produced = [(result.output(0), result.input_value(0)) for result in model.get_results()]
-    ports = {key: next((source for named, source in produced if name in named.get_names()), None)
-             for key, name in (("boxes", spec.boxes), ("labels", spec.labels), ("scores", spec.scores))}
+    if spec.form == "heads":
+        # The split model: its decode and selection are appended first (convert/heads_tail.py); from here on
+        # its three outputs are rewritten like the full model's.
+        from ssdtool.convert.heads_tail import append_tail
+
+        ports = append_tail(model, entry)
+    else:
+        # model.outputs are the Result nodes' ports; the rewrite must start from what feeds each Result.
+        produced = [(result.output(0), result.input_value(0)) for result in model.get_results()]
+        ports = {key: next((source for named, source in produced if name in named.get_names()), None)
+                 for key, name in (("boxes", spec.boxes), ("labels", spec.labels), ("scores", spec.scores))}
     missing = [getattr(spec, key) for key, port in ports.items() if port is None]
     if missing:
         raise ModelFormatError(

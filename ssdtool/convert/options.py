@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +107,9 @@ def conversion_parameters(entry: ModelEntry, options: ConvertOptions,
         "box_units": entry.outputs.box_units,
         "label_offset": entry.outputs.label_offset,
     }
+    if entry.outputs.heads is not None:  # only for heads models, so the full form's key (and its IRs) stay valid
+        # as JSON gives it back from the provenance: lists, not tuples
+        parameters["heads"] = json.loads(json.dumps(asdict(entry.outputs.heads)))
     if options.precision == "INT8":
         if options.int8_recipe is not None:  # None: only to compare with an installed IR (see same_parameters)
             parameters["quantization"] = quantization_settings(options.int8_recipe)

@@ -19,7 +19,18 @@ from pathlib import Path
 
 from ssdtool.constants import REGISTRY_ENV
 from ssdtool.errors import RegistryError
-from ssdtool.registry.entries import ConvertSpec, FileEntry, InputSpec, ModelEntry, OutputSpec, Registry
+from ssdtool.registry.entries import (
+    OUTPUT_FORMS,
+    ConvertSpec,
+    DefaultBoxSpec,
+    FileEntry,
+    HeadsSpec,
+    InputSpec,
+    ModelEntry,
+    OutputSpec,
+    Registry,
+    SelectionSpec,
+)
 from ssdtool.registry.schema import (
     CACHE_LAYOUT_NAMES,
     MAX_NAME_BYTES,
@@ -36,15 +47,19 @@ __all__ = [
     "MAX_NAME_BYTES",
     "MAX_REGISTRY_BYTES",
     "MAX_REGISTRY_VALUES",
+    "OUTPUT_FORMS",
     "PACKAGED_REGISTRY_NAME",
     "REGISTRY_ENV",
     "REGISTRY_FORMAT_VERSION",
     "ConvertSpec",
+    "DefaultBoxSpec",
     "FileEntry",
+    "HeadsSpec",
     "InputSpec",
     "ModelEntry",
     "OutputSpec",
     "Registry",
+    "SelectionSpec",
     "check_file_name",
     "check_source_url",
     "load_registry",

@@ -39,14 +39,62 @@ class InputSpec:
     interpolation: str
 
 
+#: The two output forms: three detection tensors, or the twelve head tensors (decoded outside the network).
+OUTPUT_FORMS = ("detections", "heads")
+
+
+@dataclass(frozen=True)
+class DefaultBoxSpec:
+    """The default boxes of a heads model (MLCommons ``dboxes_R34_coco``). None: the reference's value for the
+    input size (feature sizes from the network's shape arithmetic, steps ``int(size / feature size)``, scales
+    ``int(s * size / 300)`` for s in 21, 45, 99, 153, 207, 261, 315), resolved by :mod:`ssdtool.heads`."""
+
+    feature_sizes: tuple[int, ...] | None = None
+    steps: tuple[int, ...] | None = None
+    scales: tuple[float, ...] | None = None
+    aspect_ratios: tuple[tuple[float, ...], ...] | None = None
+    scale_xy: float = 0.1
+    scale_wh: float = 0.2
+
+
+@dataclass(frozen=True)
+class SelectionSpec:
+    """The selection tail: per foreground class, scores strictly above ``score_threshold``, greedy NMS dropping
+    boxes with IoU strictly above ``iou_threshold``, at most ``per_class`` kept; then the best ``max_detections``
+    overall (at most ``convert.output_count``)."""
+
+    score_threshold: float = 0.05
+    iou_threshold: float = 0.5
+    per_class: int = 200
+    max_detections: int = 200
+
+
+@dataclass(frozen=True)
+class HeadsSpec:
+    """Which outputs of a heads model are the conf and loc heads, in level order: output names, or positions in
+    the model's output list (0-based). Each conf head is NCHW ``[1, A*81, H, W]``, each loc head
+    ``[1, A*4, H, W]`` with channel ``coordinate*A + anchor`` (see :mod:`ssdtool.ssd`)."""
+
+    conf: tuple[str | int, ...]
+    loc: tuple[str | int, ...]
+    default_boxes: DefaultBoxSpec = field(default_factory=DefaultBoxSpec)
+    selection: SelectionSpec = field(default_factory=SelectionSpec)
+
+
 @dataclass(frozen=True)
 class OutputSpec:
+    """The outputs. ``form`` "detections": ``boxes``/``labels``/``scores`` name the model's three outputs.
+    ``form`` "heads": ``heads`` says where the twelve head tensors are, and the three names are those of the
+    outputs ssdtool makes from them (host decode, or the converted IR's outputs): normalized, label offset 0."""
+
     boxes: str
     labels: str
     scores: str
     box_format: str
     box_units: str
     label_offset: int
+    form: str = "detections"
+    heads: HeadsSpec | None = None
 
 
 @dataclass(frozen=True)

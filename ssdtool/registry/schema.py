@@ -15,7 +15,9 @@ import yaml
 
 from ssdtool.errors import RegistryError
 from ssdtool.redact import redact_url
-from ssdtool.registry.entries import ConvertSpec, FileEntry, InputSpec, ModelEntry, OutputSpec, Registry
+from ssdtool.registry.checker import Checker, describe
+from ssdtool.registry.entries import OUTPUT_FORMS, ConvertSpec, FileEntry, InputSpec, ModelEntry, OutputSpec, Registry
+from ssdtool.registry.heads_schema import check_heads_against_model, check_heads_outputs
 
 MAX_REGISTRY_BYTES = 1 << 20
 #: Most values (scalars, lists, mappings) the parsed document may hold, counting each use of a YAML alias.
@@ -106,86 +108,6 @@ def _count_values(data: Any, limit: int) -> int:
     return count
 
 
-class _Checker:
-    """Walks the parsed YAML, collecting located problems instead of stopping at the first."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.problems: list[str] = []
-
-    def problem(self, where: str, message: str) -> None:
-        self.problems.append(f"{self.source}: {where or 'top level'}: {message}")
-
-    def mapping(self, value: Any, where: str, required: tuple[str, ...], optional: tuple[str, ...] = ()
-                ) -> dict[str, Any] | None:
-        if not isinstance(value, dict):
-            self.problem(where, f"expected a mapping, got {_type_name(value)}")
-            return None
-        for key in value:
-            if key not in required and key not in optional:
-                allowed = ", ".join(required + optional)
-                self.problem(f"{where}.{key}" if where else str(key), f"unknown key (allowed: {allowed})")
-        for key in required:
-            if key not in value:
-                self.problem(where or "top level", f"missing key {key!r}")
-        return value
-
-    def string(self, value: Any, where: str, choices: tuple[str, ...] | None = None) -> str | None:
-        if not isinstance(value, str) or not value.strip():
-            self.problem(where, f"expected a non-empty string, got {_describe(value)}")
-            return None
-        if choices is not None and value not in choices:
-            self.problem(where, f"expected one of {', '.join(choices)}, got {value!r}")
-            return None
-        return value
-
-    def integer(self, value: Any, where: str, minimum: int = 0) -> int | None:
-        if isinstance(value, bool) or not isinstance(value, int):
-            self.problem(where, f"expected an integer, got {_describe(value)}")
-            return None
-        if value < minimum:
-            self.problem(where, f"expected an integer >= {minimum}, got {value}")
-            return None
-        return value
-
-    def number_list(self, value: Any, where: str, length: int | None = None, positive: bool = False
-                    ) -> tuple[float, ...] | None:
-        if not isinstance(value, list) or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
-        ):
-            self.problem(where, f"expected a list of numbers, got {_describe(value)}")
-            return None
-        if length is not None and len(value) != length:
-            self.problem(where, f"expected {length} numbers, got {len(value)}")
-            return None
-        if positive and any(v <= 0 for v in value):
-            self.problem(where, f"expected numbers > 0, got {value}")
-            return None
-        return tuple(float(v) for v in value)
-
-    def int_list(self, value: Any, where: str, length: int | None = None) -> tuple[int, ...] | None:
-        if not isinstance(value, list) or not value or not all(
-            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value
-        ):
-            self.problem(where, f"expected a list of positive integers, got {_describe(value)}")
-            return None
-        if length is not None and len(value) != length:
-            self.problem(where, f"expected {length} integers, got {len(value)}")
-            return None
-        return tuple(value)
-
-
-def _type_name(value: Any) -> str:
-    return {dict: "a mapping", list: "a list", str: "a string", type(None): "nothing (null)",
-            bool: "a boolean", int: "an integer", float: "a number"}.get(type(value), type(value).__name__)
-
-
-def _describe(value: Any) -> str:
-    if isinstance(value, (dict, list)) or value is None:
-        return _type_name(value)
-    return f"{_type_name(value)} {value!r}"
-
-
 def check_file_name(name: str) -> str | None:
     """Why ``name`` is unsafe as a file name inside the cache, or None when it is safe."""
     if "\x00" in name:
@@ -228,7 +150,7 @@ def check_source_url(url: str) -> str | None:
     return None
 
 
-def _check_file(check: _Checker, raw: Any, where: str) -> FileEntry | None:
+def _check_file(check: Checker, raw: Any, where: str) -> FileEntry | None:
     data = check.mapping(raw, where, ("name", "size", "sources"), ("sha256", "sha384"))
     if data is None:
         return None
@@ -248,7 +170,7 @@ def _check_file(check: _Checker, raw: Any, where: str) -> FileEntry | None:
             continue
         value = data[algo]
         if not isinstance(value, str):
-            check.problem(f"{where}.{algo}", f"expected {length} hex characters, got {_describe(value)}")
+            check.problem(f"{where}.{algo}", f"expected {length} hex characters, got {describe(value)}")
             digests[algo] = None
         elif len(value) != length:
             check.problem(f"{where}.{algo}", f"expected {length} hex characters, got {len(value)}")
@@ -264,12 +186,12 @@ def _check_file(check: _Checker, raw: Any, where: str) -> FileEntry | None:
     raw_sources = data.get("sources")
     if "sources" in data:
         if not isinstance(raw_sources, list) or not raw_sources:
-            check.problem(f"{where}.sources", f"expected a non-empty list of URLs, got {_describe(raw_sources)}")
+            check.problem(f"{where}.sources", f"expected a non-empty list of URLs, got {describe(raw_sources)}")
         else:
             for index, url in enumerate(raw_sources):
                 spot = f"{where}.sources[{index}]"
                 if not isinstance(url, str):
-                    check.problem(spot, f"expected a URL string, got {_describe(url)}")
+                    check.problem(spot, f"expected a URL string, got {describe(url)}")
                 elif reason := check_source_url(url):
                     check.problem(spot, reason)
                 else:
@@ -280,7 +202,7 @@ def _check_file(check: _Checker, raw: Any, where: str) -> FileEntry | None:
                      sha256=digests["sha256"], sha384=digests["sha384"])
 
 
-def _check_input(check: _Checker, raw: Any, where: str) -> InputSpec | None:
+def _check_input(check: Checker, raw: Any, where: str) -> InputSpec | None:
     keys = ("name", "shape", "layout", "color_order", "mean", "scale", "resize", "interpolation")
     data = check.mapping(raw, where, keys)
     if data is None:
@@ -313,8 +235,15 @@ def _check_input(check: _Checker, raw: Any, where: str) -> InputSpec | None:
                      interpolation=interpolation)  # type: ignore[arg-type]
 
 
-def _check_outputs(check: _Checker, raw: Any, where: str) -> OutputSpec | None:
-    data = check.mapping(raw, where, ("boxes", "labels", "scores", "box_format", "box_units", "label_offset"))
+def _check_outputs(check: Checker, raw: Any, where: str) -> OutputSpec | None:
+    if isinstance(raw, dict) and "form" in raw:
+        form = check.string(raw["form"], f"{where}.form", OUTPUT_FORMS)
+        if form is None:
+            return None
+        if form == "heads":
+            return check_heads_outputs(check, raw, where)
+    data = check.mapping(raw, where, ("boxes", "labels", "scores", "box_format", "box_units", "label_offset"),
+                         ("form",))
     if data is None:
         return None
     fields: dict[str, Any] = {}
@@ -327,7 +256,7 @@ def _check_outputs(check: _Checker, raw: Any, where: str) -> OutputSpec | None:
     if "label_offset" in data:
         offset = data["label_offset"]
         if isinstance(offset, bool) or not isinstance(offset, int):
-            check.problem(f"{where}.label_offset", f"expected an integer, got {_describe(offset)}")
+            check.problem(f"{where}.label_offset", f"expected an integer, got {describe(offset)}")
         else:
             fields["label_offset"] = offset
     if any(fields.get(k) is None for k in ("boxes", "labels", "scores", "box_format", "box_units",
@@ -336,7 +265,7 @@ def _check_outputs(check: _Checker, raw: Any, where: str) -> OutputSpec | None:
     return OutputSpec(**fields)
 
 
-def _check_convert(check: _Checker, raw: Any, where: str) -> ConvertSpec | None:
+def _check_convert(check: Checker, raw: Any, where: str) -> ConvertSpec | None:
     data = check.mapping(raw, where, ("color_order", "output_count", "precision"))
     if data is None:
         return None
@@ -351,7 +280,7 @@ def _check_convert(check: _Checker, raw: Any, where: str) -> ConvertSpec | None:
     return ConvertSpec(color_order=color, output_count=count, precision=precision)
 
 
-def _check_model(check: _Checker, name: str, raw: Any, registry_dir: Path | None) -> ModelEntry | None:
+def _check_model(check: Checker, name: str, raw: Any, registry_dir: Path | None) -> ModelEntry | None:
     where = f"models.{name if len(name) <= 60 else name[:60] + '...'}"
     if not _MODEL_NAME.fullmatch(name):
         check.problem(where, "model names use letters, digits, '.', '_' and '-', starting with a letter or digit")
@@ -370,7 +299,7 @@ def _check_model(check: _Checker, name: str, raw: Any, registry_dir: Path | None
     if "files" in data:
         raw_files = data["files"]
         if not isinstance(raw_files, list) or not raw_files:
-            check.problem(f"{where}.files", f"expected a non-empty list of files, got {_describe(raw_files)}")
+            check.problem(f"{where}.files", f"expected a non-empty list of files, got {describe(raw_files)}")
         else:
             parsed = [_check_file(check, item, f"{where}.files[{i}]") for i, item in enumerate(raw_files)]
             names = [f.name for f in parsed if f is not None]
@@ -378,7 +307,7 @@ def _check_model(check: _Checker, name: str, raw: Any, registry_dir: Path | None
                 check.problem(f"{where}.files", f"duplicate file name {dup!r}")
             files = [f for f in parsed if f is not None]
             files_ok = len(files) == len(parsed) and len(set(names)) == len(names)
-    sections: dict[str, Callable[[_Checker, Any, str], Any]] = {
+    sections: dict[str, Callable[[Checker, Any, str], Any]] = {
         "input": _check_input, "outputs": _check_outputs, "convert": _check_convert}
     parsed_sections = {key: fn(check, data[key], f"{where}.{key}") if key in data else None
                        for key, fn in sections.items()}
@@ -386,6 +315,9 @@ def _check_model(check: _Checker, name: str, raw: Any, registry_dir: Path | None
     if labels is not None and (reason := check_file_name(labels)):
         check.problem(f"{where}.labels", reason)
         labels = None
+    outputs, entry_input, convert = (parsed_sections[key] for key in ("outputs", "input", "convert"))
+    if outputs is not None and entry_input is not None and convert is not None:
+        check_heads_against_model(check, outputs, where, entry_input.resize, convert.output_count)
     required = (description, task, license_name, labels, *parsed_sections.values())
     if not files_ok or any(v is None for v in required):
         return None
@@ -399,7 +331,7 @@ def _check_model(check: _Checker, name: str, raw: Any, registry_dir: Path | None
 def parse_registry(text: str, source: str = "models.yml", registry_dir: Path | None = None) -> Registry:
     """Validate registry YAML text; raise :class:`RegistryError` listing every located problem."""
     data, duplicate_problems = _parse_yaml(text, source)
-    check = _Checker(source)
+    check = Checker(source)
     check.problems.extend(duplicate_problems)
     top = check.mapping(data, "", ("version", "models"), ("default_model",))
     if top is None:
@@ -412,11 +344,11 @@ def parse_registry(text: str, source: str = "models.yml", registry_dir: Path | N
     raw_models = top.get("models")
     if "models" in top:
         if not isinstance(raw_models, dict) or not raw_models:
-            check.problem("models", f"expected a non-empty mapping of model names, got {_describe(raw_models)}")
+            check.problem("models", f"expected a non-empty mapping of model names, got {describe(raw_models)}")
         else:
             for name, raw in raw_models.items():
                 if not isinstance(name, str):
-                    check.problem(f"models.{name}", f"expected a model name string, got {_describe(name)}")
+                    check.problem(f"models.{name}", f"expected a model name string, got {describe(name)}")
                     continue
                 entry = _check_model(check, name, raw, registry_dir)
                 if entry is not None:
@@ -426,7 +358,7 @@ def parse_registry(text: str, source: str = "models.yml", registry_dir: Path | N
         default = next(iter(raw_models))
     elif default is not None and (not isinstance(default, str)
                                   or (isinstance(raw_models, dict) and default not in raw_models)):
-        check.problem("default_model", f"expected the name of a model in 'models', got {_describe(default)}")
+        check.problem("default_model", f"expected the name of a model in 'models', got {describe(default)}")
     if check.problems:
         raise RegistryError(check.problems, hint=f"fix {source}; the format is described in docs/registry.md")
     return Registry(version=version, default_model=default, models=models, source=source)  # type: ignore[arg-type]
