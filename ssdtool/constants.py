@@ -139,3 +139,19 @@ class OutputFormat(Choice):
     JSON = "json"
     JSONL = "jsonl"
     COCO = "coco"
+
+
+class LoadGenScenario(Choice):
+    """MLPerf LoadGen's four scenarios (``ssdtool bench --scenario``; docs/bench.md)."""
+
+    SINGLE_STREAM = "SingleStream"
+    MULTI_STREAM = "MultiStream"
+    SERVER = "Server"
+    OFFLINE = "Offline"
+
+
+class LoadGenMode(Choice):
+    """What a LoadGen run measures: timing (``performance``) or every sample's detections (``accuracy``)."""
+
+    PERFORMANCE = "performance"
+    ACCURACY = "accuracy"
