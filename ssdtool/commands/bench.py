@@ -1,4 +1,6 @@
-"""``ssdtool bench``: a thin wrapper over :func:`ssdtool.bench.benchmark`."""
+"""``ssdtool bench``: a thin wrapper over :func:`ssdtool.bench.benchmark`, or with ``--scenario`` over
+:func:`ssdtool.loadgen.run_loadgen` (MLPerf LoadGen; the report is formatted by
+:mod:`ssdtool.commands.bench_loadgen`)."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ from typing import Any
 
 import click
 
+from ssdtool.commands.bench_loadgen import loadgen_options, run_scenario
 from ssdtool.commands.common import app_context, echo_json, human_size, want_json
 from ssdtool.commands.options import (
     backend_option,
@@ -63,21 +66,34 @@ def format_report(data: dict[str, Any]) -> str:
               help="Measure for this long instead [default: 20 s when --iterations is not given].")
 @device_option("OpenVINO device.")
 @offline_option()
+@loadgen_options
 @progress_option
 @json_option("Print the report as JSON on stdout.")
 @click.pass_context
 def bench_command(ctx: click.Context, name: str | None, backend: str, precision: str, inference_precision: str,
                   hint: str, requests: int | None, iterations: int | None, seconds: float | None, device: str,
-                  offline: bool, progress_mode: str, as_json: bool) -> None:
+                  offline: bool, progress_mode: str, as_json: bool, **loadgen: Any) -> None:
     """Measure inference speed of NAME (default model): latency percentiles, throughput, load time, memory.
 
     Inputs are generated images, preprocessed before timing; the first inference is reported apart and
     excluded. The model is downloaded or converted first when missing (unless --offline).
+
+    With --scenario, MLCommons LoadGen drives the engine through an MLPerf scenario instead (SingleStream,
+    MultiStream, Server, Offline) and writes its logs to --output-dir; see docs/bench.md.
     """
     from ssdtool.bench import BenchOptions, benchmark
     from ssdtool.errors import UsageError
 
     want_json(ctx, as_json)
+    if loadgen["scenario"] is not None:
+        run_scenario(ctx, name=name, backend=backend, precision=precision, inference_precision=inference_precision,
+                     requests=requests, device=device, offline=offline, progress_mode=progress_mode, as_json=as_json,
+                     **loadgen)
+        return
+    given = [f"--{key.replace('_', '-')}" for key, value in loadgen.items() if value is not None]
+    if given:
+        raise UsageError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to LoadGen runs only",
+                         hint="add --scenario SingleStream, MultiStream, Server or Offline")
     if iterations is not None and seconds is not None:
         raise UsageError("--iterations and --time are exclusive", hint="give one of them")
     app = app_context(ctx)

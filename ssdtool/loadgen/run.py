@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 RESULT_FILES = ("mlperf_log_accuracy.json", "mlperf_log_trace.json", "mlperf_log_detail.txt",
                 "mlperf_log_summary.txt")
 PROGRESS_INTERVAL = 0.5
+#: How long a failed or interrupted test may take to wind down before the call returns without it.
+INTERRUPT_GRACE = 3.0
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,18 @@ class LoadGenProgress:
 
     elapsed_seconds: float
     completed: int
+
+
+_ABANDONED: list[threading.Event] = []
+
+
+def loadgen_still_running() -> bool:
+    """Whether a failed or interrupted test left LoadGen running its schedule (it ends when the schedule does).
+
+    A process must then end with ``os._exit``: the C++ runtime aborts a normal exit while LoadGen's threads run.
+    ``ssdtool bench`` does that; a Python caller that catches the error can simply go on.
+    """
+    return any(not finished.is_set() for finished in _ABANDONED)
 
 
 def parse_scenario(value: str) -> LoadGenScenario:
@@ -137,24 +151,39 @@ def _run_test(lg: Any, sut: EngineSut, library: SampleLibrary, settings: Any, sc
 
     sut_handle = lg.ConstructSUT(sut.issue, sut.flush)
     qsl_handle = lg.ConstructQSL(library.total_count, settings.performance_sample_count_override, load, unload)
+    finished = threading.Event()  # not Thread.is_alive: an interrupted join() makes that False too early
+
+    def start_test() -> None:
+        try:
+            lg.StartTestWithLogSettings(sut_handle, qsl_handle, settings, log_settings)
+        except BaseException as exc:
+            failure.record(exc)
+        finally:
+            finished.set()
+
+    test = threading.Thread(target=start_test, name="ssdtool-loadgen", daemon=True)
     began = time.perf_counter()
     try:
-        test = threading.Thread(target=lg.StartTestWithLogSettings, name="ssdtool-loadgen",
-                                args=(sut_handle, qsl_handle, settings, log_settings), daemon=True)
         test.start()
         try:
-            while test.is_alive():
-                test.join(PROGRESS_INTERVAL)
-                if progress is not None and test.is_alive():
+            while not finished.wait(PROGRESS_INTERVAL) and not failure:
+                if progress is not None:
                     progress(LoadGenProgress(time.perf_counter() - began, sut.completed))
-        except BaseException as exc:  # Ctrl-C: answer everything at once so LoadGen ends, then re-raise
+        except BaseException as exc:  # Ctrl-C: answer everything at once so LoadGen can end, then re-raise
             failure.record(exc)
-            test.join()
+            finished.wait(INTERRUPT_GRACE)
             raise
+        if failure:
+            finished.wait(INTERRUPT_GRACE)
     finally:
         sut.close()
-        lg.DestroyQSL(qsl_handle)
-        lg.DestroySUT(sut_handle)
+        if finished.is_set():
+            lg.DestroyQSL(qsl_handle)
+            lg.DestroySUT(sut_handle)
+        else:
+            # LoadGen still runs its schedule (Server's arrivals are timed), each query answered at once by the
+            # failed SUT; destroying the SUT under it would crash, so both are left to the process's exit.
+            _ABANDONED.append(finished)
     return time.perf_counter() - began
 
 
@@ -163,7 +192,7 @@ def _publish(scratch: Path, output_dir: Path) -> list[Path]:
     published = []
     for name in RESULT_FILES:
         source = scratch / name
-        if source.is_file():
+        if source.is_file() and (source.stat().st_size > 0 or name != "mlperf_log_trace.json"):
             target = output_dir / name
             os.replace(source, target)
             published.append(target)
