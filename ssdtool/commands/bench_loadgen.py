@@ -74,8 +74,8 @@ def run_scenario(ctx: click.Context, *, name: str | None, backend: str, precisio
     given = [flag for key, flag in _BENCH_ONLY.items()
              if ctx.get_parameter_source(key) not in (None, click.core.ParameterSource.DEFAULT)]
     if given:
-        raise UsageError(f"{', '.join(given)} do not apply with --scenario: LoadGen decides how queries run and "
-                         "for how long", hint="use --min-duration, --min-queries and --target-qps instead")
+        raise UsageError(f"{', '.join(given)} cannot be used with --scenario: LoadGen decides how queries run "
+                         "and for how long", hint="use --min-duration, --min-queries and --target-qps instead")
     parsed_scenario = parse_scenario(scenario)
     parsed_mode = parse_mode(mode or LoadGenMode.PERFORMANCE.value)
     app = app_context(ctx)
