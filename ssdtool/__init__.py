@@ -2,7 +2,8 @@
 
 The Python API (docs/python-api.md): :class:`Detector` for detection; :func:`load_image`, :func:`preprocess`,
 :func:`postprocess` and :func:`postprocess_heads` for other runtimes; :func:`find_images` for sources as the CLI
-expands them. Everything is imported on first use, so ``import ssdtool`` (and ``ssdtool --help``) stays light.
+expands them; :func:`run_loadgen` for MLPerf LoadGen scenarios (``bench --scenario``). Everything is imported
+on first use, so ``import ssdtool`` (and ``ssdtool --help``) stays light.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from ssdtool.errors import ImageError
     from ssdtool.imaging import load_image, preprocess
     from ssdtool.inputs import find_images
+    from ssdtool.loadgen import LoadGenOptions, LoadGenReport, SettingsOverrides, run_loadgen
 
 _LAZY = {
     "Detector": "ssdtool.detect", "RunInfo": "ssdtool.detect",
@@ -26,10 +28,13 @@ _LAZY = {
     "load_image": "ssdtool.imaging", "preprocess": "ssdtool.imaging",
     "find_images": "ssdtool.inputs",
     "ImageError": "ssdtool.errors",
+    "run_loadgen": "ssdtool.loadgen", "LoadGenOptions": "ssdtool.loadgen", "LoadGenReport": "ssdtool.loadgen",
+    "SettingsOverrides": "ssdtool.loadgen",
 }
 
-__all__ = ["Detection", "Detector", "ImageError", "ImageResult", "RunInfo", "__version__", "find_images", "load_image",
-           "postprocess", "postprocess_heads", "preprocess"]
+__all__ = ["Detection", "Detector", "ImageError", "ImageResult", "LoadGenOptions", "LoadGenReport", "RunInfo",
+           "SettingsOverrides", "__version__", "find_images", "load_image", "postprocess", "postprocess_heads",
+           "preprocess", "run_loadgen"]
 
 
 def __getattr__(name: str) -> Any:
