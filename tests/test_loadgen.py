@@ -410,3 +410,12 @@ def test_ctrl_c_on_the_command_line(world: World, tmp_path: Path) -> None:
     assert time.perf_counter() - began < 15
     assert "interrupted" in stderr
     assert not output.exists() or not any(output.iterdir())
+
+
+def test_a_folder_in_the_way_of_the_summary(world: World, tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    (output / "mlperf_log_summary.txt").mkdir(parents=True)
+    result = _bench(world, "tiny", "--scenario", "Offline", "--output-dir", str(output), *SHORT)
+    assert result.exit_code == UsageError.exit_code
+    assert f"cannot put LoadGen's mlperf_log_summary.txt in {output}" in result.output
+    assert not [p for p in output.iterdir() if p.name.startswith(".")]

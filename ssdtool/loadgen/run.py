@@ -194,7 +194,11 @@ def _publish(scratch: Path, output_dir: Path) -> list[Path]:
         source = scratch / name
         if source.is_file() and (source.stat().st_size > 0 or name != "mlperf_log_trace.json"):
             target = output_dir / name
-            os.replace(source, target)
+            try:
+                os.replace(source, target)
+            except OSError as exc:
+                raise UsageError(f"cannot put LoadGen's {name} in {output_dir}: {exc.strerror or exc}",
+                                 hint="remove what is in the way, or give another --output-dir") from exc
             published.append(target)
     fsutil.fsync_folder(output_dir)
     return published
