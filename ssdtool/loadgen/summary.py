@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ssdtool import fsutil
-from ssdtool.constants import LoadGenMode, LoadGenScenario
+from ssdtool.constants import LoadGenScenario
 from ssdtool.errors import InputError
 
 SUMMARY_FILE = "mlperf_log_summary.txt"
@@ -186,8 +186,8 @@ def read_summary(output_dir: Path) -> LoadGenSummary:
     return parse_summary(_read(Path(output_dir) / SUMMARY_FILE))
 
 
-def read_results(output_dir: Path, scenario: LoadGenScenario, mode: LoadGenMode, config: RunConfig,
-                 duration: float, files: list[str]) -> LoadGenReport:
+def read_results(output_dir: Path, config: RunConfig, duration: float, files: list[str]) -> LoadGenReport:
+    """The report of a finished run whose logs are in ``output_dir``."""
     summary = read_summary(output_dir)
     errors: list[str] = []
     warnings: list[str] = []
