@@ -30,6 +30,7 @@ from ssdtool.errors import BackendError, InputError, UsageError
 from ssdtool.imaging import generated_images
 from ssdtool.labels import COCO_CATEGORY_IDS, COCO_NAMES
 from ssdtool.loadgen import LoadGenOptions, SettingsOverrides, parse_summary, run_loadgen
+from ssdtool.loadgen.accuracy import decode_accuracy_log
 from ssdtool.loadgen.qsl import image_files
 from ssdtool.loadgen.settings import V2_DEFAULTS, build_settings
 from ssdtool.registry import load_registry
@@ -215,6 +216,7 @@ def test_accuracy_log_holds_the_planted_detections(world: World, tmp_path: Path,
         np.testing.assert_allclose(records[:, 1:5], boxes[:, [1, 0, 3, 2]], atol=1e-5)  # ymin xmin ymax xmax
         np.testing.assert_allclose(records[:, 5], scores, atol=1e-5)
         np.testing.assert_array_equal(records[:, 6], labels)
+        np.testing.assert_array_equal(decode_accuracy_log(entries)[entry["qsl_idx"]], records)  # the library's reader
     # ... and MLCommons' script, reading it unchanged, scores the planted ground truth perfectly.
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
