@@ -32,6 +32,7 @@ from ssdtool.labels import COCO_CATEGORY_IDS, COCO_NAMES
 from ssdtool.loadgen import LoadGenOptions, SettingsOverrides, parse_summary, run_loadgen
 from ssdtool.loadgen.accuracy import decode_accuracy_log
 from ssdtool.loadgen.qsl import image_files
+from ssdtool.loadgen.run import loadgen_still_running
 from ssdtool.loadgen.settings import V2_DEFAULTS, build_settings
 from ssdtool.registry import load_registry
 from ssdtool.ssd import SsdGeometry
@@ -336,8 +337,11 @@ def test_missing_loadgen_is_a_dependency_error(world: World, tmp_path: Path, mon
 
 # ------------------------------------------------------------------------------------------------ failures
 def _options(world: World, output: Path, scenario: str = "SingleStream") -> LoadGenOptions:
+    # A 30 s minimum the failure must not wait for; the 1 s expected latency keeps LoadGen's pre-generated
+    # SingleStream queries few, so it winds down within the grace period once the failed SUT answers at once.
+    latency = 1000 if scenario == "SingleStream" else None
     return LoadGenOptions(scenario=scenario, output_dir=output, offline=True, inference_precision="f32",
-                          settings=SettingsOverrides(min_duration=30, min_queries=10_000))
+                          settings=SettingsOverrides(min_duration=30, min_queries=20, target_latency_ms=latency))
 
 
 def _earlier_results(output: Path) -> None:
@@ -370,6 +374,7 @@ def test_sut_failure_mid_run_leaves_no_results(world: World, tmp_path: Path, mon
     with pytest.raises(BackendError, match="the system under test failed during the LoadGen run: planted"):
         run_loadgen(load_registry(world.registry).model("tiny"), Cache.at(world.cache), _options(world, output))
     assert time.perf_counter() - began < 20  # not the 30 s minimum: a failed SUT answers at once
+    assert not loadgen_still_running()
     _assert_untouched(output)
 
 
@@ -388,6 +393,7 @@ def test_interrupt_mid_run_leaves_no_results(world: World, tmp_path: Path) -> No
         run_loadgen(load_registry(world.registry).model("tiny"), Cache.at(world.cache),
                     _options(world, output, "Offline"), progress=ctrl_c)
     assert time.perf_counter() - began < 20 and seen[-1] >= 5
+    assert not loadgen_still_running()
     _assert_untouched(output)
 
 
