@@ -206,7 +206,9 @@ def test_accuracy_log_holds_the_planted_detections(world: World, tmp_path: Path,
                     "--images", str(world.images), "--annotations", str(world.annotations), "--output-dir", str(out),
                     "--json")
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["config"]["samples"] == len(DATASET)
+    report = json.loads(result.stdout)
+    assert report["config"]["samples"] == len(DATASET)
+    assert (report["summary"]["scenario"], report["summary"]["mode"]) == ("Offline", "AccuracyOnly")
     entries = json.loads((out / "mlperf_log_accuracy.json").read_text())
     assert sorted(e["qsl_idx"] for e in entries) == list(range(len(DATASET)))  # every sample exactly once
     boxes, labels, scores = _planted_boxes()

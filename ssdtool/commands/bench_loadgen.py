@@ -139,7 +139,10 @@ def _setting(key: str, value: Any) -> str:
 def format_loadgen_report(data: dict[str, Any]) -> str:
     """The human summary of a LoadGen run: the verdict and why, the metric, latencies, what ran, the files."""
     summary, config = data["summary"], data["config"]
+    accuracy = summary["mode"] == "AccuracyOnly"
     verdict = {True: "VALID", False: "INVALID"}.get(summary["valid"], "no verdict")
+    if accuracy:
+        verdict = "every sample's detections logged (score them with accuracy-coco.py or ssdtool eval --mlperf-log)"
     why = f" ({'; '.join(summary['reasons'])})" if summary["reasons"] else ""
     metric = (f"{summary['metric_name']}: {summary['metric_value']:.3f} {summary['metric_unit']}"
               if summary["metric_value"] is not None else "not in the summary")
@@ -165,7 +168,7 @@ def format_loadgen_report(data: dict[str, Any]) -> str:
         lines.extend(f"  {label + ':':<17}{printable(item)}" for item in items)
     lines.append(f"  logs:            {printable(data['output_dir'])} "
                  f"({', '.join(Path(path).name for path in data['files'])})")
-    if summary["valid"] is not True:
+    if summary["valid"] is not True and not accuracy:
         lines.append("  note:            an INVALID run is a smoke check, not an MLPerf result (LoadGen says why "
                      "above; the MLPerf settings are the defaults of --min-duration and --min-queries)")
     return "\n".join(lines)

@@ -256,4 +256,4 @@ def run_loadgen(entry: ModelEntry, cache: Cache, options: LoadGenOptions, *,
         inference_precision_reason=reason, samples=library.total_count,
         sample_source=str(options.annotations or options.images or "generated images"),
         settings=describe_settings(settings, scenario))
-    return read_results(output_dir, config, duration, [str(p) for p in published])
+    return read_results(output_dir, config, duration, [str(p) for p in published], scenario.value, mode.value)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -186,9 +186,14 @@ def read_summary(output_dir: Path) -> LoadGenSummary:
     return parse_summary(_read(Path(output_dir) / SUMMARY_FILE))
 
 
-def read_results(output_dir: Path, config: RunConfig, duration: float, files: list[str]) -> LoadGenReport:
-    """The report of a finished run whose logs are in ``output_dir``."""
+def read_results(output_dir: Path, config: RunConfig, duration: float, files: list[str], scenario: str, mode: str
+                 ) -> LoadGenReport:
+    """The report of a finished run whose logs are in ``output_dir``. An accuracy run's summary holds no result
+    (LoadGen judges accuracy runs by the accuracy script), so its scenario and mode are filled in from the run."""
     summary = read_summary(output_dir)
+    if not summary.scenario or not summary.mode:
+        summary = replace(summary, scenario=summary.scenario or scenario,
+                          mode=summary.mode or ("AccuracyOnly" if mode == "accuracy" else "PerformanceOnly"))
     errors: list[str] = []
     warnings: list[str] = []
     if (output_dir / DETAIL_FILE).is_file():
