@@ -429,3 +429,58 @@ def test_a_folder_in_the_way_of_the_summary(world: World, tmp_path: Path) -> Non
     assert result.exit_code == UsageError.exit_code
     assert f"cannot put LoadGen's mlperf_log_summary.txt in {output}" in result.output
     assert not [p for p in output.iterdir() if p.name.startswith(".")]
+
+
+SERVER_SUMMARY = """================================================
+MLPerf Results Summary
+================================================
+SUT name : PySUT
+Scenario : Server
+Mode     : PerformanceOnly
+Completed samples per second    : 50.63
+Result is : INVALID
+  Performance constraints satisfied : Yes
+  Min duration satisfied : Yes
+  Min queries satisfied : Yes
+  Early stopping satisfied: NO
+Recommendations:
+Early Stopping Result:
+ * Run unsuccessful.
+ * Processed 54 queries.
+ * Would need to run at least 405 more queries,
+ with the run being successful if every additional
+ query were under latency.
+
+================================================
+Additional Stats
+================================================
+Scheduled samples per second : 50.75
+Min latency (ns)                : 2215520
+Max latency (ns)                : 11216273
+Mean latency (ns)               : 2679922
+50.00 percentile latency (ns)   : 2319288
+99.00 percentile latency (ns)   : 11216273
+
+================================================
+Test Parameters Used
+================================================
+samples_per_query : 1
+target_qps : 50
+
+No warnings encountered during test.
+"""
+
+
+def test_parse_summary_server() -> None:
+    summary = parse_summary(SERVER_SUMMARY)
+    assert (summary.scenario, summary.mode, summary.valid) == ("Server", "PerformanceOnly", False)
+    assert summary.reasons == ["Early stopping not satisfied"]
+    assert (summary.metric_name, summary.metric_value, summary.metric_unit) == (
+        "Scheduled samples per second", 50.75, "samples/s")
+    assert summary.early_stopping == ["Run unsuccessful.", "Processed 54 queries.",
+                                      "Would need to run at least 405 more queries, with the run being successful "
+                                      "if every additional query were under latency."]
+    assert summary.recommendations == []
+    assert summary.latency_ms == {"p50": 2.319288, "p99": 11.216273, "max": 11.216273, "mean": 2.679922,
+                                  "min": 2.21552}
+    assert summary.fields["target_qps"] == "50"
