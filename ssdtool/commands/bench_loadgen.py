@@ -145,7 +145,8 @@ def format_loadgen_report(data: dict[str, Any]) -> str:
         verdict = "every sample's detections logged (score them with accuracy-coco.py or ssdtool eval --mlperf-log)"
     why = f" ({'; '.join(summary['reasons'])})" if summary["reasons"] else ""
     metric = (f"{summary['metric_name']}: {summary['metric_value']:.3f} {summary['metric_unit']}"
-              if summary["metric_value"] is not None else "not in the summary")
+              if summary["metric_value"] is not None else
+              "none (accuracy runs are not timed)" if accuracy else "not in the summary")
     latency = ", ".join(f"{key} {value:.1f}" for key, value in summary["latency_ms"].items())
     engine = ", ".join(part for part in (_plural(config["requests"], "request"), _plural(config["streams"], "stream"),
                                          _plural(config["threads"], "thread")) if part)
