@@ -2,7 +2,8 @@
 
 The Python API (docs/python-api.md): :class:`Detector` for detection; :func:`load_image`, :func:`preprocess`,
 :func:`postprocess` and :func:`postprocess_heads` for other runtimes; :func:`find_images` for sources as the CLI
-expands them. Everything is imported on first use, so ``import ssdtool`` (and ``ssdtool --help``) stays light.
+expands them; :func:`run_loadgen` for MLPerf LoadGen scenarios (``bench --scenario``). Everything is imported
+on first use, so ``import ssdtool`` (and ``ssdtool --help``) stays light.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from ssdtool.export import ExportOptions, ExportResult, export_model
     from ssdtool.imaging import load_image, preprocess
     from ssdtool.inputs import find_images
+    from ssdtool.loadgen import LoadGenOptions, LoadGenReport, SettingsOverrides, run_loadgen
 
 _LAZY = {
     "Detector": "ssdtool.detect", "RunInfo": "ssdtool.detect",
@@ -30,11 +32,14 @@ _LAZY = {
     "ExportOptions": "ssdtool.export", "ExportResult": "ssdtool.export", "export_model": "ssdtool.export",
     "start_server": "ssdtool.serving.server", "ServeOptions": "ssdtool.serving.server",
     "ServerTarget": "ssdtool.serving.protocol", "RemoteEngine": "ssdtool.backends.remote",
+    "run_loadgen": "ssdtool.loadgen", "LoadGenOptions": "ssdtool.loadgen", "LoadGenReport": "ssdtool.loadgen",
+    "SettingsOverrides": "ssdtool.loadgen",
 }
 
-__all__ = ["Detection", "Detector", "ExportOptions", "ExportResult", "ImageError", "ImageResult", "RemoteEngine",
-           "RunInfo", "ServeOptions", "ServerTarget", "__version__", "export_model", "find_images", "load_image",
-           "postprocess", "postprocess_heads", "preprocess", "start_server"]
+__all__ = ["Detection", "Detector", "ExportOptions", "ExportResult", "ImageError", "ImageResult", "LoadGenOptions",
+           "LoadGenReport", "RemoteEngine", "RunInfo", "ServeOptions", "ServerTarget", "SettingsOverrides",
+           "__version__", "export_model", "find_images", "load_image", "postprocess", "postprocess_heads",
+           "preprocess", "run_loadgen", "start_server"]
 
 
 def __getattr__(name: str) -> Any:

@@ -155,3 +155,17 @@ class ExportFormat(Choice):
     OVMS = "ovms"
     TRITON = "triton"
     KSERVE = "kserve"
+class LoadGenScenario(Choice):
+    """MLPerf LoadGen's four scenarios (``ssdtool bench --scenario``; docs/bench.md)."""
+
+    SINGLE_STREAM = "SingleStream"
+    MULTI_STREAM = "MultiStream"
+    SERVER = "Server"
+    OFFLINE = "Offline"
+
+
+class LoadGenMode(Choice):
+    """What a LoadGen run measures: timing (``performance``) or every sample's detections (``accuracy``)."""
+
+    PERFORMANCE = "performance"
+    ACCURACY = "accuracy"

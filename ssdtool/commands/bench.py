@@ -1,4 +1,6 @@
-"""``ssdtool bench``: a thin wrapper over :func:`ssdtool.bench.benchmark`."""
+"""``ssdtool bench``: a thin wrapper over :func:`ssdtool.bench.benchmark`, or with ``--scenario`` over
+:func:`ssdtool.loadgen.run_loadgen` (MLPerf LoadGen; the report is formatted by
+:mod:`ssdtool.commands.bench_loadgen`)."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ from typing import Any
 
 import click
 
+from ssdtool.commands.bench_loadgen import loadgen_options, run_scenario
 from ssdtool.commands.common import app_context, echo_json, human_size, want_json
 from ssdtool.commands.options import (
     backend_option,
@@ -64,6 +67,7 @@ def format_report(data: dict[str, Any]) -> str:
               help="Measure for this long instead [default: 20 s when --iterations is not given].")
 @device_option("OpenVINO device.")
 @offline_option()
+@loadgen_options
 @progress_option
 @server_options
 @json_option("Print the report as JSON on stdout.")
@@ -72,16 +76,31 @@ def bench_command(ctx: click.Context, name: str | None, backend: str, precision:
                   hint: str, requests: int | None, iterations: int | None, seconds: float | None, device: str,
                   offline: bool, progress_mode: str, server_url: str | None, server_model: str | None,
                   concurrency: int | None, wire_protocol: str, server_timeout: float, server_retries: int,
-                  as_json: bool) -> None:
+                  as_json: bool, **loadgen: Any) -> None:
     """Measure inference speed of NAME (default model): latency percentiles, throughput, load time, memory.
 
     Inputs are generated images, preprocessed before timing; the first inference is reported apart and
     excluded. The model is downloaded or converted first when missing (unless --offline).
+
+    With --scenario, MLCommons LoadGen drives the engine through an MLPerf scenario instead (SingleStream,
+    MultiStream, Server, Offline) and writes its logs to --output-dir; see docs/bench.md.
     """
     from ssdtool.bench import BenchOptions, benchmark
     from ssdtool.errors import UsageError
 
     want_json(ctx, as_json)
+    if loadgen["scenario"] is not None:
+        if server_url is not None:
+            raise UsageError("--server and --scenario do not go together: LoadGen runs drive a local engine",
+                             hint="drop --server to run the scenario here, or drop --scenario to measure the server")
+        run_scenario(ctx, name=name, backend=backend, precision=precision, inference_precision=inference_precision,
+                     requests=requests, device=device, offline=offline, progress_mode=progress_mode, as_json=as_json,
+                     **loadgen)
+        return
+    given = [f"--{key.replace('_', '-')}" for key, value in loadgen.items() if value is not None]
+    if given:
+        raise UsageError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to LoadGen runs only",
+                         hint="add --scenario SingleStream, MultiStream, Server or Offline")
     if iterations is not None and seconds is not None:
         raise UsageError("--iterations and --time are exclusive", hint="give one of them")
     app = app_context(ctx)

@@ -189,3 +189,40 @@ def phase_progress(labels: dict[str, str], unit: str = "img", mode: str = "auto"
 def quantize_progress(app: AppContext, mode: str = "auto") -> Callable[[Any], None] | None:
     """INT8 calibration and accuracy-guard progress."""
     return phase_progress({"calibrate": "INT8 calibration", "guard": "accuracy guard"}, mode=mode, quiet=app.quiet)
+
+
+
+class LoadGenLines:
+    """Progress of a LoadGen test (``bench --scenario``): elapsed time and samples answered, as a tqdm counter
+    (``bar``: LoadGen decides when the test ends, so there is no total), JSON lines, or a log line every 30 s."""
+
+    def __init__(self, kind: str, label: str = "LoadGen") -> None:
+        self.kind = kind
+        self.label = label
+        self._lock = threading.Lock()
+        self._logged = 0.0
+        self._bar: Any = None
+        if kind == "bar":
+            from tqdm import tqdm
+
+            self._bar = tqdm(desc=label, unit="sample", file=sys.stderr, leave=False, dynamic_ncols=True)
+
+    def __call__(self, event: Any) -> None:
+        if self._bar is not None:
+            self._bar.update(event.completed - self._bar.n)
+        elif self.kind == "json":
+            _json_line({"event": "progress", "phase": "loadgen", "elapsed_seconds": round(event.elapsed_seconds, 1),
+                        "completed": event.completed}, self._lock)
+        elif event.elapsed_seconds - self._logged >= 30:
+            self._logged = event.elapsed_seconds
+            log.info("%s: %.0f s, %d samples answered", self.label, event.elapsed_seconds, event.completed)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def loadgen_progress(app: AppContext, mode: str = "auto", label: str = "LoadGen") -> LoadGenLines | None:
+    """The renderer of a LoadGen test's progress for ``--progress MODE``; None for ``none`` or when quiet."""
+    kind = resolve_mode(mode, app.quiet)
+    return None if kind == "none" else LoadGenLines(kind, label)

@@ -1,0 +1,259 @@
+"""The one library call: :func:`run_loadgen` runs a LoadGen scenario on an ssdtool engine and reports it.
+
+LoadGen writes its logs into a new hidden folder inside the output folder; only a test that ended without a
+failure has its files moved to their final names there (the accuracy log and the detail first, the summary, the
+file that claims a result, last). A failure or an interrupt removes the hidden folder, so no half-written log is
+ever left where a result is expected; files of an earlier run stay as they were.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ssdtool import artifacts, fsutil
+from ssdtool import precision as inference_precisions
+from ssdtool.bench import BenchOptions, check_options
+from ssdtool.cache import Cache
+from ssdtool.constants import Backend, LoadGenMode, LoadGenScenario
+from ssdtool.errors import BackendError, DependencyError, SsdtoolError, UsageError
+from ssdtool.loadgen.qsl import SampleLibrary, image_files
+from ssdtool.loadgen.settings import SettingsOverrides, build_settings, describe_settings
+from ssdtool.loadgen.summary import LoadGenReport, RunConfig, read_results
+from ssdtool.loadgen.sut import EngineSut, Failure
+from ssdtool.registry import ModelEntry
+
+if TYPE_CHECKING:
+    from ssdtool.backends import Engine
+
+#: LoadGen's files, in the order they are moved into place (the summary, which claims the result, last).
+RESULT_FILES = ("mlperf_log_accuracy.json", "mlperf_log_trace.json", "mlperf_log_detail.txt",
+                "mlperf_log_summary.txt")
+PROGRESS_INTERVAL = 0.5
+#: How long a failed or interrupted test may take to wind down before the call returns without it.
+INTERRUPT_GRACE = 3.0
+
+
+@dataclass(frozen=True)
+class LoadGenOptions:
+    """A LoadGen run: the scenario and mode, where the logs go, the engine (as ``bench``), the samples and the
+    settings (:class:`~ssdtool.loadgen.settings.SettingsOverrides`)."""
+
+    scenario: str
+    output_dir: Path
+    mode: str = LoadGenMode.PERFORMANCE.value
+    backend: str = "openvino"
+    precision: str = "FP32"
+    inference_precision: str = "auto"
+    device: str = "CPU"
+    requests: int | None = None
+    offline: bool = False
+    images: Path | None = None
+    annotations: Path | None = None
+    settings: SettingsOverrides = field(default_factory=SettingsOverrides)
+
+
+@dataclass(frozen=True)
+class LoadGenProgress:
+    """Sent every half second while the test runs: seconds since it started, samples answered."""
+
+    elapsed_seconds: float
+    completed: int
+
+
+_ABANDONED: list[threading.Event] = []
+
+
+def loadgen_still_running() -> bool:
+    """Whether a failed or interrupted test left LoadGen running its schedule (it ends when the schedule does).
+
+    A process must then end with ``os._exit``: the C++ runtime aborts a normal exit while LoadGen's threads run.
+    ``ssdtool bench`` does that; a Python caller that catches the error can simply go on.
+    """
+    return any(not finished.is_set() for finished in _ABANDONED)
+
+
+def parse_scenario(value: str) -> LoadGenScenario:
+    try:
+        return LoadGenScenario.parse(value, "scenario")  # type: ignore[return-value]
+    except ValueError as exc:
+        raise UsageError(str(exc), hint="pass --scenario SingleStream, MultiStream, Server or Offline") from None
+
+
+def parse_mode(value: str) -> LoadGenMode:
+    try:
+        return LoadGenMode.parse(value, "mode")  # type: ignore[return-value]
+    except ValueError as exc:
+        raise UsageError(str(exc), hint="pass --mode performance or accuracy") from None
+
+
+def import_loadgen() -> Any:
+    try:
+        import mlperf_loadgen
+    except ImportError as exc:
+        raise DependencyError(f"cannot import mlperf_loadgen (MLCommons LoadGen): {exc}",
+                              hint="install it with pip install 'ssdtool[loadgen]'") from exc
+    return mlperf_loadgen
+
+
+def _scratch_folder(output_dir: Path) -> Path:
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        return fsutil.make_temporary_folder(output_dir, ".loadgen-")
+    except OSError as exc:
+        raise UsageError(f"cannot write LoadGen's logs to {output_dir}: {exc.strerror or exc}",
+                         hint="give --output-dir a folder you can write (it is created when missing)") from exc
+
+
+def _engine(model: artifacts.ModelFile, options: LoadGenOptions, scenario: LoadGenScenario
+            ) -> tuple[Engine, int, str]:
+    from ssdtool.backends import make_engine
+
+    latency = scenario == LoadGenScenario.SINGLE_STREAM
+    if model.backend == Backend.OPENVINO:
+        plan = artifacts.precision_plan(model, options.inference_precision, options.device)
+        engine = make_engine(model, device=options.device, hint="latency" if latency else "throughput",
+                             inference_precision=plan.pin)
+        reason = plan.reason
+    else:
+        engine = make_engine(model, requests=1 if latency else (options.requests or os.cpu_count() or 1))
+        reason = "onnxruntime computes in f32 on the CPU"
+    requests = 1 if latency else (options.requests or engine.optimal_requests)
+    return engine, requests, reason
+
+
+def _run_test(lg: Any, sut: EngineSut, library: SampleLibrary, settings: Any, scratch: Path, failure: Failure,
+              progress: Callable[[LoadGenProgress], None] | None) -> float:
+    """LoadGen's test in a thread of its own, so this thread can report progress and take an interrupt."""
+    log_settings = lg.LogSettings()
+    log_settings.log_output.outdir = str(scratch)
+    log_settings.log_output.copy_summary_to_stdout = False
+    log_settings.log_output.copy_detail_to_stdout = False
+    log_settings.enable_trace = False
+
+    def load(indices: list[int]) -> None:
+        try:
+            if not failure:
+                library.load(indices)
+        except BaseException as exc:  # never into LoadGen
+            failure.record(exc)
+
+    def unload(indices: list[int]) -> None:
+        try:
+            library.unload(indices)
+        except BaseException as exc:
+            failure.record(exc)
+
+    sut_handle = lg.ConstructSUT(sut.issue, sut.flush)
+    qsl_handle = lg.ConstructQSL(library.total_count, settings.performance_sample_count_override, load, unload)
+    finished = threading.Event()  # not Thread.is_alive: an interrupted join() makes that False too early
+
+    def start_test() -> None:
+        try:
+            lg.StartTestWithLogSettings(sut_handle, qsl_handle, settings, log_settings)
+        except BaseException as exc:
+            failure.record(exc)
+        finally:
+            finished.set()
+
+    test = threading.Thread(target=start_test, name="ssdtool-loadgen", daemon=True)
+    began = time.perf_counter()
+    try:
+        test.start()
+        try:
+            while not finished.wait(PROGRESS_INTERVAL) and not failure:
+                if progress is not None:
+                    progress(LoadGenProgress(time.perf_counter() - began, sut.completed))
+        except BaseException as exc:  # Ctrl-C: answer everything at once so LoadGen can end, then re-raise
+            failure.record(exc)
+            finished.wait(INTERRUPT_GRACE)
+            raise
+        if failure:
+            finished.wait(INTERRUPT_GRACE)
+    finally:
+        sut.close()
+        if finished.is_set():
+            lg.DestroyQSL(qsl_handle)
+            lg.DestroySUT(sut_handle)
+        else:
+            # LoadGen still runs its schedule (Server's arrivals are timed), each query answered at once by the
+            # failed SUT; destroying the SUT under it would crash, so both are left to the process's exit.
+            _ABANDONED.append(finished)
+    return time.perf_counter() - began
+
+
+def _publish(scratch: Path, output_dir: Path) -> list[Path]:
+    """Move LoadGen's files to their final names, the summary last; returns the final paths."""
+    published = []
+    for name in RESULT_FILES:
+        source = scratch / name
+        if source.is_file() and (source.stat().st_size > 0 or name != "mlperf_log_trace.json"):
+            target = output_dir / name
+            try:
+                os.replace(source, target)
+            except OSError as exc:
+                raise UsageError(f"cannot put LoadGen's {name} in {output_dir}: {exc.strerror or exc}",
+                                 hint="remove what is in the way, or give another --output-dir") from exc
+            published.append(target)
+    fsutil.fsync_folder(output_dir)
+    return published
+
+
+def run_loadgen(entry: ModelEntry, cache: Cache, options: LoadGenOptions, *,
+                progress: Callable[[LoadGenProgress], None] | None = None,
+                download_progress: Callable[[Any], None] | None = None) -> LoadGenReport:
+    """Run ``options.scenario`` in ``options.mode`` with MLCommons LoadGen on ``entry`` and return the report.
+
+    The model is downloaded or converted first when missing (as ``bench``). LoadGen's logs end up in
+    ``options.output_dir``. ``progress`` receives :class:`LoadGenProgress` from the calling thread while the
+    test runs. Raises :class:`~ssdtool.errors.UsageError` for bad settings or an unwritable output folder,
+    :class:`~ssdtool.errors.DependencyError` without LoadGen, and the first error met during the test.
+    """
+    scenario, mode = parse_scenario(options.scenario), parse_mode(options.mode)
+    check_options(BenchOptions(backend=options.backend, precision=options.precision,
+                               inference_precision=options.inference_precision, device=options.device,
+                               requests=options.requests))
+    options.settings.check(scenario)
+    if options.annotations is not None and options.images is None:
+        raise UsageError("--annotations needs --images (the folder holding the annotated images)",
+                         hint="add --images DIR")
+    files = image_files(Path(options.images), options.annotations) if options.images is not None else None
+    lg = import_loadgen()
+    output_dir = Path(options.output_dir)
+    scratch = _scratch_folder(output_dir)
+    try:
+        model = artifacts.model_file(entry, cache, options.backend,
+                                     options.precision if options.backend == Backend.OPENVINO else None,
+                                     offline=options.offline, progress=download_progress)
+        library = SampleLibrary(entry, model.form, files)
+        settings = build_settings(lg, scenario, mode, options.settings, scratch, library.total_count)
+        engine, requests, reason = _engine(model, options, scenario)
+        failure = Failure()
+        sut = EngineSut(lg, engine, library, requests, failure)
+        duration = _run_test(lg, sut, library, settings, scratch, failure, progress)
+        if failure.error is not None:
+            error = failure.error
+            if isinstance(error, SsdtoolError | KeyboardInterrupt):
+                raise error
+            raise BackendError(f"the system under test failed during the LoadGen run: {error}",
+                               hint="rerun with --debug for the traceback") from error
+        if not (scratch / "mlperf_log_summary.txt").is_file():
+            raise BackendError(f"LoadGen wrote no summary in {scratch}; its messages on stderr say why",
+                               hint="check the settings (--user-conf, --min-queries) and rerun")
+        published = _publish(scratch, output_dir)
+    finally:
+        fsutil.remove_tree(scratch)
+    config = RunConfig(
+        model=entry.name, backend=model.backend.value, precision=model.precision or "FP32", device=options.device,
+        model_path=str(model.path), requests=requests, streams=engine.streams, threads=engine.threads,
+        inference_precision=engine.inference_precision,
+        inference_precision_requested=inference_precisions.parse(options.inference_precision).value,
+        inference_precision_reason=reason, samples=library.total_count,
+        sample_source=str(options.annotations or options.images or "generated images"),
+        settings=describe_settings(settings, scenario))
+    return read_results(output_dir, config, duration, [str(p) for p in published], scenario.value, mode.value)
