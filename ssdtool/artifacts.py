@@ -139,7 +139,7 @@ def model_file(entry: ModelEntry, cache: Cache, backend: Backend | str, precisio
         offline = offline_from_env()
     if Backend.parse(backend, "backend") == Backend.ONNXRUNTIME:
         return ModelFile(entry.name, Backend.ONNXRUNTIME, source_model(entry, cache, offline=offline,
-                                                                       progress=progress), "onnx", None, entry)
+                                                                       progress=progress), "onnx", None, entry=entry)
     from ssdtool.convert import ConvertOptions, convert
 
     weights = ir_precision(precision or entry.convert.precision)
