@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from ssdtool.detect import Detector, RunInfo
     from ssdtool.detections import Detection, ImageResult, postprocess, postprocess_heads
     from ssdtool.errors import ImageError
+    from ssdtool.evaluation import EvalReport, evaluate
     from ssdtool.imaging import load_image, preprocess
     from ssdtool.inputs import find_images
 
@@ -26,10 +27,11 @@ _LAZY = {
     "load_image": "ssdtool.imaging", "preprocess": "ssdtool.imaging",
     "find_images": "ssdtool.inputs",
     "ImageError": "ssdtool.errors",
+    "evaluate": "ssdtool.evaluation", "EvalReport": "ssdtool.evaluation",
 }
 
-__all__ = ["Detection", "Detector", "ImageError", "ImageResult", "RunInfo", "__version__", "find_images", "load_image",
-           "postprocess", "postprocess_heads", "preprocess"]
+__all__ = ["Detection", "Detector", "EvalReport", "ImageError", "ImageResult", "RunInfo", "__version__", "evaluate",
+           "find_images", "load_image", "postprocess", "postprocess_heads", "preprocess"]
 
 
 def __getattr__(name: str) -> Any:

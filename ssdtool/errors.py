@@ -27,6 +27,7 @@ code  class                       meaning
 24    AccuracyError               INT8 accuracy guard failed (nothing installed)
 30    InputError, ImageError      some inputs (images) could not be processed
 31    BackendError                unknown/unusable backend or device, or an inference precision it cannot run
+32    AnnotationError             a COCO annotation, results or MLPerf accuracy file is not what it should be
 130   (KeyboardInterrupt)         interrupted; partial downloads are kept for resume
 ====  ==========================  ==========================================================
 """
@@ -156,6 +157,24 @@ class ImageError(InputError):
 
 class BackendError(SsdtoolError):
     exit_code = 31
+
+
+class AnnotationError(SsdtoolError):
+    """A COCO annotation file, COCO results file or MLPerf accuracy log is invalid. ``problems`` lists every
+    located problem found (``annotations[12].bbox: ...``); the message lists the first
+    :data:`MAX_LISTED_PROBLEMS`."""
+
+    exit_code = 32
+
+    def __init__(self, path: str, problems: list[str], *, hint: str | None = None) -> None:
+        self.path = path
+        self.problems = list(problems)
+        count = len(self.problems)
+        header = f"invalid {path}" if count == 1 else f"invalid {path} ({count} problems)"
+        listed = [f"  {p}" for p in self.problems[:MAX_LISTED_PROBLEMS]]
+        if count > MAX_LISTED_PROBLEMS:
+            listed.append(f"  ... and {count - MAX_LISTED_PROBLEMS} more")
+        super().__init__(header + ":\n" + "\n".join(listed), hint=hint)
 
 
 def all_error_classes() -> list[type[SsdtoolError]]:
