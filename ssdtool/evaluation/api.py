@@ -47,15 +47,16 @@ class RunResult:
     delta_ap: float | None
     detections: list[dict[str, Any]] = field(repr=False, compare=False, default_factory=list)
 
-    def to_dict(self, per_class: bool = False) -> dict[str, Any]:
-        data = {"configuration": self.configuration, "model": self.model, "backend": self.backend,
+    def to_dict(self, per_class: bool = False, names: Mapping[int, str] | None = None) -> dict[str, Any]:
+        data: dict[str, Any] = {"configuration": self.configuration, "model": self.model, "backend": self.backend,
                 "precision": self.precision, "inference_precision": self.inference_precision,
                 "inference_precision_requested": self.inference_precision_requested, "device": self.device,
                 "metrics": self.metrics.to_dict(), "images_per_second": self.images_per_second,
                 "engine_seconds": self.seconds, "coco_eval_seconds": self.metrics.seconds,
                 "delta_ap": self.delta_ap}
         if per_class:
-            data["per_class"] = {str(k): v for k, v in self.metrics.per_class.items()}
+            data["per_class"] = [{"category_id": k, "name": (names or {}).get(k, ""), "AP": v}
+                                 for k, v in self.metrics.per_class.items()]
         return data
 
 
@@ -78,13 +79,14 @@ class EvalReport:
     dropped_detections: int
     references: dict[str, Any] | None
     results_file: str | None
+    categories: Mapping[int, str] = field(default_factory=dict)
 
     @property
     def images_skipped(self) -> int:
         return len(self.missing) + len(self.failed)
 
     def to_dict(self, per_class: bool = False) -> dict[str, Any]:
-        first = self.runs[0].to_dict(per_class)
+        first = self.runs[0].to_dict(per_class, self.categories)
         data: dict[str, Any] = {**first, "source": self.source, "annotations": self.annotations,
                                 "images_dir": self.images_dir, "images_listed": self.images_listed,
                                 "images_selected": self.images_selected, "images_evaluated": self.images_evaluated,
@@ -95,7 +97,7 @@ class EvalReport:
                                 "dropped_detections": self.dropped_detections, "references": self.references,
                                 "results_file": self.results_file}
         if len(self.runs) > 1:
-            data["compare"] = [run.to_dict(per_class) for run in self.runs]
+            data["compare"] = [run.to_dict(per_class, self.categories) for run in self.runs]
         return data
 
 
@@ -149,7 +151,8 @@ def evaluate(annotations: str | os.PathLike[str], images: str | os.PathLike[str]
     selected = select_images(dataset, limit, sample, seed)
     gt = ground_truth(dataset)
     common = {"annotations": dataset.path, "unknown_categories": list(dataset.unknown_categories),
-              "images_listed": len(dataset.images), "images_selected": len(selected)}
+              "images_listed": len(dataset.images), "images_selected": len(selected),
+              "categories": dict(dataset.categories)}
     if mlperf_log is not None:
         from ssdtool.evaluation.mlperf_log import read_accuracy_log
 
