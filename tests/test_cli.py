@@ -19,7 +19,7 @@ from ssdtool.errors import ConversionError, SsdtoolError, all_error_classes
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "ssd-resnet34-1200-onnx"
-HEAVY = ("onnx", "onnxruntime", "openvino", "numpy", "PIL", "requests", "tqdm")
+HEAVY = ("onnx", "onnxruntime", "openvino", "numpy", "PIL", "requests", "tqdm", "pycocotools")
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

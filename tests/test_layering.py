@@ -141,7 +141,7 @@ def test_calibration_sees_the_pixels_detection_sees(tmp_path: Path, mode: str, s
 # ------------------------------------------------------------------------------------------------- docs
 DOC_PAGES = {"download": "download.md", "verify": "download.md", "convert": "convert.md", "check": "convert.md",
              "detect": "detect.md", "run": "detect.md", "bench": "bench.md", "models": "registry.md",
-             "info": "registry.md"}
+             "info": "registry.md", "eval": "eval.md"}
 
 
 def test_every_command_and_option_is_documented() -> None:

@@ -70,7 +70,7 @@ def pycocotools() -> tuple[Any, Any]:
         from pycocotools import coco, cocoeval
     except ImportError as exc:
         raise DependencyError(f"cannot import pycocotools: {exc}",
-                              hint="install it with 'pip install \"ssdtool[eval]\"'") from exc
+                              hint="install it with: pip install 'ssdtool[eval]'") from exc
     _quiet(coco)
     _quiet(cocoeval)
     return coco.COCO, cocoeval.COCOeval
