@@ -18,7 +18,7 @@ from ssdtool.registry import load_registry
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = "ssd-resnet34-300-synthetic-tiny"
-COMMAND_MODULES = ("bench", "catalog", "convert", "detect", "download", "common", "options", "progress",
+COMMAND_MODULES = ("bench", "catalog", "convert", "detect", "download", "eval", "common", "options", "progress",
                    "detect_output")
 
 
@@ -34,7 +34,7 @@ def _registered_after(first_import: str) -> list[str]:
 
 def test_commands_register_whatever_is_imported_first() -> None:
     expected = _registered_after("ssdtool")
-    assert expected == ["bench", "check", "convert", "detect", "download", "info", "models", "run", "verify"]
+    assert expected == ["bench", "check", "convert", "detect", "download", "eval", "info", "models", "run", "verify"]
     for module in COMMAND_MODULES:
         assert _registered_after(f"ssdtool.commands.{module}") == expected, module
 
