@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ssdtool.errors import AnnotationError
 from ssdtool.evaluation.configurations import parse_configurations
@@ -198,3 +200,16 @@ def test_a_link_at_the_results_path_is_replaced_not_followed(dataset: Dataset, t
     assert result.exit_code == 0, result.output
     assert target.read_text() == "keep me"
     assert not link.is_symlink() and link.read_text().startswith('{"format":"ssdtool-eval-results"')
+
+
+@settings(max_examples=200, deadline=None)
+@given(backend=st.sampled_from(["openvino", "onnxruntime"]), weights=st.sampled_from([None, "FP32", "FP16", "INT8"]),
+       arithmetic=st.sampled_from(["auto", "f32", "bf16", "f16"]), upper=st.booleans())
+def test_every_configuration_label_reads_back_as_itself(backend: str, weights: str | None, arithmetic: str,
+                                                        upper: bool) -> None:
+    from ssdtool.evaluation.configurations import Configuration, parse_item
+
+    configuration = (Configuration("onnxruntime", None, "f32") if backend == "onnxruntime"
+                     else Configuration("openvino", weights, arithmetic))
+    label = configuration.label.upper() if upper else configuration.label
+    assert parse_item(label) == configuration

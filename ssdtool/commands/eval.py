@@ -119,7 +119,7 @@ def _save(path: str, runs: list[Any]) -> None:
 @click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True,
               help="Reject images larger than this (width x height) before decoding them.")
 @click.option("--workers", type=click.IntRange(1, 64), metavar="N",
-              help="Threads decoding images ahead of inference [default: 2].")
+              help="Threads decoding images ahead of inference [default: cores, at most 4].")
 @offline_option("Never use the network: the model must already be downloaded.")
 @progress_option
 @json_option("Print the report as JSON on stdout.")

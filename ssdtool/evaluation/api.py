@@ -233,10 +233,14 @@ def _run_model(dataset: CocoDataset, gt: Any, selected: list[EvalImage], images_
             for run, seconds in zip(runs, earlier.seconds, strict=False):
                 run.seconds = seconds
             log.info("resuming after %d of %d images", len(records), len(present))
+        runner = Runner(runs, images_dir, store, workers=runs[0].detector.workers, max_pixels=max_pixels,
+                        checkpoint_every=checkpoint_every, progress=progress)
         try:
-            runner = Runner(runs, images_dir, store, workers=workers or 2, max_pixels=max_pixels,
-                            checkpoint_every=checkpoint_every, progress=progress)
             records = records + runner.run(present[len(records):], len(records), len(present))
+        except BaseException:
+            log.warning("stopped before the last image; what ran is checkpointed in %s, and a rerun with "
+                        "resume (--resume) continues from there", results_path)
+            raise
         finally:
             store.close()
     finally:
