@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -20,7 +21,7 @@ from ssdtool.evaluation.dataset import CocoDataset, EvalImage, image_path, load_
 from ssdtool.evaluation.detections_file import read_detections_file
 from ssdtool.evaluation.metrics import CocoMetrics, evaluate_detections, ground_truth
 from ssdtool.evaluation.references import references_for
-from ssdtool.evaluation.results import ImageRecord, ResultsFile
+from ssdtool.evaluation.results import ResultsFile
 from ssdtool.evaluation.runner import ConfigurationRun, EvalProgress, Runner
 from ssdtool.imaging import DEFAULT_MAX_PIXELS
 from ssdtool.registry import ModelEntry, Registry, load_registry
@@ -32,7 +33,8 @@ DEFAULT_CHECKPOINT_EVERY = 64
 
 @dataclass(frozen=True)
 class RunResult:
-    """One configuration's outcome. ``detections`` are its COCO results records (not in :meth:`to_dict`)."""
+    """One configuration's outcome. :attr:`detections` are its COCO results records (not in :meth:`to_dict`;
+    read on use, from the results file for a model run)."""
 
     configuration: str
     model: str | None
@@ -45,7 +47,11 @@ class RunResult:
     images_per_second: float | None
     seconds: float
     delta_ap: float | None
-    detections: list[dict[str, Any]] = field(repr=False, compare=False, default_factory=list)
+    load_detections: Callable[[], list[dict[str, Any]]] = field(repr=False, compare=False, default=list)
+
+    @property
+    def detections(self) -> list[dict[str, Any]]:
+        return self.load_detections()
 
     def to_dict(self, per_class: bool = False, names: Mapping[int, str] | None = None) -> dict[str, Any]:
         data: dict[str, Any] = {"configuration": self.configuration, "model": self.model, "backend": self.backend,
@@ -159,7 +165,7 @@ def evaluate(annotations: str | os.PathLike[str], images: str | os.PathLike[str]
         log_data = read_accuracy_log(mlperf_log, dataset)
         metrics = evaluate_detections(dataset, log_data.detections, log_data.image_ids, gt)
         run = RunResult("mlperf-log", None, None, None, None, None, None, metrics, None, 0.0, None,
-                        log_data.detections)
+                        lambda: log_data.detections)
         return EvalReport(images_dir=None, source="mlperf-log", runs=[run],
                           images_evaluated=len(log_data.image_ids), missing=[], failed=[], size_mismatches=[],
                           dropped_detections=0, references=None, results_file=None,
@@ -169,7 +175,8 @@ def evaluate(annotations: str | os.PathLike[str], images: str | os.PathLike[str]
         wanted = {image.id for image in selected}
         records = [r for r in records if r["image_id"] in wanted]
         metrics = evaluate_detections(dataset, records, sorted(wanted), gt)
-        run = RunResult("detections", None, None, None, None, None, None, metrics, None, 0.0, None, records)
+        run = RunResult("detections", None, None, None, None, None, None, metrics, None, 0.0, None,
+                        lambda: records)
         return EvalReport(images_dir=None, source="detections", runs=[run], images_evaluated=len(wanted),
                           missing=[], failed=[], size_mismatches=[], dropped_detections=dropped, references=None,
                           results_file=None, **common)
@@ -223,20 +230,20 @@ def _run_model(dataset: CocoDataset, gt: Any, selected: list[EvalImage], images_
         results_path = Path(results) if results is not None else _default_results(cache, key)
         store = ResultsFile(results_path, key)
         earlier = store.resume() if resume else None
+        done = 0
         if earlier is None:
             if resume:
                 log.warning("nothing to resume at %s; starting from the first image", results_path)
             store.start()
-            records: list[ImageRecord] = []
         else:
-            records = earlier.records
+            done = earlier.images
             for run, seconds in zip(runs, earlier.seconds, strict=False):
                 run.seconds = seconds
-            log.info("resuming after %d of %d images", len(records), len(present))
+            log.info("resuming after %d of %d images", done, len(present))
         runner = Runner(runs, images_dir, store, workers=runs[0].detector.workers, max_pixels=max_pixels,
                         checkpoint_every=checkpoint_every, progress=progress)
         try:
-            records = records + runner.run(present[len(records):], len(records), len(present))
+            runner.run(present[done:], done, len(present))
         except BaseException:
             log.warning("stopped before the last image; what ran is checkpointed in %s, and a rerun with "
                         "resume (--resume) continues from there", results_path)
@@ -246,22 +253,30 @@ def _run_model(dataset: CocoDataset, gt: Any, selected: list[EvalImage], images_
     finally:
         for run in runs:
             run.detector.close()
-    return _report(dataset, gt, present, images_dir, missing, records, runs, results_path, common)
+    return _report(dataset, gt, present, missing, store, runs, common, images_dir=str(images_dir))
 
 
-def _report(dataset: CocoDataset, gt: Any, present: list[EvalImage], images_dir: Path, missing: list[EvalImage],
-            records: list[ImageRecord], runs: list[ConfigurationRun], results_path: Path,
-            common: Mapping[str, Any]) -> EvalReport:
-    failed = [(image.file_name, r.error) for image, r in zip(present, records, strict=True) if r.error]
-    evaluated = [r.image_id for r in records if r.error is None]
-    mismatches = [image.file_name for image, r in zip(present, records, strict=True)
-                  if r.error is None and image.width is not None and (r.width, r.height) != (image.width,
-                                                                                            image.height)]
+def _coco_records(store: ResultsFile, k: int) -> list[dict[str, Any]]:
+    """Configuration ``k``'s detections as COCO results records, read back from the results file."""
+    return [{"image_id": r.image_id, "category_id": int(d[0]), "bbox": d[2:6], "score": d[1]}
+            for r in store.records() if r.error is None for d in r.detections[k]]
+
+
+def _report(dataset: CocoDataset, gt: Any, present: list[EvalImage], missing: list[EvalImage], store: ResultsFile,
+            runs: list[ConfigurationRun], common: Mapping[str, Any], images_dir: str) -> EvalReport:
+    """Metrics from the results file, so a resumed run and an uninterrupted one score the very same records; the
+    run itself keeps no detections in memory, and each configuration's are read only while it is scored."""
+    failed, evaluated, mismatches = [], [], []
+    for image, record in zip(present, store.records(), strict=True):
+        if record.error is not None:
+            failed.append((image.file_name, record.error))
+            continue
+        evaluated.append(record.image_id)
+        if image.width is not None and (record.width, record.height) != (image.width, image.height):
+            mismatches.append(image.file_name)
     outcomes: list[RunResult] = []
     for k, run in enumerate(runs):
-        coco = [{"image_id": r.image_id, "category_id": int(d[0]), "bbox": d[2:6], "score": d[1]}
-                for r in records if r.error is None for d in r.detections[k]]
-        metrics = evaluate_detections(dataset, coco, evaluated, gt)
+        metrics = evaluate_detections(dataset, _coco_records(store, k), evaluated, gt)
         ap = metrics.stats["AP"]
         base = outcomes[0].metrics.stats["AP"] if outcomes else ap
         info = run.run_info
@@ -269,12 +284,12 @@ def _report(dataset: CocoDataset, gt: Any, present: list[EvalImage], images_dir:
             run.configuration.label, info.model, info.backend, info.precision, info.inference_precision,
             info.inference_precision_requested, info.device, metrics,
             len(evaluated) / run.seconds if run.seconds > 0 else None, run.seconds,
-            None if ap is None or base is None else ap - base, coco))
+            None if ap is None or base is None else ap - base, functools.partial(_coco_records, store, k)))
     sha = runs[0].detector.entry.primary_file.sha256
-    return EvalReport(images_dir=str(images_dir), source="model", runs=outcomes, images_evaluated=len(evaluated),
+    return EvalReport(images_dir=images_dir, source="model", runs=outcomes, images_evaluated=len(evaluated),
                       missing=[image.file_name for image in missing], failed=failed, size_mismatches=mismatches,
                       dropped_detections=0, references=references_for(sha, outcomes[0].metrics.stats["AP"]),
-                      results_file=str(results_path), **common)
+                      results_file=str(store.path), **common)
 
 
 def _run_key(dataset: CocoDataset, images_dir: Path, present: list[EvalImage], runs: list[ConfigurationRun]

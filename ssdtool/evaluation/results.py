@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -51,9 +51,9 @@ class ImageRecord:
 
 @dataclass(frozen=True)
 class Resumed:
-    """What an earlier run left: its complete records and each configuration's engine seconds."""
+    """What an earlier run left: how many images are complete and each configuration's engine seconds."""
 
-    records: list[ImageRecord]
+    images: int
     seconds: list[float]
 
 
@@ -69,8 +69,8 @@ class ResultsFile:
         self._stream: IO[bytes] | None = None
 
     def resume(self) -> Resumed | None:
-        """The complete records of an earlier run with the same key, with the file cut back to them; None when
-        there is nothing to resume. A file written for another run is a :class:`UsageError`."""
+        """Where an earlier run with the same key stopped, with the file cut back to its complete records; None
+        when there is nothing to resume. A file written for another run is a :class:`UsageError`."""
         state_path = checkpoint_path(self.path)
         try:
             state = json.loads(fsutil.read_regular(state_path, 1 << 20))
@@ -88,13 +88,25 @@ class ResultsFile:
         with os.fdopen(descriptor, "r+b") as stream:
             stream.truncate(size)
             stream.seek(0)
-            lines = stream.read(size).decode("utf-8").splitlines()
-        records = [ImageRecord.from_json(line) for line in lines[1:]]
-        if len(records) != images:
+            found = sum(1 for _ in stream) - 1  # after the header
+        if found != images:
             raise UsageError(f"cannot resume from {self.path}: the checkpoint counts {images} images, the file "
-                             f"holds {len(records)}", hint="drop --resume to start over")
+                             f"holds {found}", hint="drop --resume to start over")
         self._stream = os.fdopen(fsutil.open_regular(self.path, os.O_WRONLY | os.O_APPEND), "ab")
-        return Resumed(records, [float(s) for s in state["seconds"]])
+        return Resumed(images, [float(s) for s in state["seconds"]])
+
+    def records(self) -> Iterator[ImageRecord]:
+        """The complete records, read back from the file in order (the run keeps none in memory)."""
+        state = json.loads(fsutil.read_regular(checkpoint_path(self.path), 1 << 20))
+        remaining = int(state["bytes"])
+        with os.fdopen(fsutil.open_regular(self.path), "rb") as stream:
+            header = stream.readline()
+            remaining -= len(header)
+            for line in stream:
+                remaining -= len(line)
+                if remaining < 0:
+                    return
+                yield ImageRecord.from_json(line.decode("utf-8"))
 
     def start(self) -> None:
         """A new results file with the header line (an earlier file at ``path`` is replaced)."""

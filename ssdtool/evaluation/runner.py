@@ -81,16 +81,14 @@ class Runner:
         self.workers, self.max_pixels, self.checkpoint_every = workers, max_pixels, checkpoint_every
         self.progress = progress
 
-    def run(self, images: Sequence[EvalImage], done: int, total: int) -> list[ImageRecord]:
-        """Evaluate ``images`` (the ones left after ``done`` of ``total``), checkpointing as it goes, and return
-        their records; on any exception (Ctrl-C included) the complete part is checkpointed before it goes on."""
+    def run(self, images: Sequence[EvalImage], done: int, total: int) -> None:
+        """Evaluate ``images`` (the ones left after ``done`` of ``total``) into the results file, checkpointing as
+        it goes; on any exception (Ctrl-C included) the complete part is checkpointed before it goes on."""
         position = done
-        records: list[ImageRecord] = []
         try:
             outcomes = self._single(images) if len(self.runs) == 1 else self._several(images)
             for record in outcomes:
                 self.results.append(record)
-                records.append(record)
                 position += 1
                 if (position - done) % self.checkpoint_every == 0:
                     self.results.checkpoint(position, [r.seconds for r in self.runs])
@@ -98,7 +96,6 @@ class Runner:
                     self.progress(EvalProgress("evaluate", position, total))
         finally:
             self.results.checkpoint(position, [r.seconds for r in self.runs])
-        return records
 
     def _paths(self, images: Sequence[EvalImage]) -> list[Path]:
         return [image_path(self.images_dir, image) for image in images]
