@@ -362,3 +362,22 @@ def test_python_api_returns_what_json_prints(dataset: Dataset) -> None:
                                   str(dataset.images), "--backend", "onnxruntime", "--json").stdout)
     assert report.to_dict()["metrics"] == printed["metrics"]
 
+
+
+def test_references_are_shown_for_the_real_model_only() -> None:
+    from ssdtool.commands.eval import format_report
+    from ssdtool.evaluation.metrics import STAT_MEANINGS, STAT_NAMES
+    from ssdtool.evaluation.references import REAL_MODEL_SHA256, references_for
+    from ssdtool.registry import load_registry
+
+    assert load_registry().model("ssd-resnet34-1200-onnx").primary_file.sha256 == REAL_MODEL_SHA256
+    assert references_for("0" * 64, 0.3) is None
+    assert references_for(REAL_MODEL_SHA256, 0.1980)["mlperf"] == {"target": 0.2, "threshold": 0.198, "passed": True}
+    assert references_for(REAL_MODEL_SHA256, 0.1979)["mlperf"]["passed"] is False
+    data = {"source": "model", "model": "ssd-resnet34-1200-onnx", "images_evaluated": 5000, "images_skipped": 0,
+            "annotations": "instances_val2017.json", "backend": "openvino", "device": "CPU", "precision": "FP32",
+            "inference_precision": "f32", "images_per_second": 0.5,
+            "metrics": dict.fromkeys(STAT_NAMES, 0.199), "references": references_for(REAL_MODEL_SHA256, 0.199)}
+    text = format_report(data, dict(STAT_MEANINGS))
+    assert "MLPerf: AP 0.1990 against 0.198 (99% of 0.2): pass" in text
+    assert "OMZ coco_orig_precision  0.1997  AP" in text and "OMZ coco_precision" in text
