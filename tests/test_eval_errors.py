@@ -168,7 +168,7 @@ def test_bad_mlperf_log(dataset: Dataset) -> None:
     (["--compare", "onnxruntime:bf16"], "onnxruntime runs the source ONNX in f32 only"),
     (["--compare", "FP32:f32", "--backend", "onnxruntime"], "--compare names each configuration's backend"),
     (["--limit", "2", "--sample", "2"], "--limit and --sample both pick a subset"),
-    (["--detections", "x.json"], "--images runs the model; --detections and --mlperf-log"),
+    (["--detections", "x.json"], "--images and --detections are different sources of detections"),
 ])
 def test_usage_errors(dataset: Dataset, args: list[str], message: str) -> None:
     annotations = dataset.write(dataset.annotate(exact))
@@ -180,7 +180,7 @@ def test_usage_errors(dataset: Dataset, args: list[str], message: str) -> None:
 
 def test_nothing_to_evaluate(dataset: Dataset) -> None:
     result = run_eval(dataset.world, "--annotations", str(dataset.write()))
-    assert result.exit_code == 2 and "pass --images DIR, --detections FILE or --mlperf-log FILE" in result.stderr
+    assert result.exit_code == 2 and "pass --images DIR (or --detections FILE, or --mlperf-log FILE)" in result.stderr
 
 
 def test_compare_grammar() -> None:

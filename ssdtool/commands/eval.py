@@ -14,7 +14,7 @@ from ssdtool.commands.common import app_context, echo_json, format_table, printa
 from ssdtool.commands.detect import DEFAULT_MAX_PIXELS, allow_pixels
 from ssdtool.commands.options import engine_options, json_option, model_argument, offline_option, progress_option
 from ssdtool.commands.progress import app_download_progress, phase_progress
-from ssdtool.errors import InputError, UsageError
+from ssdtool.errors import InputError
 
 LISTED = 10
 
@@ -147,14 +147,6 @@ def eval_command(ctx: click.Context, name: str | None, annotations: str, images_
 
     want_json(ctx, as_json)
     app = app_context(ctx)
-    if compare is not None and (backend != "auto" or precision is not None):
-        raise UsageError("--compare names each configuration's backend and precision itself",
-                         hint="drop --backend/--precision, or drop --compare")
-    if images_dir is None and detections is None and mlperf_log is None:
-        raise UsageError("nothing to evaluate", hint="pass --images DIR, --detections FILE or --mlperf-log FILE")
-    if images_dir is not None and (detections is not None or mlperf_log is not None):
-        raise UsageError("--images runs the model; --detections and --mlperf-log evaluate detections made before",
-                         hint="pass one source of detections")
     allow_pixels(max_pixels)
     progress = phase_progress({"evaluate": "evaluating"}, unit="img", mode=progress_mode, quiet=app.quiet)
     report = evaluate(annotations, images_dir, name, compare=compare, backend=backend, precision=precision,
