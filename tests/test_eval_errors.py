@@ -213,3 +213,20 @@ def test_every_configuration_label_reads_back_as_itself(backend: str, weights: s
                      else Configuration("openvino", weights, arithmetic))
     label = configuration.label.upper() if upper else configuration.label
     assert parse_item(label) == configuration
+
+
+def test_a_results_file_that_cannot_be_written_is_a_usage_error(dataset: Dataset) -> None:
+    result = run_eval(dataset.world, "planted", "--annotations", str(dataset.write(dataset.annotate(exact))),
+                      "--images", str(dataset.images), "--results", str(dataset.folder / "no" / "such" / "r.jsonl"))
+    assert result.exit_code == 2 and "cannot write the results file" in result.stderr
+    assert "--results FILE" in result.stderr
+
+
+def test_resuming_a_finished_run_runs_nothing_and_scores_the_same(dataset: Dataset) -> None:
+    from tests.test_eval import api
+
+    annotations = dataset.write(dataset.annotate(exact))
+    first = api(dataset, annotations)
+    events: list[object] = []
+    again = api(dataset, annotations, resume=True, progress=events.append)
+    assert events == [] and again.runs[0].metrics.stats == first.runs[0].metrics.stats

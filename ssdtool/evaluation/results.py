@@ -110,11 +110,17 @@ class ResultsFile:
 
     def start(self) -> None:
         """A new results file with the header line (an earlier file at ``path`` is replaced)."""
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(checkpoint_path(self.path))
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
-        descriptor = fsutil.open_regular(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND)
+        try:
+            if self.path.is_dir() and not self.path.is_symlink():
+                raise IsADirectoryError(21, "it is a folder")
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(checkpoint_path(self.path))
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+            descriptor = fsutil.open_regular(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND)
+        except OSError as exc:
+            raise UsageError(f"cannot write the results file {self.path}: {exc.strerror or exc}",
+                             hint="choose another --results FILE, in a folder that exists and you can write") from None
         self._stream = os.fdopen(descriptor, "ab")
         header = {"format": FORMAT, "version": VERSION, "key": self.key}
         self._stream.write(json.dumps(header, separators=(",", ":")).encode() + b"\n")
