@@ -230,3 +230,11 @@ def test_resuming_a_finished_run_runs_nothing_and_scores_the_same(dataset: Datas
     events: list[object] = []
     again = api(dataset, annotations, resume=True, progress=events.append)
     assert events == [] and again.runs[0].metrics.stats == first.runs[0].metrics.stats
+
+
+def test_a_bad_save_detections_path_fails_before_any_image_runs(dataset: Dataset) -> None:
+    events = dataset.folder / "never"
+    result = run_eval(dataset.world, "planted", "--annotations", str(dataset.write(dataset.annotate(exact))),
+                      "--images", str(dataset.images), "--save-detections", str(events / "dets.json"))
+    assert result.exit_code == 2 and "folder" in result.stderr and "does not exist" in result.stderr
+    assert not list(dataset.folder.glob("results.jsonl*"))  # no run was started

@@ -67,23 +67,35 @@ def format_report(data: dict[str, Any], stat_meanings: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
-def _save(path: str, runs: list[Any]) -> None:
-    import json
-
+def _outputs(path: str | None, labels: list[str], inputs: list[str]) -> list[Any]:
+    """The ``--save-detections`` files, opened before anything runs so a bad path fails first (one per
+    configuration with --compare: FILE's stem plus the configuration)."""
     from ssdtool.fsutil import OutputFile
 
+    if path is None:
+        return []
     target = Path(path)
-    for run in runs:
-        name = target if len(runs) == 1 else target.with_name(
-            f"{target.stem}.{run.configuration.replace(':', '-')}{target.suffix}")
-        out = OutputFile(name)
-        try:
-            out.write(json.dumps(run.detections))
-            out.commit()
-        except BaseException:
+    names = [target] if len(labels) == 1 else [
+        target.with_name(f"{target.stem}.{label.replace(':', '-')}{target.suffix}") for label in labels]
+    outputs: list[Any] = []
+    try:
+        for name in names:
+            outputs.append(OutputFile(name, inputs))
+    except BaseException:
+        for out in outputs:
             out.abort()
-            raise
-        click.echo(f"wrote {len(run.detections)} detections to {printable(name)}", err=True)
+        raise
+    return outputs
+
+
+def _save(outputs: list[Any], runs: list[Any]) -> None:
+    import json
+
+    for out, run in zip(outputs, runs, strict=True):
+        records = run.detections
+        out.write(json.dumps(records))
+        out.commit()
+        click.echo(f"wrote {len(records)} detections to {printable(out.path)}", err=True)
 
 
 @click.command("eval")
@@ -143,21 +155,28 @@ def eval_command(ctx: click.Context, name: str | None, annotations: str, images_
       ssdtool eval --annotations ann.json --images val2017/ --resume
     """
     from ssdtool.evaluation import evaluate
+    from ssdtool.evaluation.configurations import parse_configurations
     from ssdtool.evaluation.metrics import STAT_MEANINGS
 
     want_json(ctx, as_json)
     app = app_context(ctx)
     allow_pixels(max_pixels)
+    labels = [c.label for c in parse_configurations(compare, inference_precision)] if compare else ["run"]
+    outputs = _outputs(save_detections, labels, [p for p in (annotations, detections, mlperf_log) if p])
     progress = phase_progress({"evaluate": "evaluating"}, unit="img", mode=progress_mode, quiet=app.quiet)
-    report = evaluate(annotations, images_dir, name, compare=compare, backend=backend, precision=precision,
-                      inference_precision=inference_precision, device=device, detections=detections,
-                      mlperf_log=mlperf_log, limit=limit, sample=sample, seed=seed, resume=resume,
-                      results=results_path, checkpoint_every=checkpoint_every, workers=workers,
-                      max_pixels=max_pixels, cache_dir=app.cache(), registry=app.registry(), offline=offline,
-                      progress=progress, download_progress=app_download_progress(app, progress_mode))
+    try:
+        report = evaluate(annotations, images_dir, name, compare=compare, backend=backend, precision=precision,
+                          inference_precision=inference_precision, device=device, detections=detections,
+                          mlperf_log=mlperf_log, limit=limit, sample=sample, seed=seed, resume=resume,
+                          results=results_path, checkpoint_every=checkpoint_every, workers=workers,
+                          max_pixels=max_pixels, cache_dir=app.cache(), registry=app.registry(), offline=offline,
+                          progress=progress, download_progress=app_download_progress(app, progress_mode))
+        if outputs:
+            _save(outputs, report.runs)
+    finally:
+        for out in outputs:
+            out.abort()  # nothing half-written stays; a committed file is already in place
     data = report.to_dict(per_class=per_class)
-    if save_detections:
-        _save(save_detections, report.runs)
     _warn(report)
     if as_json:
         echo_json(data)

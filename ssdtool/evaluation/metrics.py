@@ -96,8 +96,10 @@ def evaluate_detections(dataset: CocoDataset, detections: Iterable[Mapping[str, 
     coco_class, cocoeval_class = pycocotools()
     started = time.perf_counter()
     gt = gt if gt is not None else ground_truth(dataset)
+    # An empty segmentation: loadRes would otherwise add a polygon per detection, which box IoU never reads (about
+    # 400 bytes each, 400 MB for val2017 at 200 detections an image)
     records = [{"image_id": r["image_id"], "category_id": r["category_id"], "bbox": list(r["bbox"]),
-                "score": r["score"]} for r in detections]
+                "score": r["score"], "segmentation": []} for r in detections]
     if records:
         results = gt.loadRes(records)
     else:  # loadRes cannot take an empty list (it reads records[0]); the same object, built by hand
