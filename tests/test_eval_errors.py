@@ -238,3 +238,14 @@ def test_a_bad_save_detections_path_fails_before_any_image_runs(dataset: Dataset
                       "--images", str(dataset.images), "--save-detections", str(events / "dets.json"))
     assert result.exit_code == 2 and "folder" in result.stderr and "does not exist" in result.stderr
     assert not list(dataset.folder.glob("results.jsonl*"))  # no run was started
+
+
+def test_without_pycocotools_the_error_names_the_extra(dataset: Dataset, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    for name in ("pycocotools", "pycocotools.coco", "pycocotools.cocoeval"):
+        monkeypatch.setitem(sys.modules, name, None)  # import of a None entry raises ImportError
+    result = run_eval(dataset.world, "--annotations", str(dataset.write(dataset.annotate(exact))), "--detections",
+                      str(dataset.write([], "empty.json")))
+    assert result.exit_code == 23
+    assert "cannot import pycocotools" in result.stderr and "pip install 'ssdtool[eval]'" in result.stderr
