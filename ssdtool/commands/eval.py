@@ -163,7 +163,8 @@ def eval_command(ctx: click.Context, name: str | None, annotations: str, images_
     allow_pixels(max_pixels)
     labels = [c.label for c in parse_configurations(compare, inference_precision)] if compare else ["run"]
     outputs = _outputs(save_detections, labels, [p for p in (annotations, detections, mlperf_log) if p])
-    progress = phase_progress({"evaluate": "evaluating"}, unit="img", mode=progress_mode, quiet=app.quiet)
+    progress = phase_progress({"evaluate": "evaluating", "score": "COCOeval"},
+                              unit={"evaluate": "img", "score": "configuration"}, mode=progress_mode, quiet=app.quiet)
     try:
         report = evaluate(annotations, images_dir, name, compare=compare, backend=backend, precision=precision,
                           inference_precision=inference_precision, device=device, detections=detections,

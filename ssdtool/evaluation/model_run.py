@@ -96,7 +96,8 @@ def run_model(dataset: CocoDataset, gt: Any, selected: list[EvalImage], images_d
     finally:
         for run in runs:
             run.detector.close()
-    return _report(dataset, gt, present, missing, store, runs, common, images_dir=str(images_dir))
+    return _report(dataset, gt, present, missing, store, runs, common, images_dir=str(images_dir),
+                   progress=options.progress)
 
 
 def _coco_records(store: ResultsFile, k: int) -> list[dict[str, Any]]:
@@ -106,7 +107,8 @@ def _coco_records(store: ResultsFile, k: int) -> list[dict[str, Any]]:
 
 
 def _report(dataset: CocoDataset, gt: Any, present: list[EvalImage], missing: list[EvalImage], store: ResultsFile,
-            runs: list[ConfigurationRun], common: Mapping[str, Any], images_dir: str) -> EvalReport:
+            runs: list[ConfigurationRun], common: Mapping[str, Any], images_dir: str,
+            progress: Callable[[EvalProgress], None] | None = None) -> EvalReport:
     """Metrics from the results file, so a resumed run and an uninterrupted one score the very same records; the
     run itself keeps no detections in memory, and each configuration's are read only while it is scored."""
     failed, evaluated, mismatches = [], [], []
@@ -119,6 +121,8 @@ def _report(dataset: CocoDataset, gt: Any, present: list[EvalImage], missing: li
             mismatches.append(image.file_name)
     outcomes: list[RunResult] = []
     for k, run in enumerate(runs):
+        if progress is not None:  # COCOeval takes a minute or more on val2017: say so
+            progress(EvalProgress("score", k, len(runs)))
         metrics = evaluate_detections(dataset, _coco_records(store, k), evaluated, gt)
         ap = metrics.stats["AP"]
         base = outcomes[0].metrics.stats["AP"] if outcomes else ap
@@ -128,6 +132,8 @@ def _report(dataset: CocoDataset, gt: Any, present: list[EvalImage], missing: li
             info.inference_precision_requested, info.device, metrics,
             len(evaluated) / run.seconds if run.seconds > 0 else None, run.seconds,
             None if ap is None or base is None else ap - base, functools.partial(_coco_records, store, k)))
+    if progress is not None:
+        progress(EvalProgress("score", len(runs), len(runs)))
     sha = runs[0].detector.entry.primary_file.sha256
     return EvalReport(images_dir=images_dir, source="model", runs=outcomes, images_evaluated=len(evaluated),
                       missing=[image.file_name for image in missing], failed=failed, size_mismatches=mismatches,

@@ -39,7 +39,8 @@ CHUNK_IMAGES = 16
 
 @dataclass(frozen=True)
 class EvalProgress:
-    """A progress event: ``done`` of ``total`` images (every configuration), shaped like detect's phase events."""
+    """A progress event, shaped like detect's phase events: phase ``evaluate``, ``done`` of ``total`` images (every
+    configuration); then phase ``score``, ``done`` of ``total`` configurations scored by COCOeval."""
 
     phase: str
     done: int
@@ -85,6 +86,8 @@ class Runner:
         """Evaluate ``images`` (the ones left after ``done`` of ``total``) into the results file, checkpointing as
         it goes; on any exception (Ctrl-C included) the complete part is checkpointed before it goes on."""
         position = done
+        if self.progress is not None:
+            self.progress(EvalProgress("evaluate", done, total))
         try:
             outcomes = self._single(images) if len(self.runs) == 1 else self._several(images)
             for record in outcomes:
