@@ -250,3 +250,28 @@ def test_without_pycocotools_the_error_names_the_extra(dataset: Dataset, monkeyp
                       str(dataset.write([], "empty.json")))
     assert result.exit_code == 23
     assert "cannot import pycocotools" in result.stderr and "pip install 'ssdtool[eval]'" in result.stderr
+
+
+@settings(max_examples=100, deadline=None)
+@given(width=st.integers(1, 5000), height=st.integers(1, 5000),
+       rows=st.lists(st.tuples(st.floats(0, 1, width=32), st.floats(0, 1, width=32), st.floats(0, 1, width=32),
+                               st.floats(0, 1, width=32), st.floats(0.5, 1, width=32), st.integers(1, 80)),
+                     min_size=1, max_size=5))
+def test_mlperf_boxes_are_computed_as_accuracy_coco_does(width: int, height: int, rows: list[Any]) -> None:
+    """float32 products with the annotation file's size, [xmin, ymin, xmax - xmin, ymax - ymin], label -> COCO id."""
+    import numpy as np
+
+    from ssdtool.evaluation.mlperf_log import accuracy_detections
+    from ssdtool.labels import COCO_CATEGORY_IDS
+
+    checked = check_annotations({"images": [{"id": 7, "file_name": "a.jpg", "width": width, "height": height}],
+                                 "annotations": [], "categories": CATEGORIES})
+    data = np.array([[0, y0, x0, y1, x1, score, label] for y0, x0, y1, x1, score, label in rows], np.float32)
+    found = accuracy_detections([{"qsl_idx": 0, "seq_id": 0, "data": data.tobytes().hex()}], checked)
+    for row, record in zip(data, found.detections, strict=True):
+        _, ymin, xmin, ymax, xmax, score, label = row
+        ymin, xmin, ymax, xmax = ymin * height, xmin * width, ymax * height, xmax * width  # numpy float32 scalars
+        assert record == {"image_id": 7, "category_id": COCO_CATEGORY_IDS[int(label) - 1],
+                          "bbox": [float(xmin), float(ymin), float(xmax - xmin), float(ymax - ymin)],
+                          "score": float(score)}
+    assert found.image_ids == [7]

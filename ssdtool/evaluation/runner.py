@@ -130,7 +130,7 @@ class Runner:
     def _several(self, images: Sequence[EvalImage]) -> Iterator[ImageRecord]:
         entry = self.runs[0].detector.entry
         prepare = ImagePreparer(entry, None, max_pixels=self.max_pixels)
-        prefetch = Prefetch(prepare, self._paths(images), workers=self.workers, lookahead=CHUNK_IMAGES)
+        prefetch = Prefetch(prepare, self._paths(images), workers=self.workers)
         engines = [run.detector.engine("throughput") for run in self.runs]
         try:
             chunk: list[tuple[int, Any]] = []
