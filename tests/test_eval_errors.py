@@ -178,6 +178,12 @@ def test_usage_errors(dataset: Dataset, args: list[str], message: str) -> None:
     assert message in result.stderr
 
 
+def test_an_mlperf_log_is_not_subset(dataset: Dataset) -> None:
+    result = run_eval(dataset.world, "--annotations", str(dataset.write()), "--mlperf-log", "log.json",
+                      "--limit", "2")
+    assert result.exit_code == 2 and "drop --limit/--sample with --mlperf-log" in result.stderr
+
+
 def test_nothing_to_evaluate(dataset: Dataset) -> None:
     result = run_eval(dataset.world, "--annotations", str(dataset.write()))
     assert result.exit_code == 2 and "pass --images DIR (or --detections FILE, or --mlperf-log FILE)" in result.stderr

@@ -82,6 +82,10 @@ def evaluate(annotations: str | os.PathLike[str], images: str | os.PathLike[str]
     if mlperf_log is not None:
         from ssdtool.evaluation.mlperf_log import read_accuracy_log
 
+        if limit is not None or sample is not None:
+            raise UsageError("an MLPerf accuracy log is scored on the images it holds, as accuracy-coco.py does",
+                             hint="drop --limit/--sample with --mlperf-log")
+
         log_data = read_accuracy_log(mlperf_log, dataset)
         metrics = evaluate_detections(dataset, log_data.detections, log_data.image_ids, gt)
         run = RunResult("mlperf-log", None, None, None, None, None, None, metrics, None, 0.0, None,
