@@ -49,17 +49,14 @@ class EvalProgress:
 
 @dataclass
 class ConfigurationRun:
-    """One configuration's engine and what it has done: detections per image position, engine wall seconds."""
+    """One configuration's detector, what ran (read back from its engine) and its seconds so far, for images/s:
+    alone, the whole image loop (decoding included) except writing the results file; with others, its own
+    tensors, inference and post-processing (decoding is shared)."""
 
     configuration: Configuration
     detector: Detector
     run_info: RunInfo
     seconds: float = 0.0
-    images: int = 0
-
-    @property
-    def images_per_second(self) -> float | None:
-        return self.images / self.seconds if self.seconds > 0 else None
 
 
 def _detections(run: ConfigurationRun, outputs: dict[str, Any], width: int, height: int) -> list[list[float]]:
@@ -119,7 +116,6 @@ class Runner:
                     started = time.perf_counter()
                     continue
                 detections = _detections(run, outputs, prepared.width, prepared.height)
-                run.images += 1
                 run.seconds += time.perf_counter() - started
                 yield ImageRecord(image.id, prepared.width, prepared.height, None, [detections])
                 started = time.perf_counter()  # time spent by the caller (writing, checkpoints) is not the engine's
@@ -156,7 +152,6 @@ class Runner:
             for index, outputs in engine.infer_stream(tensors, engine.optimal_requests):
                 found[index].append(_detections(run, outputs, good[index].width, good[index].height))
             run.seconds += time.perf_counter() - started
-            run.images += len(good)
         for index, prepared in chunk:
             image = images[index]
             if isinstance(prepared, ImageError):
