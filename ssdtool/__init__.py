@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from ssdtool.detections import Detection, ImageResult, postprocess, postprocess_heads
     from ssdtool.errors import ImageError
     from ssdtool.export import ExportOptions, ExportResult, export_model
+    from ssdtool.evaluation import EvalReport, evaluate
     from ssdtool.imaging import load_image, preprocess
     from ssdtool.inputs import find_images
     from ssdtool.loadgen import LoadGenOptions, LoadGenReport, SettingsOverrides, run_loadgen
@@ -34,11 +35,12 @@ _LAZY = {
     "ServerTarget": "ssdtool.serving.protocol", "RemoteEngine": "ssdtool.backends.remote",
     "run_loadgen": "ssdtool.loadgen", "LoadGenOptions": "ssdtool.loadgen", "LoadGenReport": "ssdtool.loadgen",
     "SettingsOverrides": "ssdtool.loadgen",
+    "evaluate": "ssdtool.evaluation", "EvalReport": "ssdtool.evaluation",
 }
 
-__all__ = ["Detection", "Detector", "ExportOptions", "ExportResult", "ImageError", "ImageResult", "LoadGenOptions",
+__all__ = ["Detection", "Detector", "EvalReport", "ExportOptions", "ExportResult", "ImageError", "ImageResult", "LoadGenOptions",
            "LoadGenReport", "RemoteEngine", "RunInfo", "ServeOptions", "ServerTarget", "SettingsOverrides",
-           "__version__", "export_model", "find_images", "load_image", "postprocess", "postprocess_heads",
+           "__version__", "evaluate", "export_model", "find_images", "load_image", "postprocess", "postprocess_heads",
            "preprocess", "run_loadgen", "start_server"]
 
 

@@ -20,6 +20,7 @@ import click
 
 from ssdtool import __version__
 from ssdtool.commands import bench, catalog, convert, detect, download, export, serve
+from ssdtool.commands import eval as evaluation
 from ssdtool.commands.common import AppContext
 from ssdtool.constants import REGISTRY_ENV
 from ssdtool.errors import EXIT_INTERRUPTED, EXIT_UNEXPECTED, SsdtoolError
@@ -197,6 +198,6 @@ def main() -> None:
 
 # The commands, in the order --help lists them. An explicit list: a command module never imports this one, so
 # importing any of them first cannot leave the group without its commands.
-for _command in (*catalog.COMMANDS, *download.COMMANDS, *convert.COMMANDS, *detect.COMMANDS, *bench.COMMANDS,
-                 *export.COMMANDS, *serve.COMMANDS):
+for _command in (*catalog.COMMANDS, *download.COMMANDS, *convert.COMMANDS, *detect.COMMANDS, *evaluation.COMMANDS,
+                 *bench.COMMANDS, *export.COMMANDS, *serve.COMMANDS):
     cli.add_command(_command)

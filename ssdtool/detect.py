@@ -279,6 +279,11 @@ class Detector:
                 f"precision={self.precision!r}, threshold={self.threshold})")
 
     # -- running ---------------------------------------------------------------------------------------------
+    def detections_from_outputs(self, outputs: dict[str, np.ndarray], width: int, height: int) -> list[Detection]:
+        """The engine's ``outputs`` for an image of ``width`` x ``height`` as this detector's filtered detections
+        (for callers that drive :meth:`engine` themselves, such as evaluation)."""
+        return self._detections(outputs, width, height)
+
     def _detections(self, outputs: dict[str, np.ndarray], width: int, height: int) -> list[Detection]:
         return postprocess(outputs, self.entry, (width, height), form=self.form, threshold=self.threshold,
                            classes=self.classes, max_detections=self.max_detections)

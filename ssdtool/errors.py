@@ -28,6 +28,7 @@ code  class                       meaning
 30    InputError, ImageError      some inputs (images) could not be processed
 31    BackendError                unknown/unusable backend or device, or an inference precision it cannot run
 32    ServerError                 an inference server refused or failed a request (``--server``)
+33    AnnotationError             a COCO annotation, results or MLPerf accuracy file is not what it should be
 130   (KeyboardInterrupt)         interrupted; partial downloads are kept for resume
 ====  ==========================  ==========================================================
 """
@@ -164,6 +165,23 @@ class ServerError(SsdtoolError):
     something that is not a v2 response. Servers that cannot be reached at all are a :class:`NetworkError`."""
 
     exit_code = 32
+
+class AnnotationError(SsdtoolError):
+    """A COCO annotation file, COCO results file or MLPerf accuracy log is invalid. ``problems`` lists every
+    located problem found (``annotations[12].bbox: ...``); the message lists the first
+    :data:`MAX_LISTED_PROBLEMS`."""
+
+    exit_code = 33
+
+    def __init__(self, path: str, problems: list[str], *, hint: str | None = None) -> None:
+        self.path = path
+        self.problems = list(problems)
+        count = len(self.problems)
+        header = f"invalid {path}" if count == 1 else f"invalid {path} ({count} problems)"
+        listed = [f"  {p}" for p in self.problems[:MAX_LISTED_PROBLEMS]]
+        if count > MAX_LISTED_PROBLEMS:
+            listed.append(f"  ... and {count - MAX_LISTED_PROBLEMS} more")
+        super().__init__(header + ":\n" + "\n".join(listed), hint=hint)
 
 
 def all_error_classes() -> list[type[SsdtoolError]]:

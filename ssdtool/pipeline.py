@@ -34,6 +34,7 @@ from ssdtool.imaging import (
     load_image,
     pil_to_rgb,
     preprocess,
+    resize_rgb,
     resized_for_network,
 )
 from ssdtool.registry import ModelEntry
@@ -63,7 +64,9 @@ def source_name(source: ImageSource) -> str | None:
 
 
 class ImagePreparer:
-    """Decodes one image source and makes the network tensor for ``form`` ("onnx" or "ir").
+    """Decodes one image source and makes the network tensor for ``form`` ("onnx" or "ir"), or, for ``form=None``,
+    the network-sized 8-bit RGB pixels that every form's tensor is made from (decode once, feed several engines:
+    ``preprocess(prepared.tensor, entry, form=...)``).
 
     Files are decoded within ``decode_memory`` bytes shared by every decode running at once (estimated from the
     header); an image estimated over :data:`ssdtool.imaging.LARGE_DECODE_BYTES` decodes on one dedicated thread,
@@ -71,7 +74,7 @@ class ImagePreparer:
     (the same pixels, bit for bit).
     """
 
-    def __init__(self, entry: ModelEntry, form: str, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    def __init__(self, entry: ModelEntry, form: str | None, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                  decode_memory: int = DEFAULT_DECODE_MEMORY) -> None:
         self.entry, self.form, self.max_pixels = entry, form, max_pixels
         self.budget = DecodeBudget(decode_memory)
@@ -81,7 +84,7 @@ class ImagePreparer:
     def __call__(self, source: ImageSource, channel_order: str = "RGB", keep_image: bool = False) -> Prepared:
         if not isinstance(source, (str, os.PathLike)):  # arrays and PIL images: already in the caller's memory
             rgb = load_image(source, channel_order=channel_order, max_pixels=self.max_pixels)
-            tensor = preprocess(rgb, self.entry, form=self.form)
+            tensor = self._tensor(rgb)
             return Prepared(rgb if keep_image else None, int(rgb.shape[1]), int(rgb.shape[0]), tensor)
 
         def decode(image: PILImage.Image) -> Prepared:
@@ -99,10 +102,15 @@ class ImagePreparer:
                 width, height = upright.size
                 resized = None if keep_image else resized_for_network(upright, self.entry.input)
                 rgb = pil_to_rgb(upright) if resized is None else None
-                tensor = preprocess(rgb if resized is None else resized, self.entry, form=self.form)
+                tensor = self._tensor(rgb if resized is None else resized)
             return Prepared(rgb if keep_image else None, width, height, tensor)
 
         return decode_file(Path(source), self.max_pixels, decode)
+
+    def _tensor(self, rgb: np.ndarray) -> np.ndarray:
+        if self.form is None:
+            return resize_rgb(rgb, self.entry.input)
+        return preprocess(rgb, self.entry, form=self.form)
 
     def _large_decoder(self) -> ThreadPoolExecutor:
         with self._lock:

@@ -20,7 +20,8 @@ from ssdtool.errors import ConversionError, SsdtoolError, all_error_classes
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "ssd-resnet34-1200-onnx"
 HEAVY = ("onnx", "onnxruntime", "openvino", "numpy", "PIL", "requests", "tqdm", "tritonclient", "google.protobuf",
-         "kserve", "fastapi", "uvicorn", "mlperf_loadgen")
+         "kserve", "fastapi", "uvicorn", "mlperf_loadgen",
+         "pycocotools")
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -18,8 +18,8 @@ from ssdtool.registry import load_registry
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = "ssd-resnet34-300-synthetic-tiny"
-COMMAND_MODULES = ("bench", "catalog", "convert", "detect", "download", "export", "common", "options", "progress",
-                   "detect_output", "serve")
+COMMAND_MODULES = ("bench", "catalog", "convert", "detect", "download", "eval", "export", "common", "options",
+                   "progress", "detect_output", "serve", "bench_loadgen")
 
 
 # ------------------------------------------------------------------------------------------------- registration
@@ -34,8 +34,8 @@ def _registered_after(first_import: str) -> list[str]:
 
 def test_commands_register_whatever_is_imported_first() -> None:
     expected = _registered_after("ssdtool")
-    assert expected == ["bench", "check", "convert", "detect", "download", "export", "info", "models", "run", "serve",
-                        "verify"]
+    assert expected == ["bench", "check", "convert", "detect", "download", "eval", "export", "info", "models", "run",
+                        "serve", "verify"]
     for module in COMMAND_MODULES:
         assert _registered_after(f"ssdtool.commands.{module}") == expected, module
 
@@ -145,7 +145,8 @@ def test_calibration_sees_the_pixels_detection_sees(tmp_path: Path, mode: str, s
 # ------------------------------------------------------------------------------------------------- docs
 DOC_PAGES = {"download": "download.md", "verify": "download.md", "convert": "convert.md", "check": "convert.md",
              "detect": "detect.md", "run": "detect.md", "bench": "bench.md", "models": "registry.md",
-             "info": "registry.md", "export": "export.md", "serve": "serve.md"}
+             "info": "registry.md", "export": "export.md", "serve": "serve.md",
+             "eval": "eval.md"}
 
 
 def test_every_command_and_option_is_documented() -> None:

@@ -285,6 +285,7 @@ def test_docs_examples_run(world: World, tmp_path: Path, monkeypatch: pytest.Mon
     assert "photos/a.jpg (640x480): 4 objects" in out
     assert "notes.txt: not an image Pillow can read" in out
     assert '"image_id": 0, "category_id": 1, "bbox": [149.91, 75.51, 44.8, 33.6], "score": 0.9' in out
+    assert "image 3 of 3" in out and "\nopenvino:FP32:f32 f32 " in out and "\nonnxruntime f32 " in out  # evaluate
     with Image.open(tmp_path / "photo-annotated.jpg") as drawn:
         assert drawn.size == (640, 480)
 

@@ -97,7 +97,7 @@ def detect_command(ctx: click.Context, sources: tuple[str, ...], model_name: str
     if fmt == "coco" and not is_coco_labels(label_names(entry)):
         raise UsageError(f"{entry.name} does not predict the 80 COCO classes, so it has no COCO category ids",
                          hint="use --format json")
-    _allow_pixels(max_pixels)
+    allow_pixels(max_pixels)
     out = Output(output, [f.path for f in files])  # a bad --output fails now, before the model is loaded
     try:
         with Detector(entry, backend, precision=precision, inference_precision=inference_precision, device=device,
@@ -119,7 +119,7 @@ def detect_command(ctx: click.Context, sources: tuple[str, ...], model_name: str
                          hint="the other results were written; see the messages above for each file")
 
 
-def _allow_pixels(max_pixels: int) -> None:
+def allow_pixels(max_pixels: int) -> None:
     """Raise Pillow's process-wide decompression-bomb limit to ``--max-pixels`` when the user allows more than it:
     detect checks each image's size from its header itself, before decoding. The command owns this process, and
     it only ever raises the limit (never lowers it, never puts it back); the library leaves Pillow alone."""

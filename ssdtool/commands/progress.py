@@ -148,14 +148,19 @@ def app_download_progress(app: AppContext, mode: str = "auto") -> DownloadProgre
     return download_progress(mode, quiet=app.quiet)
 
 
-def phase_progress(labels: dict[str, str], unit: str = "img", mode: str = "auto", quiet: bool = False
-                   ) -> Callable[[Any], None] | None:
+def phase_progress(labels: dict[str, str], unit: str | dict[str, str] = "img", mode: str = "auto",
+                   quiet: bool = False) -> Callable[[Any], None] | None:
     """A renderer for phased progress events (``phase``, ``done``, ``total``: INT8 calibration and its guard, the
     images of a detect run): a tqdm bar per phase, JSON lines, a log line when a phase starts and ends, or nothing
-    (``mode`` as ``--progress``; nothing when quiet)."""
+    (``mode`` as ``--progress``; nothing when quiet). ``unit`` is one unit, or one per phase (default "img")."""
     kind = resolve_mode(mode, quiet)
     if kind == "none":
         return None
+    units = unit if isinstance(unit, dict) else {}
+
+    def unit_of(phase: str) -> str:
+        return units.get(phase, "img") if isinstance(unit, dict) else unit
+
     lock = threading.Lock()
     if kind == "json":
 
@@ -167,7 +172,8 @@ def phase_progress(labels: dict[str, str], unit: str = "img", mode: str = "auto"
 
         def as_log(event: QuantizeEvent) -> None:
             if event.done == 0 or event.done >= event.total:
-                log.info("%s: %d of %d %s", labels.get(event.phase, event.phase), event.done, event.total, unit)
+                log.info("%s: %d of %d %s", labels.get(event.phase, event.phase), event.done, event.total,
+                         unit_of(event.phase))
 
         return as_log
     from tqdm import tqdm
@@ -177,7 +183,8 @@ def phase_progress(labels: dict[str, str], unit: str = "img", mode: str = "auto"
     def render(event: QuantizeEvent) -> None:
         bar = bars.get(event.phase)
         if bar is None:
-            bar = bars[event.phase] = tqdm(total=event.total, desc=labels.get(event.phase, event.phase), unit=unit,
+            bar = bars[event.phase] = tqdm(total=event.total, desc=labels.get(event.phase, event.phase),
+                                           unit=unit_of(event.phase),
                                            file=sys.stderr, leave=False)
         bar.update(event.done - bar.n)
         if event.done >= event.total:

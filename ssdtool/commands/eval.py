@@ -1,0 +1,219 @@
+"""``ssdtool eval``: a thin command over :func:`ssdtool.evaluation.evaluate` (docs/eval.md).
+
+stdout carries the metrics table (or ``--json``); stderr the progress, the images skipped and the warnings.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ssdtool.commands.common import app_context, echo_json, format_table, printable, want_json
+from ssdtool.commands.detect import DEFAULT_MAX_PIXELS, allow_pixels
+from ssdtool.commands.options import engine_options, json_option, model_argument, offline_option, progress_option
+from ssdtool.commands.progress import app_download_progress, phase_progress
+from ssdtool.errors import InputError
+
+LISTED = 10
+
+
+def _fraction(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def format_report(data: dict[str, Any], stat_meanings: dict[str, str]) -> str:
+    """The tables for people: configuration line, the twelve stats (or the comparison), references, per class."""
+    lines = []
+    if data["source"] == "model":
+        lines.append(f"{data['model']}: {data['images_evaluated']} images evaluated, {data['images_skipped']} "
+                     f"skipped, annotations {data['annotations']}")
+    else:
+        lines.append(f"{data['source']}: {data['images_evaluated']} images evaluated, annotations "
+                     f"{data['annotations']}")
+    runs = data.get("compare") or [data]
+    if len(runs) > 1:
+        rows = [[r["configuration"], r["inference_precision"] or "-", _fraction(r["metrics"]["AP"]),
+                 _fraction(r["metrics"]["AP50"]),
+                 "-" if r["delta_ap"] is None else f"{r['delta_ap']:+.4f}", _rate(r["images_per_second"])]
+                for r in runs]
+        lines += ["", format_table(["configuration", "ran in", "AP", "AP50", "ΔAP", "images/s"], rows)]
+    else:
+        if data["source"] == "model":
+            weights = f" {data['precision']} IR" if data["precision"] else ""
+            lines.append(f"{data['backend']} {data['device']}{weights}, inference precision "
+                         f"{data['inference_precision'] or 'unreported'}, {_rate(data['images_per_second'])} "
+                         "images/s")
+        rows = [[name, _fraction(value), stat_meanings[name]] for name, value in data["metrics"].items()]
+        lines += ["", format_table(["metric", "value", "meaning"], rows)]
+    references = data.get("references")
+    if references:
+        verdict = references["mlperf"]
+        status = "-" if verdict["passed"] is None else ("pass" if verdict["passed"] else "fail")
+        rows = [[r["name"], f"{r['value']:.4f}", r["comparable_to"] or "not comparable", r["meaning"]]
+                for r in references["published"]]
+        lines += ["", format_table(["reference", "value", "compare with", "meaning"], rows),
+                  f"MLPerf: AP {_fraction(data['metrics']['AP'])} against {verdict['threshold']} (99% of "
+                  f"{verdict['target']}): {status}"]
+    for run in runs:
+        if "per_class" in run:
+            rows = [[c["category_id"], c["name"], _fraction(c["AP"])] for c in run["per_class"]]
+            lines += ["", f"per class ({run['configuration']}):", format_table(["id", "category", "AP"], rows)]
+    return "\n".join(lines)
+
+
+def _outputs(path: str | None, labels: list[str], inputs: list[str]) -> list[Any]:
+    """The ``--save-detections`` files, opened before anything runs so a bad path fails first (one per
+    configuration with --compare: FILE's stem plus the configuration)."""
+    from ssdtool.fsutil import OutputFile
+
+    if path is None:
+        return []
+    target = Path(path)
+    names = [target] if len(labels) == 1 else [
+        target.with_name(f"{target.stem}.{label.replace(':', '-')}{target.suffix}") for label in labels]
+    outputs: list[Any] = []
+    try:
+        for name in names:
+            outputs.append(OutputFile(name, inputs))
+    except BaseException:
+        for out in outputs:
+            out.abort()
+        raise
+    return outputs
+
+
+def _save(outputs: list[Any], runs: list[Any]) -> None:
+    import json
+
+    for out, run in zip(outputs, runs, strict=True):
+        records = run.detections
+        out.write(json.dumps(records))
+        out.commit()
+        click.echo(f"wrote {len(records)} detections to {printable(out.path)}", err=True)
+
+
+@click.command("eval")
+@model_argument
+@click.option("--annotations", required=True, type=click.Path(dir_okay=False), metavar="FILE",
+              help="COCO annotation file (instances_val2017.json or any COCO instances file).")
+@click.option("--images", "images_dir", type=click.Path(file_okay=False), metavar="DIR",
+              help="Folder holding the images the annotation file lists (file_name below DIR).")
+@engine_options
+@click.option("--compare", metavar="CONFIGS",
+              help="Several configurations side by side, images decoded once: comma-separated, each onnxruntime, "
+                   "openvino[:ARITH] or [openvino:]FP32|FP16|INT8[:auto|f32|bf16|f16], e.g. "
+                   "FP32:f32,FP32:bf16,INT8,onnxruntime (replaces --backend/--precision).")
+@click.option("--detections", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Evaluate an existing COCO results file (e.g. 'detect --format coco' output) without a model.")
+@click.option("--mlperf-log", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Evaluate an MLPerf LoadGen mlperf_log_accuracy.json as accuracy-coco.py --use-inv-map does.")
+@click.option("--per-class", is_flag=True, help="Also print AP per category.")
+@click.option("--limit", type=click.IntRange(min=1), metavar="N", help="Only the first N images of the file.")
+@click.option("--sample", type=click.IntRange(min=1), metavar="N",
+              help="N images drawn at random (deterministic for --seed), evaluated in file order.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --sample.")
+@click.option("--save-detections", metavar="FILE",
+              help="Write the COCO results JSON (with --compare: FILE's stem plus each configuration).")
+@click.option("--results", "results_path", type=click.Path(dir_okay=False), metavar="FILE",
+              help="The per-image results file that --resume continues [default: one per run in the cache's "
+                   "eval/ folder].")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from its last checkpoint.")
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=64, show_default=True, metavar="N",
+              help="Checkpoint the results file every N images.")
+@click.option("--strict", is_flag=True,
+              help="Exit 30 when images listed in the annotation file are missing [default: skip them, warn].")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True,
+              help="Reject images larger than this (width x height) before decoding them.")
+@click.option("--workers", type=click.IntRange(1, 64), metavar="N",
+              help="Threads decoding images ahead of inference [default: cores, at most 4].")
+@offline_option("Never use the network: the model must already be downloaded.")
+@progress_option
+@json_option("Print the report as JSON on stdout.")
+@click.pass_context
+def eval_command(ctx: click.Context, name: str | None, annotations: str, images_dir: str | None, backend: str,
+                 precision: str | None, inference_precision: str, device: str, compare: str | None,
+                 detections: str | None, mlperf_log: str | None, per_class: bool, limit: int | None,
+                 sample: int | None, seed: int, save_detections: str | None, results_path: str | None, resume: bool,
+                 checkpoint_every: int, strict: bool, max_pixels: int, workers: int | None, offline: bool,
+                 progress_mode: str, as_json: bool) -> None:
+    """COCO accuracy (COCOeval bbox) of NAME (default model) on the images of a COCO annotation file.
+
+    Every detection the model outputs is kept (no score threshold; padded rows dropped). Prints the twelve
+    COCOeval stats, or one row per configuration with --compare. Missing images are skipped and listed.
+
+    \b
+    Examples:
+      ssdtool eval --annotations annotations/instances_val2017.json --images val2017/
+      ssdtool eval --annotations ann.json --images val2017/ --compare FP32:f32,FP32:bf16,INT8,onnxruntime
+      ssdtool eval --annotations ann.json --detections detections.json
+      ssdtool eval --annotations ann.json --images val2017/ --resume
+    """
+    from ssdtool.evaluation import evaluate
+    from ssdtool.evaluation.configurations import parse_configurations
+    from ssdtool.evaluation.metrics import STAT_MEANINGS
+
+    want_json(ctx, as_json)
+    app = app_context(ctx)
+    allow_pixels(max_pixels)
+    labels = [c.label for c in parse_configurations(compare, inference_precision)] if compare else ["run"]
+    outputs = _outputs(save_detections, labels, [p for p in (annotations, detections, mlperf_log) if p])
+    progress = phase_progress({"evaluate": "evaluating", "score": "COCOeval"},
+                              unit={"evaluate": "img", "score": "configuration"}, mode=progress_mode, quiet=app.quiet)
+    try:
+        report = evaluate(annotations, images_dir, name, compare=compare, backend=backend, precision=precision,
+                          inference_precision=inference_precision, device=device, detections=detections,
+                          mlperf_log=mlperf_log, limit=limit, sample=sample, seed=seed, resume=resume,
+                          results=results_path, checkpoint_every=checkpoint_every, workers=workers,
+                          max_pixels=max_pixels, cache_dir=app.cache(), registry=app.registry(), offline=offline,
+                          progress=progress, download_progress=app_download_progress(app, progress_mode))
+        if outputs:
+            _save(outputs, report.runs)
+    finally:
+        for out in outputs:
+            out.abort()  # nothing half-written stays; a committed file is already in place
+    data = report.to_dict(per_class=per_class)
+    _warn(report)
+    if as_json:
+        echo_json(data)
+    else:
+        click.echo(format_report(data, dict(STAT_MEANINGS)))
+    problems = []
+    if report.failed:
+        problems.append(f"{len(report.failed)} images could not be read")
+    if strict and report.missing:
+        problems.append(f"{len(report.missing)} images are missing (--strict)")
+    if problems:
+        app.json_errors = False  # the report already went out; a trailing JSON error would break it
+        raise InputError("; ".join(problems) + "; the metrics above leave them out",
+                         hint="see the messages above for each file")
+
+
+def _listed(names: list[str]) -> str:
+    shown = ", ".join(map(printable, names[:LISTED]))
+    return shown + (f" and {len(names) - LISTED} more" if len(names) > LISTED else "")
+
+
+def _warn(report: Any) -> None:
+    if report.missing:
+        click.echo(f"warning: {len(report.missing)} images listed in the annotation file are not in the images "
+                   f"folder and were skipped: {_listed(report.missing)}", err=True)
+    for file_name, error in report.failed:
+        click.echo(f"error: {printable(file_name)}: {printable(error)}", err=True)
+    if report.size_mismatches:
+        click.echo(f"warning: {len(report.size_mismatches)} images decode (after EXIF rotation) to another size "
+                   f"than the annotation file states: {_listed(report.size_mismatches)}", err=True)
+    if report.unknown_categories:
+        click.echo(f"warning: the annotation file has categories that are not COCO's 80 (ids "
+                   f"{', '.join(map(str, report.unknown_categories))}); the model never predicts them", err=True)
+    if report.dropped_detections:
+        click.echo(f"warning: {report.dropped_detections} detections name categories the annotation file does not "
+                   "have and were not scored", err=True)
+
+
+COMMANDS = [eval_command]

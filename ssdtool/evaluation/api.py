@@ -1,0 +1,130 @@
+"""``ssdtool.evaluate``: COCO accuracy of one or several configurations, or of an existing results file."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ssdtool.cache import Cache
+from ssdtool.errors import UsageError
+from ssdtool.evaluation.configurations import Configuration, parse_configurations
+from ssdtool.evaluation.dataset import CocoDataset, EvalImage, load_annotations
+from ssdtool.evaluation.detections_file import read_detections_file
+from ssdtool.evaluation.metrics import evaluate_detections, ground_truth
+from ssdtool.evaluation.model_run import ModelRun, run_model
+from ssdtool.evaluation.report import EvalReport, RunResult
+from ssdtool.evaluation.runner import EvalProgress
+from ssdtool.imaging import DEFAULT_MAX_PIXELS
+from ssdtool.registry import ModelEntry, Registry, load_registry
+
+log = logging.getLogger("ssdtool.evaluation")
+
+DEFAULT_CHECKPOINT_EVERY = 64
+
+
+def select_images(dataset: CocoDataset, limit: int | None, sample: int | None, seed: int) -> list[EvalImage]:
+    """The images to evaluate, in file order: all, the first ``limit``, or ``sample`` drawn with ``seed``."""
+    images = list(dataset.images)
+    if limit is not None and sample is not None:
+        raise UsageError("--limit and --sample both pick a subset", hint="pass one of them")
+    for name, value in (("limit", limit), ("sample", sample)):
+        if value is not None and value < 1:
+            raise UsageError(f"--{name} must be at least 1, got {value}")
+    if limit is not None:
+        return images[:limit]
+    if sample is not None:
+        if sample >= len(images):
+            return images
+        chosen = sorted(random.Random(seed).sample(range(len(images)), sample))
+        return [images[i] for i in chosen]
+    return images
+
+
+def evaluate(annotations: str | os.PathLike[str], images: str | os.PathLike[str] | None = None,
+             model: str | ModelEntry | None = None, *, compare: str | Sequence[Configuration] | None = None,
+             backend: str = "auto", precision: str | None = None, inference_precision: str = "auto",
+             device: str = "CPU", detections: str | os.PathLike[str] | None = None,
+             mlperf_log: str | os.PathLike[str] | None = None, limit: int | None = None,
+             sample: int | None = None, seed: int = 0, resume: bool = False,
+             results: str | os.PathLike[str] | None = None, checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
+             workers: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+             cache_dir: str | os.PathLike[str] | Cache | None = None,
+             registry: str | os.PathLike[str] | Registry | None = None, offline: bool | None = None,
+             progress: Callable[[EvalProgress], None] | None = None,
+             download_progress: Callable[[Any], None] | None = None) -> EvalReport:
+    """Evaluate on the COCO annotation file ``annotations``; see docs/eval.md and docs/python-api.md.
+
+    Three sources of detections: a model run over the images folder ``images`` (one configuration from
+    ``backend``/``precision``/``inference_precision``, or several from ``compare``), an existing COCO results file
+    ``detections``, or an MLPerf accuracy log ``mlperf_log``. ``progress`` receives :class:`EvalProgress` events.
+    Missing images are skipped and listed in the report; the caller decides whether that is an error.
+    """
+    given = [name for name, value in (("--images", images), ("--detections", detections),
+                                      ("--mlperf-log", mlperf_log)) if value is not None]
+    if len(given) > 1:
+        raise UsageError(f"{' and '.join(given)} are different sources of detections: --images runs the model, "
+                         "--detections and --mlperf-log evaluate detections made before", hint="pass one of them")
+    if not given:
+        raise UsageError("nothing to evaluate: no images folder, detections file or MLPerf log",
+                         hint="pass --images DIR (or --detections FILE, or --mlperf-log FILE)")
+    if checkpoint_every < 1:
+        raise UsageError(f"checkpoint_every must be at least 1, got {checkpoint_every}")
+    dataset = load_annotations(annotations)
+    selected = select_images(dataset, limit, sample, seed)
+    gt = ground_truth(dataset)
+    common = {"annotations": dataset.path, "unknown_categories": list(dataset.unknown_categories),
+              "images_listed": len(dataset.images), "images_selected": len(selected),
+              "categories": dict(dataset.categories)}
+    if mlperf_log is not None:
+        from ssdtool.evaluation.mlperf_log import read_accuracy_log
+
+        if limit is not None or sample is not None:
+            raise UsageError("an MLPerf accuracy log is scored on the images it holds, as accuracy-coco.py does",
+                             hint="drop --limit/--sample with --mlperf-log")
+
+        log_data = read_accuracy_log(mlperf_log, dataset)
+        metrics = evaluate_detections(dataset, log_data.detections, log_data.image_ids, gt)
+        run = RunResult("mlperf-log", None, None, None, None, None, None, metrics, None, 0.0, None,
+                        lambda: log_data.detections)
+        return EvalReport(images_dir=None, source="mlperf-log", runs=[run],
+                          images_evaluated=len(log_data.image_ids), missing=[], failed=[], size_mismatches=[],
+                          dropped_detections=0, references=None, results_file=None,
+                          **{**common, "images_selected": len(log_data.image_ids)})
+    if detections is not None:
+        records, dropped = read_detections_file(detections, dataset)
+        wanted = {image.id for image in selected}
+        records = [r for r in records if r["image_id"] in wanted]
+        metrics = evaluate_detections(dataset, records, sorted(wanted), gt)
+        run = RunResult("detections", None, None, None, None, None, None, metrics, None, 0.0, None,
+                        lambda: records)
+        return EvalReport(images_dir=None, source="detections", runs=[run], images_evaluated=len(wanted),
+                          missing=[], failed=[], size_mismatches=[], dropped_detections=dropped, references=None,
+                          results_file=None, **common)
+    assert images is not None
+    loaded = registry if isinstance(registry, Registry) else load_registry(registry)
+    options = ModelRun(
+        entry=model if isinstance(model, ModelEntry) else loaded.model(model), registry=loaded,
+        cache=cache_dir if isinstance(cache_dir, Cache) else Cache.at(cache_dir),
+        configurations=_configurations(compare, backend, precision, inference_precision), device=device,
+        offline=offline, resume=resume, results=Path(results) if results is not None else None,
+        checkpoint_every=checkpoint_every, workers=workers, max_pixels=max_pixels, progress=progress,
+        download_progress=download_progress)
+    return run_model(dataset, gt, selected, Path(images), options, common)
+
+
+def _configurations(compare: str | Sequence[Configuration] | None, backend: str, precision: str | None,
+                    inference_precision: str) -> list[Configuration]:
+    if compare is None:
+        return [Configuration(backend, precision, inference_precision)]
+    if backend != "auto" or precision is not None:
+        raise UsageError("--compare names each configuration's backend and precision itself",
+                         hint="drop --backend/--precision, or drop --compare")
+    if isinstance(compare, str):
+        return parse_configurations(compare, inference_precision)
+    return list(compare)
+
+

@@ -1,0 +1,218 @@
+"""A COCO-format annotation file, checked: every problem found with its location, before any model runs.
+
+pycocotools trusts its input (a missing ``bbox`` is a ``KeyError`` deep inside ``evaluate``); ssdtool reads the
+file once, checks what evaluation relies on, and reports every problem as ``annotations[12].bbox: ...`` in one
+:class:`~ssdtool.errors.AnnotationError` (exit 33). numpy- and pycocotools-free.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from ssdtool import fsutil
+from ssdtool.errors import AnnotationError, UsageError
+from ssdtool.labels import COCO_CATEGORY_IDS
+
+#: Largest annotation file read (instances_train2017.json is 448 MB; val2017's is 25 MB).
+MAX_ANNOTATION_BYTES = 2 << 30
+
+_HINT = "pass a COCO instances file such as annotations/instances_val2017.json (see docs/eval.md)"
+
+
+@dataclass(frozen=True)
+class EvalImage:
+    """One entry of the file's ``images`` list: its COCO id, file name (relative to the images folder), size as
+    the file states it, and its position in the list (MLPerf's ``qsl_idx``)."""
+
+    id: int
+    file_name: str
+    width: int | None
+    height: int | None
+    position: int
+
+
+@dataclass(frozen=True)
+class CocoDataset:
+    """A checked COCO annotation file. ``data`` is the document with each annotation's ``area`` and ``iscrowd``
+    filled in where the file left them out (what pycocotools expects); ``unknown_categories`` lists category ids
+    that are not among COCO's 80 detection categories (a COCO model never predicts them, so their AP is 0)."""
+
+    path: str
+    sha256: str
+    images: tuple[EvalImage, ...]
+    categories: Mapping[int, str]
+    annotation_count: int
+    unknown_categories: tuple[int, ...]
+    data: dict[str, Any] = field(repr=False, compare=False)
+
+    def image(self, image_id: int) -> EvalImage:
+        return self._by_id[image_id]
+
+    @functools.cached_property
+    def _by_id(self) -> dict[int, EvalImage]:
+        return {image.id: image for image in self.images}
+
+    def has_image(self, image_id: int) -> bool:
+        return image_id in self._by_id
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def load_annotations(path: str | os.PathLike[str]) -> CocoDataset:
+    """Read and check the COCO annotation file at ``path``; :class:`AnnotationError` lists every problem."""
+    shown = os.fspath(path)
+    try:
+        raw = fsutil.read_regular(path, MAX_ANNOTATION_BYTES, follow_links=True)
+    except FileNotFoundError:
+        raise UsageError(f"annotation file {shown} does not exist", hint="check --annotations FILE") from None
+    except ValueError:
+        raise AnnotationError(shown, [f"larger than {MAX_ANNOTATION_BYTES >> 20} MiB"], hint=_HINT) from None
+    except OSError as exc:
+        raise UsageError(f"cannot read annotation file {shown}: {exc.strerror or exc}",
+                         hint="check --annotations FILE") from None
+    try:
+        document = json.loads(raw)
+    except UnicodeDecodeError as exc:
+        raise AnnotationError(shown, [f"not UTF-8 text (byte {exc.start})"], hint=_HINT) from None
+    except json.JSONDecodeError as exc:
+        raise AnnotationError(shown, [f"line {exc.lineno}, column {exc.colno}: not JSON: {exc.msg}"],
+                              hint=_HINT) from None
+    return check_annotations(document, shown, hashlib.sha256(raw).hexdigest())
+
+
+def check_annotations(document: Any, path: str = "<annotations>", sha256: str = "") -> CocoDataset:
+    """Check an already parsed COCO annotation document (what :func:`load_annotations` does after reading)."""
+    problems: list[str] = []
+    if not isinstance(document, dict):
+        raise AnnotationError(path, [f"top level: expected a JSON object with images, annotations and categories, "
+                                     f"found {type(document).__name__}"], hint=_HINT)
+    sections = {}
+    for key in ("images", "annotations", "categories"):
+        value = document.get(key)
+        if not isinstance(value, list):
+            found = "nothing" if value is None else type(value).__name__
+            problems.append(f"{key}: expected a list, found {found}")
+            value = []
+        sections[key] = value
+    categories = _check_categories(sections["categories"], problems)
+    images = _check_images(sections["images"], problems)
+    annotations = _check_annotations(sections["annotations"], {i.id for i in images}, categories, problems)
+    if problems:
+        raise AnnotationError(path, problems, hint=_HINT)
+    data = {**document, "annotations": annotations}
+    known = set(COCO_CATEGORY_IDS)
+    return CocoDataset(path=path, sha256=sha256, images=tuple(images), categories=categories,
+                       annotation_count=len(annotations),
+                       unknown_categories=tuple(sorted(c for c in categories if c not in known)), data=data)
+
+
+def _check_categories(items: Sequence[Any], problems: list[str]) -> dict[int, str]:
+    categories: dict[int, str] = {}
+    for index, item in enumerate(items):
+        where = f"categories[{index}]"
+        if not isinstance(item, dict):
+            problems.append(f"{where}: expected an object, found {type(item).__name__}")
+            continue
+        category_id, name = item.get("id"), item.get("name", "")
+        if not _is_int(category_id):
+            problems.append(f"{where}.id: expected an integer, found {category_id!r}")
+        elif category_id in categories:
+            problems.append(f"{where}.id: {category_id} is listed twice")
+        else:
+            categories[category_id] = str(name)
+    return categories
+
+
+def _check_images(items: Sequence[Any], problems: list[str]) -> list[EvalImage]:
+    images: list[EvalImage] = []
+    seen: set[int] = set()
+    for index, item in enumerate(items):
+        where = f"images[{index}]"
+        if not isinstance(item, dict):
+            problems.append(f"{where}: expected an object, found {type(item).__name__}")
+            continue
+        image_id, name = item.get("id"), item.get("file_name")
+        ok = True
+        if not _is_int(image_id):
+            problems.append(f"{where}.id: expected an integer, found {image_id!r}")
+            ok = False
+        elif image_id in seen:
+            problems.append(f"{where}.id: {image_id} is listed twice")
+            ok = False
+        if not isinstance(name, str) or not name:
+            problems.append(f"{where}.file_name: expected a file name, found {name!r}")
+            ok = False
+        elif PurePosixPath(name).is_absolute() or ".." in PurePosixPath(name).parts or "\\" in name:
+            problems.append(f"{where}.file_name: {name!r} must be a relative path inside the images folder")
+            ok = False
+        sizes = []
+        for key in ("width", "height"):
+            value = item.get(key)
+            if value is not None and not (_is_int(value) and value > 0):
+                problems.append(f"{where}.{key}: expected a positive integer, found {value!r}")
+                ok = False
+            sizes.append(value)
+        if ok:
+            seen.add(image_id)
+            images.append(EvalImage(image_id, name, sizes[0], sizes[1], index))
+    return images
+
+
+def _check_annotations(items: Sequence[Any], image_ids: set[int], categories: Mapping[int, str],
+                       problems: list[str]) -> list[dict[str, Any]]:
+    annotations: list[dict[str, Any]] = []
+    seen: set[int] = set()
+    for index, item in enumerate(items):
+        where = f"annotations[{index}]"
+        if not isinstance(item, dict):
+            problems.append(f"{where}: expected an object, found {type(item).__name__}")
+            continue
+        before = len(problems)
+        annotation_id = item.get("id")
+        if not _is_int(annotation_id):
+            problems.append(f"{where}.id: expected an integer, found {annotation_id!r}")
+        elif annotation_id in seen:
+            problems.append(f"{where}.id: {annotation_id} is listed twice")
+        else:
+            seen.add(annotation_id)
+        image_id, category_id = item.get("image_id"), item.get("category_id")
+        if not _is_int(image_id) or image_id not in image_ids:
+            problems.append(f"{where}.image_id: {image_id!r} is not the id of an entry in images")
+        if not _is_int(category_id) or category_id not in categories:
+            problems.append(f"{where}.category_id: {category_id!r} is not the id of an entry in categories")
+        bbox = item.get("bbox")
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
+            problems.append(f"{where}.bbox: expected [x, y, width, height] (four finite numbers), found {bbox!r}")
+        elif bbox[2] < 0 or bbox[3] < 0:
+            problems.append(f"{where}.bbox: width and height must not be negative, found {bbox!r}")
+        crowd = item.get("iscrowd", 0)
+        if crowd not in (0, 1) or isinstance(crowd, float):
+            problems.append(f"{where}.iscrowd: expected 0 or 1, found {crowd!r}")
+        area = item.get("area")
+        if area is not None and not (_is_number(area) and area >= 0):
+            problems.append(f"{where}.area: expected a number of at least 0, found {area!r}")
+        if len(problems) == before:
+            filled = dict(item)
+            filled.setdefault("iscrowd", 0)
+            filled.setdefault("area", float(bbox[2]) * float(bbox[3]))
+            annotations.append(filled)
+    return annotations
+
+
+def image_path(images_dir: Path, image: EvalImage) -> Path:
+    """Where ``image`` is expected: its ``file_name`` below the images folder."""
+    return images_dir / Path(*PurePosixPath(image.file_name).parts)

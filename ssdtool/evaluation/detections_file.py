@@ -1,0 +1,74 @@
+"""An existing COCO results file (``detect --format coco`` output, or another tool's), checked record by record."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from typing import Any
+
+from ssdtool import fsutil
+from ssdtool.errors import AnnotationError, UsageError
+from ssdtool.evaluation.dataset import CocoDataset
+
+log = logging.getLogger("ssdtool.evaluation")
+
+MAX_RESULTS_BYTES = 4 << 30
+_HINT = ("pass a COCO results file: a JSON list of {image_id, category_id, bbox: [x, y, w, h], score}, such as "
+         "'ssdtool detect --format coco' writes")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def read_detections_file(path: str | os.PathLike[str], dataset: CocoDataset) -> tuple[list[dict[str, Any]], int]:
+    """The records of the COCO results file at ``path`` and how many were dropped because their category is not
+    one of the annotation file's (reported; COCOeval would ignore them too). Records naming an image that is not in
+    the annotation file, or malformed ones, are :class:`AnnotationError` problems with their index."""
+    shown = os.fspath(path)
+    try:
+        raw = fsutil.read_regular(path, MAX_RESULTS_BYTES, follow_links=True)
+    except FileNotFoundError:
+        raise UsageError(f"detections file {shown} does not exist", hint="check --detections FILE") from None
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read detections file {shown}: {exc}", hint="check --detections FILE") from None
+    try:
+        records = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AnnotationError(shown, [f"not JSON: {exc}"], hint=_HINT) from None
+    if not isinstance(records, list):
+        raise AnnotationError(shown, [f"top level: expected a JSON list of results, found {type(records).__name__}"],
+                              hint=_HINT)
+    problems: list[str] = []
+    kept: list[dict[str, Any]] = []
+    unknown: dict[Any, int] = {}
+    for index, record in enumerate(records):
+        where = f"[{index}]"
+        if not isinstance(record, dict):
+            problems.append(f"{where}: expected an object, found {type(record).__name__}")
+            continue
+        image_id, category_id = record.get("image_id"), record.get("category_id")
+        bbox, score = record.get("bbox"), record.get("score")
+        before = len(problems)
+        if not isinstance(image_id, int) or isinstance(image_id, bool) or not dataset.has_image(image_id):
+            problems.append(f"{where}.image_id: {image_id!r} is not the id of an image in {dataset.path}")
+        if not isinstance(category_id, int) or isinstance(category_id, bool):
+            problems.append(f"{where}.category_id: expected an integer, found {category_id!r}")
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_number(v) for v in bbox)):
+            problems.append(f"{where}.bbox: expected [x, y, width, height] (four finite numbers), found {bbox!r}")
+        if not _number(score):
+            problems.append(f"{where}.score: expected a finite number, found {score!r}")
+        if len(problems) > before:
+            continue
+        if category_id not in dataset.categories:
+            unknown[category_id] = unknown.get(category_id, 0) + 1
+            continue
+        kept.append({"image_id": image_id, "category_id": category_id, "bbox": bbox, "score": score})
+    if problems:
+        raise AnnotationError(shown, problems, hint=_HINT)
+    if unknown:
+        log.warning("%s: %d detections name categories that are not in %s (%s); they are not scored", shown,
+                    sum(unknown.values()), dataset.path, ", ".join(f"{c} ({n})" for c, n in sorted(unknown.items())))
+    return kept, sum(unknown.values())

@@ -1,0 +1,157 @@
+"""A model run for :func:`ssdtool.evaluation.evaluate`: engines for the configurations, the results file and
+resume, then the scores, read back from that file."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ssdtool.cache import Cache
+from ssdtool.errors import UsageError
+from ssdtool.evaluation.configurations import Configuration
+from ssdtool.evaluation.dataset import CocoDataset, EvalImage, image_path
+from ssdtool.evaluation.metrics import evaluate_detections
+from ssdtool.evaluation.references import references_for
+from ssdtool.evaluation.report import EvalReport, RunResult
+from ssdtool.evaluation.results import ResultsFile
+from ssdtool.evaluation.runner import ConfigurationRun, EvalProgress, Runner
+from ssdtool.registry import ModelEntry, Registry
+
+log = logging.getLogger("ssdtool.evaluation")
+
+
+@dataclass(frozen=True)
+class ModelRun:
+    """Everything a model run needs besides the dataset: one record instead of a long signature."""
+
+    entry: ModelEntry
+    registry: Registry
+    cache: Cache
+    configurations: Sequence[Configuration]
+    device: str
+    offline: bool | None
+    resume: bool
+    results: Path | None
+    checkpoint_every: int
+    workers: int | None
+    max_pixels: int | None
+    progress: Callable[[EvalProgress], None] | None
+    download_progress: Callable[[Any], None] | None
+
+
+def run_model(dataset: CocoDataset, gt: Any, selected: list[EvalImage], images_dir: Path, options: ModelRun,
+              common: Mapping[str, Any]) -> EvalReport:
+    """Run ``options.configurations`` over the ``selected`` images found in ``images_dir`` and score them."""
+    from ssdtool.detect import Detector
+
+    if not images_dir.is_dir():
+        raise UsageError(f"images folder {images_dir} does not exist or is not a folder",
+                         hint="pass --images DIR, the folder the annotation file's file_name entries are in")
+    present, missing = [], []
+    for image in selected:
+        (present if os.path.exists(image_path(images_dir, image)) else missing).append(image)
+    if missing:
+        log.warning("%d of %d images listed in %s are not in %s; they are skipped", len(missing), len(selected),
+                    dataset.path, images_dir)
+    runs: list[ConfigurationRun] = []
+    try:
+        for configuration in options.configurations:
+            detector = Detector(options.entry, configuration.backend, precision=configuration.precision,
+                                inference_precision=configuration.inference_precision, device=options.device,
+                                threshold=0.0, cache_dir=options.cache, registry=options.registry,
+                                offline=options.offline, performance="throughput", workers=options.workers,
+                                max_pixels=options.max_pixels, progress=options.download_progress)
+            runs.append(ConfigurationRun(configuration, detector, detector.run_info("throughput")))
+        key = _run_key(dataset, images_dir, present, runs)
+        results_path = options.results or _default_results(options.cache, key)
+        store = ResultsFile(results_path, key)
+        earlier = store.resume() if options.resume else None
+        done = 0
+        if earlier is None:
+            if options.resume:
+                log.warning("nothing to resume at %s; starting from the first image", results_path)
+            store.start()
+        else:
+            done = earlier.images
+            for run, seconds in zip(runs, earlier.seconds, strict=False):
+                run.seconds = seconds
+            log.info("resuming after %d of %d images", done, len(present))
+        runner = Runner(runs, images_dir, store, workers=runs[0].detector.workers, max_pixels=options.max_pixels,
+                        checkpoint_every=options.checkpoint_every, progress=options.progress)
+        try:
+            runner.run(present[done:], done, len(present))
+        except BaseException:
+            log.warning("stopped before the last image; what ran is checkpointed in %s, and a rerun with "
+                        "resume (--resume) continues from there", results_path)
+            raise
+        finally:
+            store.close()
+    finally:
+        for run in runs:
+            run.detector.close()
+    return _report(dataset, gt, present, missing, store, runs, common, images_dir=str(images_dir),
+                   progress=options.progress)
+
+
+def _coco_records(store: ResultsFile, k: int) -> list[dict[str, Any]]:
+    """Configuration ``k``'s detections as COCO results records, read back from the results file."""
+    return [{"image_id": r.image_id, "category_id": int(d[0]), "bbox": d[2:6], "score": d[1]}
+            for r in store.records() if r.error is None for d in r.detections[k]]
+
+
+def _report(dataset: CocoDataset, gt: Any, present: list[EvalImage], missing: list[EvalImage], store: ResultsFile,
+            runs: list[ConfigurationRun], common: Mapping[str, Any], images_dir: str,
+            progress: Callable[[EvalProgress], None] | None = None) -> EvalReport:
+    """Metrics from the results file, so a resumed run and an uninterrupted one score the very same records; the
+    run itself keeps no detections in memory, and each configuration's are read only while it is scored."""
+    failed, evaluated, mismatches = [], [], []
+    for image, record in zip(present, store.records(), strict=True):
+        if record.error is not None:
+            failed.append((image.file_name, record.error))
+            continue
+        evaluated.append(record.image_id)
+        if image.width is not None and (record.width, record.height) != (image.width, image.height):
+            mismatches.append(image.file_name)
+    outcomes: list[RunResult] = []
+    for k, run in enumerate(runs):
+        if progress is not None:  # COCOeval takes a minute or more on val2017: say so
+            progress(EvalProgress("score", k, len(runs)))
+        metrics = evaluate_detections(dataset, _coco_records(store, k), evaluated, gt)
+        ap = metrics.stats["AP"]
+        base = outcomes[0].metrics.stats["AP"] if outcomes else ap
+        info = run.run_info
+        outcomes.append(RunResult(
+            run.configuration.label, info.model, info.backend, info.precision, info.inference_precision,
+            info.inference_precision_requested, info.device, metrics,
+            len(evaluated) / run.seconds if run.seconds > 0 else None, run.seconds,
+            None if ap is None or base is None else ap - base, functools.partial(_coco_records, store, k)))
+    if progress is not None:
+        progress(EvalProgress("score", len(runs), len(runs)))
+    sha = runs[0].detector.entry.primary_file.sha256
+    return EvalReport(images_dir=images_dir, source="model", runs=outcomes, images_evaluated=len(evaluated),
+                      missing=[image.file_name for image in missing], failed=failed, size_mismatches=mismatches,
+                      dropped_detections=0, references=references_for(sha, outcomes[0].metrics.stats["AP"]),
+                      results_file=str(store.path), **common)
+
+
+def _run_key(dataset: CocoDataset, images_dir: Path, present: list[EvalImage], runs: list[ConfigurationRun]
+             ) -> dict[str, Any]:
+    positions = hashlib.sha256(json.dumps([image.position for image in present]).encode()).hexdigest()
+    return {"annotations_sha256": dataset.sha256, "images_dir": str(images_dir.absolute()),
+            "images": positions, "count": len(present),
+            "configurations": [{"label": r.configuration.label, "model": r.run_info.model,
+                                "model_path": r.run_info.model_path,
+                                "inference_precision": r.run_info.inference_precision} for r in runs]}
+
+
+def _default_results(cache: Cache, key: Mapping[str, Any]) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    folder = cache.make_folder(cache.root / "eval")
+    return folder / f"{digest}.jsonl"
