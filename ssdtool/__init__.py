@@ -17,8 +17,8 @@ if TYPE_CHECKING:
     from ssdtool.detect import Detector, RunInfo
     from ssdtool.detections import Detection, ImageResult, postprocess, postprocess_heads
     from ssdtool.errors import ImageError
-    from ssdtool.export import ExportOptions, ExportResult, export_model
     from ssdtool.evaluation import EvalReport, evaluate
+    from ssdtool.export import ExportOptions, ExportResult, export_model
     from ssdtool.imaging import load_image, preprocess
     from ssdtool.inputs import find_images
     from ssdtool.loadgen import LoadGenOptions, LoadGenReport, SettingsOverrides, run_loadgen
@@ -38,10 +38,10 @@ _LAZY = {
     "evaluate": "ssdtool.evaluation", "EvalReport": "ssdtool.evaluation",
 }
 
-__all__ = ["Detection", "Detector", "EvalReport", "ExportOptions", "ExportResult", "ImageError", "ImageResult", "LoadGenOptions",
-           "LoadGenReport", "RemoteEngine", "RunInfo", "ServeOptions", "ServerTarget", "SettingsOverrides",
-           "__version__", "evaluate", "export_model", "find_images", "load_image", "postprocess", "postprocess_heads",
-           "preprocess", "run_loadgen", "start_server"]
+__all__ = ["Detection", "Detector", "EvalReport", "ExportOptions", "ExportResult", "ImageError", "ImageResult",
+           "LoadGenOptions", "LoadGenReport", "RemoteEngine", "RunInfo", "ServeOptions", "ServerTarget",
+           "SettingsOverrides", "__version__", "evaluate", "export_model", "find_images", "load_image", "postprocess",
+           "postprocess_heads", "preprocess", "run_loadgen", "start_server"]
 
 
 def __getattr__(name: str) -> Any:
