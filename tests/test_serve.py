@@ -369,3 +369,27 @@ def test_serve_warns_before_listening_beyond_this_machine(world: World, monkeypa
     monkeypatch.setitem(sys.modules, "kserve", None)  # stop right after the warning, before any socket is bound
     result = CliRunner().invoke(cli, world.args("serve", "tiny", "--host", "0.0.0.0", "--port", "0", "--offline"))
     assert "anyone who can reach this machine" in result.output and result.exit_code == 23
+
+
+def test_eval_with_server_equals_local_eval(world: World, server: ServeProcess, tmp_path: Path) -> None:
+    """The scale-out path: eval sends only inference to the server; detections and metrics equal a local run."""
+    from ssdtool.synthetic.dataset import write_dataset
+
+    annotations, images = write_dataset(tmp_path / "dataset", count=4, seed=3)
+    common = ["eval", "tiny", "--annotations", str(annotations), "--images", str(images), "--json",
+              "--progress", "none"]
+    local = CliRunner().invoke(cli, world.args(*common, "--inference-precision", "f32", "--offline",
+                                               "--save-detections", str(tmp_path / "local.json")))
+    remote = CliRunner().invoke(cli, world.args(*common, "--server", server.url, "--concurrency", "3",
+                                                "--save-detections", str(tmp_path / "remote.json")))
+    assert local.exit_code == 0, local.output
+    assert remote.exit_code == 0, remote.output
+    local_detections = json.loads((tmp_path / "local.json").read_text())
+    assert len(local_detections) > 20
+    assert json.loads((tmp_path / "remote.json").read_text()) == local_detections
+    local_report, remote_report = json.loads(local.stdout), json.loads(remote.stdout)
+    assert remote_report["metrics"] == local_report["metrics"]
+    assert remote_report["backend"] == "remote" and remote_report["device"] == server.url
+    assert remote_report["inference_precision"] == "f32"  # what the server reported
+    refused = CliRunner().invoke(cli, world.args(*common, "--server", server.url, "--compare", "FP32,onnxruntime"))
+    assert refused.exit_code == 2 and "--compare runs several local configurations" in refused.output

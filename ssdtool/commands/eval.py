@@ -12,7 +12,15 @@ import click
 
 from ssdtool.commands.common import app_context, echo_json, format_table, printable, want_json
 from ssdtool.commands.detect import DEFAULT_MAX_PIXELS, allow_pixels
-from ssdtool.commands.options import engine_options, json_option, model_argument, offline_option, progress_option
+from ssdtool.commands.options import (
+    engine_options,
+    json_option,
+    model_argument,
+    offline_option,
+    progress_option,
+    server_options,
+    server_target,
+)
 from ssdtool.commands.progress import app_download_progress, phase_progress
 from ssdtool.errors import InputError
 
@@ -133,6 +141,7 @@ def _save(outputs: list[Any], runs: list[Any]) -> None:
 @click.option("--workers", type=click.IntRange(1, 64), metavar="N",
               help="Threads decoding images ahead of inference [default: cores, at most 4].")
 @offline_option("Never use the network: the model must already be downloaded.")
+@server_options
 @progress_option
 @json_option("Print the report as JSON on stdout.")
 @click.pass_context
@@ -141,7 +150,8 @@ def eval_command(ctx: click.Context, name: str | None, annotations: str, images_
                  detections: str | None, mlperf_log: str | None, per_class: bool, limit: int | None,
                  sample: int | None, seed: int, save_detections: str | None, results_path: str | None, resume: bool,
                  checkpoint_every: int, strict: bool, max_pixels: int, workers: int | None, offline: bool,
-                 progress_mode: str, as_json: bool) -> None:
+                 server_url: str | None, server_model: str | None, concurrency: int | None, wire_protocol: str,
+                 server_timeout: float, server_retries: int, progress_mode: str, as_json: bool) -> None:
     """COCO accuracy (COCOeval bbox) of NAME (default model) on the images of a COCO annotation file.
 
     Every detection the model outputs is kept (no score threshold; padded rows dropped). Prints the twelve
@@ -153,6 +163,7 @@ def eval_command(ctx: click.Context, name: str | None, annotations: str, images_
       ssdtool eval --annotations ann.json --images val2017/ --compare FP32:f32,FP32:bf16,INT8,onnxruntime
       ssdtool eval --annotations ann.json --detections detections.json
       ssdtool eval --annotations ann.json --images val2017/ --resume
+      ssdtool eval --annotations ann.json --images val2017/ --server http://fleet:8080 --concurrency 16
     """
     from ssdtool.evaluation import evaluate
     from ssdtool.evaluation.configurations import parse_configurations
@@ -171,7 +182,9 @@ def eval_command(ctx: click.Context, name: str | None, annotations: str, images_
                           mlperf_log=mlperf_log, limit=limit, sample=sample, seed=seed, resume=resume,
                           results=results_path, checkpoint_every=checkpoint_every, workers=workers,
                           max_pixels=max_pixels, cache_dir=app.cache(), registry=app.registry(), offline=offline,
-                          progress=progress, download_progress=app_download_progress(app, progress_mode))
+                          progress=progress, download_progress=app_download_progress(app, progress_mode),
+                          server=server_target(server_url, server_model, concurrency, wire_protocol, server_timeout,
+                                               server_retries))
         if outputs:
             _save(outputs, report.runs)
     finally:

@@ -20,6 +20,7 @@ from ssdtool.evaluation.report import EvalReport, RunResult
 from ssdtool.evaluation.runner import EvalProgress
 from ssdtool.imaging import DEFAULT_MAX_PIXELS
 from ssdtool.registry import ModelEntry, Registry, load_registry
+from ssdtool.serving.protocol import ServerTarget
 
 log = logging.getLogger("ssdtool.evaluation")
 
@@ -55,12 +56,15 @@ def evaluate(annotations: str | os.PathLike[str], images: str | os.PathLike[str]
              cache_dir: str | os.PathLike[str] | Cache | None = None,
              registry: str | os.PathLike[str] | Registry | None = None, offline: bool | None = None,
              progress: Callable[[EvalProgress], None] | None = None,
-             download_progress: Callable[[Any], None] | None = None) -> EvalReport:
+             download_progress: Callable[[Any], None] | None = None,
+             server: ServerTarget | None = None) -> EvalReport:
     """Evaluate on the COCO annotation file ``annotations``; see docs/eval.md and docs/python-api.md.
 
     Three sources of detections: a model run over the images folder ``images`` (one configuration from
     ``backend``/``precision``/``inference_precision``, or several from ``compare``), an existing COCO results file
-    ``detections``, or an MLPerf accuracy log ``mlperf_log``. ``progress`` receives :class:`EvalProgress` events.
+    ``detections``, or an MLPerf accuracy log ``mlperf_log``. ``server``: the model runs on that Open Inference
+    Protocol server (precision and device are the server's; images are decoded and scored here).
+    ``progress`` receives :class:`EvalProgress` events.
     Missing images are skipped and listed in the report; the caller decides whether that is an error.
     """
     given = [name for name, value in (("--images", images), ("--detections", detections),
@@ -71,6 +75,9 @@ def evaluate(annotations: str | os.PathLike[str], images: str | os.PathLike[str]
     if not given:
         raise UsageError("nothing to evaluate: no images folder, detections file or MLPerf log",
                          hint="pass --images DIR (or --detections FILE, or --mlperf-log FILE)")
+    if server is not None and compare is not None:
+        raise UsageError("--compare runs several local configurations; with --server the server has chosen its one",
+                         hint="drop --compare, or drop --server to compare configurations here")
     if checkpoint_every < 1:
         raise UsageError(f"checkpoint_every must be at least 1, got {checkpoint_every}")
     dataset = load_annotations(annotations)
@@ -112,7 +119,7 @@ def evaluate(annotations: str | os.PathLike[str], images: str | os.PathLike[str]
         configurations=_configurations(compare, backend, precision, inference_precision), device=device,
         offline=offline, resume=resume, results=Path(results) if results is not None else None,
         checkpoint_every=checkpoint_every, workers=workers, max_pixels=max_pixels, progress=progress,
-        download_progress=download_progress)
+        download_progress=download_progress, server=server)
     return run_model(dataset, gt, selected, Path(images), options, common)
 
 

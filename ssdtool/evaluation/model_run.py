@@ -23,6 +23,7 @@ from ssdtool.evaluation.report import EvalReport, RunResult
 from ssdtool.evaluation.results import ResultsFile
 from ssdtool.evaluation.runner import ConfigurationRun, EvalProgress, Runner
 from ssdtool.registry import ModelEntry, Registry
+from ssdtool.serving.protocol import ServerTarget
 
 log = logging.getLogger("ssdtool.evaluation")
 
@@ -44,6 +45,7 @@ class ModelRun:
     max_pixels: int | None
     progress: Callable[[EvalProgress], None] | None
     download_progress: Callable[[Any], None] | None
+    server: ServerTarget | None = None
 
 
 def run_model(dataset: CocoDataset, gt: Any, selected: list[EvalImage], images_dir: Path, options: ModelRun,
@@ -67,7 +69,8 @@ def run_model(dataset: CocoDataset, gt: Any, selected: list[EvalImage], images_d
                                 inference_precision=configuration.inference_precision, device=options.device,
                                 threshold=0.0, cache_dir=options.cache, registry=options.registry,
                                 offline=options.offline, performance="throughput", workers=options.workers,
-                                max_pixels=options.max_pixels, progress=options.download_progress)
+                                max_pixels=options.max_pixels, progress=options.download_progress,
+                                server=options.server)
             runs.append(ConfigurationRun(configuration, detector, detector.run_info("throughput")))
         key = _run_key(dataset, images_dir, present, runs)
         results_path = options.results or _default_results(options.cache, key)
@@ -87,6 +90,8 @@ def run_model(dataset: CocoDataset, gt: Any, selected: list[EvalImage], images_d
                         checkpoint_every=options.checkpoint_every, progress=options.progress)
         try:
             runner.run(present[done:], done, len(present))
+            for run in runs:  # read back again: a server reports its precision with its answers
+                run.run_info = run.detector.run_info("throughput")
         except BaseException:
             log.warning("stopped before the last image; what ran is checkpointed in %s, and a rerun with "
                         "resume (--resume) continues from there", results_path)
@@ -147,7 +152,8 @@ def _run_key(dataset: CocoDataset, images_dir: Path, present: list[EvalImage], r
     return {"annotations_sha256": dataset.sha256, "images_dir": str(images_dir.absolute()),
             "images": positions, "count": len(present),
             "configurations": [{"label": r.configuration.label, "model": r.run_info.model,
-                                "model_path": r.run_info.model_path,
+                                "model_path": r.run_info.model_path, "backend": r.run_info.backend,
+                                "device": r.run_info.device,  # a server's URL: its results are its own
                                 "inference_precision": r.run_info.inference_precision} for r in runs]}
 
 

@@ -34,17 +34,3 @@ def response_records(outputs: Mapping[str, np.ndarray], entry: ModelEntry, form:
     records[:, 5] = found.scores[keep]
     records[:, 6] = found.labels[keep]
     return records
-
-
-def decode_accuracy_log(entries: list[dict[str, object]]) -> dict[int, np.ndarray]:
-    """``mlperf_log_accuracy.json`` (parsed) -> ``{qsl_idx: [N, 7] records}``, read as ``accuracy-coco.py`` reads
-    it: each entry's ``data`` is a hex string of float32 values in groups of seven; an index seen twice keeps its
-    first entry (LoadGen may log a sample more than once)."""
-    decoded: dict[int, np.ndarray] = {}
-    for entry in entries:
-        index = int(entry["qsl_idx"])  # type: ignore[call-overload]
-        if index in decoded:
-            continue
-        data = np.frombuffer(bytes.fromhex(str(entry["data"])), np.float32)
-        decoded[index] = data.reshape(-1, len(RECORD_FIELDS))
-    return decoded
