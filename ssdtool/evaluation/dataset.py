@@ -72,26 +72,33 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def load_annotations(path: str | os.PathLike[str]) -> CocoDataset:
-    """Read and check the COCO annotation file at ``path``; :class:`AnnotationError` lists every problem."""
+def read_json_file(path: str | os.PathLike[str], max_bytes: int, what: str, flag: str, hint: str
+                   ) -> tuple[Any, bytes]:
+    """The parsed JSON document at ``path`` (a regular file of at most ``max_bytes``) and its bytes: the one reader
+    of eval's inputs (annotations, a results file, an MLPerf log). A missing or unreadable file is a usage error
+    naming ``flag``; too large, not UTF-8 or not JSON is an :class:`AnnotationError` with the line and column."""
     shown = os.fspath(path)
     try:
-        raw = fsutil.read_regular(path, MAX_ANNOTATION_BYTES, follow_links=True)
+        raw = fsutil.read_regular(path, max_bytes, follow_links=True)
     except FileNotFoundError:
-        raise UsageError(f"annotation file {shown} does not exist", hint="check --annotations FILE") from None
+        raise UsageError(f"{what} {shown} does not exist", hint=f"check {flag} FILE") from None
     except ValueError:
-        raise AnnotationError(shown, [f"larger than {MAX_ANNOTATION_BYTES >> 20} MiB"], hint=_HINT) from None
+        raise AnnotationError(shown, [f"larger than {max_bytes >> 20} MiB"], hint=hint) from None
     except OSError as exc:
-        raise UsageError(f"cannot read annotation file {shown}: {exc.strerror or exc}",
-                         hint="check --annotations FILE") from None
+        raise UsageError(f"cannot read {what} {shown}: {exc.strerror or exc}", hint=f"check {flag} FILE") from None
     try:
-        document = json.loads(raw)
+        return json.loads(raw), raw
     except UnicodeDecodeError as exc:
-        raise AnnotationError(shown, [f"not UTF-8 text (byte {exc.start})"], hint=_HINT) from None
+        raise AnnotationError(shown, [f"not UTF-8 text (byte {exc.start})"], hint=hint) from None
     except json.JSONDecodeError as exc:
         raise AnnotationError(shown, [f"line {exc.lineno}, column {exc.colno}: not JSON: {exc.msg}"],
-                              hint=_HINT) from None
-    return check_annotations(document, shown, hashlib.sha256(raw).hexdigest())
+                              hint=hint) from None
+
+
+def load_annotations(path: str | os.PathLike[str]) -> CocoDataset:
+    """Read and check the COCO annotation file at ``path``; :class:`AnnotationError` lists every problem."""
+    document, raw = read_json_file(path, MAX_ANNOTATION_BYTES, "annotation file", "--annotations", _HINT)
+    return check_annotations(document, os.fspath(path), hashlib.sha256(raw).hexdigest())
 
 
 def check_annotations(document: Any, path: str = "<annotations>", sha256: str = "") -> CocoDataset:

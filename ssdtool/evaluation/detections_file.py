@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 from typing import Any
 
-from ssdtool import fsutil
-from ssdtool.errors import AnnotationError, UsageError
-from ssdtool.evaluation.dataset import CocoDataset
+from ssdtool.errors import AnnotationError
+from ssdtool.evaluation.dataset import CocoDataset, read_json_file
 
 log = logging.getLogger("ssdtool.evaluation")
 
@@ -28,16 +26,7 @@ def read_detections_file(path: str | os.PathLike[str], dataset: CocoDataset) -> 
     one of the annotation file's (reported; COCOeval would ignore them too). Records naming an image that is not in
     the annotation file, or malformed ones, are :class:`AnnotationError` problems with their index."""
     shown = os.fspath(path)
-    try:
-        raw = fsutil.read_regular(path, MAX_RESULTS_BYTES, follow_links=True)
-    except FileNotFoundError:
-        raise UsageError(f"detections file {shown} does not exist", hint="check --detections FILE") from None
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"cannot read detections file {shown}: {exc}", hint="check --detections FILE") from None
-    try:
-        records = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise AnnotationError(shown, [f"not JSON: {exc}"], hint=_HINT) from None
+    records, _ = read_json_file(path, MAX_RESULTS_BYTES, "detections file", "--detections", _HINT)
     if not isinstance(records, list):
         raise AnnotationError(shown, [f"top level: expected a JSON list of results, found {type(records).__name__}"],
                               hint=_HINT)

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 
 from ssdtool import fsutil
-from ssdtool.errors import AnnotationError, UsageError
-from ssdtool.evaluation.dataset import CocoDataset
+from ssdtool.errors import AnnotationError
+from ssdtool.evaluation.dataset import CocoDataset, read_json_file
 from ssdtool.labels import COCO_CATEGORY_IDS
 
 #: Largest accuracy log read (5,000 images at 200 detections: about 60 MB of hex).
@@ -49,16 +49,7 @@ def read_accuracy_log(path: str | os.PathLike[str], dataset: CocoDataset) -> Acc
     """Read the LoadGen accuracy log at ``path`` against ``dataset``; :class:`AnnotationError` lists every
     malformed record."""
     shown = os.fspath(path)
-    try:
-        raw = fsutil.read_regular(path, MAX_LOG_BYTES, follow_links=True)
-    except FileNotFoundError:
-        raise UsageError(f"MLPerf accuracy log {shown} does not exist", hint="check --mlperf-log FILE") from None
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"cannot read MLPerf accuracy log {shown}: {exc}", hint="check --mlperf-log FILE") from None
-    try:
-        records = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise AnnotationError(shown, [f"not JSON: {exc}"], hint=_HINT) from None
+    records, _ = read_json_file(path, MAX_LOG_BYTES, "MLPerf accuracy log", "--mlperf-log", _HINT)
     return accuracy_detections(records, dataset, shown)
 
 
