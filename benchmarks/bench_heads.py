@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, WORK, median
+from common import ROOT, ensure_twin, median
 
 sys.path.insert(0, str(ROOT))
 
@@ -36,15 +35,7 @@ HEADS_URL = "synthetic:ssd-resnet34?seed=0&outputs=heads"
 
 def ensure_heads_twin() -> Path:
     """The full heads twin under benchmarks/_work/ (built once; ~4 s)."""
-    from ssdtool import synthetic
-
-    WORK.mkdir(parents=True, exist_ok=True)
-    path = WORK / "resnet34-ssd1200-synthetic-heads.onnx"
-    if not path.exists():
-        temporary = path.with_suffix(".tmp")
-        synthetic.build_to_path(HEADS_URL, temporary)
-        os.replace(temporary, path)
-    return path
+    return ensure_twin(HEADS_URL, "resnet34-ssd1200-synthetic-heads.onnx")
 
 
 def _timed(function: Callable[[], Any], repeats: int) -> float:

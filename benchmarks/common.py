@@ -116,13 +116,18 @@ def machine_description() -> dict[str, str]:
 
 def ensure_full_twin() -> Path:
     """The full synthetic twin under benchmarks/_work/ (built once; ~3 s)."""
+    return ensure_twin(FULL_TWIN_URL, "resnet34-ssd1200-synthetic.onnx")
+
+
+def ensure_twin(url: str, name: str) -> Path:
+    """The synthetic twin of ``url`` under benchmarks/_work/``name``, built once (to a temporary name first)."""
     from ssdtool import synthetic
 
     WORK.mkdir(parents=True, exist_ok=True)
-    path = WORK / "resnet34-ssd1200-synthetic.onnx"
+    path = WORK / name
     if not path.exists():
         temporary = path.with_suffix(".tmp")
-        synthetic.build_to_path(FULL_TWIN_URL, temporary)
+        synthetic.build_to_path(url, temporary)
         os.replace(temporary, path)
     return path
 
