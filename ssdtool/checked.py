@@ -1,0 +1,87 @@
+"""The one place where numbers and JSON from outside are checked: every reader of numbers (annotations, detections
+files, MLPerf logs, registry fields, server answers, ssdtool's own records) asks here.
+
+Python's ``json`` module accepts ``NaN``, ``Infinity`` and ``-Infinity`` (none of them JSON), turns ``1e400`` into
+``inf``, and raises ``RecursionError`` on a deeply nested document. :func:`loads` refuses all three with a
+:class:`JsonValueError` (a ``ValueError``) that says where, so each reader maps it to its own typed error once.
+Imports nothing heavy (numpy only inside :func:`all_finite`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+
+class JsonValueError(ValueError):
+    """A document that is not strict, finite, bounded JSON. ``line`` and ``column`` are 1-based where known."""
+
+    def __init__(self, message: str, line: int | None = None, column: int | None = None) -> None:
+        self.reason = message
+        self.line = line
+        self.column = column
+        where = f"line {line}, column {column}: " if line is not None else ""
+        super().__init__(where + message)
+
+
+def is_int(value: Any) -> bool:
+    """An ``int`` and not a ``bool`` (JSON's ``true`` is an int in Python)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_finite_number(value: Any) -> bool:
+    """A finite ``int`` or ``float``, not a ``bool``: the one check every reader of numbers applies."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def all_finite(array: Any) -> bool:
+    """Every element of a numeric numpy array is finite (integer arrays always are)."""
+    import numpy as np
+
+    values = np.asarray(array)
+    if not np.issubdtype(values.dtype, np.floating):
+        return True
+    return bool(np.isfinite(values).all())
+
+
+def _refuse_constant(name: str) -> Any:
+    raise JsonValueError(f"{name} is not a JSON number (non-finite values are refused)")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise JsonValueError(f"the number {text[:40]} is too large for a 64-bit float")
+    return value
+
+
+#: A float literal that may overflow to ``inf``: an exponent of three or more digits, or 309 digits in a row.
+#: Only a document with such a literal pays for the per-float check of :func:`_finite_float`.
+_MAYBE_HUGE_FLOAT = re.compile(r"[eE]\+?0*[1-9]\d{2,}|\d{309}")
+
+
+def loads(data: str | bytes) -> Any:
+    """Parse strict JSON: UTF-8 (bytes are decoded here), finite numbers only, bounded nesting.
+
+    Raises :class:`JsonValueError` (with line and column where the parser knows them) for anything else. Nesting is
+    bounded by the C decoder's recursion guard (about 1,000 levels, far beyond any document ssdtool reads), whose
+    ``RecursionError`` becomes a :class:`JsonValueError` here, so no reader ever meets one.
+    """
+    if isinstance(data, bytes):
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise JsonValueError(f"not UTF-8 text (byte {exc.start})") from None
+    else:
+        text = data
+    parse_float = _finite_float if _MAYBE_HUGE_FLOAT.search(text) else float
+    try:
+        return json.loads(text, parse_constant=_refuse_constant, parse_float=parse_float)
+    except JsonValueError:
+        raise
+    except json.JSONDecodeError as exc:
+        raise JsonValueError(f"not JSON: {exc.msg}", exc.lineno, exc.colno) from None
+    except RecursionError:
+        raise JsonValueError("nested too deeply (more than about 1,000 levels)") from None
