@@ -279,3 +279,20 @@ def test_control_characters_are_escaped_in_tables() -> None:
     assert printable("evil\nname\x1b[31m\u202e.jpg") == "evil\\nname\\x1b[31m\\u202e.jpg"
     table = format_table(("A", "B"), [("x\ny", "z")])
     assert table.splitlines() == ["A     B", "x\\ny  z"]
+
+
+@pytest.mark.parametrize("arguments", [
+    ["detect", "--threshold", "nan", "x.jpg"],
+    ["detect", "--server", "http://127.0.0.1:1", "--server-timeout", "nan", "x.jpg"],
+    ["download", "--lock-timeout", "nan"],
+    ["download", "--retry-backoff", "inf"],
+    ["export", "--format", "ovms", "--output-dir", "out", "--lock-timeout", "nan"],
+    ["serve", "--grace", "nan"],
+    ["bench", "--time", "1e999"],
+])
+def test_float_options_refuse_non_finite_values(arguments: list[str], tmp_path: Path) -> None:
+    """click's FloatRange lets nan through (every comparison with it is false); every float option refuses it."""
+    result = CliRunner().invoke(cli, ["--cache-dir", str(tmp_path), *arguments])
+    assert result.exit_code == 2, result.output
+    assert "is not a finite number; give one in" in result.output
+    assert not (tmp_path / "out").exists()

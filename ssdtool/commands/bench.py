@@ -11,6 +11,7 @@ import click
 from ssdtool.commands.bench_loadgen import loadgen_options, run_scenario
 from ssdtool.commands.common import app_context, echo_json, human_size, want_json
 from ssdtool.commands.options import (
+    FiniteFloatRange,
     backend_option,
     device_option,
     hint_option,
@@ -63,7 +64,7 @@ def format_report(data: dict[str, Any]) -> str:
                    "per core].")
 @click.option("--iterations", "-n", type=click.IntRange(min=1), metavar="N",
               help="Measured inferences (the warm-up is extra).")
-@click.option("--time", "-t", "seconds", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+@click.option("--time", "-t", "seconds", type=FiniteFloatRange(0, 86_400, min_open=True), metavar="SECONDS",
               help="Measure for this long instead [default: 20 s when --iterations is not given].")
 @device_option("OpenVINO device.")
 @offline_option()

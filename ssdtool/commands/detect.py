@@ -14,6 +14,7 @@ import click
 
 from ssdtool.commands.common import app_context, printable, want_json
 from ssdtool.commands.options import (
+    FiniteFloatRange,
     engine_options,
     model_option,
     offline_option,
@@ -32,7 +33,7 @@ DEFAULT_MAX_PIXELS = 89_478_485  # = ssdtool.imaging.DEFAULT_MAX_PIXELS (not imp
 @click.argument("sources", nargs=-1, required=True, metavar="SOURCES...")
 @model_option
 @engine_options
-@click.option("-t", "--threshold", type=click.FloatRange(0.0, 1.0), default=0.5, show_default=True,
+@click.option("-t", "--threshold", type=FiniteFloatRange(0.0, 1.0), default=0.5, show_default=True,
               help="Minimum score of a detection.")
 @click.option("-c", "--classes", metavar="NAMES",
               help="Only these classes: comma-separated names or label ids, e.g. person,car or 1,3.")

@@ -8,6 +8,7 @@ import click
 
 from ssdtool.commands.common import app_context, echo_json, printable, want_json
 from ssdtool.commands.options import (
+    FiniteFloatRange,
     device_option,
     hint_option,
     inference_precision_option,
@@ -73,7 +74,7 @@ def format_result(data: dict[str, Any]) -> str:
                    "credentials). Required for kserve.")
 @click.option("--served-name", metavar="NAME",
               help="The model's name on the server (a DNS-1035 label) [default: the registry name].")
-@click.option("--lock-timeout", type=click.FloatRange(0), default=600.0, show_default=True, metavar="SECONDS",
+@click.option("--lock-timeout", type=FiniteFloatRange(0, 86_400), default=600.0, show_default=True, metavar="SECONDS",
               help="How long to wait for another export into the same DIR (exit 13 after that).")
 @offline_option("Never touch the network: the model must already be downloaded (or converted).")
 @progress_option

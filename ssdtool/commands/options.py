@@ -5,6 +5,7 @@ Imports nothing heavy and nothing from :mod:`ssdtool.cli` (which imports the com
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -18,6 +19,21 @@ if TYPE_CHECKING:
     from ssdtool.serving.protocol import ServerTarget
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class FiniteFloatRange(click.FloatRange):
+    """A float option that must be finite and within its range. click's ``FloatRange`` lets ``nan`` through (every
+    comparison with nan is false) and ``inf`` where no maximum is set; every float option uses this type instead,
+    with both bounds given, so no command ever computes with a non-finite or absurd value."""
+
+    def __init__(self, min: float, max: float, *, min_open: bool = False, max_open: bool = False) -> None:
+        super().__init__(min, max, min_open=min_open, max_open=max_open)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number; give one in {self._describe_range()}.", param, ctx)
+        return super().convert(number, param, ctx)
 
 
 def _stack(*decorators: Callable[[F], F]) -> Callable[[F], F]:
@@ -119,12 +135,12 @@ def fetch_options(func: F) -> F:
                        "fail on anything missing (exit 12)."),
         click.option("--retries", type=click.IntRange(0, 50), default=3, show_default=True,
                      help="Further attempts per source after a transient failure (exponential backoff)."),
-        click.option("--retry-backoff", "backoff", type=click.FloatRange(0, 60), default=0.5, show_default=True,
+        click.option("--retry-backoff", "backoff", type=FiniteFloatRange(0, 60), default=0.5, show_default=True,
                      metavar="SECONDS", help="First backoff delay; doubles per retry, with jitter, capped at 30 s."),
-        click.option("--timeout", type=click.FloatRange(0.1, 3600), default=30.0, show_default=True,
+        click.option("--timeout", type=FiniteFloatRange(0.1, 3600), default=30.0, show_default=True,
                      metavar="SECONDS", help="Connect and read timeout; also the stall window: a transfer that "
                      "receives less than 64 KiB in that many seconds fails (and is retried, resuming)."),
-        click.option("--lock-timeout", type=click.FloatRange(0), default=600.0, show_default=True,
+        click.option("--lock-timeout", type=FiniteFloatRange(0, 86_400), default=600.0, show_default=True,
                      metavar="SECONDS", help="Give up waiting for another process's download of the same file after "
                                              "this long without progress (exit 13)."),
         progress_option,
@@ -154,7 +170,7 @@ def server_options(func: F) -> F:
                      show_default=True,
                      help="binary: the binary tensor extension (raw bytes after a JSON header); json: numbers in "
                           "JSON (slower; for servers without the extension)."),
-        click.option("--server-timeout", type=click.FloatRange(0.1, 3600), default=30.0, show_default=True,
+        click.option("--server-timeout", type=FiniteFloatRange(0.1, 3600), default=30.0, show_default=True,
                      metavar="SECONDS", help="Seconds to connect and to wait for each answer."),
         click.option("--server-retries", type=click.IntRange(0, 50), default=6, show_default=True, metavar="N",
                      help="Further attempts after a connection error, a timeout or a 503 (backoff doubles from "

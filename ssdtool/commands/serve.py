@@ -11,6 +11,7 @@ import click
 
 from ssdtool.commands.common import app_context, printable, want_json
 from ssdtool.commands.options import (
+    FiniteFloatRange,
     device_option,
     inference_precision_option,
     ir_precision_option,
@@ -40,7 +41,7 @@ LOOPBACK = ("127.0.0.1", "::1", "localhost")
               show_default=True, metavar="BYTES",
               help="Refuse request bodies larger than this with 413 (the default holds a 1200 px FP32 tensor in "
                    "binary or JSON, or a large photo).")
-@click.option("--grace", "grace_seconds", type=click.FloatRange(0, 600), default=10.0, show_default=True,
+@click.option("--grace", "grace_seconds", type=FiniteFloatRange(0, 600), default=10.0, show_default=True,
               metavar="SECONDS", help="On SIGTERM or Ctrl-C, wait this long for requests in flight to finish.")
 @offline_option("Never use the network: the model must already be downloaded (and is converted if needed).")
 @progress_option
