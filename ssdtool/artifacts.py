@@ -12,7 +12,8 @@ With ``offline`` nothing is downloaded; a missing file is an :class:`OfflineErro
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +22,7 @@ from ssdtool import precision as inference_precisions
 from ssdtool.cache import Cache
 from ssdtool.constants import BACKEND_CHOICES, Backend, InferencePrecision, IRPrecision
 from ssdtool.errors import BackendError, DependencyError, OfflineError, UsageError
+from ssdtool.fsutil import InputPath
 from ssdtool.registry import ModelEntry
 
 if TYPE_CHECKING:
@@ -46,10 +48,28 @@ class ModelFile:
     entry: ModelEntry | None = field(default=None, compare=False, repr=False)
 
     @property
+    def files(self) -> tuple[Path, ...]:
+        """The files an engine reads: an IR's ``.xml`` and ``.bin``, or the ONNX; none for a server's model."""
+        if self.server is not None:
+            return ()
+        return (self.path, self.path.with_suffix(".bin")) if self.form == "ir" else (self.path,)
+
+    @property
     def host_decode(self) -> bool:
         """Whether an engine running this file must decode the head tensors on the host (the split form's
         source ONNX; its IR has the decode inside)."""
         return self.form == "onnx" and self.entry is not None and self.entry.outputs.form == "heads"
+
+
+def model_inputs(model_files: Iterable[ModelFile]) -> list[InputPath]:
+    """The files engines read, named for the output-path guard (:func:`ssdtool.fsutil.check_outputs`)."""
+    return [InputPath(path, f"a model file of {model_file.model}") for model_file in model_files
+            for path in model_file.files]
+
+
+def registry_inputs(source: str) -> list[InputPath]:
+    """The registry file a run read (when it is a file), named for the output-path guard."""
+    return [InputPath(Path(source), "the registry file")] if os.path.isfile(source) else []
 
 
 def remote_model_file(entry: ModelEntry, server: ServerTarget) -> ModelFile:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from typing import Any
 
 
@@ -57,11 +56,6 @@ def _finite_float(text: str) -> float:
     return value
 
 
-#: A float literal that may overflow to ``inf``: an exponent of three or more digits, or 309 digits in a row.
-#: Only a document with such a literal pays for the per-float check of :func:`_finite_float`.
-_MAYBE_HUGE_FLOAT = re.compile(r"[eE]\+?0*[1-9]\d{2,}|\d{309}")
-
-
 def loads(data: str | bytes) -> Any:
     """Parse strict JSON: UTF-8 (bytes are decoded here), finite numbers only, bounded nesting.
 
@@ -76,9 +70,10 @@ def loads(data: str | bytes) -> Any:
             raise JsonValueError(f"not UTF-8 text (byte {exc.start})") from None
     else:
         text = data
-    parse_float = _finite_float if _MAYBE_HUGE_FLOAT.search(text) else float
     try:
-        return json.loads(text, parse_constant=_refuse_constant, parse_float=parse_float)
+        # Every float goes through _finite_float (about 0.15 us each): cheaper than searching the text for literals
+        # that might overflow first, which took twice as long as parsing a line of numbers.
+        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
     except JsonValueError:
         raise
     except json.JSONDecodeError as exc:

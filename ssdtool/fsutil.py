@@ -2,7 +2,7 @@
 
 Caches are shared between jobs and users, often with root among them, so anyone who can write the cache folder
 could plant a symbolic link where ssdtool expects its own file, hoping that a root job writes through it. The
-rules, used by the cache, downloads, conversion and ``detect --output``:
+rules, used by the cache, downloads, conversion and every output a user names:
 
 * ssdtool's own files in the cache (partial downloads, verification records, lock owner notes, locks) are opened
   with ``O_NOFOLLOW`` and must be regular files; a link or a device there is refused (:class:`UnsafePathError`).
@@ -12,8 +12,11 @@ rules, used by the cache, downloads, conversion and ``detect --output``:
 * A finished file appears only through :func:`atomic_write`: a new temporary file in the same folder (created
   with ``O_EXCL``, so never through a link), written, fsynced and renamed over the final name. A rename replaces
   a link at the final name itself, never the link's target.
-* :class:`OutputFile` writes a user's ``--output``: a device or FIFO is written to (never replaced), an input is
-  never overwritten, anything else is replaced atomically.
+* Every output a user names (``--results``, ``--save-detections``, ``detect --output`` and ``--save-dir``'s
+  copies, ...) passes one guard, :func:`check_outputs`, before the first image runs: it is never an input,
+  never another output (however spelled or linked), never a folder, and never a file it must not replace.
+  :class:`OutputFile` writes such a file: a device or FIFO is written to (never replaced), anything else is
+  replaced atomically.
 
 What this cannot do: a process that can write the cache and swaps a checked folder for a link in the instant
 between the check and the use wins that race. Such a user can also replace every cached file; see the
@@ -28,7 +31,8 @@ import os
 import secrets
 import shutil
 import stat
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, BinaryIO
 
@@ -244,66 +248,173 @@ def safe_lock_path(path: Path) -> Path:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Output files named by users
+# The output-path guard, and output files named by users
+
+
+@dataclass(frozen=True)
+class InputPath:
+    """A file (or folder) a command reads, for :func:`check_outputs`; ``what`` names it in messages ("the
+    annotation file (--annotations)", "an input image", "a model file")."""
+
+    path: Path
+    what: str
+
+
+@dataclass(frozen=True)
+class OutputPath:
+    """A file a command is going to write, for :func:`check_outputs`.
+
+    ``option``: what the user gave it with ("--results"), for messages and hints (with ``metavar``: "choose
+    another --output-dir DIR"). ``what``: the name in messages when it is not the option's own value (the
+    checkpoint next to a results file, a file inside an output folder). ``stream``: whether a
+    character device or FIFO there is fine (written to as a stream, never replaced); a file that is appended to
+    and resumed needs a regular file. ``refuse_existing``: for an existing file (or link) at ``path``, says why it
+    must not be replaced (None: it may be), e.g. because it is not a file of the kind this output writes.
+    """
+
+    path: Path
+    option: str
+    what: str | None = None
+    stream: bool = True
+    refuse_existing: Callable[[Path], str | None] | None = field(default=None, compare=False)
+    metavar: str = "FILE"
+
+    @property
+    def label(self) -> str:
+        return self.what or f"{self.option} {os.fspath(self.path)}"
+
+    @property
+    def another(self) -> str:
+        """The hint's usual start: "choose another --results FILE"."""
+        return f"choose another {self.option} {self.metavar}"
+
+
+def file_identity(path: str | os.PathLike[str]) -> tuple[object, ...]:
+    """What ``path`` names, such that two spellings of one file, a link to it and a hard link compare equal: the
+    device and inode it leads to (links followed) when it exists, else its absolute path with links resolved."""
+    try:
+        info = os.stat(path)
+    except (OSError, ValueError):
+        try:
+            return ("path", os.path.realpath(path))
+        except (OSError, ValueError):
+            return ("path", os.path.abspath(path))
+    return ("file", info.st_dev, info.st_ino)
+
+
+def check_outputs(outputs: Sequence[OutputPath], inputs: Iterable[InputPath] = ()) -> None:
+    """The one output-path guard: every output of every command passes here before anything is written.
+
+    Raises :class:`~ssdtool.errors.UsageError`, naming the option the user gave, when an output's folder is
+    missing; when it is a folder, block device or socket (or a device or FIFO where a regular file is needed);
+    when two outputs are one file (spelled differently, or through a link or a hard link); when an output is one
+    of ``inputs``; or when ``refuse_existing`` objects to the file already there. Character devices
+    (``/dev/null``, ``/dev/stdout`` on a terminal) are written to, never replaced, so they collide with nothing.
+    """
+    planned: dict[tuple[object, ...], OutputPath] = {}
+    for output in outputs:
+        if _check_output(output):
+            continue
+        identity = file_identity(output.path)
+        other = planned.get(identity)
+        if other is not None:
+            hint = (output.another if other.option == output.option
+                    else f"give {other.option} and {output.option} different files")
+            raise UsageError(f"refusing {output.label}: {other.label} writes to the same file, and one output "
+                             "never replaces another", hint=hint)
+        planned[identity] = output
+    for source in inputs if planned else ():
+        output = planned.get(file_identity(source.path))
+        if output is None:
+            continue
+        where = "" if os.fspath(source.path) == os.fspath(output.path) else \
+            f" ({os.fspath(source.path)}, under another name)"
+        raise UsageError(f"refusing {output.label}: it is {source.what}{where}, and an output never replaces an "
+                         "input", hint=output.another)
+    for output in planned.values():
+        reason = output.refuse_existing(output.path) if output.refuse_existing is not None and \
+            os.path.lexists(output.path) else None
+        if reason is not None:
+            raise UsageError(f"refusing {output.label}: {reason}",
+                             hint=f"{output.another}, or remove {os.fspath(output.path)} yourself if it may go")
+
+
+def _check_output(output: OutputPath) -> bool:
+    """Raise for an output that cannot be written where it is; True for a character device (a stream to write
+    to, which replaces nothing)."""
+    try:
+        info: os.stat_result | None = os.stat(output.path)  # follows links: what a write would reach
+    except FileNotFoundError:
+        info = None
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot write {output.label}: {getattr(exc, 'strerror', None) or exc}",
+                         hint=output.another) from None
+    if info is not None and (stat.S_ISCHR(info.st_mode) or stat.S_ISFIFO(info.st_mode)):
+        if not output.stream:
+            raise UsageError(f"refusing {output.label}: it is {describe(info.st_mode)}, and {output.option} "
+                             "needs a regular file there", hint=output.another)
+        return stat.S_ISCHR(info.st_mode)
+    if info is not None and not stat.S_ISREG(info.st_mode):
+        raise UsageError(f"cannot write {output.label}: it is {describe(info.st_mode)}",
+                         hint=f"{output.option} takes a file name" if output.metavar == "FILE" else output.another)
+    folder = output.path.parent
+    if not folder.is_dir():
+        raise UsageError(f"cannot write {output.label}: folder {os.fspath(folder)} does not exist",
+                         hint=f"create the folder first, or {output.another}")
+    return False
 
 
 class OutputFile:
-    """A results file named by a user (``detect --output``): written whole or not at all, never over an input.
+    """A file named by a user (``detect --output``, ``eval --save-detections``): written whole or not at all.
 
-    * A regular file (or nothing) at ``path``: written to a temporary file in the same folder and renamed into
+    The path passes :func:`check_outputs` (with ``inputs``; a caller writing several outputs checks them all
+    together first), so it is never an input. Then:
+
+    * a regular file (or nothing) at ``path``: written to a temporary file in the same folder and renamed into
       place by :meth:`commit`; :meth:`abort` leaves an earlier file as it was. A link at ``path`` is replaced by
       the new file; its target is left alone.
-    * A character device or a FIFO at ``path`` (directly or through a link, e.g. ``/dev/stdout``): written to as
+    * a character device or a FIFO at ``path`` (directly or through a link, e.g. ``/dev/stdout``): written to as
       a stream, never replaced.
-    * A folder, block device or socket, a missing folder, or ``path`` naming one of ``inputs``: refused with a
-      :class:`~ssdtool.errors.UsageError` before anything is written. So is a failed write.
+
+    Everything else, and a failed write, is a :class:`~ssdtool.errors.UsageError` naming ``option``.
     """
 
-    def __init__(self, path: str | os.PathLike[str], inputs: Iterable[str | os.PathLike[str]] = ()) -> None:
+    def __init__(self, path: str | os.PathLike[str], inputs: Iterable[InputPath] = (), *,
+                 option: str = "--output") -> None:
         self.path = Path(path)
+        self.option = option
         self._temporary: Path | None = None
         self.streaming = False
+        check_outputs([OutputPath(self.path, option)], inputs)
         try:
-            target = os.stat(self.path)  # follows links: what a write would reach
+            target = os.stat(self.path)
         except FileNotFoundError:
             target = None
         except OSError as exc:
-            raise UsageError(f"cannot write the results to {self.path}: {exc.strerror or exc}",
-                             hint="choose another --output FILE") from None
+            raise self._cannot(exc, "") from None
         if target is not None and (stat.S_ISCHR(target.st_mode) or stat.S_ISFIFO(target.st_mode)):
             self.streaming = True
             self.handle = self._open_stream()
             return
-        if target is not None and not stat.S_ISREG(target.st_mode):
-            raise UsageError(f"cannot write the results to {self.path}: it is {describe(target.st_mode)}",
-                             hint="--output takes a file name (or a device or pipe to stream to)")
-        if target is not None:
-            for source in inputs:
-                with contextlib.suppress(OSError):
-                    if os.path.samefile(source, self.path):
-                        raise UsageError(f"refusing to write the results to {self.path}: it is one of the input "
-                                         "images, and --output never overwrites an input",
-                                         hint="choose another --output FILE")
         folder = self.path.parent
-        if not folder.is_dir():
-            raise UsageError(f"cannot write {self.path}: folder {folder} does not exist",
-                             hint="create the folder first")
         name = f".{self.path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
         try:
             descriptor = open_regular(folder / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
         except OSError as exc:
-            raise UsageError(f"cannot write the results to {self.path}: {exc.strerror or exc}",
-                             hint="choose another --output FILE in a folder you can write") from None
+            raise self._cannot(exc, " in a folder you can write") from None
         self._temporary = folder / name
         self.handle = os.fdopen(descriptor, "w", encoding="utf-8")
+
+    def _cannot(self, exc: OSError, where: str, hint: str | None = None) -> UsageError:
+        return UsageError(f"cannot write {self.option} {os.fspath(self.path)}: {exc.strerror or exc}",
+                          hint=hint or f"choose another {self.option} FILE{where}")
 
     def _open_stream(self) -> IO[str]:
         try:
             # No O_CREAT or O_TRUNC: the device or FIFO is there, and it is written to as it is.
             descriptor = os.open(self.path, os.O_WRONLY | O_CLOEXEC)
         except OSError as exc:
-            raise UsageError(f"cannot write the results to {self.path}: {exc.strerror or exc}",
-                             hint="choose another --output FILE") from None
+            raise self._cannot(exc, "") from None
         return os.fdopen(descriptor, "w", encoding="utf-8")
 
     def write(self, text: str) -> None:
@@ -338,5 +449,4 @@ class OutputFile:
 
     def _write_failed(self, exc: OSError) -> UsageError:
         self.abort()
-        return UsageError(f"cannot write the results to {self.path}: {exc.strerror or exc}",
-                          hint="free some space or choose another --output FILE")
+        return self._cannot(exc, "", hint=f"free some space or choose another {self.option} FILE")

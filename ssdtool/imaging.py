@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar, Union
+from typing import TYPE_CHECKING, BinaryIO, TypeVar, Union
 
 import numpy as np
 
+from ssdtool import fsutil
 from ssdtool.errors import ImageError, UsageError
 from ssdtool.registry import InputSpec, ModelEntry
 
@@ -139,13 +141,17 @@ def raw_input(rgb_resized: np.ndarray, color_order: str = "BGR", layout: str = "
 
 
 # ------------------------------------------------------------------------------------------------ loading
-def _describe_bytes(path: Path) -> str:
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(12)
-    except OSError:
-        return ""
-    return f", starts with {head!r}" if head else ""
+def _looks_like_text(stream: BinaryIO) -> bool:
+    """Whether a file Pillow could not read starts with text (an HTML error page saved as .jpg, say). Only this
+    is said about it: a file that is not an image may be anything (a link to a secret), so no byte of it is
+    ever printed."""
+    with contextlib.suppress(OSError, ValueError):
+        stream.seek(0)
+        head = stream.read(512)
+        with contextlib.suppress(UnicodeDecodeError):
+            text = head.decode("utf-8")
+            return bool(text) and all(c.isprintable() or c in "\t\n\r" for c in text)
+    return False
 
 
 def load_image(source: ImageSource, *, channel_order: str = "RGB", max_pixels: int | None = DEFAULT_MAX_PIXELS
@@ -181,36 +187,73 @@ def decode_file(path: Path, max_pixels: int | None, decode: Callable[[PILImage.I
     file can fail becomes an :class:`ImageError`."""
     from PIL import Image
 
+    descriptor = _open_image_file(path)
+    with os.fdopen(descriptor, "rb") as stream:
+        size = os.fstat(descriptor).st_size
+        try:
+            with Image.open(stream) as image:
+                _check_size(image.width, image.height, max_pixels, str(path))
+                return decode(image)
+        except ImageError:
+            raise
+        except Image.DecompressionBombError as exc:
+            raise ImageError(f"{path}: too large to decode safely: {exc}",
+                             hint="raise the limit with --max-pixels if you trust the file") from None
+        except Image.UnidentifiedImageError:
+            content = " of text" if _looks_like_text(stream) else ""
+            raise ImageError(f"{path}: not an image Pillow can read ({size} bytes{content}); expected JPEG, PNG, "
+                             "BMP, GIF, TIFF, WebP or another format Pillow supports") from None
+        except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as exc:
+            # Pillow reports truncated and corrupt data as OSError ("image file is truncated"), SyntaxError
+            # (broken PNG chunks) and others, depending on the format.
+            raise ImageError(f"{path}: truncated or corrupt image data: {exc}",
+                             hint="re-export or re-download the file") from None
+
+
+def _open_image_file(path: Path) -> int:
+    """A descriptor of the regular file ``path`` (links followed: the user named it), or an :class:`ImageError`
+    that says what is there instead: nothing, a folder, a FIFO, a device, a socket, an empty file.
+
+    What ``path`` is comes from ``stat`` first (opening a FIFO or some devices has effects), then from the open
+    descriptor again (the file may have been swapped in between); it is opened non-blocking, so a FIFO planted in
+    that instant cannot hang the run.
+    """
     try:
-        size = path.stat().st_size
+        info = path.stat()
     except FileNotFoundError:
         raise ImageError(f"{path}: no such file", hint="check the path") from None
     except OSError as exc:
         raise ImageError(f"{path}: cannot access: {exc.strerror or exc}") from None
-    if path.is_dir():
-        raise ImageError(f"{path}: is a folder, expected an image file",
-                         hint="pass the folder itself as a source to read the images in it")
-    if size == 0:
-        raise ImageError(f"{path}: empty file (0 bytes), expected an image")
+    _check_kind(path, info.st_mode)
     try:
-        with Image.open(path) as image:
-            _check_size(image.width, image.height, max_pixels, str(path))
-            return decode(image)
-    except ImageError:
-        raise
-    except Image.DecompressionBombError as exc:
-        raise ImageError(f"{path}: too large to decode safely: {exc}",
-                         hint="raise the limit with --max-pixels if you trust the file") from None
-    except Image.UnidentifiedImageError:
-        raise ImageError(f"{path}: not an image Pillow can read ({size} bytes{_describe_bytes(path)}); expected "
-                         "JPEG, PNG, BMP, GIF, TIFF, WebP or another format Pillow supports") from None
+        descriptor = os.open(path, os.O_RDONLY | fsutil.O_CLOEXEC | fsutil.O_NONBLOCK | fsutil.O_BINARY)
     except PermissionError as exc:
         raise ImageError(f"{path}: cannot read: {exc.strerror or exc}", hint="check the file's permissions") from None
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as exc:
-        # Pillow reports truncated and corrupt data as OSError ("image file is truncated"), SyntaxError (broken
-        # PNG chunks) and others, depending on the format.
-        raise ImageError(f"{path}: truncated or corrupt image data: {exc}",
-                         hint="re-export or re-download the file") from None
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot access: {exc.strerror or exc}") from None
+    try:
+        info = os.fstat(descriptor)
+        _check_kind(path, info.st_mode)
+        if info.st_size == 0:
+            raise ImageError(f"{path}: empty file (0 bytes), expected an image")
+        os.set_blocking(descriptor, True)
+    except BaseException:
+        os.close(descriptor)
+        raise
+    return descriptor
+
+
+def _check_kind(path: Path, mode: int) -> None:
+    if stat.S_ISDIR(mode):
+        raise ImageError(f"{path}: is a folder, expected an image file",
+                         hint="pass the folder itself as a source to read the images in it")
+    if not stat.S_ISREG(mode):
+        link = ""
+        with contextlib.suppress(OSError):
+            if path.is_symlink():
+                link = f" (through the link {path} -> {os.readlink(path)})"
+        raise ImageError(f"{path}: it is {fsutil.describe(mode)}{link}, not an image file",
+                         hint="pass a regular image file")
 
 
 def _check_size(width: int, height: int, max_pixels: int | None, what: str) -> None:

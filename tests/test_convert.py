@@ -363,6 +363,39 @@ def test_output_dir_writes_only_the_ir(env: tuple[Path, Path], tiny_model: onnx.
     assert "parity:  skipped (--no-verify)" in result.stdout
 
 
+
+def test_output_dir_files_pass_the_output_guard_before_any_conversion(env: tuple[Path, Path],
+                                                                     tiny_model: onnx.ModelProto,
+                                                                     tmp_path: Path) -> None:
+    import os
+
+    from ssdtool.convert import ConvertOptions, convert
+    from ssdtool.errors import UsageError
+
+    registry_path, cache_dir = env
+    install_model(cache_dir, registry_path, "tiny", tiny_model)
+    out = tmp_path / "out"
+    out.mkdir()
+    os.mkfifo(out / "tiny.xml")  # never replaced by a file
+    result = CliRunner().invoke(cli, ["--registry", str(registry_path), "--cache-dir", str(cache_dir), "convert",
+                                      "tiny", "--output-dir", str(out), "--no-verify", "--offline"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.endswith(f"error: refusing {out / 'tiny.xml'} (an IR file --output-dir writes): it is a "
+                                  "FIFO (named pipe), and --output-dir needs a regular file there\n"
+                                  "hint: choose another --output-dir DIR\n")
+    assert sorted(p.name for p in out.iterdir()) == ["tiny.xml"]
+    (out / "tiny.xml").unlink()
+    source = out / "tiny.bin"  # a source model whose name is the IR's weights file
+    source.write_bytes((cache_dir / "tiny").joinpath(next(p.name for p in (cache_dir / "tiny").glob("*.onnx")))
+                       .read_bytes())
+    before = source.read_bytes()
+    entry = load_registry(registry_path).model("tiny")
+    with pytest.raises(UsageError) as caught:
+        convert(entry, Cache.at(cache_dir), ConvertOptions(verify=False, output_dir=out), source=source)
+    assert caught.value.message == (f"refusing {source} (an IR file --output-dir writes): it is the source ONNX "
+                                    "model, and an output never replaces an input")
+    assert source.read_bytes() == before and sorted(p.name for p in out.iterdir()) == ["tiny.bin"]
+
 @pytest.mark.slow
 def test_full_twin_converts_with_parity(tmp_path: Path, full_twin_path: Path) -> None:
     registry = load_registry()

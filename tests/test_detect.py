@@ -278,9 +278,8 @@ def test_bad_inputs_do_not_stop_the_others(detect_world: World, tmp_path: Path, 
     assert [r["error"] is None for r in records] == [True, False, False, True, False, False]
     assert records[0]["detections"] == expected(640, 480) and records[3]["detections"] == expected(33, 1000)
     assert records[2] == {"path": str(bad["text"]), "width": None, "height": None, "detections": [],
-                          "error": f"{bad['text']}: not an image Pillow can read (13 bytes, starts with "
-                                   "b'not a pictur'); expected JPEG, PNG, BMP, GIF, TIFF, WebP or another format "
-                                   "Pillow supports"}
+                          "error": f"{bad['text']}: not an image Pillow can read (13 bytes of text); expected "
+                                   "JPEG, PNG, BMP, GIF, TIFF, WebP or another format Pillow supports"}
     assert records[1]["error"].startswith(f"{bad['truncated']}: truncated or corrupt image data: ")
     assert records[4]["error"] == f"{bad['empty']}: empty file (0 bytes), expected an image"
     assert records[5]["error"] == f"{bad['missing']}: no such file"
@@ -631,7 +630,7 @@ def test_output_to_a_device_writes_to_it_and_never_replaces_it(detect_world: Wor
     full = _char_device(tmp_path / "full", 7)
     result = detect(detect_world, image, "--format", "json", "-o", str(full))
     assert result.exit_code == 2
-    assert f"error: cannot write the results to {full}: No space left on device" in result.stderr
+    assert f"error: cannot write --output {full}: No space left on device" in result.stderr
     assert stat.S_ISCHR(full.lstat().st_mode)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["full", "null"]  # no temporary file left either
 
@@ -661,10 +660,11 @@ def test_output_never_overwrites_an_input(detect_world: World, tmp_path: Path) -
     shutil.copy(detect_world.images[(640, 480)], image)
     original = image.read_bytes()
     os.symlink(image, tmp_path / "link.png")
-    for output in (image, tmp_path / "link.png"):
+    for output, where in ((image, ""), (tmp_path / "link.png", f" ({image}, under another name)")):
         result = detect(detect_world, "--format", "json", "-o", str(output), "--", str(image))
         assert result.exit_code == 2, result.output
-        assert f"refusing to write the results to {output}: it is one of the input images" in result.stderr
+        assert result.stderr == (f"error: refusing --output {output}: it is an input image{where}, and an output "
+                                 "never replaces an input\nhint: choose another --output FILE\n")
     assert image.read_bytes() == original
     folder = detect(detect_world, "--format", "json", "-o", str(tmp_path), str(image))
     assert folder.exit_code == 2 and "is a directory" in folder.stderr  # click's own check of -o

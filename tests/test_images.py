@@ -143,8 +143,46 @@ def test_not_an_image(tmp_path: Path) -> None:
     path.write_text("shopping list")
     with pytest.raises(ImageError) as info:
         load_image(path)
-    assert info.value.message == (f"{path}: not an image Pillow can read (13 bytes, starts with b'shopping lis'); "
+    assert info.value.message == (f"{path}: not an image Pillow can read (13 bytes of text); "
                                   "expected JPEG, PNG, BMP, GIF, TIFF, WebP or another format Pillow supports")
+    path.write_bytes(b"\x89\x01\x02\xff binary")
+    with pytest.raises(ImageError) as info:
+        load_image(path)
+    assert info.value.message.startswith(f"{path}: not an image Pillow can read (11 bytes); expected JPEG")
+
+
+def test_a_file_that_is_not_an_image_never_has_its_content_printed(tmp_path: Path) -> None:
+    """A link named like an image to a file that is no image (a secret the run can read, as root can) is refused
+    without a byte of it in the message: only its size and whether it is text."""
+    secret = tmp_path / "shadow"
+    secret.write_text("root:$6$s3cr3t-hash:19000:0:99999:7:::\n")
+    secret.chmod(0o600)
+    link = tmp_path / "holiday.jpg"
+    link.symlink_to(secret)
+    with pytest.raises(ImageError) as info:
+        load_image(link)
+    assert info.value.message == (f"{link}: not an image Pillow can read (39 bytes of text); expected JPEG, PNG, BMP, "
+                                  "GIF, TIFF, WebP or another format Pillow supports")
+    assert "s3cr3t" not in str(info.value) and "$6$" not in str(info.value)
+
+
+def test_fifos_and_devices_are_named_for_what_they_are(tmp_path: Path) -> None:
+    import os
+
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)  # nobody writes to it: opening it for reading would block, and it is never opened
+    with pytest.raises(ImageError) as info:
+        load_image(fifo)
+    assert info.value.message == f"{fifo}: it is a FIFO (named pipe), not an image file"
+    zero = tmp_path / "zero.jpg"
+    zero.symlink_to("/dev/zero")
+    with pytest.raises(ImageError) as info:
+        load_image(zero)
+    assert info.value.message == (f"{zero}: it is a character device (through the link {zero} -> /dev/zero), "
+                                  "not an image file")
+    with pytest.raises(ImageError) as info:
+        load_image("/dev/null")
+    assert info.value.message == "/dev/null: it is a character device, not an image file"
 
 
 def test_empty_missing_and_folder(tmp_path: Path) -> None:

@@ -77,8 +77,10 @@ def detect_command(ctx: click.Context, sources: tuple[str, ...], model_name: str
       ssdtool detect street.jpg --classes person,car --save-dir annotated/
       ssdtool detect photos/ --server http://127.0.0.1:8080 --concurrency 8
     """
-    from ssdtool.commands.detect_output import Output, make_writer, write_results
+    from ssdtool.artifacts import model_inputs, registry_inputs
+    from ssdtool.commands.detect_output import Output, make_writer, plan_copies, write_results
     from ssdtool.detect import Detector
+    from ssdtool.fsutil import InputPath
     from ssdtool.inputs import find_images
     from ssdtool.labels import is_coco_labels, label_names
 
@@ -88,6 +90,8 @@ def detect_command(ctx: click.Context, sources: tuple[str, ...], model_name: str
     want_json(ctx, fmt != "table" and output is None)  # setup errors (model missing offline, ...) reach scripts too
     app = app_context(ctx)
     files, notes = find_images(sources, recursive=recursive, exclude=[save_dir] if save_dir else [])
+    if not files and save_dir:
+        _refuse_images_only_in_save_dir(sources, recursive, save_dir)
     for note in notes:
         click.echo(f"warning: {printable(note)}", err=True)
     if not files:
@@ -99,7 +103,8 @@ def detect_command(ctx: click.Context, sources: tuple[str, ...], model_name: str
         raise UsageError(f"{entry.name} does not predict the 80 COCO classes, so it has no COCO category ids",
                          hint="use --format json")
     allow_pixels(max_pixels)
-    out = Output(output, [f.path for f in files])  # a bad --output fails now, before the model is loaded
+    inputs = [InputPath(Path(f.path), "an input image") for f in files] + registry_inputs(app.registry().source)
+    out = Output(output, inputs)  # a bad --output fails now, before the model is loaded
     try:
         with Detector(entry, backend, precision=precision, inference_precision=inference_precision, device=device,
                       threshold=threshold, classes=classes, max_detections=max_detections, cache_dir=app.cache(),
@@ -108,8 +113,12 @@ def detect_command(ctx: click.Context, sources: tuple[str, ...], model_name: str
                       max_pixels=max_pixels, progress=app_download_progress(app, progress_mode),
                       server=server_target(server_url, server_model, concurrency, wire_protocol, server_timeout,
                                            server_retries, 1 if len(files) == 1 else 4)) as detector:
-            failed = write_results(detector, files, make_writer(fmt, out, [f.path for f in files]), out,
-                                   Path(save_dir) if save_dir else None, app.quiet, progress_mode)
+            model = model_inputs([detector.model_file])
+            out.open(model)  # checked again with the model files, before the first image runs
+            copies = plan_copies(Path(save_dir), files, [i.path for i in (*inputs, *model)] + (
+                [out.path] if out.path else [])) if save_dir else None
+            failed = write_results(detector, files, make_writer(fmt, out, [f.path for f in files]), out, copies,
+                                   app.quiet, progress_mode)
     except BaseException:
         out.abort()  # no partial output file; an earlier complete one stays as it was
         raise
@@ -118,6 +127,20 @@ def detect_command(ctx: click.Context, sources: tuple[str, ...], model_name: str
         names = ", ".join(map(printable, failed[:5])) + (f" and {len(failed) - 5} more" if len(failed) > 5 else "")
         raise InputError(f"{len(failed)} of {len(files)} images could not be processed: {names}",
                          hint="the other results were written; see the messages above for each file")
+
+
+def _refuse_images_only_in_save_dir(sources: tuple[str, ...], recursive: bool, save_dir: str) -> None:
+    """Say so when the only images found are inside ``--save-dir`` (``detect DIR --save-dir DIR``): detect never
+    reads its own output folder back, since the drawn copies of an earlier run would be detected again."""
+    from ssdtool.inputs import find_images
+
+    found, _notes = find_images(sources, recursive=recursive)
+    if found:
+        count = f"{len(found)} image file" + ("s" if len(found) != 1 else "")
+        raise UsageError(f"nothing to detect: the {count} found in {', '.join(map(printable, sources))} "
+                         f"{'are' if len(found) != 1 else 'is'} inside --save-dir {printable(save_dir)}, and detect "
+                         "never reads the folder it draws its copies into",
+                         hint="choose a --save-dir outside the folders you detect in, e.g. --save-dir annotated/")
 
 
 def allow_pixels(max_pixels: int) -> None:

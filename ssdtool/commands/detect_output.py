@@ -7,9 +7,10 @@ summary line.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -21,18 +22,30 @@ from ssdtool.commands.common import printable
 if TYPE_CHECKING:
     from ssdtool.detect import Detector
     from ssdtool.detections import ImageResult
+    from ssdtool.fsutil import InputPath, OutputFile
     from ssdtool.inputs import InputFile
 
 
 class Output:
     """stdout, or ``--output FILE`` (:class:`ssdtool.fsutil.OutputFile`: written whole or not at all, never over an
-    input; a device or FIFO such as ``/dev/stdout`` is written to, never replaced)."""
+    input; a device or FIFO such as ``/dev/stdout`` is written to, never replaced). The path is checked on
+    creation, before the model loads; :meth:`open` checks it again with the model files and opens it."""
 
-    def __init__(self, path: str | None, inputs: Sequence[str]) -> None:
-        from ssdtool.fsutil import OutputFile
+    def __init__(self, path: str | None, inputs: Sequence[InputPath]) -> None:
+        from ssdtool.fsutil import OutputPath, check_outputs
 
         self.path = Path(path) if path else None
-        self._file = OutputFile(path, inputs) if path else None
+        self.inputs = list(inputs)
+        self._file: OutputFile | None = None
+        if self.path is not None:
+            check_outputs([OutputPath(self.path, "--output")], self.inputs)
+
+    def open(self, more_inputs: Sequence[InputPath]) -> None:
+        """Check again with the inputs known only once the model is ready (its files), then open the file."""
+        from ssdtool.fsutil import OutputFile
+
+        if self.path is not None:
+            self._file = OutputFile(self.path, [*self.inputs, *more_inputs], option="--output")
 
     def write(self, text: str) -> None:
         if self._file is None:
@@ -160,44 +173,66 @@ def make_writer(fmt: str, out: Output, paths: Sequence[str]) -> Writer:
     return {"table": TableWriter, "json": JsonWriter, "jsonl": JsonLinesWriter}[fmt](out)
 
 
+def plan_copies(folder: Path, files: Sequence[InputFile], avoid: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """``--save-dir``'s file for every input, chosen before the first image runs: the input's path below its
+    source folder (PNG unless the format is kept); with "-annotated" when that is a file the run reads (an input,
+    a model file), one ``avoid`` names, or a folder, FIFO or device; with "-1", "-2", ... when another copy has
+    that name. So a copy never replaces an input, a model file, the ``--output`` file, another copy or a special
+    file (the identities of :func:`ssdtool.fsutil.file_identity`: spellings, links and hard links compare
+    equal)."""
+    from ssdtool.annotate import output_name
+    from ssdtool.fsutil import file_identity
+
+    read = {file_identity(path) for path in avoid}
+    written: set[tuple[object, ...]] = set()
+    targets: list[Path] = []
+    for file in files:
+        name = Path(output_name(file.relative))
+        if file_identity(folder / name) in read or _special(folder / name):
+            name = name.with_name(f"{name.stem}-annotated{name.suffix}")
+        candidate, counter = folder / name, 1
+        while file_identity(candidate) in read or file_identity(candidate) in written or _special(candidate):
+            candidate = folder / name.with_name(f"{name.stem}-{counter}{name.suffix}")
+            counter += 1
+        written.add(file_identity(candidate))
+        targets.append(candidate)
+    return targets
+
+
+def _special(path: Path) -> bool:
+    """Whether something other than a regular file or a link is at ``path`` (a folder, FIFO, device, socket): a
+    copy is renamed into place, which would replace it."""
+    import stat
+
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISLNK(mode))
+
+
 class Annotator:
-    """``--save-dir``: a drawn copy of every image, named after the input, never over an input or another copy."""
+    """``--save-dir``: a drawn copy of every image, to the files :func:`plan_copies` chose."""
 
-    def __init__(self, folder: Path, tell: Callable[[str], None]) -> None:
-        self.folder, self.tell = folder, tell
-        self.used: set[str] = set()
+    def __init__(self, targets: Sequence[Path], tell: Callable[[str], None]) -> None:
+        self.targets, self.tell = targets, tell
 
-    def save(self, result: ImageResult, file: InputFile) -> None:
+    def save(self, result: ImageResult) -> None:
         from ssdtool.annotate import annotate, save_image
 
-        target = self._target(file.relative, file.path)
+        target = self.targets[result.index]
         try:
             save_image(annotate(result.image, result.detections), target)
         except OSError as exc:
             # The detections are still reported; a full disk or a read-only folder is the user's to fix.
             self.tell(f"warning: cannot write {printable(target)}: {exc}")
 
-    def _target(self, relative: str, source: str) -> Path:
-        from ssdtool.annotate import output_name
-
-        name = Path(output_name(relative))
-        candidate = self.folder / name
-        if candidate.resolve() == Path(source).resolve():  # never overwrite the input itself
-            name = name.with_name(f"{name.stem}-annotated{name.suffix}")
-            candidate = self.folder / name
-        counter = 1
-        while str(candidate) in self.used:
-            candidate = self.folder / name.with_name(f"{name.stem}-{counter}{name.suffix}")
-            counter += 1
-        self.used.add(str(candidate))
-        return candidate
-
 
 def write_results(detector: Detector, files: Sequence[InputFile], writer: Writer, out: Output,
-                  save_dir: Path | None, quiet: bool, progress_mode: str = "auto") -> list[str]:
-    """Stream every result to ``writer`` (and drawn copies to ``save_dir``), with progress as ``--progress`` says
-    (a bar on a terminal, JSON lines off one, for more than one image) and a summary line; returns the inputs that
-    failed. The output is committed only when every image was tried."""
+                  copies: Sequence[Path] | None, quiet: bool, progress_mode: str = "auto") -> list[str]:
+    """Stream every result to ``writer`` (and drawn copies to ``copies``, one per file), with progress as
+    ``--progress`` says (a bar on a terminal, JSON lines off one, for more than one image) and a summary line;
+    returns the inputs that failed. The output is committed only when every image was tried."""
     from tqdm import tqdm
 
     kind = progress.resolve_mode(progress_mode, quiet) if len(files) > 1 else "none"
@@ -211,7 +246,7 @@ def write_results(detector: Detector, files: Sequence[InputFile], writer: Writer
         else:
             click.echo(message, err=True)
 
-    annotator = Annotator(save_dir, tell) if save_dir is not None else None
+    annotator = Annotator(copies, tell) if copies is not None else None
     failed: list[str] = []
     detections = 0
     started = time.perf_counter()
@@ -228,7 +263,7 @@ def write_results(detector: Detector, files: Sequence[InputFile], writer: Writer
             else:
                 detections += len(result.detections)
                 if annotator is not None:
-                    annotator.save(result, files[result.index])
+                    annotator.save(result)
             writer.add(result)
             if events is not None:  # after the image's own messages; results come in input order
                 events(progress.PhaseEvent("detect", result.index + 1, len(files)))

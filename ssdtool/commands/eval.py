@@ -5,7 +5,6 @@ stdout carries the metrics table (or ``--json``); stderr the progress, the image
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import click
@@ -75,37 +74,6 @@ def format_report(data: dict[str, Any], stat_meanings: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
-def _outputs(path: str | None, labels: list[str], inputs: list[str]) -> list[Any]:
-    """The ``--save-detections`` files, opened before anything runs so a bad path fails first (one per
-    configuration with --compare: FILE's stem plus the configuration)."""
-    from ssdtool.fsutil import OutputFile
-
-    if path is None:
-        return []
-    target = Path(path)
-    names = [target] if len(labels) == 1 else [
-        target.with_name(f"{target.stem}.{label.replace(':', '-')}{target.suffix}") for label in labels]
-    outputs: list[Any] = []
-    try:
-        for name in names:
-            outputs.append(OutputFile(name, inputs))
-    except BaseException:
-        for out in outputs:
-            out.abort()
-        raise
-    return outputs
-
-
-def _save(outputs: list[Any], runs: list[Any]) -> None:
-    import json
-
-    for out, run in zip(outputs, runs, strict=True):
-        records = run.detections
-        out.write(json.dumps(records))
-        out.commit()
-        click.echo(f"wrote {len(records)} detections to {printable(out.path)}", err=True)
-
-
 @click.command("eval")
 @model_argument
 @click.option("--annotations", required=True, type=click.Path(dir_okay=False), metavar="FILE",
@@ -166,30 +134,23 @@ def eval_command(ctx: click.Context, name: str | None, annotations: str, images_
       ssdtool eval --annotations ann.json --images val2017/ --server http://fleet:8080 --concurrency 16
     """
     from ssdtool.evaluation import evaluate
-    from ssdtool.evaluation.configurations import parse_configurations
     from ssdtool.evaluation.metrics import STAT_MEANINGS
 
     want_json(ctx, as_json)
     app = app_context(ctx)
     allow_pixels(max_pixels)
-    labels = [c.label for c in parse_configurations(compare, inference_precision)] if compare else ["run"]
-    outputs = _outputs(save_detections, labels, [p for p in (annotations, detections, mlperf_log) if p])
     progress = phase_progress({"evaluate": "evaluating", "score": "COCOeval"},
                               unit={"evaluate": "img", "score": "configuration"}, mode=progress_mode, quiet=app.quiet)
-    try:
-        report = evaluate(annotations, images_dir, name, compare=compare, backend=backend, precision=precision,
-                          inference_precision=inference_precision, device=device, detections=detections,
-                          mlperf_log=mlperf_log, limit=limit, sample=sample, seed=seed, resume=resume,
-                          results=results_path, checkpoint_every=checkpoint_every, workers=workers,
-                          max_pixels=max_pixels, cache_dir=app.cache(), registry=app.registry(), offline=offline,
-                          progress=progress, download_progress=app_download_progress(app, progress_mode),
-                          server=server_target(server_url, server_model, concurrency, wire_protocol, server_timeout,
-                                               server_retries))
-        if outputs:
-            _save(outputs, report.runs)
-    finally:
-        for out in outputs:
-            out.abort()  # nothing half-written stays; a committed file is already in place
+    report = evaluate(annotations, images_dir, name, compare=compare, backend=backend, precision=precision,
+                      inference_precision=inference_precision, device=device, detections=detections,
+                      mlperf_log=mlperf_log, limit=limit, sample=sample, seed=seed, resume=resume,
+                      results=results_path, checkpoint_every=checkpoint_every, workers=workers,
+                      max_pixels=max_pixels, cache_dir=app.cache(), registry=app.registry(), offline=offline,
+                      progress=progress, download_progress=app_download_progress(app, progress_mode),
+                      server=server_target(server_url, server_model, concurrency, wire_protocol, server_timeout,
+                                           server_retries), save_detections=save_detections)
+    for path, count in report.saved_detections:
+        click.echo(f"wrote {count} detections to {printable(path)}", err=True)
     data = report.to_dict(per_class=per_class)
     _warn(report)
     if as_json:

@@ -32,6 +32,7 @@ from ssdtool.convert.options import ConvertOptions, check_options, conversion_pa
 from ssdtool.convert.workspace import conversion_lock, install, sweep_leftovers, temporary_folders
 from ssdtool.download.transfer import hash_file
 from ssdtool.errors import AccuracyError, ConversionError, ModelFormatError, ParityError
+from ssdtool.fsutil import InputPath, OutputPath, check_outputs
 from ssdtool.provenance import (
     RT_INFO_ROOT,
     WEIGHTS_KEY,
@@ -102,6 +103,8 @@ def convert(entry: ModelEntry, cache: Cache, options: ConvertOptions | None = No
     xml = ir_path(entry, cache, options)
     calibration = _early_calibration(entry, options, xml)
     source_path = _source_path(entry, cache, source, offline, progress)
+    if options.output_dir is not None:
+        _check_output_files(xml, source_path)
     source_sha256 = (entry.primary_file.sha256 if source is None and entry.primary_file.sha256
                      else hash_file(source_path, ("sha256",))[1]["sha256"])
     wanted = conversion_parameters(entry, options, calibration)
@@ -115,6 +118,17 @@ def convert(entry: ModelEntry, cache: Cache, options: ConvertOptions | None = No
         build.run(xml)
     return _result(entry, xml, build.options, read_provenance(xml) or build.final, False, build.parity, started,
                    build.accuracy, build.check)
+
+
+def _check_output_files(xml: Path, source: Path) -> None:
+    """``--output-dir``'s two IR files pass the one output-path guard before anything is converted: neither may be
+    the source model (however spelled or linked), a folder, a device or a FIFO. A folder that does not exist yet
+    (it is created) holds nothing to collide with."""
+    if not xml.parent.is_dir():
+        return
+    check_outputs([OutputPath(path, "--output-dir", what=f"{path} (an IR file --output-dir writes)", stream=False,
+                              metavar="DIR") for path in (xml, xml.with_suffix(".bin"))],
+                  [InputPath(source, "the source ONNX model")])
 
 
 def _early_calibration(entry: ModelEntry, options: ConvertOptions, xml: Path) -> CalibrationSet | None:

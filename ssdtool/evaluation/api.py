@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import random
@@ -9,6 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ssdtool.artifacts import registry_inputs
 from ssdtool.cache import Cache
 from ssdtool.errors import UsageError
 from ssdtool.evaluation.configurations import Configuration, parse_configurations
@@ -16,6 +18,7 @@ from ssdtool.evaluation.dataset import CocoDataset, EvalImage, load_annotations
 from ssdtool.evaluation.detections_file import read_detections_file
 from ssdtool.evaluation.metrics import evaluate_detections, ground_truth
 from ssdtool.evaluation.model_run import ModelRun, run_model
+from ssdtool.evaluation.outputs import EvalOutputs, eval_inputs
 from ssdtool.evaluation.report import EvalReport, RunResult
 from ssdtool.evaluation.runner import EvalProgress
 from ssdtool.imaging import DEFAULT_MAX_PIXELS
@@ -57,7 +60,8 @@ def evaluate(annotations: str | os.PathLike[str], images: str | os.PathLike[str]
              registry: str | os.PathLike[str] | Registry | None = None, offline: bool | None = None,
              progress: Callable[[EvalProgress], None] | None = None,
              download_progress: Callable[[Any], None] | None = None,
-             server: ServerTarget | None = None) -> EvalReport:
+             server: ServerTarget | None = None,
+             save_detections: str | os.PathLike[str] | None = None) -> EvalReport:
     """Evaluate on the COCO annotation file ``annotations``; see docs/eval.md and docs/python-api.md.
 
     Three sources of detections: a model run over the images folder ``images`` (one configuration from
@@ -66,6 +70,12 @@ def evaluate(annotations: str | os.PathLike[str], images: str | os.PathLike[str]
     Protocol server (precision and device are the server's; images are decoded and scored here).
     ``progress`` receives :class:`EvalProgress` events.
     Missing images are skipped and listed in the report; the caller decides whether that is an error.
+    ``save_detections``: write the COCO results records there too (with several configurations, one file each:
+    the name's stem plus the configuration); ``results``: the per-image results file of a model run (``resume``
+    continues it). Every output is checked before the model loads and again before the first image: none may be
+    an input (the annotation file, an image it lists, the detections file or log, the registry or model files)
+    or another output, and ``results`` never replaces a file that is not a results file (:class:`UsageError`).
+    The report's ``saved_detections`` lists the files written.
     """
     given = [name for name, value in (("--images", images), ("--detections", detections),
                                       ("--mlperf-log", mlperf_log)) if value is not None]
@@ -82,6 +92,37 @@ def evaluate(annotations: str | os.PathLike[str], images: str | os.PathLike[str]
         raise UsageError(f"checkpoint_every must be at least 1, got {checkpoint_every}")
     dataset = load_annotations(annotations)
     selected = select_images(dataset, limit, sample, seed)
+    options: ModelRun | None = None
+    outputs_inputs = eval_inputs(dataset, Path(images) if images is not None else None, detections, mlperf_log)
+    labels = ["detections"]
+    if images is not None:
+        loaded = registry if isinstance(registry, Registry) else load_registry(registry)
+        configurations = _configurations(compare, backend, precision, inference_precision)
+        labels = [c.label for c in configurations]
+        outputs_inputs += registry_inputs(loaded.source)
+        options = ModelRun(
+            entry=model if isinstance(model, ModelEntry) else loaded.model(model), registry=loaded,
+            cache=cache_dir if isinstance(cache_dir, Cache) else Cache.at(cache_dir), configurations=configurations,
+            device=device, offline=offline, resume=resume, results=Path(results) if results is not None else None,
+            checkpoint_every=checkpoint_every, workers=workers, max_pixels=max_pixels, progress=progress,
+            download_progress=download_progress, server=server)
+    outputs = EvalOutputs(outputs_inputs, options.results if options is not None else None, save_detections,
+                          labels)
+    try:
+        if options is None:
+            outputs.open()  # nothing else to wait for: no model files
+        report = _evaluate(dataset, selected, images, mlperf_log, detections, limit, sample,
+                           None if options is None else dataclasses.replace(options, outputs=outputs))
+        saved = outputs.save(report.runs)
+    finally:
+        outputs.abort()  # nothing half-written stays; a committed file is already in place
+    return dataclasses.replace(report, saved_detections=saved)
+
+
+def _evaluate(dataset: CocoDataset, selected: list[EvalImage], images: str | os.PathLike[str] | None,
+              mlperf_log: str | os.PathLike[str] | None, detections: str | os.PathLike[str] | None,
+              limit: int | None, sample: int | None, options: ModelRun | None) -> EvalReport:
+    """The report from the one source of detections given (outputs already checked)."""
     gt = ground_truth(dataset)
     common = {"annotations": dataset.path, "unknown_categories": list(dataset.unknown_categories),
               "images_listed": len(dataset.images), "images_selected": len(selected),
@@ -111,15 +152,7 @@ def evaluate(annotations: str | os.PathLike[str], images: str | os.PathLike[str]
         return EvalReport(images_dir=None, source="detections", runs=[run], images_evaluated=len(wanted),
                           missing=[], failed=[], size_mismatches=[], dropped_detections=dropped, references=None,
                           results_file=None, **common)
-    assert images is not None
-    loaded = registry if isinstance(registry, Registry) else load_registry(registry)
-    options = ModelRun(
-        entry=model if isinstance(model, ModelEntry) else loaded.model(model), registry=loaded,
-        cache=cache_dir if isinstance(cache_dir, Cache) else Cache.at(cache_dir),
-        configurations=_configurations(compare, backend, precision, inference_precision), device=device,
-        offline=offline, resume=resume, results=Path(results) if results is not None else None,
-        checkpoint_every=checkpoint_every, workers=workers, max_pixels=max_pixels, progress=progress,
-        download_progress=download_progress, server=server)
+    assert images is not None and options is not None
     return run_model(dataset, gt, selected, Path(images), options, common)
 
 

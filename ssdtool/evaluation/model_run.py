@@ -13,11 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ssdtool.artifacts import model_inputs
 from ssdtool.cache import Cache
 from ssdtool.errors import UsageError
 from ssdtool.evaluation.configurations import Configuration
 from ssdtool.evaluation.dataset import CocoDataset, EvalImage, image_path
 from ssdtool.evaluation.metrics import evaluate_detections
+from ssdtool.evaluation.outputs import EvalOutputs
 from ssdtool.evaluation.references import references_for
 from ssdtool.evaluation.report import EvalReport, RunResult
 from ssdtool.evaluation.results import ResultsFile
@@ -46,6 +48,8 @@ class ModelRun:
     progress: Callable[[EvalProgress], None] | None
     download_progress: Callable[[Any], None] | None
     server: ServerTarget | None = None
+    #: The outputs, checked before the model loads; checked again here with the model files, before any image.
+    outputs: EvalOutputs | None = None
 
 
 def run_model(dataset: CocoDataset, gt: Any, selected: list[EvalImage], images_dir: Path, options: ModelRun,
@@ -74,8 +78,10 @@ def run_model(dataset: CocoDataset, gt: Any, selected: list[EvalImage], images_d
             runs.append(ConfigurationRun(configuration, detector, detector.run_info("throughput")))
         key = _run_key(dataset, images_dir, present, runs)
         results_path = options.results or _default_results(options.cache, key)
+        if options.outputs is not None:
+            options.outputs.open(results_path, model_inputs(run.detector.model_file for run in runs))
         store = ResultsFile(results_path, key)
-        earlier = store.resume() if options.resume else None
+        earlier = store.resume([image.id for image in present]) if options.resume else None
         done = 0
         if earlier is None:
             if options.resume:
@@ -83,7 +89,7 @@ def run_model(dataset: CocoDataset, gt: Any, selected: list[EvalImage], images_d
             store.start()
         else:
             done = earlier.images
-            for run, seconds in zip(runs, earlier.seconds, strict=False):
+            for run, seconds in zip(runs, earlier.seconds, strict=True):
                 run.seconds = seconds
             log.info("resuming after %d of %d images", done, len(present))
         runner = Runner(runs, images_dir, store, workers=runs[0].detector.workers, max_pixels=options.max_pixels,

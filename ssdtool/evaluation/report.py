@@ -64,6 +64,8 @@ class EvalReport:
     references: dict[str, Any] | None
     results_file: str | None
     categories: Mapping[int, str] = field(default_factory=dict)
+    #: The ``save_detections`` files written: (path, records).
+    saved_detections: list[tuple[str, int]] = field(default_factory=list)
 
     @property
     def images_skipped(self) -> int:
