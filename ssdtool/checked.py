@@ -32,7 +32,10 @@ def is_int(value: Any) -> bool:
 
 def is_finite_number(value: Any) -> bool:
     """A finite ``int`` or ``float``, not a ``bool``: the one check every reader of numbers applies."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if isinstance(value, bool):
+        return False
+    # An int is always finite; math.isfinite(10**400) would raise OverflowError instead of answering.
+    return isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
 
 
 def all_finite(array: Any) -> bool:

@@ -73,11 +73,14 @@ class ImageRecord:
         return cls(image_id, width, height, error, detections)
 
 
+#: Larger than any image side ssdtool decodes, any score or any category id.
+_MAX_ROW_VALUE = 1e9
+
+
 def _is_row(row: Any) -> bool:
-    try:
-        return isinstance(row, list) and len(row) == 6 and all(map(checked.is_finite_number, row))
-    except OverflowError:  # an integer too large for a float (math.isfinite cannot even ask)
-        return False
+    # Finite and of a size a pixel coordinate, score or category id can have (a huge int is finite but no row).
+    return isinstance(row, list) and len(row) == 6 and all(
+        checked.is_finite_number(value) and abs(value) <= _MAX_ROW_VALUE for value in row)
 
 
 @dataclass(frozen=True)
