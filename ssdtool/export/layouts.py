@@ -20,6 +20,7 @@ import json
 from pathlib import Path
 from typing import Any, ClassVar
 
+from ssdtool import checked
 from ssdtool.constants import ExportFormat, InferencePrecision
 from ssdtool.errors import UsageError
 from ssdtool.export.options import ServingSettings
@@ -43,6 +44,10 @@ class Layout:
     def precision(self, settings: ServingSettings) -> tuple[str | None, str]:
         """The inference precision this layout writes (None: not pinned) and why."""
         return settings.inference_precision, settings.reason
+
+    def files(self, name: str) -> tuple[str, ...]:
+        """The configuration files :meth:`write` writes, relative to the repository."""
+        raise NotImplementedError
 
     def check(self, repository: Repository, name: str) -> None:
         """Refuse, before anything is written, a repository this layout cannot add ``name`` to."""
@@ -73,15 +78,19 @@ class OvmsLayout(Layout):
         return {"config": {"name": name, "base_path": name, "target_device": settings.device,
                            "plugin_config": plugin_config(settings, precision)}}
 
+    def files(self, name: str) -> tuple[str, ...]:
+        return (OVMS_CONFIG,)
+
     def read_config(self, repository: Repository) -> dict[str, Any]:
-        """``config.json`` as it is ({} when missing); :class:`UsageError` when it is not an OVMS configuration."""
+        """``config.json`` as it is ({} when missing); :class:`UsageError` when it is not strict JSON (finite
+        numbers, bounded nesting: :func:`ssdtool.checked.loads`) or not an OVMS configuration."""
         text = repository.read_text(OVMS_CONFIG)
         path = repository.root / OVMS_CONFIG
         if text is None:
             return {}
         try:
-            config = json.loads(text)
-        except json.JSONDecodeError as exc:
+            config = checked.loads(text)
+        except checked.JsonValueError as exc:
             raise UsageError(f"{path} is not valid JSON ({exc}); it cannot be updated",
                              hint=f"fix or remove {path}, or pass another --output-dir") from None
         if not isinstance(config, dict) or not isinstance(config.get("model_config_list", []), list):
@@ -162,6 +171,9 @@ class TritonLayout(Layout):
         ]
         return "\n".join(lines) + "\n"
 
+    def files(self, name: str) -> tuple[str, ...]:
+        return (f"{name}/{TRITON_CONFIG}",)
+
     def write(self, repository: Repository, name: str, signature: Signature, settings: ServingSettings,
               storage_uri: str | None) -> list[Path]:
         return [repository.write_text(f"{name}/{TRITON_CONFIG}", self.config_text(name, signature, settings))]
@@ -187,21 +199,34 @@ class KServeLayout(OvmsLayout):
             }}},
         }
 
+    def files(self, name: str) -> tuple[str, ...]:
+        return (*super().files(name), KSERVE_MANIFEST)
+
     def check(self, repository: Repository, name: str) -> None:
-        import yaml
+        """The OVMS checks, and a manifest already in the folder must be one for ``name`` (or empty): read with
+        the one YAML loader (:mod:`ssdtool.safe_yaml`), so an alias bomb is refused, not expanded."""
+        from ssdtool import safe_yaml
 
         super().check(repository, name)
         existing = repository.read_text(KSERVE_MANIFEST)
         if existing is None:
             return
+        path = repository.root / KSERVE_MANIFEST
+        fix = f"fix or remove {path}, or pass another --output-dir for this model"
         try:
-            other = ((yaml.safe_load(existing) or {}).get("metadata") or {}).get("name")
-        except (yaml.YAMLError, AttributeError):
-            other = None
-        if other not in (None, name):
-            raise UsageError(f"{repository.root / KSERVE_MANIFEST} describes another model ({other}); one KServe "
-                             "export folder holds one InferenceService",
-                             hint="pass another --output-dir for this model")
+            manifest = safe_yaml.load(existing).data
+        except safe_yaml.YamlValueError as exc:
+            raise UsageError(f"{path} cannot be read ({exc.reason}); it cannot be updated", hint=fix) from None
+        if manifest is None:
+            return
+        metadata = manifest.get("metadata") if isinstance(manifest, dict) else None
+        other = metadata.get("name") if isinstance(metadata, dict) else None
+        if not isinstance(other, str):
+            raise UsageError(f"{path} is not an InferenceService manifest (expected a mapping with metadata.name)",
+                             hint=fix)
+        if other != name:
+            raise UsageError(f"{path} describes another model ({other[:80]!r}); one KServe export folder holds one "
+                             "InferenceService", hint="pass another --output-dir for this model")
 
     def write(self, repository: Repository, name: str, signature: Signature, settings: ServingSettings,
               storage_uri: str | None) -> list[Path]:
