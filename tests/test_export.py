@@ -529,6 +529,26 @@ def test_a_refused_export_into_a_new_folder_creates_nothing(world: World, tmp_pa
     assert not (tmp_path / "new").exists()
 
 
+def test_configuration_that_cannot_be_made_fails_before_the_version_is_installed(
+        world: World, exported: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The configuration files are made before the version is installed: an IR tensor Triton has no type for
+    (exit 22) leaves the repository as it was."""
+    import shutil
+
+    from ssdtool.export import api
+    from ssdtool.export.signature import Signature, TensorSpec
+
+    out = tmp_path / "repo"
+    shutil.copytree(exported, out, symlinks=True)
+    before = tree(out)
+    odd = Signature(inputs=(TensorSpec("image", "f32", (1, 3, 300, 300)),), outputs=(TensorSpec("x", "u4", (1,)),))
+    monkeypatch.setattr(api, "read_signature", lambda _xml: odd)
+    result = export(world, out, "--format", "triton")
+    assert result.exit_code == 22, result.output
+    assert "tensor 'x' has element type u4, which Triton has no data type for" in result.output
+    assert tree(out) == before
+
+
 @pytest.mark.parametrize("name", ["²", "٣", "１", "01", "3a", "-1", "99999999999999999999"])
 def test_only_ascii_version_numbers_are_versions(world: World, exported: Path, tmp_path: Path, name: str) -> None:
     """A folder a server would not take as a version (Python's isdigit takes superscripts and other scripts' digits;

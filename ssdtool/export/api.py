@@ -114,10 +114,11 @@ def export_model(entry: ModelEntry, cache: Cache, options: ExportOptions, *, off
     with repository.lock(options.lock_timeout):
         plan = _plan(repository, layout, name, options)  # again: another export may have written meanwhile
         version = plan.version
+        documents = layout.render(repository, name, signature, settings, storage_uri)
         installed = repository.install_version(
             name, version, {IR_FILES[0]: model.path, IR_FILES[1]: model.path.with_suffix(".bin")},
             expected={IR_FILES[1]: weights["sha256"]} if weights.get("sha256") else None)
-        files = layout.write(repository, name, signature, settings, storage_uri)
+        files = [repository.write_text(relative, text) for relative, text in documents.items()]
         record = {"format": export_format.value, "model": entry.name, "ir_precision": model.precision,
                   "device": settings.device, "hint": settings.hint, "inference_precision": precision,
                   "precision_reason": reason, "storage_uri": storage_uri, "sha256": installed.sha256,

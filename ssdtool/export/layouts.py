@@ -17,7 +17,6 @@ Picked from :data:`LAYOUTS` by :class:`~ssdtool.constants.ExportFormat`.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any, ClassVar
 
 from ssdtool import checked
@@ -46,14 +45,16 @@ class Layout:
         return settings.inference_precision, settings.reason
 
     def files(self, name: str) -> tuple[str, ...]:
-        """The configuration files :meth:`write` writes, relative to the repository."""
+        """The configuration files :meth:`render` makes, relative to the repository."""
         raise NotImplementedError
 
     def check(self, repository: Repository, name: str) -> None:
         """Refuse, before anything is written, a repository this layout cannot add ``name`` to."""
 
-    def write(self, repository: Repository, name: str, signature: Signature, settings: ServingSettings,
-              storage_uri: str | None) -> list[Path]:
+    def render(self, repository: Repository, name: str, signature: Signature, settings: ServingSettings,
+               storage_uri: str | None) -> dict[str, str]:
+        """The text of each configuration file (relative path -> text), made before the version is installed so
+        that whatever can fail here fails before anything is written."""
         raise NotImplementedError
 
 
@@ -101,13 +102,13 @@ class OvmsLayout(Layout):
     def check(self, repository: Repository, name: str) -> None:
         self.read_config(repository)
 
-    def write(self, repository: Repository, name: str, signature: Signature, settings: ServingSettings,
-              storage_uri: str | None) -> list[Path]:
-        """Add or replace ``name``'s entry in ``config.json``; other models and keys stay as they were."""
+    def render(self, repository: Repository, name: str, signature: Signature, settings: ServingSettings,
+               storage_uri: str | None) -> dict[str, str]:
+        """``config.json`` with ``name``'s entry added or replaced; other models and keys stay as they were."""
         config = self.read_config(repository)
         entries = [e for e in config.get("model_config_list", []) if _entry_name(e) != name]
         config["model_config_list"] = [*entries, self.model_entry(name, settings)]
-        return [repository.write_text(OVMS_CONFIG, json.dumps(config, indent=2) + "\n")]
+        return {OVMS_CONFIG: json.dumps(config, indent=2) + "\n"}
 
 
 # ------------------------------------------------------------------------------------------------------- Triton
@@ -174,9 +175,9 @@ class TritonLayout(Layout):
     def files(self, name: str) -> tuple[str, ...]:
         return (f"{name}/{TRITON_CONFIG}",)
 
-    def write(self, repository: Repository, name: str, signature: Signature, settings: ServingSettings,
-              storage_uri: str | None) -> list[Path]:
-        return [repository.write_text(f"{name}/{TRITON_CONFIG}", self.config_text(name, signature, settings))]
+    def render(self, repository: Repository, name: str, signature: Signature, settings: ServingSettings,
+               storage_uri: str | None) -> dict[str, str]:
+        return {f"{name}/{TRITON_CONFIG}": self.config_text(name, signature, settings)}
 
 
 # ------------------------------------------------------------------------------------------------------- KServe
@@ -228,18 +229,18 @@ class KServeLayout(OvmsLayout):
             raise UsageError(f"{path} describes another model ({other[:80]!r}); one KServe export folder holds one "
                              "InferenceService", hint="pass another --output-dir for this model")
 
-    def write(self, repository: Repository, name: str, signature: Signature, settings: ServingSettings,
-              storage_uri: str | None) -> list[Path]:
+    def render(self, repository: Repository, name: str, signature: Signature, settings: ServingSettings,
+               storage_uri: str | None) -> dict[str, str]:
         import yaml
 
         if storage_uri is None:  # checked with the options; kept for Python callers of the layout
             raise UsageError("--format kserve needs --storage-uri", hint="pass --storage-uri s3://BUCKET/PATH")
-        written = super().write(repository, name, signature, settings, storage_uri)
+        documents = super().render(repository, name, signature, settings, storage_uri)
         header = (f"# Written by ssdtool export. Upload the folder {name}/ beside this file to {storage_uri}\n"
                   f"# (its version folders at the top: {storage_uri.rstrip('/')}/1/model.xml), then: "
                   f"kubectl apply -f {KSERVE_MANIFEST}\n")
         text = header + yaml.safe_dump(self.manifest(name, settings, storage_uri), sort_keys=False)
-        return [*written, repository.write_text(KSERVE_MANIFEST, text)]
+        return {**documents, KSERVE_MANIFEST: text}
 
 
 LAYOUTS: dict[ExportFormat, Layout] = {layout.format: layout for layout in (OvmsLayout(), TritonLayout(),

@@ -10,7 +10,7 @@ none is named), the performance hint is written out, and the inference precision
   parity gate), so the served model never answers worse than ``ssdtool check`` proved. Pass ``bf16`` when the
   server's CPU runs it well (``ssdtool check --inference-precision auto`` on that machine says).
 
-A layout that cannot express a precision says so (:meth:`ssdtool.export.layouts.Layout.precision_parameter`).
+A layout that cannot express a precision says so (:meth:`ssdtool.export.layouts.Layout.precision`).
 """
 
 from __future__ import annotations
