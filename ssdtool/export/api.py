@@ -76,7 +76,8 @@ class ExportResult:
 
 @dataclass(frozen=True)
 class _Plan:
-    """What an export will do, decided under the repository's lock before anything is written."""
+    """What an export will do: decided before the conversion, and again under the repository's lock before
+    anything is written."""
 
     version: int
     records: dict[str, Any]

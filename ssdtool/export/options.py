@@ -42,8 +42,9 @@ class ExportOptions:
     """One export: ``format`` into the repository ``output_dir``.
 
     ``version``: the version folder to write (None: the next one; with ``force`` and no version, the latest is
-    replaced). ``served_name``: the model's name on the server (None: the registry name). ``storage_uri``: where a
-    KServe user uploads the model folder (required for kserve, refused for the others).
+    replaced; from 1 to :data:`MAX_VERSION`). ``served_name``: the model's name on the server (None: the registry
+    name; an empty name is refused). ``storage_uri``: where a KServe user uploads the model folder (required for
+    kserve, refused for the others; see :func:`check_storage_uri`).
     """
 
     format: ExportFormat | str
