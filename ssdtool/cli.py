@@ -193,6 +193,11 @@ def cli(ctx: click.Context, verbose: int, quiet: bool, debug: bool, cache_dir: s
 
 
 def main() -> None:
+    """The ``ssdtool`` command: this process is ssdtool's, so the engines' telemetry is turned off before either
+    engine is imported (:mod:`ssdtool.telemetry`; the library itself never changes process-wide state)."""
+    from ssdtool.telemetry import disable_engine_telemetry
+
+    disable_engine_telemetry()
     cli(prog_name="ssdtool")
 
 

@@ -375,4 +375,7 @@ def accuracy_guard(reference_xml: Path, int8_xml: Path, entry: ModelEntry, calib
 
 
 if __name__ == "__main__":
+    from ssdtool.telemetry import disable_engine_telemetry
+
+    disable_engine_telemetry()  # this child is ssdtool's own process; NNCF and OpenVINO are imported after this
     sys.exit(_worker(sys.argv[1]))

@@ -806,6 +806,32 @@ def test_connection_refused_reason_is_short(tmp_path: Path, cache: Cache) -> Non
     assert "Connection refused" in caught.value.message and "ConnectionPool" not in caught.value.message
 
 
+def test_no_network_hints_name_the_synthetic_twin(tmp_path: Path, cache: Cache) -> None:
+    """On a machine without network (every source refused, or --offline with nothing cached), the hint ends with
+    the twin, which the packaged registry builds locally: a smoke check that needs no network."""
+    import socket
+
+    from ssdtool.download.messages import OFFLINE_TWIN
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    registry = write_registry(tmp_path / "r.yml", {"m": [file_entry("f.bin", PAYLOAD, [f"http://127.0.0.1:{port}/f"])]})
+    twin_hint = ("for a smoke check without network, the synthetic twin is built locally: 'ssdtool detect --model "
+                 "ssd-resnet34-1200-synthetic IMAGE' runs the same pipeline (docs/synthetic.md)\n")
+    refused = run_cli(registry, cache, "download", "--retries", "0", "--progress", "none")
+    assert refused.exit_code == 10 and "Connection refused" in refused.stderr
+    assert refused.stderr.endswith(f"hint: check the network or proxy (HTTPS_PROXY, REQUESTS_CA_BUNDLE), try another "
+                                   f"server with 'ssdtool download --mirror URL' (or SSDTOOL_MIRROR=URL), or download "
+                                   f"it by hand and place it at {cache.root / 'm' / 'f.bin'}, then run 'ssdtool verify "
+                                   f"m'; {twin_hint}")
+    offline = run_cli(registry, cache, "download", "--offline", "--progress", "none")
+    assert offline.exit_code == 12 and offline.stderr.endswith(f"then run 'ssdtool verify m'; {twin_hint}")
+    assert not cache.file_path("m", "f.bin").exists()
+    twin = load_registry().model(OFFLINE_TWIN)  # the hint names a model that really needs no network
+    assert all(source.startswith("synthetic:") for file in twin.files for source in file.sources)
+
+
 def test_offline_installs_from_a_local_mirror(model: ModelEntry, cache: Cache, tmp_path: Path,
                                               server: FaultyServer) -> None:
     """Air-gapped provisioning: a copied cache used as a mirror, with the network forbidden."""

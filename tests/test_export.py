@@ -218,19 +218,44 @@ def test_kserve_manifest_and_repository(world: World, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("uri", "message"), [
-    ("ftp://host/models", "not a storage URI"),
-    ("/data/models", "not a storage URI"),
-    ("s3:///no-bucket", "not a storage URI"),
-    ("https://user:hunter2@example.com/m", "carries credentials"),
-    ("https://example.com/m?sig=abc", "carries credentials"),
+    ("ftp://host/models", "error: --storage-uri 'ftp://host/models' is not a storage URI KServe downloads from "
+                          "(scheme 'ftp')"),
+    ("/data/models", "is not a storage URI KServe downloads from (no scheme)"),
+    ("s3:///no-bucket", "is not a storage URI KServe downloads from (no bucket, claim or host)"),
+    ("https://:80/m", "is not a storage URI KServe downloads from (no bucket, claim or host)"),
+    ("https://user:hunter2@example.com/m", "error: --storage-uri 'https://***@example.com/m' carries credentials "
+                                           "(user info before '@')"),
+    ("https://example.com/m?sig=hunter2", "error: --storage-uri 'https://example.com/m?...' carries a query or "
+                                          "fragment (not shown)"),
+    ("s3://b/m#access_token=hunter2", "error: --storage-uri 's3://b/m#...' carries a query or fragment (not shown)"),
+    ("s3://b/m?pass=hunter2", "error: --storage-uri 's3://b/m?...' carries a query or fragment (not shown)"),
+    ("https://user:hunter2@h/m?token=hunter2#hunter2", "error: --storage-uri 'https://***@h/m?...' carries "
+                                                       "credentials"),
+    ("s3://b/m?", "error: --storage-uri 's3://b/m?...' carries a query or fragment"),
+    ("S3://bucket/m", "error: --storage-uri 'S3://bucket/m' has the scheme 'S3': KServe's storage initializer "
+                      "matches schemes case-sensitively and knows only 's3'\nhint: pass --storage-uri 's3://bucket/m'"),
+    ("s3://bucket:99999/m", "error: --storage-uri 's3://bucket:99999/m' has an invalid port; expected a number from "
+                            "1 to 65535"),
+    ("https://host:0/m", "has an invalid port; expected a number from 1 to 65535"),
+    ("https://host:http/m", "has an invalid port; expected a number from 1 to 65535"),
     ("s3://bucket/a b", "spaces, quotes or control characters"),
+    ("s3://bucket/a\x1b[2Jb", "error: --storage-uri 's3://bucket/a\\x1b[2Jb' contains spaces, quotes or control"),
 ])
 def test_bad_storage_uri_is_refused(world: World, tmp_path: Path, uri: str, message: str) -> None:
-    result = export(world, tmp_path / "repo", "--format", "kserve", "--storage-uri", uri)
-    assert result.exit_code == 2, result.output
-    assert message in result.output
-    assert "hunter2" not in result.output and "sig=abc" not in result.output
-    assert not (tmp_path / "repo" / MODEL).exists()
+    """Exit 2 before anything is written, the secret never echoed (not in the message, not in --json)."""
+    for extra in ((), ("--json",)):
+        result = export(world, tmp_path / "repo", "--format", "kserve", "--storage-uri", uri, *extra)
+        assert result.exit_code == 2, result.output
+        assert (message in result.output) if not extra else json.loads(result.stdout)["exit_code"] == 2
+        assert "hunter2" not in result.output and "sig=" not in result.output and "pass=" not in result.output
+        assert not (tmp_path / "repo").exists()  # not even the folder: refused before anything was created
+
+
+def test_storage_uri_with_a_port_is_written_as_given(world: World, tmp_path: Path) -> None:
+    uri = "https://models.example.com:8443/ssd/tiny"
+    assert export_json(world, tmp_path / "repo", "--format", "kserve", "--storage-uri", uri)["storage_uri"] == uri
+    manifest = yaml.safe_load((tmp_path / "repo" / "inferenceservice.yaml").read_text())
+    assert manifest["spec"]["predictor"]["model"]["storageUri"] == uri
 
 
 def test_storage_uri_is_required_for_kserve_and_refused_elsewhere(world: World, tmp_path: Path) -> None:
@@ -240,9 +265,20 @@ def test_storage_uri_is_required_for_kserve_and_refused_elsewhere(world: World, 
     assert extra.exit_code == 2 and "--storage-uri applies to --format kserve only" in extra.output
 
 
-def test_served_name_must_be_a_dns_label(world: World, tmp_path: Path) -> None:
-    result = export(world, tmp_path / "repo", "--format", "ovms", "--served-name", "Bad_Name")
-    assert result.exit_code == 2 and "DNS-1035" in result.output
+@pytest.mark.parametrize(("served", "message"), [
+    ("Bad_Name", "error: --served-name 'Bad_Name' is not a DNS-1035 label"),
+    ("", "error: --served-name is empty; the server needs a name for the model (it also names its folder)\n"
+         f"hint: pass --served-name NAME (a DNS-1035 label), or leave it out to use '{MODEL}'"),
+    ("a\nb", "error: --served-name 'a\\nb' is not a DNS-1035 label"),
+    ("a" * 64, "is not a DNS-1035 label (lower-case letters, digits and '-', starting with a letter, at most 63"),
+])
+def test_served_name_must_be_a_dns_label(world: World, tmp_path: Path, served: str, message: str) -> None:
+    result = export(world, tmp_path / "repo", "--format", "ovms", "--served-name", served)
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert not (tmp_path / "repo").exists()
+
+
+def test_served_name_names_the_model_on_the_server(world: World, tmp_path: Path) -> None:
     data = export_json(world, tmp_path / "repo", "--format", "ovms", "--served-name", "ssd-prod")
     assert data["served_name"] == "ssd-prod" and (tmp_path / "repo" / "ssd-prod" / "1" / "model.xml").is_file()
 
@@ -380,6 +416,171 @@ def test_a_link_at_config_json_is_refused_not_followed(world: World, tmp_path: P
     result = export(world, out, "--format", "ovms")
     assert result.exit_code == 2 and "refusing to read" in result.output
     assert secret.read_text() == '{"model_config_list": []}'
+
+
+def tree(root: Path) -> dict[str, bytes | str]:
+    """Everything under ``root``: file bytes, link targets and folders, to compare byte for byte."""
+    found: dict[str, bytes | str] = {}
+    for path in sorted(root.rglob("*")):
+        key = str(path.relative_to(root))
+        found[key] = (f"link to {os.readlink(path)}" if path.is_symlink() else "folder" if path.is_dir()
+                      else path.read_bytes())
+    return found
+
+
+@pytest.fixture(scope="module")
+def exported(world: World, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A repository with version 1 of the model (ovms), copied by the tests that plant something in it."""
+    out = tmp_path_factory.mktemp("exported") / "repo"
+    assert export_json(world, out, "--format", "ovms")["version"] == 1
+    return out
+
+
+def _deep(levels: int) -> str:
+    return "[" * levels + "]" * levels
+
+
+BOMB = "\n".join(["a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]",
+                  *[f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 12)],
+                  "metadata: {name: *a11}"]) + "\n"
+RECORD = f"{MODEL}/ssdtool-export.json"
+
+
+@pytest.mark.parametrize(("case", "export_format", "message"), [
+    ("link at the record", "ovms", f"error: refusing to read {{out}}/{RECORD}: it is a symbolic link (to "
+                                   "{victim}); an export reads and writes only real files in its repository, never "
+                                   "through a link\nhint: put the file itself at"),
+    ("folder at the record", "ovms", f"refusing to replace {{out}}/{RECORD}: it is a folder, expected a regular file"),
+    ("deep record", "ovms", f"error: {{out}}/{RECORD} is not valid JSON (nested too deeply (more than about 1,000 "
+                            "levels)); it cannot be updated"),
+    ("record not a record", "ovms", f"error: {{out}}/{RECORD} is not an ssdtool export record (expected an object "
+                                    "with a versions object)"),
+    ("record with NaN", "ovms", f"error: {{out}}/{RECORD} is not valid JSON (NaN is not a JSON number (non-finite "
+                                "values are refused))"),
+    ("deep config.json", "ovms", "error: {out}/config.json is not valid JSON (nested too deeply"),
+    ("config.json with 1e400", "ovms", "error: {out}/config.json is not valid JSON (the number 1e400 is too large for "
+                                       "a 64-bit float)"),
+    ("manifest alias bomb", "kserve", "error: {out}/inferenceservice.yaml cannot be read (the document expands to "
+                                      "more than 200,000 values (through YAML aliases, it seems"),
+    ("manifest not yaml", "kserve", "error: {out}/inferenceservice.yaml cannot be read (not valid YAML:"),
+    ("manifest of a list", "kserve", "error: {out}/inferenceservice.yaml is not an InferenceService manifest "
+                                     "(expected a mapping with metadata.name)"),
+    ("manifest of another model", "kserve", "error: {out}/inferenceservice.yaml describes another model ('resnet')"),
+    ("folder at config.pbtxt", "triton", f"error: refusing to replace {{out}}/{MODEL}/config.pbtxt: it is a folder, "
+                                         "expected a regular file"),
+    ("FIFO at config.json", "ovms", "error: refusing to read {out}/config.json: it is a FIFO (named pipe), expected a "
+                                    "regular file"),
+    ("file at the model folder", "ovms", f"error: refusing to export into {{out}}/{MODEL}: it is a regular file, "
+                                         "expected a folder"),
+])
+def test_the_repository_is_checked_before_anything_is_written(world: World, exported: Path, tmp_path: Path,
+                                                              case: str, export_format: str, message: str) -> None:
+    """A refused export leaves the repository byte-identical: no version 2, config.json, record, manifest and
+    lock file as they were."""
+    import shutil
+
+    out, victim = tmp_path / "repo", tmp_path / "victim.json"
+    shutil.copytree(exported, out, symlinks=True)
+    victim.write_text('{"versions": {}}')
+    record, config = out / RECORD, out / "config.json"
+    if case == "link at the record":
+        record.unlink()
+        record.symlink_to(victim)
+    elif case == "folder at the record":
+        record.unlink()
+        record.mkdir()
+    elif case in ("deep record", "deep config.json"):
+        (record if case == "deep record" else config).write_text(_deep(100_000))
+    elif case == "record not a record":
+        record.write_text('{"versions": [1, 2]}')
+    elif case == "record with NaN":
+        record.write_text('{"versions": {"1": {"x": NaN}}}')
+    elif case == "config.json with 1e400":
+        config.write_text('{"model_config_list": [], "timeout": 1e400}')
+    elif case.startswith("manifest"):
+        (out / "inferenceservice.yaml").write_text({
+            "manifest alias bomb": BOMB, "manifest not yaml": "metadata: {name: [\n",
+            "manifest of a list": "- metadata: {name: tiny}\n",
+            "manifest of another model": "metadata: {name: resnet}\n"}[case])
+    elif case == "folder at config.pbtxt":
+        (out / MODEL / "config.pbtxt").mkdir()
+    elif case == "FIFO at config.json":
+        config.unlink()
+        os.mkfifo(config)
+    else:
+        shutil.rmtree(out / MODEL)
+        (out / MODEL).write_text("not a folder")
+    before = tree(out) if case != "FIFO at config.json" else None
+    extra = ("--storage-uri", "s3://b/m") if export_format == "kserve" else ()
+    result = export(world, out, "--format", export_format, *extra)
+    assert result.exit_code == 2, result.output
+    assert message.format(out=out, victim=victim) in result.output
+    assert "in the cache" not in result.output
+    if before is not None:
+        assert tree(out) == before
+    assert not (out / MODEL / "2").exists() and victim.read_text() == '{"versions": {}}'
+
+
+def test_a_refused_export_into_a_new_folder_creates_nothing(world: World, tmp_path: Path) -> None:
+    """The repository's own folder and lock file appear only once every check has passed."""
+    out = tmp_path / "new" / "repo"
+    result = export(world, out, "--format", "triton", "--inference-precision", "f32")
+    assert result.exit_code == 2 and "cannot pin inference precision f32" in result.output
+    assert not (tmp_path / "new").exists()
+
+
+def test_configuration_that_cannot_be_made_fails_before_the_version_is_installed(
+        world: World, exported: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The configuration files are made before the version is installed: an IR tensor Triton has no type for
+    (exit 22) leaves the repository as it was."""
+    import shutil
+
+    from ssdtool.export import api
+    from ssdtool.export.signature import Signature, TensorSpec
+
+    out = tmp_path / "repo"
+    shutil.copytree(exported, out, symlinks=True)
+    before = tree(out)
+    odd = Signature(inputs=(TensorSpec("image", "f32", (1, 3, 300, 300)),), outputs=(TensorSpec("x", "u4", (1,)),))
+    monkeypatch.setattr(api, "read_signature", lambda _xml: odd)
+    result = export(world, out, "--format", "triton")
+    assert result.exit_code == 22, result.output
+    assert "tensor 'x' has element type u4, which Triton has no data type for" in result.output
+    assert tree(out) == before
+
+
+@pytest.mark.parametrize("name", ["²", "٣", "１", "01", "3a", "-1", "99999999999999999999"])
+def test_only_ascii_version_numbers_are_versions(world: World, exported: Path, tmp_path: Path, name: str) -> None:
+    """A folder a server would not take as a version (Python's isdigit takes superscripts and other scripts' digits;
+    servers keep versions as signed 64-bit integers) is neither a version nor a crash, and is left alone."""
+    import shutil
+
+    out = tmp_path / "repo"
+    shutil.copytree(exported, out, symlinks=True)
+    (out / MODEL / name).mkdir()
+    (out / MODEL / name / "keep.txt").write_text("mine")
+    data = export_json(world, out, "--format", "ovms")
+    assert (data["version"], data["replaced"]) == (2, False)
+    assert (out / MODEL / name / "keep.txt").read_text() == "mine"
+    assert list(json.loads((out / RECORD).read_text())["versions"]) == ["1", "2"]
+
+
+def test_versions_are_bounded_by_what_servers_read(world: World, tmp_path: Path) -> None:
+    out = tmp_path / "repo"
+    for version in ("9223372036854775808", "99999999999999999999999"):
+        result = export(world, out, "--format", "ovms", "--version", version)
+        assert result.exit_code == 2, result.output
+        assert (f"error: --version must be from 1 to 9223372036854775807 (OVMS and Triton read versions as signed "
+                f"64-bit integers), got {version}\n") in result.output
+        assert not out.exists()
+    largest = export_json(world, out, "--format", "ovms", "--version", "9223372036854775807")
+    assert largest["version"] == 9223372036854775807
+    before = tree(out)
+    result = export(world, out, "--format", "ovms")
+    assert result.exit_code == 2, result.output
+    assert (f"error: version 9223372036854775807 of {MODEL} in {out} is the largest a server reads; there is no next "
+            "version") in result.output
+    assert tree(out) == before
 
 
 def test_weights_that_differ_from_their_provenance_are_not_installed(world: World, tmp_path: Path) -> None:

@@ -10,6 +10,12 @@ from ssdtool.download.events import SourceFailure
 from ssdtool.errors import ChecksumError, DownloadError, NetworkError, OfflineError
 from ssdtool.registry import FileEntry, ModelEntry
 
+#: The packaged registry's synthetic twin of the real model: built locally, so it needs no network (docs/synthetic.md).
+OFFLINE_TWIN = "ssd-resnet34-1200-synthetic"
+#: The end of every hint for a machine that cannot reach the model's sources.
+TWIN_HINT = (f"for a smoke check without network, the synthetic twin is built locally: 'ssdtool detect --model "
+             f"{OFFLINE_TWIN} IMAGE' runs the same pipeline (docs/synthetic.md)")
+
 
 def sources_text(failures: Sequence[SourceFailure]) -> str:
     lines = []
@@ -35,7 +41,7 @@ def final_error(model: ModelEntry, file: FileEntry, final: Path, failures: Seque
             f"server with 'ssdtool download --mirror URL' (or SSDTOOL_MIRROR=URL), or {manual_hint(model, final)}"))
     return NetworkError(message, hint=(
         "check the network or proxy (HTTPS_PROXY, REQUESTS_CA_BUNDLE), try another server with 'ssdtool download "
-        f"--mirror URL' (or SSDTOOL_MIRROR=URL), or {manual_hint(model, final)}"))
+        f"--mirror URL' (or SSDTOOL_MIRROR=URL), or {manual_hint(model, final)}; {TWIN_HINT}"))
 
 
 def offline_error(model: ModelEntry, file: FileEntry, final: Path, model_dir: Path,
@@ -48,4 +54,4 @@ def offline_error(model: ModelEntry, file: FileEntry, final: Path, model_dir: Pa
     return OfflineError(message, hint=(
         f"run 'ssdtool download {model.name}' on a connected machine and copy its cache folder {model_dir} here, use "
         "a local mirror ('ssdtool download --offline --mirror /DIR', or SSDTOOL_MIRROR=/DIR), or "
-        f"{manual_hint(model, final)}"))
+        f"{manual_hint(model, final)}; {TWIN_HINT}"))

@@ -16,13 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ssdtool import __version__
+from ssdtool import __version__, checked
 from ssdtool.cache import Cache
 from ssdtool.constants import Backend
-from ssdtool.export.layouts import IR_FILES, LAYOUTS
+from ssdtool.errors import UsageError
+from ssdtool.export.layouts import IR_FILES, LAYOUTS, Layout
 from ssdtool.export.options import (
     ExportOptions,
     check_storage_uri,
+    check_version,
     parse_format,
     served_name,
     serving_settings,
@@ -72,13 +74,24 @@ class ExportResult:
         }
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What an export will do: decided before the conversion, and again under the repository's lock before
+    anything is written."""
+
+    version: int
+    records: dict[str, Any]
+
+
 def export_model(entry: ModelEntry, cache: Cache, options: ExportOptions, *, offline: bool | None = None,
                  progress: Callable[[Any], None] | None = None) -> ExportResult:
     """Export ``entry``'s IR (``options.precision``, default the registry's) into ``options.output_dir`` as the
     next version (or the one ``options.version``/``force`` name) in ``options.format``'s layout.
 
-    Everything the options can get wrong is refused before anything is converted or written. ``progress``
-    receives download events when the model must be fetched first.
+    Everything is checked before anything is written: the options, then the repository (its folder, the model
+    folder, ``config.json``, the KServe manifest, the export record, every file to be replaced, the version),
+    once before the model is converted (a refusal then costs nothing and leaves no trace) and again under the
+    repository's lock. ``progress`` receives download events when the model must be fetched first.
     """
     from ssdtool.artifacts import model_file
     from ssdtool.provenance import WEIGHTS_KEY, read_provenance
@@ -90,24 +103,28 @@ def export_model(entry: ModelEntry, cache: Cache, options: ExportOptions, *, off
     settings = serving_settings(options)
     precision, reason = layout.precision(settings)
     name = served_name(options, entry.name)
-    repository = Repository.prepare(options.output_dir)
+    check_version(options.version)
+    repository = Repository.open(options.output_dir)
+    _plan(repository, layout, name, options)
 
     model = model_file(entry, cache, Backend.OPENVINO, options.precision, offline=offline, progress=progress)
     provenance = read_provenance(model.path) or {}
     weights = provenance.get(WEIGHTS_KEY) if isinstance(provenance.get(WEIGHTS_KEY), dict) else {}
     signature = read_signature(model.path)
+    repository.create()
     with repository.lock(options.lock_timeout):
-        layout.check(repository, name)
-        version, _replacing = repository.choose_version(name, options.version, options.force)
+        plan = _plan(repository, layout, name, options)  # again: another export may have written meanwhile
+        version = plan.version
+        documents = layout.render(repository, name, signature, settings, storage_uri)
         installed = repository.install_version(
             name, version, {IR_FILES[0]: model.path, IR_FILES[1]: model.path.with_suffix(".bin")},
             expected={IR_FILES[1]: weights["sha256"]} if weights.get("sha256") else None)
-        files = layout.write(repository, name, signature, settings, storage_uri)
+        files = [repository.write_text(relative, text) for relative, text in documents.items()]
         record = {"format": export_format.value, "model": entry.name, "ir_precision": model.precision,
                   "device": settings.device, "hint": settings.hint, "inference_precision": precision,
                   "precision_reason": reason, "storage_uri": storage_uri, "sha256": installed.sha256,
                   "source_sha256": provenance.get("source_sha256"), "ssdtool": __version__, "exported": utc_now()}
-        files.append(_record_version(repository, name, version, record))
+        files.append(_record_version(repository, name, version, plan.records, record))
     verb = "replaced" if installed.replaced else "added"
     log.info("%s version %d of %s in %s (%s)", verb, version, name, repository.root, export_format.value)
     return ExportResult(model=entry.name, served_name=name, format=export_format.value, output_dir=repository.root,
@@ -118,17 +135,46 @@ def export_model(entry: ModelEntry, cache: Cache, options: ExportOptions, *, off
                         seconds=time.monotonic() - started)
 
 
-def _record_version(repository: Repository, name: str, version: int, record: dict[str, Any]) -> Path:
-    """Add ``record`` for ``version`` to ``<name>/ssdtool-export.json`` (an unreadable file starts afresh)."""
+def _plan(repository: Repository, layout: Layout, name: str, options: ExportOptions) -> _Plan:
+    """Check everything in the repository that an export reads or replaces; the version to write and the
+    records of the versions present. Reads only."""
+    repository.check_model_dir(name)
+    layout.check(repository, name)
+    for relative in (*layout.files(name), f"{name}/{MANIFEST}"):
+        repository.check_replaceable(relative)
+    records = _read_records(repository, name)
+    version, _replacing = repository.choose_version(name, options.version, options.force)
+    return _Plan(version, records)
+
+
+def _read_records(repository: Repository, name: str) -> dict[str, Any]:
+    """The ``versions`` of ``<name>/ssdtool-export.json`` ({} when there is none); :class:`UsageError` when the
+    file is not strict JSON (:func:`ssdtool.checked.loads`, located) or not an export record."""
     relative = f"{name}/{MANIFEST}"
+    text = repository.read_text(relative)
+    if text is None:
+        return {}
+    path = repository.root / relative
+    fix = (f"fix or remove {path} (it records what earlier exports decided; servers do not read it), or pass "
+           "another --output-dir")
     try:
-        manifest = json.loads(repository.read_text(relative) or "{}")
-    except json.JSONDecodeError:
-        manifest = {}
-    versions = manifest.get("versions") if isinstance(manifest, dict) else None
-    versions = versions if isinstance(versions, dict) else {}
+        manifest = checked.loads(text)
+    except checked.JsonValueError as exc:
+        raise UsageError(f"{path} is not valid JSON ({exc}); it cannot be updated", hint=fix) from None
+    versions = manifest.get("versions", {}) if isinstance(manifest, dict) else None
+    if not isinstance(versions, dict):
+        raise UsageError(f"{path} is not an ssdtool export record (expected an object with a versions object)",
+                         hint=fix)
+    return versions
+
+
+def _record_version(repository: Repository, name: str, version: int, records: dict[str, Any],
+                    record: dict[str, Any]) -> Path:
+    """Write ``<name>/ssdtool-export.json``: ``records`` of the versions still present, and ``record`` for
+    ``version``, in version order."""
     present = {str(v) for v in repository.versions(name)}
-    versions = {k: v for k, v in versions.items() if k in present}
+    versions = {k: v for k, v in records.items() if k in present}
     versions[str(version)] = record
-    ordered = dict(sorted(versions.items(), key=lambda item: int(item[0]) if item[0].isdigit() else 0))
-    return repository.write_text(relative, json.dumps({"model": name, "versions": ordered}, indent=2) + "\n")
+    ordered = dict(sorted(versions.items(), key=lambda item: int(item[0])))  # keys of present versions: digits
+    return repository.write_text(f"{name}/{MANIFEST}", json.dumps({"model": name, "versions": ordered}, indent=2)
+                                 + "\n")

@@ -17,9 +17,9 @@ Picked from :data:`LAYOUTS` by :class:`~ssdtool.constants.ExportFormat`.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any, ClassVar
 
+from ssdtool import checked
 from ssdtool.constants import ExportFormat, InferencePrecision
 from ssdtool.errors import UsageError
 from ssdtool.export.options import ServingSettings
@@ -44,11 +44,17 @@ class Layout:
         """The inference precision this layout writes (None: not pinned) and why."""
         return settings.inference_precision, settings.reason
 
+    def files(self, name: str) -> tuple[str, ...]:
+        """The configuration files :meth:`render` makes, relative to the repository."""
+        raise NotImplementedError
+
     def check(self, repository: Repository, name: str) -> None:
         """Refuse, before anything is written, a repository this layout cannot add ``name`` to."""
 
-    def write(self, repository: Repository, name: str, signature: Signature, settings: ServingSettings,
-              storage_uri: str | None) -> list[Path]:
+    def render(self, repository: Repository, name: str, signature: Signature, settings: ServingSettings,
+               storage_uri: str | None) -> dict[str, str]:
+        """The text of each configuration file (relative path -> text), made before the version is installed so
+        that whatever can fail here fails before anything is written."""
         raise NotImplementedError
 
 
@@ -73,15 +79,19 @@ class OvmsLayout(Layout):
         return {"config": {"name": name, "base_path": name, "target_device": settings.device,
                            "plugin_config": plugin_config(settings, precision)}}
 
+    def files(self, name: str) -> tuple[str, ...]:
+        return (OVMS_CONFIG,)
+
     def read_config(self, repository: Repository) -> dict[str, Any]:
-        """``config.json`` as it is ({} when missing); :class:`UsageError` when it is not an OVMS configuration."""
+        """``config.json`` as it is ({} when missing); :class:`UsageError` when it is not strict JSON (finite
+        numbers, bounded nesting: :func:`ssdtool.checked.loads`) or not an OVMS configuration."""
         text = repository.read_text(OVMS_CONFIG)
         path = repository.root / OVMS_CONFIG
         if text is None:
             return {}
         try:
-            config = json.loads(text)
-        except json.JSONDecodeError as exc:
+            config = checked.loads(text)
+        except checked.JsonValueError as exc:
             raise UsageError(f"{path} is not valid JSON ({exc}); it cannot be updated",
                              hint=f"fix or remove {path}, or pass another --output-dir") from None
         if not isinstance(config, dict) or not isinstance(config.get("model_config_list", []), list):
@@ -92,13 +102,13 @@ class OvmsLayout(Layout):
     def check(self, repository: Repository, name: str) -> None:
         self.read_config(repository)
 
-    def write(self, repository: Repository, name: str, signature: Signature, settings: ServingSettings,
-              storage_uri: str | None) -> list[Path]:
-        """Add or replace ``name``'s entry in ``config.json``; other models and keys stay as they were."""
+    def render(self, repository: Repository, name: str, signature: Signature, settings: ServingSettings,
+               storage_uri: str | None) -> dict[str, str]:
+        """``config.json`` with ``name``'s entry added or replaced; other models and keys stay as they were."""
         config = self.read_config(repository)
         entries = [e for e in config.get("model_config_list", []) if _entry_name(e) != name]
         config["model_config_list"] = [*entries, self.model_entry(name, settings)]
-        return [repository.write_text(OVMS_CONFIG, json.dumps(config, indent=2) + "\n")]
+        return {OVMS_CONFIG: json.dumps(config, indent=2) + "\n"}
 
 
 # ------------------------------------------------------------------------------------------------------- Triton
@@ -162,9 +172,12 @@ class TritonLayout(Layout):
         ]
         return "\n".join(lines) + "\n"
 
-    def write(self, repository: Repository, name: str, signature: Signature, settings: ServingSettings,
-              storage_uri: str | None) -> list[Path]:
-        return [repository.write_text(f"{name}/{TRITON_CONFIG}", self.config_text(name, signature, settings))]
+    def files(self, name: str) -> tuple[str, ...]:
+        return (f"{name}/{TRITON_CONFIG}",)
+
+    def render(self, repository: Repository, name: str, signature: Signature, settings: ServingSettings,
+               storage_uri: str | None) -> dict[str, str]:
+        return {f"{name}/{TRITON_CONFIG}": self.config_text(name, signature, settings)}
 
 
 # ------------------------------------------------------------------------------------------------------- KServe
@@ -187,34 +200,47 @@ class KServeLayout(OvmsLayout):
             }}},
         }
 
+    def files(self, name: str) -> tuple[str, ...]:
+        return (*super().files(name), KSERVE_MANIFEST)
+
     def check(self, repository: Repository, name: str) -> None:
-        import yaml
+        """The OVMS checks, and a manifest already in the folder must be one for ``name`` (or empty): read with
+        the one YAML loader (:mod:`ssdtool.safe_yaml`), so an alias bomb is refused, not expanded."""
+        from ssdtool import safe_yaml
 
         super().check(repository, name)
         existing = repository.read_text(KSERVE_MANIFEST)
         if existing is None:
             return
+        path = repository.root / KSERVE_MANIFEST
+        fix = f"fix or remove {path}, or pass another --output-dir for this model"
         try:
-            other = ((yaml.safe_load(existing) or {}).get("metadata") or {}).get("name")
-        except (yaml.YAMLError, AttributeError):
-            other = None
-        if other not in (None, name):
-            raise UsageError(f"{repository.root / KSERVE_MANIFEST} describes another model ({other}); one KServe "
-                             "export folder holds one InferenceService",
-                             hint="pass another --output-dir for this model")
+            manifest = safe_yaml.load(existing).data
+        except safe_yaml.YamlValueError as exc:
+            raise UsageError(f"{path} cannot be read ({exc.reason}); it cannot be updated", hint=fix) from None
+        if manifest is None:
+            return
+        metadata = manifest.get("metadata") if isinstance(manifest, dict) else None
+        other = metadata.get("name") if isinstance(metadata, dict) else None
+        if not isinstance(other, str):
+            raise UsageError(f"{path} is not an InferenceService manifest (expected a mapping with metadata.name)",
+                             hint=fix)
+        if other != name:
+            raise UsageError(f"{path} describes another model ({other[:80]!r}); one KServe export folder holds one "
+                             "InferenceService", hint="pass another --output-dir for this model")
 
-    def write(self, repository: Repository, name: str, signature: Signature, settings: ServingSettings,
-              storage_uri: str | None) -> list[Path]:
+    def render(self, repository: Repository, name: str, signature: Signature, settings: ServingSettings,
+               storage_uri: str | None) -> dict[str, str]:
         import yaml
 
         if storage_uri is None:  # checked with the options; kept for Python callers of the layout
             raise UsageError("--format kserve needs --storage-uri", hint="pass --storage-uri s3://BUCKET/PATH")
-        written = super().write(repository, name, signature, settings, storage_uri)
+        documents = super().render(repository, name, signature, settings, storage_uri)
         header = (f"# Written by ssdtool export. Upload the folder {name}/ beside this file to {storage_uri}\n"
                   f"# (its version folders at the top: {storage_uri.rstrip('/')}/1/model.xml), then: "
                   f"kubectl apply -f {KSERVE_MANIFEST}\n")
         text = header + yaml.safe_dump(self.manifest(name, settings, storage_uri), sort_keys=False)
-        return [*written, repository.write_text(KSERVE_MANIFEST, text)]
+        return {**documents, KSERVE_MANIFEST: text}
 
 
 LAYOUTS: dict[ExportFormat, Layout] = {layout.format: layout for layout in (OvmsLayout(), TritonLayout(),

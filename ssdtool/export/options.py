@@ -10,7 +10,7 @@ none is named), the performance hint is written out, and the inference precision
   parity gate), so the served model never answers worse than ``ssdtool check`` proved. Pass ``bf16`` when the
   server's CPU runs it well (``ssdtool check --inference-precision auto`` on that machine says).
 
-A layout that cannot express a precision says so (:meth:`ssdtool.export.layouts.Layout.precision_parameter`).
+A layout that cannot express a precision says so (:meth:`ssdtool.export.layouts.Layout.precision`).
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ STORAGE_SCHEMES = ("s3", "gs", "pvc", "https", "http", "hdfs", "webhdfs", "oci")
 SERVED_NAME = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
 #: The first version of a model in a repository; OVMS and Triton serve the highest by default.
 FIRST_VERSION = 1
+#: The largest version a server reads: OVMS and Triton keep model versions as signed 64-bit integers.
+MAX_VERSION = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -40,8 +42,9 @@ class ExportOptions:
     """One export: ``format`` into the repository ``output_dir``.
 
     ``version``: the version folder to write (None: the next one; with ``force`` and no version, the latest is
-    replaced). ``served_name``: the model's name on the server (None: the registry name). ``storage_uri``: where a
-    KServe user uploads the model folder (required for kserve, refused for the others).
+    replaced; from 1 to :data:`MAX_VERSION`). ``served_name``: the model's name on the server (None: the registry
+    name; an empty name is refused). ``storage_uri``: where a KServe user uploads the model folder (required for
+    kserve, refused for the others; see :func:`check_storage_uri`).
     """
 
     format: ExportFormat | str
@@ -101,41 +104,94 @@ def serving_settings(options: ExportOptions) -> ServingSettings:
 
 
 def served_name(options: ExportOptions, model: str) -> str:
-    """The name the server gives the model: ``served_name`` or the registry name, a DNS-1035 label."""
-    name = options.served_name or model
+    """The name the server gives the model: ``served_name`` (when given, even empty) or the registry name; a
+    DNS-1035 label either way."""
+    given = options.served_name is not None
+    name = options.served_name if given else model
+    if not name:
+        raise UsageError("--served-name is empty; the server needs a name for the model (it also names its folder)",
+                         hint=f"pass --served-name NAME (a DNS-1035 label), or leave it out to use {model!r}")
     if not SERVED_NAME.fullmatch(name):
-        raise UsageError(f"served model name {name!r} is not a DNS-1035 label (lower-case letters, digits and '-', "
-                         "starting with a letter, at most 63 characters); KServe needs one, and it names a folder",
+        what = f"--served-name {name[:80]!r}" if given else f"the registry name {name[:80]!r}"
+        raise UsageError(f"{what} is not a DNS-1035 label (lower-case letters, digits and '-', starting with a "
+                         "letter, at most 63 characters); KServe needs one, and it names a folder",
                          hint="pass --served-name NAME")
     return name
 
 
+def check_version(version: int | None) -> None:
+    """``--version``: None (the next one) or an integer from 1 to :data:`MAX_VERSION`."""
+    if version is None:
+        return
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise UsageError(f"--version must be an integer, got {type(version).__name__} {version!r:.40}",
+                         hint="pass --version N with N >= 1")
+    if not FIRST_VERSION <= version <= MAX_VERSION:
+        # str() of an int of more than 4,300 digits raises; such a number is described by its size
+        shown = str(version) if version.bit_length() <= 256 else f"a number of {version.bit_length()} bits"
+        raise UsageError(f"--version must be from {FIRST_VERSION} to {MAX_VERSION} (OVMS and Triton read versions "
+                         f"as signed 64-bit integers), got {shown}",
+                         hint="pass a smaller --version N, or leave it out to add the next version")
+
+
+def shown_uri(uri: str) -> str:
+    """``uri`` as a message may quote it: user info masked, query and fragment left out (``?X-Amz-Signature=...``,
+    ``#access_token=...``, ``?pass=...``: either may be a secret, whatever its name)."""
+    head, cut, _rest = re.split(r"([?#])", uri, maxsplit=1) if re.search(r"[?#]", uri) else (uri, "", "")
+    return redact_url(head) + (f"{cut}..." if cut else "")
+
+
 def check_storage_uri(uri: str | None, export_format: ExportFormat) -> str | None:
-    """``--storage-uri``: required for kserve (an s3://, gs://, pvc://, https://, ... URI without credentials),
-    refused for the other formats."""
+    """``--storage-uri``: required for kserve, refused for the other formats.
+
+    Accepted: a lower-case scheme KServe's storage initializer downloads from (:data:`STORAGE_SCHEMES`; its scheme
+    check is case-sensitive), a bucket, claim or host, a port from 1 to 65535 when there is one, and no user info,
+    query or fragment (the manifest would store them, and they are where credentials hide). Messages never quote
+    the user info, query or fragment (:func:`shown_uri`).
+    """
     if export_format is not ExportFormat.KSERVE:
         if uri is not None:
             raise UsageError(f"--storage-uri applies to --format kserve only, got --format {export_format.value}",
                              hint="drop --storage-uri or pass --format kserve")
         return None
+    example = "pass --storage-uri s3://BUCKET/PATH (or gs://, pvc://NAME/PATH, https://...)"
     if not uri:
         raise UsageError("--format kserve needs --storage-uri: where you will upload the model folder for KServe",
-                         hint="pass --storage-uri s3://BUCKET/PATH (or gs://, pvc://NAME/PATH, https://...)")
+                         hint=example)
+    shown = shown_uri(uri)
     try:
         parts = urlsplit(uri)
     except ValueError as exc:
-        raise UsageError(f"--storage-uri {redact_url(uri)!r} is not a URI: {exc}",
-                         hint="pass --storage-uri s3://BUCKET/PATH") from None
-    if parts.scheme.lower() not in STORAGE_SCHEMES or not parts.netloc:
-        found = f"scheme {parts.scheme!r}" if parts.scheme else "no scheme"
-        raise UsageError(f"--storage-uri {redact_url(uri)!r} is not a storage URI KServe downloads from ({found}); "
+        raise UsageError(f"--storage-uri {shown!r} is not a URI: {exc}", hint=example) from None
+    secret_hint = ("give KServe its credentials through a storage secret on the service account, and pass the URI "
+                   "without them")
+    if "@" in parts.netloc:
+        raise UsageError(f"--storage-uri {shown!r} carries credentials (user info before '@'), which would be "
+                         "stored in the InferenceService manifest", hint=secret_hint)
+    if "?" in uri or "#" in uri:
+        raise UsageError(f"--storage-uri {shown!r} carries a query or fragment (not shown), which would be stored in "
+                         "the InferenceService manifest; it often holds credentials (a signature or token), and a "
+                         "storage URI needs none", hint=secret_hint)
+    written_scheme = uri.partition(":")[0]
+    if written_scheme.lower() in STORAGE_SCHEMES and written_scheme != written_scheme.lower():
+        lower = written_scheme.lower() + uri[len(written_scheme):]
+        raise UsageError(f"--storage-uri {shown!r} has the scheme {written_scheme!r}: KServe's storage initializer "
+                         f"matches schemes case-sensitively and knows only {written_scheme.lower()!r}",
+                         hint=f"pass --storage-uri {lower!r}")
+    if parts.scheme not in STORAGE_SCHEMES or not parts.hostname:
+        found = ("no bucket, claim or host" if parts.scheme in STORAGE_SCHEMES
+                 else f"scheme {parts.scheme!r}" if parts.scheme else "no scheme")
+        raise UsageError(f"--storage-uri {shown!r} is not a storage URI KServe downloads from ({found}); "
                          f"expected one of {', '.join(s + '://' for s in STORAGE_SCHEMES)} with a bucket, claim or "
-                         "host", hint="pass --storage-uri s3://BUCKET/PATH (or gs://, pvc://NAME/PATH, https://...)")
-    if redact_url(uri) != uri:
-        raise UsageError(f"--storage-uri {redact_url(uri)!r} carries credentials, which would be stored in the "
-                         "InferenceService manifest", hint="give KServe its credentials through a storage secret on "
-                         "the service account, and pass the URI without them")
-    if any(ord(c) < 0x21 or c in "\"'\\" for c in uri):
-        raise UsageError(f"--storage-uri {uri!r} contains spaces, quotes or control characters",
+                         "host", hint=example)
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0:  # None: no port, which is fine
+        raise UsageError(f"--storage-uri {shown!r} has an invalid port; expected a number from 1 to 65535",
+                         hint="pass the URI with a valid port, or without one")
+    if any(ord(c) < 0x21 or 0x7F <= ord(c) < 0xA0 or c in "\"'\\" for c in uri):
+        raise UsageError(f"--storage-uri {shown!r} contains spaces, quotes or control characters",
                          hint="pass a plain URI")
     return uri

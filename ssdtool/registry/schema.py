@@ -1,5 +1,6 @@
-"""Validating ``models.yml``: a duplicate-key-refusing safe YAML loader, bounded expansion, and a walk that collects
-every problem with its location (``models.NAME.files[0].sha256``) and what was expected."""
+"""Validating ``models.yml``: parsed by the one YAML loader (:mod:`ssdtool.safe_yaml`: safe, duplicate keys reported,
+expansion bounded), then a walk that collects every problem with its location (``models.NAME.files[0].sha256``) and
+what was expected."""
 
 from __future__ import annotations
 
@@ -11,8 +12,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
-import yaml
-
+from ssdtool import safe_yaml
 from ssdtool.errors import RegistryError
 from ssdtool.redact import redact_url
 from ssdtool.registry.checker import Checker, describe
@@ -21,7 +21,7 @@ from ssdtool.registry.heads_schema import check_heads_against_model, check_heads
 
 MAX_REGISTRY_BYTES = 1 << 20
 #: Most values (scalars, lists, mappings) the parsed document may hold, counting each use of a YAML alias.
-MAX_REGISTRY_VALUES = 200_000
+MAX_REGISTRY_VALUES = safe_yaml.MAX_VALUES
 #: Longest file or model name, in UTF-8 bytes: ssdtool derives longer names from them in the cache
 #: (``<file>.verified.json``, temporary files), and most file systems allow 255 bytes per name.
 MAX_NAME_BYTES = 200
@@ -43,69 +43,19 @@ _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 
-class _UniqueKeys:
-    """SafeLoader mixin that reports duplicate mapping keys (plain safe_load keeps the last one silently)."""
-
-    duplicate_keys: list[str]
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            if isinstance(key, (str, int, float, bool)) and key in seen:
-                self.duplicate_keys.append(
-                    f"line {key_node.start_mark.line + 1}: duplicate key {key!r} "
-                    f"(first defined on line {seen[key] + 1})"
-                )
-            elif isinstance(key, (str, int, float, bool)):
-                seen[key] = key_node.start_mark.line
-        return super().construct_mapping(node, deep=deep)  # type: ignore[misc]
-
-
-class _PurePythonLoader(_UniqueKeys, yaml.SafeLoader):
-    pass
-
-
-# libyaml's parser when PyYAML was built with it (the usual wheels): about six times faster.
-_UniqueKeyLoader: type = type("_UniqueKeyLoader", (_UniqueKeys, yaml.CSafeLoader), {}) \
-    if hasattr(yaml, "CSafeLoader") else _PurePythonLoader
+# The loaders, under the names the tests and fuzzers use (one YAML loader: ssdtool.safe_yaml).
+_PurePythonLoader = safe_yaml.PurePythonLoader
+_UniqueKeyLoader = safe_yaml.UniqueKeyLoader
 
 
 def _parse_yaml(text: str, source: str, loader_class: type | None = None) -> tuple[Any, list[str]]:
+    """The document and its duplicate-key problems, each prefixed with ``source``; :class:`RegistryError` when
+    the text is not valid YAML, is nested too deeply or expands past :data:`MAX_REGISTRY_VALUES` values."""
     try:
-        # The pure-Python reader checks the characters (a NUL, say) as soon as it is made: inside the try.
-        loader = (loader_class or _UniqueKeyLoader)(text)
-    except yaml.YAMLError as exc:
-        raise RegistryError([f"{source}: not valid YAML: {exc}"]) from None
-    loader.duplicate_keys = []
-    try:
-        data = loader.get_single_data()
-    except yaml.YAMLError as exc:
-        raise RegistryError([f"{source}: not valid YAML: {exc}"]) from None
-    except RecursionError:  # the pure-Python parser on deeply nested collections (libyaml stops at 1000 levels)
-        raise RegistryError([f"{source}: not valid YAML: nested too deeply"]) from None
-    finally:
-        loader.dispose()
-    if _count_values(data, MAX_REGISTRY_VALUES) > MAX_REGISTRY_VALUES:
-        raise RegistryError([f"{source}: the document expands to more than {MAX_REGISTRY_VALUES:,} values "
-                             f"(through YAML aliases, it seems: the file has {len(text):,} characters)"])
-    return data, [f"{source}: {problem}" for problem in loader.duplicate_keys]
-
-
-def _count_values(data: Any, limit: int) -> int:
-    """How many values ``data`` holds, each alias use counted again; stops counting past ``limit`` (an alias
-    bomb, or a recursive structure, is then not walked to its end)."""
-    count = 0
-    pending = [data]
-    while pending and count <= limit:
-        value = pending.pop()
-        count += 1
-        if isinstance(value, dict):
-            pending.extend(value.keys())
-            pending.extend(value.values())
-        elif isinstance(value, list):
-            pending.extend(value)
-    return count
+        document = safe_yaml.load(text, max_values=MAX_REGISTRY_VALUES, loader_class=loader_class)
+    except safe_yaml.YamlValueError as exc:
+        raise RegistryError([f"{source}: {exc.reason}"]) from None
+    return document.data, [f"{source}: {problem}" for problem in document.duplicate_keys]
 
 
 def check_file_name(name: str) -> str | None:
