@@ -79,7 +79,7 @@ def _refuse_link(path: Path) -> UnsafePathError:
     except OSError:
         mode = stat.S_IFLNK
     return UnsafePathError(path, f"it is {describe(mode, path)}; ssdtool never follows links or opens special "
-                                 "files for its own files in the cache")
+                                 "files where it reads or writes its own files (cache, results, logs, repositories)")
 
 
 def open_regular(path: str | os.PathLike[str], flags: int = os.O_RDONLY, mode: int = 0o666) -> int:
