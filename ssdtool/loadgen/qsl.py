@@ -14,6 +14,7 @@ so only inference is timed.
 from __future__ import annotations
 
 import json
+import math
 import threading
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
@@ -24,6 +25,7 @@ from ssdtool import fsutil
 from ssdtool.errors import ImageError, InputError, UsageError
 from ssdtool.imaging import generated_images, load_image, preprocess
 from ssdtool.inputs import walk_images
+from ssdtool.loadgen.settings import LibrarySize
 from ssdtool.registry import ModelEntry
 
 GENERATED_SAMPLES = 64
@@ -71,6 +73,15 @@ def image_files(images: Path, annotations: Path | None) -> list[Path]:
     if not found:
         raise InputError(f"no image files in {images}", hint="give --images a folder with .jpg or .png images")
     return found
+
+
+def library_size(entry: ModelEntry, files: Sequence[Path] | None) -> LibrarySize:
+    """The library's samples, distinct tensors and bytes per tensor (float32 at the network's input shape, in
+    either form), known before the model is fetched, for the settings check."""
+    tensor_bytes = math.prod(entry.input.shape) * 4
+    if files is None:
+        return LibrarySize(GENERATED_SAMPLES, GENERATED_DISTINCT, tensor_bytes)
+    return LibrarySize(len(files), len(files), tensor_bytes)
 
 
 class SampleLibrary:

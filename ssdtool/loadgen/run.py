@@ -22,7 +22,7 @@ from ssdtool.bench import BenchOptions, check_options
 from ssdtool.cache import Cache
 from ssdtool.constants import Backend, LoadGenMode, LoadGenScenario
 from ssdtool.errors import BackendError, DependencyError, SsdtoolError, UsageError
-from ssdtool.loadgen.qsl import SampleLibrary, image_files
+from ssdtool.loadgen.qsl import SampleLibrary, image_files, library_size
 from ssdtool.loadgen.settings import SettingsOverrides, build_settings, describe_settings
 from ssdtool.loadgen.summary import LoadGenReport, RunConfig, read_results
 from ssdtool.loadgen.sut import EngineSut, Failure
@@ -211,7 +211,8 @@ def run_loadgen(entry: ModelEntry, cache: Cache, options: LoadGenOptions, *,
 
     The model is downloaded or converted first when missing (as ``bench``). LoadGen's logs end up in
     ``options.output_dir``. ``progress`` receives :class:`LoadGenProgress` from the calling thread while the
-    test runs. Raises :class:`~ssdtool.errors.UsageError` for bad settings or an unwritable output folder,
+    test runs. Raises :class:`~ssdtool.errors.UsageError` for a setting out of bounds (flag, user.conf or
+    default; see :mod:`ssdtool.loadgen.limits`) or an unwritable output folder,
     :class:`~ssdtool.errors.DependencyError` without LoadGen, and the first error met during the test.
     """
     scenario, mode = parse_scenario(options.scenario), parse_mode(options.mode)
@@ -224,6 +225,7 @@ def run_loadgen(entry: ModelEntry, cache: Cache, options: LoadGenOptions, *,
                          hint="add --images DIR")
     files = image_files(Path(options.images), options.annotations) if options.images is not None else None
     lg = import_loadgen()
+    settings = build_settings(lg, scenario, mode, options.settings, library_size(entry, files))
     output_dir = Path(options.output_dir)
     scratch = _scratch_folder(output_dir)
     try:
@@ -231,7 +233,6 @@ def run_loadgen(entry: ModelEntry, cache: Cache, options: LoadGenOptions, *,
                                      options.precision if options.backend == Backend.OPENVINO else None,
                                      offline=options.offline, progress=download_progress)
         library = SampleLibrary(entry, model.form, files)
-        settings = build_settings(lg, scenario, mode, options.settings, scratch, library.total_count)
         engine, requests, reason = _engine(model, options, scenario)
         failure = Failure()
         sut = EngineSut(lg, engine, library, requests, failure)
