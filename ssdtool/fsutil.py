@@ -340,3 +340,28 @@ class OutputFile:
         self.abort()
         return UsageError(f"cannot write the results to {self.path}: {exc.strerror or exc}",
                           hint="free some space or choose another --output FILE")
+
+
+def replace_refusal(path: str | os.PathLike[str],
+                    inputs: Iterable[tuple[str | os.PathLike[str], str]] = ()) -> str | None:
+    """Why a finished file must not be renamed onto ``path``, or None when it may be.
+
+    It may when nothing is there, or a regular file that is none of ``inputs`` (pairs of a path and what it is,
+    e.g. ``(conf, "the --user-conf file")``; compared by device and inode, so a hard link or another spelling of
+    an input counts). A symbolic link, folder, device, FIFO or socket is refused: a rename would replace the link
+    itself or fail on a folder, and a device or FIFO is never replaced. Checks only; writes nothing.
+    """
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"it cannot be checked ({exc.strerror or exc})"
+    if not stat.S_ISREG(info.st_mode):
+        return f"it is {describe(info.st_mode, path)}"
+    for source, what in inputs:
+        with contextlib.suppress(OSError):
+            other = os.stat(source)
+            if (other.st_dev, other.st_ino) == (info.st_dev, info.st_ino):
+                return f"it is {what} ({os.fspath(source)}), an input of this run"
+    return None

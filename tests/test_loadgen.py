@@ -424,13 +424,143 @@ def test_ctrl_c_on_the_command_line(world: World, tmp_path: Path) -> None:
     assert not output.exists() or not any(output.iterdir())
 
 
-def test_a_folder_in_the_way_of_the_summary(world: World, tmp_path: Path) -> None:
+# ------------------------------------------------------------------------------------------------ publishing
+EARLIER = {"mlperf_log_summary.txt": b"an earlier summary\n", "mlperf_log_detail.txt": b"an earlier detail\n",
+           "mlperf_log_accuracy.json": b"[\n{\"seq_id\" : 0, \"qsl_idx\" : 0, \"data\" : \"\"}\n]\n"}
+
+
+def _snapshot(folder: Path) -> dict[str, object]:
+    """Every entry of ``folder``: a regular file's bytes, or what else it is (never following a link)."""
+    entries: dict[str, object] = {}
+    for path in sorted(folder.iterdir()):
+        if path.is_symlink():
+            entries[path.name] = f"link to {os.readlink(path)}"
+        elif path.is_dir():
+            entries[path.name] = "folder"
+        elif path.is_fifo():
+            entries[path.name] = "fifo"
+        else:
+            entries[path.name] = path.read_bytes()
+    return entries
+
+
+def _obstacle(kind: str, world: World, tmp_path: Path, output: Path) -> tuple[str, list[str], str]:
+    """Plant ``kind`` among an earlier run's logs; returns the log name in the way, extra arguments, and what the
+    error says it is."""
+    if kind == "folder":
+        os.remove(output / "mlperf_log_summary.txt")
+        (output / "mlperf_log_summary.txt").mkdir()
+        return "mlperf_log_summary.txt", [], "it is a folder"
+    if kind == "symlink":
+        target = tmp_path / "elsewhere.txt"
+        target.write_bytes(b"not LoadGen's\n")
+        os.remove(output / "mlperf_log_detail.txt")
+        (output / "mlperf_log_detail.txt").symlink_to(target)
+        return "mlperf_log_detail.txt", [], f"it is a symbolic link (to {target})"
+    if kind == "fifo":
+        os.mkfifo(output / "mlperf_log_trace.json")
+        return "mlperf_log_trace.json", [], "it is a FIFO (named pipe)"
+    if kind == "user-conf":
+        conf = output / "mlperf_log_detail.txt"
+        conf.write_text("# my settings\n*.Offline.min_query_count = 8\n")
+        return "mlperf_log_detail.txt", ["--user-conf", str(conf)], (
+            f"it is the --user-conf file ({conf}), an input of this run")
+    if kind == "annotations":
+        copy = tmp_path / "instances.json"
+        copy.write_bytes(world.annotations.read_bytes())
+        os.remove(output / "mlperf_log_accuracy.json")
+        os.link(copy, output / "mlperf_log_accuracy.json")
+        return "mlperf_log_accuracy.json", ["--images", str(world.images), "--annotations", str(copy)], (
+            f"it is the --annotations file ({copy}), an input of this run")
+    image = world.images / "a.png"
+    os.link(image, output / "mlperf_log_trace.json")
+    return "mlperf_log_trace.json", ["--images", str(world.images)], (
+        f"it is an image of --images ({image}), an input of this run")
+
+
+@pytest.mark.parametrize("kind", ["folder", "symlink", "fifo", "user-conf", "annotations", "image"])
+def test_something_in_the_way_of_a_log_is_refused_before_the_run(world: World, tmp_path: Path, kind: str) -> None:
+    """Issue 20, item 10: every log's final name is checked before LoadGen starts, so an earlier run's files
+    (and the inputs) stay byte for byte as they were."""
     output = tmp_path / "out"
-    (output / "mlperf_log_summary.txt").mkdir(parents=True)
-    result = _bench(world, "tiny", "--scenario", "Offline", "--output-dir", str(output), *SHORT)
-    assert result.exit_code == UsageError.exit_code
-    assert f"cannot put LoadGen's mlperf_log_summary.txt in {output}" in result.output
-    assert not [p for p in output.iterdir() if p.name.startswith(".")]
+    output.mkdir()
+    for name, data in EARLIER.items():
+        (output / name).write_bytes(data)
+    name, extra, what = _obstacle(kind, world, tmp_path, output)
+    before = _snapshot(output)
+    result = _bench(world, "tiny", "--scenario", "Offline", "--output-dir", str(output), *SHORT, *extra)
+    assert result.exit_code == UsageError.exit_code, result.output
+    assert result.stderr == (f"error: cannot put LoadGen's {name} in {output}: {output / name} is in the way "
+                             f"({what}); nothing there was replaced\n"
+                             "hint: move it away, or give another --output-dir\n")
+    assert result.stdout == ""
+    assert _snapshot(output) == before
+    if kind == "symlink":
+        assert (tmp_path / "elsewhere.txt").read_bytes() == b"not LoadGen's\n"
+
+
+def test_an_obstacle_planted_during_the_run_is_refused_at_publish(world: World, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The names are checked again, all of them, before the first file is moved: a folder that appears at the
+    summary's name while LoadGen runs leaves the earlier detail and accuracy log as they were."""
+    from ssdtool.loadgen.qsl import SampleLibrary
+
+    output = tmp_path / "out"
+    output.mkdir()
+    for name, data in EARLIER.items():
+        (output / name).write_bytes(data)
+    real = SampleLibrary.load
+
+    def load_and_plant(self: SampleLibrary, indices: list[int]) -> None:  # LoadGen calls it once the test began
+        summary = output / "mlperf_log_summary.txt"
+        if summary.is_file():
+            summary.unlink()
+            summary.mkdir()
+        real(self, indices)
+
+    monkeypatch.setattr(SampleLibrary, "load", load_and_plant)
+    options = LoadGenOptions(scenario="Offline", output_dir=output, offline=True, inference_precision="f32",
+                             settings=SettingsOverrides(min_duration=0.3, min_queries=8))
+    with pytest.raises(UsageError) as caught:
+        run_loadgen(load_registry(world.registry).model("tiny"), Cache.at(world.cache), options)
+    assert caught.value.message == (f"cannot put LoadGen's mlperf_log_summary.txt in {output}: "
+                                    f"{output / 'mlperf_log_summary.txt'} is in the way (it is a folder); nothing "
+                                    "there was replaced")
+    assert _snapshot(output) == {**{k: v for k, v in EARLIER.items() if k != "mlperf_log_summary.txt"},
+                                 "mlperf_log_summary.txt": "folder"}
+
+
+def test_a_failed_move_never_leaves_an_earlier_summary_beside_new_logs(world: World, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    output = tmp_path / "out"
+    output.mkdir()
+    for name, data in EARLIER.items():
+        (output / name).write_bytes(data)
+    real = os.replace
+
+    def failing(source: Any, target: Any) -> None:
+        if Path(target).name == "mlperf_log_detail.txt":
+            raise OSError(28, "No space left on device")
+        real(source, target)
+
+    monkeypatch.setattr(os, "replace", failing)
+    options = LoadGenOptions(scenario="Offline", output_dir=output, offline=True, inference_precision="f32",
+                             settings=SettingsOverrides(min_duration=0.3, min_queries=8))
+    with pytest.raises(UsageError, match=f"cannot put LoadGen's logs in {output}: No space left on device"):
+        run_loadgen(load_registry(world.registry).model("tiny"), Cache.at(world.cache), options)
+    left = _snapshot(output)
+    assert sorted(left) == ["mlperf_log_accuracy.json", "mlperf_log_detail.txt"]  # no summary claims a result
+    assert left["mlperf_log_detail.txt"] == EARLIER["mlperf_log_detail.txt"]
+
+
+def test_a_rerun_replaces_an_earlier_runs_logs(world: World, tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    output.mkdir()
+    for name, data in EARLIER.items():
+        (output / name).write_bytes(data)
+    result = _bench(world, "tiny", "--scenario", "Offline", "--output-dir", str(output), *SHORT, "--json")
+    _check_run(result, output, "Offline", "openvino")
+    assert all((output / name).read_bytes() != data for name, data in EARLIER.items())
 
 
 SERVER_SUMMARY = """================================================
