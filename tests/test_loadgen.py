@@ -251,6 +251,24 @@ def test_missing_annotated_image_is_an_input_error(world: World, tmp_path: Path)
     assert not (tmp_path / "out").exists()
 
 
+def test_annotations_are_read_by_evals_loader(world: World, tmp_path: Path) -> None:
+    """The sample order comes from the file the accuracy log is scored against, checked by the same loader as
+    eval: a NaN id or a name leaving the images folder is exit 33, located, before anything runs."""
+    data = json.loads(world.annotations.read_text())
+    data["images"][1]["id"] = float("nan")
+    data["images"][2]["file_name"] = "../c.png"
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps(data))  # Python writes NaN
+    result = _bench(world, "tiny", "--scenario", "Offline", "--images", str(world.images), "--annotations",
+                    str(broken), "--output-dir", str(tmp_path / "out"))
+    assert result.exit_code == 33, result.output
+    # 2 problems in images, and the 10 annotations of the two images that are thereby not listed
+    assert result.stderr.startswith(f"error: invalid {broken} (12 problems):\n  images[1].id: expected an "
+                                    "integer, found nan\n  images[2].file_name: '../c.png' must be a relative path "
+                                    "inside the images folder\n")
+    assert not (tmp_path / "out").exists()
+
+
 # ------------------------------------------------------------------------------------------------ settings
 def _settings(scenario: LoadGenScenario, tmp_path: Path, overrides: SettingsOverrides | None = None,
               samples: int = 500) -> Any:
