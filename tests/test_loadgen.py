@@ -636,6 +636,15 @@ def test_parse_summary_server() -> None:
     assert summary.fields["target_qps"] == "50"
 
 
+def test_parse_summary_refuses_non_finite_numbers() -> None:
+    hostile = (SERVER_SUMMARY.replace("Scheduled samples per second : 50.75", "Scheduled samples per second : nan")
+               .replace("Max latency (ns)                : 11216273", "Max latency (ns)                : inf")
+               .replace("Min latency (ns)                : 2215520", "Min latency (ns)                : 1e400"))
+    summary = parse_summary(hostile)
+    assert summary.metric_value is None
+    assert summary.latency_ms == {"p50": 2.319288, "p99": 11.216273, "mean": 2.679922}
+
+
 @pytest.mark.parametrize("model", ["planted", "tiny"])
 def test_eval_of_the_accuracy_log_equals_plain_eval(world: World, tmp_path: Path, model: str) -> None:
     """``eval --mlperf-log`` on LoadGen's log gives the AP of a plain ``eval`` over the same images: same
