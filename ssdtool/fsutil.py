@@ -450,3 +450,28 @@ class OutputFile:
     def _write_failed(self, exc: OSError) -> UsageError:
         self.abort()
         return self._cannot(exc, "", hint=f"free some space or choose another {self.option} FILE")
+
+
+def replace_refusal(path: str | os.PathLike[str], inputs: Iterable[InputPath] = ()) -> str | None:
+    """Why a finished file must not be renamed onto ``path``, or None when it may be: the guard's check for a
+    destination that is replaced by a rename (LoadGen's logs), where :func:`check_outputs` checks files that are
+    written.
+
+    It may when nothing is there, or a regular file that is none of ``inputs`` (compared with
+    :func:`file_identity`, so a hard link or another spelling of an input counts). A symbolic link, folder, device,
+    FIFO or socket is refused: a rename would replace the link itself or fail on a folder, and a device or FIFO is
+    never replaced. Checks only; writes nothing.
+    """
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"it cannot be checked ({exc.strerror or exc})"
+    if not stat.S_ISREG(info.st_mode):
+        return f"it is {describe(info.st_mode, path)}"
+    identity = file_identity(path)
+    for source in inputs:
+        if file_identity(source.path) == identity:
+            return f"it is {source.what} ({os.fspath(source.path)}), an input of this run"
+    return None

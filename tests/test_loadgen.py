@@ -33,7 +33,7 @@ from ssdtool.labels import COCO_CATEGORY_IDS, COCO_NAMES
 from ssdtool.loadgen import LoadGenOptions, SettingsOverrides, parse_summary, run_loadgen
 from ssdtool.loadgen.qsl import image_files
 from ssdtool.loadgen.run import loadgen_still_running
-from ssdtool.loadgen.settings import V2_DEFAULTS, build_settings
+from ssdtool.loadgen.settings import V2_DEFAULTS, LibrarySize, build_settings
 from ssdtool.registry import load_registry
 from ssdtool.ssd import SsdGeometry
 from ssdtool.synthetic import PlantedDetection, TwinSpec, build_model, planted_expected
@@ -251,10 +251,30 @@ def test_missing_annotated_image_is_an_input_error(world: World, tmp_path: Path)
     assert not (tmp_path / "out").exists()
 
 
+def test_annotations_are_read_by_evals_loader(world: World, tmp_path: Path) -> None:
+    """The sample order comes from the file the accuracy log is scored against, checked by the same loader as
+    eval: a NaN id or a name leaving the images folder is exit 33, located, before anything runs."""
+    data = json.loads(world.annotations.read_text())
+    data["images"][1]["id"] = float("nan")
+    data["images"][2]["file_name"] = "../c.png"
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps(data))  # Python writes NaN
+    result = _bench(world, "tiny", "--scenario", "Offline", "--images", str(world.images), "--annotations",
+                    str(broken), "--output-dir", str(tmp_path / "out"))
+    assert result.exit_code == 33, result.output
+    # 2 problems in images, and the 10 annotations of the two images that are thereby not listed
+    assert result.stderr.startswith(f"error: invalid {broken} (12 problems):\n  images[1].id: expected an "
+                                    "integer, found nan\n  images[2].file_name: '../c.png' must be a relative path "
+                                    "inside the images folder\n")
+    assert not (tmp_path / "out").exists()
+
+
 # ------------------------------------------------------------------------------------------------ settings
 def _settings(scenario: LoadGenScenario, tmp_path: Path, overrides: SettingsOverrides | None = None,
               samples: int = 500) -> Any:
-    return build_settings(lg, scenario, LoadGenMode.PERFORMANCE, overrides or SettingsOverrides(), tmp_path, samples)
+    library = LibrarySize(samples, samples, 3 * 300 * 300 * 4)
+    return build_settings(lg, scenario, LoadGenMode.PERFORMANCE, overrides or SettingsOverrides(), library,
+                          memory=16 << 30)
 
 
 def test_v2_defaults(tmp_path: Path) -> None:
@@ -287,11 +307,8 @@ def test_user_conf_then_flags(tmp_path: Path) -> None:
     assert server.server_target_latency_ns == 80_000_000
 
 
+# Flags out of their bounds, and user.conf lines: tests/test_loadgen_settings.py.
 @pytest.mark.parametrize(("args", "message"), [
-    (("--scenario", "Server", "--target-qps", "-3"), "the target QPS must be positive, got -3.0"),
-    (("--scenario", "Offline", "--min-duration", "-1"), "the minimum duration must be 0 s or more"),
-    (("--scenario", "Offline", "--min-queries", "0"), "the minimum query count must be at least 1"),
-    (("--scenario", "Server", "--target-latency-ms", "0"), "the target latency must be positive"),
     (("--scenario", "SingleStream", "--target-qps", "3"), "--target-qps applies to the Server and Offline"),
     (("--scenario", "Offline", "--target-latency-ms", "3"), "does not apply to the Offline scenario"),
     (("--scenario", "Sever"), "unknown scenario 'Sever'; expected one of SingleStream, MultiStream, Server, Offline"),
@@ -314,7 +331,9 @@ def test_bad_user_conf(world: World, tmp_path: Path) -> None:
     result = _bench(world, "tiny", "--scenario", "Server", "--user-conf", str(conf), "--output-dir",
                     str(tmp_path / "out"))
     assert result.exit_code == UsageError.exit_code
-    assert "LoadGen rejected the user.conf" in result.output
+    assert result.stderr == (f"error: {conf} line 1: target_qps must be a decimal number, got 'fast' (nan, inf and "
+                             "hexadecimal are refused)\nhint: fix line 1 of user.conf, or leave out --user-conf\n")
+    assert not (tmp_path / "out").exists()
     result = _bench(world, "tiny", "--scenario", "Server", "--user-conf", str(tmp_path / "none.conf"))
     assert result.exit_code == UsageError.exit_code and "cannot read the user.conf" in result.output
 
@@ -423,13 +442,143 @@ def test_ctrl_c_on_the_command_line(world: World, tmp_path: Path) -> None:
     assert not output.exists() or not any(output.iterdir())
 
 
-def test_a_folder_in_the_way_of_the_summary(world: World, tmp_path: Path) -> None:
+# ------------------------------------------------------------------------------------------------ publishing
+EARLIER = {"mlperf_log_summary.txt": b"an earlier summary\n", "mlperf_log_detail.txt": b"an earlier detail\n",
+           "mlperf_log_accuracy.json": b"[\n{\"seq_id\" : 0, \"qsl_idx\" : 0, \"data\" : \"\"}\n]\n"}
+
+
+def _snapshot(folder: Path) -> dict[str, object]:
+    """Every entry of ``folder``: a regular file's bytes, or what else it is (never following a link)."""
+    entries: dict[str, object] = {}
+    for path in sorted(folder.iterdir()):
+        if path.is_symlink():
+            entries[path.name] = f"link to {os.readlink(path)}"
+        elif path.is_dir():
+            entries[path.name] = "folder"
+        elif path.is_fifo():
+            entries[path.name] = "fifo"
+        else:
+            entries[path.name] = path.read_bytes()
+    return entries
+
+
+def _obstacle(kind: str, world: World, tmp_path: Path, output: Path) -> tuple[str, list[str], str]:
+    """Plant ``kind`` among an earlier run's logs; returns the log name in the way, extra arguments, and what the
+    error says it is."""
+    if kind == "folder":
+        os.remove(output / "mlperf_log_summary.txt")
+        (output / "mlperf_log_summary.txt").mkdir()
+        return "mlperf_log_summary.txt", [], "it is a folder"
+    if kind == "symlink":
+        target = tmp_path / "elsewhere.txt"
+        target.write_bytes(b"not LoadGen's\n")
+        os.remove(output / "mlperf_log_detail.txt")
+        (output / "mlperf_log_detail.txt").symlink_to(target)
+        return "mlperf_log_detail.txt", [], f"it is a symbolic link (to {target})"
+    if kind == "fifo":
+        os.mkfifo(output / "mlperf_log_trace.json")
+        return "mlperf_log_trace.json", [], "it is a FIFO (named pipe)"
+    if kind == "user-conf":
+        conf = output / "mlperf_log_detail.txt"
+        conf.write_text("# my settings\n*.Offline.min_query_count = 8\n")
+        return "mlperf_log_detail.txt", ["--user-conf", str(conf)], (
+            f"it is the --user-conf file ({conf}), an input of this run")
+    if kind == "annotations":
+        copy = tmp_path / "instances.json"
+        copy.write_bytes(world.annotations.read_bytes())
+        os.remove(output / "mlperf_log_accuracy.json")
+        os.link(copy, output / "mlperf_log_accuracy.json")
+        return "mlperf_log_accuracy.json", ["--images", str(world.images), "--annotations", str(copy)], (
+            f"it is the --annotations file ({copy}), an input of this run")
+    image = world.images / "a.png"
+    os.link(image, output / "mlperf_log_trace.json")
+    return "mlperf_log_trace.json", ["--images", str(world.images)], (
+        f"it is an image of --images ({image}), an input of this run")
+
+
+@pytest.mark.parametrize("kind", ["folder", "symlink", "fifo", "user-conf", "annotations", "image"])
+def test_something_in_the_way_of_a_log_is_refused_before_the_run(world: World, tmp_path: Path, kind: str) -> None:
+    """Issue 20, item 10: every log's final name is checked before LoadGen starts, so an earlier run's files
+    (and the inputs) stay byte for byte as they were."""
     output = tmp_path / "out"
-    (output / "mlperf_log_summary.txt").mkdir(parents=True)
-    result = _bench(world, "tiny", "--scenario", "Offline", "--output-dir", str(output), *SHORT)
-    assert result.exit_code == UsageError.exit_code
-    assert f"cannot put LoadGen's mlperf_log_summary.txt in {output}" in result.output
-    assert not [p for p in output.iterdir() if p.name.startswith(".")]
+    output.mkdir()
+    for name, data in EARLIER.items():
+        (output / name).write_bytes(data)
+    name, extra, what = _obstacle(kind, world, tmp_path, output)
+    before = _snapshot(output)
+    result = _bench(world, "tiny", "--scenario", "Offline", "--output-dir", str(output), *SHORT, *extra)
+    assert result.exit_code == UsageError.exit_code, result.output
+    assert result.stderr == (f"error: cannot put LoadGen's {name} in {output}: {output / name} is in the way "
+                             f"({what}); nothing there was replaced\n"
+                             "hint: move it away, or give another --output-dir\n")
+    assert result.stdout == ""
+    assert _snapshot(output) == before
+    if kind == "symlink":
+        assert (tmp_path / "elsewhere.txt").read_bytes() == b"not LoadGen's\n"
+
+
+def test_an_obstacle_planted_during_the_run_is_refused_at_publish(world: World, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The names are checked again, all of them, before the first file is moved: a folder that appears at the
+    summary's name while LoadGen runs leaves the earlier detail and accuracy log as they were."""
+    from ssdtool.loadgen.qsl import SampleLibrary
+
+    output = tmp_path / "out"
+    output.mkdir()
+    for name, data in EARLIER.items():
+        (output / name).write_bytes(data)
+    real = SampleLibrary.load
+
+    def load_and_plant(self: SampleLibrary, indices: list[int]) -> None:  # LoadGen calls it once the test began
+        summary = output / "mlperf_log_summary.txt"
+        if summary.is_file():
+            summary.unlink()
+            summary.mkdir()
+        real(self, indices)
+
+    monkeypatch.setattr(SampleLibrary, "load", load_and_plant)
+    options = LoadGenOptions(scenario="Offline", output_dir=output, offline=True, inference_precision="f32",
+                             settings=SettingsOverrides(min_duration=0.3, min_queries=8))
+    with pytest.raises(UsageError) as caught:
+        run_loadgen(load_registry(world.registry).model("tiny"), Cache.at(world.cache), options)
+    assert caught.value.message == (f"cannot put LoadGen's mlperf_log_summary.txt in {output}: "
+                                    f"{output / 'mlperf_log_summary.txt'} is in the way (it is a folder); nothing "
+                                    "there was replaced")
+    assert _snapshot(output) == {**{k: v for k, v in EARLIER.items() if k != "mlperf_log_summary.txt"},
+                                 "mlperf_log_summary.txt": "folder"}
+
+
+def test_a_failed_move_never_leaves_an_earlier_summary_beside_new_logs(world: World, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    output = tmp_path / "out"
+    output.mkdir()
+    for name, data in EARLIER.items():
+        (output / name).write_bytes(data)
+    real = os.replace
+
+    def failing(source: Any, target: Any) -> None:
+        if Path(target).name == "mlperf_log_detail.txt":
+            raise OSError(28, "No space left on device")
+        real(source, target)
+
+    monkeypatch.setattr(os, "replace", failing)
+    options = LoadGenOptions(scenario="Offline", output_dir=output, offline=True, inference_precision="f32",
+                             settings=SettingsOverrides(min_duration=0.3, min_queries=8))
+    with pytest.raises(UsageError, match=f"cannot put LoadGen's logs in {output}: No space left on device"):
+        run_loadgen(load_registry(world.registry).model("tiny"), Cache.at(world.cache), options)
+    left = _snapshot(output)
+    assert sorted(left) == ["mlperf_log_accuracy.json", "mlperf_log_detail.txt"]  # no summary claims a result
+    assert left["mlperf_log_detail.txt"] == EARLIER["mlperf_log_detail.txt"]
+
+
+def test_a_rerun_replaces_an_earlier_runs_logs(world: World, tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    output.mkdir()
+    for name, data in EARLIER.items():
+        (output / name).write_bytes(data)
+    result = _bench(world, "tiny", "--scenario", "Offline", "--output-dir", str(output), *SHORT, "--json")
+    _check_run(result, output, "Offline", "openvino")
+    assert all((output / name).read_bytes() != data for name, data in EARLIER.items())
 
 
 SERVER_SUMMARY = """================================================
@@ -485,6 +634,15 @@ def test_parse_summary_server() -> None:
     assert summary.latency_ms == {"p50": 2.319288, "p99": 11.216273, "max": 11.216273, "mean": 2.679922,
                                   "min": 2.21552}
     assert summary.fields["target_qps"] == "50"
+
+
+def test_parse_summary_refuses_non_finite_numbers() -> None:
+    hostile = (SERVER_SUMMARY.replace("Scheduled samples per second : 50.75", "Scheduled samples per second : nan")
+               .replace("Max latency (ns)                : 11216273", "Max latency (ns)                : inf")
+               .replace("Min latency (ns)                : 2215520", "Min latency (ns)                : 1e400"))
+    summary = parse_summary(hostile)
+    assert summary.metric_value is None
+    assert summary.latency_ms == {"p50": 2.319288, "p99": 11.216273, "mean": 2.679922}
 
 
 @pytest.mark.parametrize("model", ["planted", "tiny"])

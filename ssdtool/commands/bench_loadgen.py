@@ -12,8 +12,10 @@ from typing import Any, TypeVar
 import click
 
 from ssdtool.commands.common import app_context, echo_json, printable
+from ssdtool.commands.options import FiniteFloatRange
 from ssdtool.commands.progress import app_download_progress, loadgen_progress
 from ssdtool.constants import LoadGenMode, LoadGenScenario
+from ssdtool.loadgen.limits import BOUNDS, FLAGS
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -26,6 +28,16 @@ def _choice(kind: type[LoadGenScenario] | type[LoadGenMode]) -> Callable[[click.
         return [value for value in kind.values() if value.lower().startswith(incomplete.lower())]
 
     return complete
+
+
+def _flag_type(key: str) -> click.ParamType:
+    """The option type of a setting's flag, from the bounds table the user.conf reader and the settings check
+    use (in the flag's unit)."""
+    bound = BOUNDS[key]
+    scale = FLAGS[key][1]
+    if bound.integer and scale == 1:
+        return click.IntRange(int(bound.low), int(bound.high))
+    return FiniteFloatRange(bound.low * scale, bound.high * scale, min_open=bound.low_open, max_open=bound.high_open)
 
 
 def loadgen_options(func: F) -> F:
@@ -45,13 +57,13 @@ def loadgen_options(func: F) -> F:
         click.option("--annotations", type=click.Path(path_type=Path),
                      help="COCO-format annotations; their image order is the sample order (qsl_idx) [default: the "
                           "image files sorted by name]."),
-        click.option("--target-qps", type=float, metavar="QPS",
+        click.option("--target-qps", type=_flag_type("target_qps"), metavar="QPS",
                      help="Server: queries per second to issue; Offline: the expected rate, which sizes the query."),
-        click.option("--target-latency-ms", type=float, metavar="MS",
+        click.option("--target-latency-ms", type=_flag_type("target_latency"), metavar="MS",
                      help="Server: the latency bound [100]; SingleStream/MultiStream: the expected latency."),
-        click.option("--min-duration", type=float, metavar="SECONDS",
+        click.option("--min-duration", type=_flag_type("min_duration"), metavar="SECONDS",
                      help="Shortest test [MLPerf: 600 s]; shorter runs come out INVALID."),
-        click.option("--min-queries", type=int, metavar="N",
+        click.option("--min-queries", type=_flag_type("min_query_count"), metavar="N",
                      help="Fewest queries [MLPerf: SingleStream 1024, MultiStream 662, Server 270336, Offline "
                           "24576 samples]."),
         click.option("--user-conf", type=click.Path(path_type=Path),

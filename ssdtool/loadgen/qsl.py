@@ -13,46 +13,40 @@ so only inference is timed.
 
 from __future__ import annotations
 
-import json
+import math
 import threading
 from collections.abc import Sequence
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 
-from ssdtool import fsutil
 from ssdtool.errors import ImageError, InputError, UsageError
+from ssdtool.evaluation.dataset import image_path, load_annotations
 from ssdtool.imaging import generated_images, load_image, preprocess
 from ssdtool.inputs import walk_images
+from ssdtool.loadgen.settings import LibrarySize
 from ssdtool.registry import ModelEntry
 
 GENERATED_SAMPLES = 64
 GENERATED_DISTINCT = 8
 GENERATED_SEED = 21
-_ANNOTATIONS_LIMIT = 1 << 30
 
 
 def annotation_order(annotations: Path, images: Path) -> list[Path]:
-    """The image files of a COCO-format annotation file, in its ``images`` order, below ``images``."""
-    try:
-        data = json.loads(fsutil.read_regular(annotations, _ANNOTATIONS_LIMIT, follow_links=True))
-        listed = data["images"]
-        names = [str(image["file_name"]) for image in listed]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise InputError(f"cannot read the COCO annotations {annotations}: {exc}; expected a JSON object with an "
-                         "'images' list of objects with 'file_name'",
-                         hint="give --annotations a COCO-format file such as instances_val2017.json") from exc
+    """The image files of a COCO-format annotation file, in its ``images`` order, below ``images``.
+
+    The file is read and checked by eval's loader (:func:`ssdtool.evaluation.dataset.load_annotations`: the same
+    rules, and the same :class:`~ssdtool.errors.AnnotationError`, exit 33), since the accuracy log this order
+    produces is scored against that file.
+    """
+    listed = load_annotations(annotations).images
     paths: list[Path] = []
-    missing: list[str] = []
-    for name in names:
-        relative = PurePosixPath(name)
-        if relative.is_absolute() or ".." in relative.parts:
-            raise InputError(f"{annotations}: the image name {name!r} leaves the images folder",
-                             hint="file_name entries must be paths below --images")
-        path = images / relative
+    missing: list[Path] = []
+    for image in listed:
+        path = image_path(images, image)
         (paths if path.is_file() else missing).append(path)
     if missing:
-        raise InputError(f"{len(missing)} of the {len(names)} images listed in {annotations} are not in {images} "
+        raise InputError(f"{len(missing)} of the {len(listed)} images listed in {annotations} are not in {images} "
                          f"(first: {missing[0]}); the listed order is the sample order, so none may be missing",
                          hint="point --images at the folder that holds the annotation file's images")
     if not paths:
@@ -71,6 +65,15 @@ def image_files(images: Path, annotations: Path | None) -> list[Path]:
     if not found:
         raise InputError(f"no image files in {images}", hint="give --images a folder with .jpg or .png images")
     return found
+
+
+def library_size(entry: ModelEntry, files: Sequence[Path] | None) -> LibrarySize:
+    """The library's samples, distinct tensors and bytes per tensor (float32 at the network's input shape, in
+    either form), known before the model is fetched, for the settings check."""
+    tensor_bytes = math.prod(entry.input.shape) * 4
+    if files is None:
+        return LibrarySize(GENERATED_SAMPLES, GENERATED_DISTINCT, tensor_bytes)
+    return LibrarySize(len(files), len(files), tensor_bytes)
 
 
 class SampleLibrary:

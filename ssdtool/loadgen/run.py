@@ -1,13 +1,17 @@
 """The one library call: :func:`run_loadgen` runs a LoadGen scenario on an ssdtool engine and reports it.
 
-LoadGen writes its logs into a new hidden folder inside the output folder; only a test that ended without a
-failure has its files moved to their final names there (the accuracy log and the detail first, the summary, the
-file that claims a result, last). A failure or an interrupt removes the hidden folder, so no half-written log is
-ever left where a result is expected; files of an earlier run stay as they were.
+Everything is checked before LoadGen starts: the settings (:func:`~ssdtool.loadgen.settings.build_settings`) and
+the places the logs will go (no link, folder, device or FIFO, and none of the run's inputs, at any of LoadGen's
+file names in the output folder). LoadGen writes its logs into a new hidden folder inside the output folder; only
+a test that ended without a failure has its files moved to their final names there, after the same check of
+every name again: an earlier summary is removed first, then the accuracy log and the detail are moved, and the
+summary, the file that claims a result, last. A failure or an interrupt removes the hidden folder, so no
+half-written log is ever left where a result is expected; files of an earlier run stay as they were.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -22,9 +26,9 @@ from ssdtool.bench import BenchOptions, check_options
 from ssdtool.cache import Cache
 from ssdtool.constants import Backend, LoadGenMode, LoadGenScenario
 from ssdtool.errors import BackendError, DependencyError, SsdtoolError, UsageError
-from ssdtool.loadgen.qsl import SampleLibrary, image_files
+from ssdtool.loadgen.qsl import SampleLibrary, image_files, library_size
 from ssdtool.loadgen.settings import SettingsOverrides, build_settings, describe_settings
-from ssdtool.loadgen.summary import LoadGenReport, RunConfig, read_results
+from ssdtool.loadgen.summary import SUMMARY_FILE, LoadGenReport, RunConfig, read_results
 from ssdtool.loadgen.sut import EngineSut, Failure
 from ssdtool.registry import ModelEntry
 
@@ -187,20 +191,54 @@ def _run_test(lg: Any, sut: EngineSut, library: SampleLibrary, settings: Any, sc
     return time.perf_counter() - began
 
 
-def _publish(scratch: Path, output_dir: Path) -> list[Path]:
-    """Move LoadGen's files to their final names, the summary last; returns the final paths."""
+Inputs = list[fsutil.InputPath]
+
+
+def _run_inputs(options: LoadGenOptions, files: list[Path] | None) -> Inputs:
+    """The files this run reads, none of which a log may replace."""
+    inputs: Inputs = []
+    if options.settings.user_conf is not None:
+        inputs.append(fsutil.InputPath(Path(options.settings.user_conf), "the --user-conf file"))
+    if options.annotations is not None:
+        inputs.append(fsutil.InputPath(Path(options.annotations), "the --annotations file"))
+    inputs.extend(fsutil.InputPath(path, "an image of --images") for path in files or ())
+    return inputs
+
+
+def _check_destinations(output_dir: Path, names: tuple[str, ...], inputs: Inputs) -> None:
+    """Every final name is free, or a regular file that is no input: checked for all before any is replaced."""
+    if not output_dir.is_dir():
+        return  # created later (or refused then, when something else is in the way)
+    for name in names:
+        target = output_dir / name
+        if reason := fsutil.replace_refusal(target, inputs):
+            raise UsageError(f"cannot put LoadGen's {name} in {output_dir}: {target} is in the way ({reason}); "
+                             "nothing there was replaced",
+                             hint="move it away, or give another --output-dir")
+
+
+def _publish(scratch: Path, output_dir: Path, inputs: Inputs) -> list[Path]:
+    """Move LoadGen's files to their final names (every name checked first), the summary last; returns the final
+    paths."""
+    names = tuple(name for name in RESULT_FILES
+                  if (scratch / name).is_file()
+                  and ((scratch / name).stat().st_size > 0 or name != "mlperf_log_trace.json"))
+    _check_destinations(output_dir, names, inputs)
     published = []
-    for name in RESULT_FILES:
-        source = scratch / name
-        if source.is_file() and (source.stat().st_size > 0 or name != "mlperf_log_trace.json"):
+    try:
+        # The summary claims a result: an earlier one goes before any file of this run arrives, so a summary in
+        # the folder always sits beside its own run's detail and accuracy log, even if a move below fails.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(output_dir / SUMMARY_FILE)
+        for name in names:
             target = output_dir / name
-            try:
-                os.replace(source, target)
-            except OSError as exc:
-                raise UsageError(f"cannot put LoadGen's {name} in {output_dir}: {exc.strerror or exc}",
-                                 hint="remove what is in the way, or give another --output-dir") from exc
+            os.replace(scratch / name, target)
             published.append(target)
-    fsutil.fsync_folder(output_dir)
+    except OSError as exc:
+        raise UsageError(f"cannot put LoadGen's logs in {output_dir}: {exc.strerror or exc}",
+                         hint="check the folder (space, permissions) and rerun") from exc
+    finally:
+        fsutil.fsync_folder(output_dir)
     return published
 
 
@@ -211,7 +249,8 @@ def run_loadgen(entry: ModelEntry, cache: Cache, options: LoadGenOptions, *,
 
     The model is downloaded or converted first when missing (as ``bench``). LoadGen's logs end up in
     ``options.output_dir``. ``progress`` receives :class:`LoadGenProgress` from the calling thread while the
-    test runs. Raises :class:`~ssdtool.errors.UsageError` for bad settings or an unwritable output folder,
+    test runs. Raises :class:`~ssdtool.errors.UsageError` for a setting out of bounds (flag, user.conf or
+    default; see :mod:`ssdtool.loadgen.limits`), an unwritable output folder or something in the way of a log,
     :class:`~ssdtool.errors.DependencyError` without LoadGen, and the first error met during the test.
     """
     scenario, mode = parse_scenario(options.scenario), parse_mode(options.mode)
@@ -223,15 +262,17 @@ def run_loadgen(entry: ModelEntry, cache: Cache, options: LoadGenOptions, *,
         raise UsageError("--annotations needs --images (the folder holding the annotated images)",
                          hint="add --images DIR")
     files = image_files(Path(options.images), options.annotations) if options.images is not None else None
-    lg = import_loadgen()
     output_dir = Path(options.output_dir)
+    inputs = _run_inputs(options, files)
+    _check_destinations(output_dir, RESULT_FILES, inputs)
+    lg = import_loadgen()
+    settings = build_settings(lg, scenario, mode, options.settings, library_size(entry, files))
     scratch = _scratch_folder(output_dir)
     try:
         model = artifacts.model_file(entry, cache, options.backend,
                                      options.precision if options.backend == Backend.OPENVINO else None,
                                      offline=options.offline, progress=download_progress)
         library = SampleLibrary(entry, model.form, files)
-        settings = build_settings(lg, scenario, mode, options.settings, scratch, library.total_count)
         engine, requests, reason = _engine(model, options, scenario)
         failure = Failure()
         sut = EngineSut(lg, engine, library, requests, failure)
@@ -242,10 +283,10 @@ def run_loadgen(entry: ModelEntry, cache: Cache, options: LoadGenOptions, *,
                 raise error
             raise BackendError(f"the system under test failed during the LoadGen run: {error}",
                                hint="rerun with --debug for the traceback") from error
-        if not (scratch / "mlperf_log_summary.txt").is_file():
+        if not (scratch / SUMMARY_FILE).is_file():
             raise BackendError(f"LoadGen wrote no summary in {scratch}; its messages on stderr say why",
                                hint="check the settings (--user-conf, --min-queries) and rerun")
-        published = _publish(scratch, output_dir)
+        published = _publish(scratch, output_dir, inputs)
     finally:
         fsutil.remove_tree(scratch)
     config = RunConfig(

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ssdtool import fsutil
+from ssdtool.checked import is_finite_number
 from ssdtool.constants import LoadGenScenario
 from ssdtool.errors import InputError
 
@@ -88,10 +89,12 @@ class LoadGenReport:
 
 
 def _number(text: str) -> float | None:
+    """A finite number, or None (``nan``, ``inf`` and ``1e400`` included: a summary is read, never trusted)."""
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         return None
+    return value if is_finite_number(value) else None
 
 
 def parse_summary(text: str) -> LoadGenSummary:
