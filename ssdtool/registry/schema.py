@@ -28,6 +28,16 @@ MAX_NAME_BYTES = 200
 #: Names of the cache layout's own folders in a model's folder (``ssdtool.cache``); no model file may take them.
 CACHE_LAYOUT_NAMES = frozenset({".ssdtool", "openvino"})
 REGISTRY_FORMAT_VERSION = 1
+#: ``input.mean``: per-channel means of 0-255 pixel values lie in [0, 255].
+MEAN_RANGE = (0.0, 255.0)
+#: ``input.scale`` divides: at least 0.004, so (pixel - mean) / scale stays within float16 (an FP16 IR computes it;
+#: 1/255, a multiplier written where a divisor belongs, is caught here); at most 1000, beyond which every input is
+#: flattened to within 0.26 of zero.
+SCALE_RANGE = (0.004, 1000.0)
+#: Largest input side (``input.shape``, ``input.resize``): 16,384 pixels, 13 times the reference model's 1200.
+MAX_INPUT_SIDE = 1 << 14
+#: Most detection rows an IR may have (``convert.output_count``; the reference keeps 200).
+MAX_OUTPUT_COUNT = 10_000
 
 ALLOWED_SCHEMES = ("http", "https", "file", "synthetic")
 TASKS = ("detection",)
@@ -44,9 +54,19 @@ _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 class _UniqueKeys:
-    """SafeLoader mixin that reports duplicate mapping keys (plain safe_load keeps the last one silently)."""
+    """SafeLoader mixin that reports duplicate mapping keys (plain safe_load keeps the last one silently), and
+    values PyYAML's constructors cannot build (an integer of 5,000 digits, ``2020-99-99``), which they raise as a
+    bare ``ValueError``, as located YAML errors."""
 
     duplicate_keys: list[str]
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)  # type: ignore[misc]
+        except (ValueError, OverflowError) as exc:
+            shown = f" {node.value[:40]!r}" if isinstance(node, yaml.ScalarNode) else ""
+            raise yaml.constructor.ConstructorError(None, None, f"cannot read the value{shown}: {exc}",
+                                                    node.start_mark) from None
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: dict[Any, int] = {}
@@ -208,14 +228,17 @@ def _check_input(check: Checker, raw: Any, where: str) -> InputSpec | None:
     if data is None:
         return None
     name = check.string(data.get("name"), f"{where}.name") if "name" in data else None
-    shape = check.int_list(data.get("shape"), f"{where}.shape", length=4) if "shape" in data else None
+    shape = (check.int_list(data.get("shape"), f"{where}.shape", length=4, maximum=MAX_INPUT_SIDE)
+             if "shape" in data else None)
     layout = check.string(data.get("layout"), f"{where}.layout", LAYOUTS) if "layout" in data else None
     color = (check.string(data.get("color_order"), f"{where}.color_order", COLOR_ORDERS)
              if "color_order" in data else None)
-    mean = check.number_list(data.get("mean"), f"{where}.mean", length=3) if "mean" in data else None
-    scale = (check.number_list(data.get("scale"), f"{where}.scale", length=3, positive=True)
-             if "scale" in data else None)
-    resize = check.int_list(data.get("resize"), f"{where}.resize", length=2) if "resize" in data else None
+    mean = (check.number_list(data.get("mean"), f"{where}.mean", length=3, low=MEAN_RANGE[0], high=MEAN_RANGE[1])
+            if "mean" in data else None)
+    scale = (check.number_list(data.get("scale"), f"{where}.scale", length=3, positive=True, low=SCALE_RANGE[0],
+                               high=SCALE_RANGE[1]) if "scale" in data else None)
+    resize = (check.int_list(data.get("resize"), f"{where}.resize", length=2, maximum=MAX_INPUT_SIDE)
+              if "resize" in data else None)
     interpolation = (check.string(data.get("interpolation"), f"{where}.interpolation", INTERPOLATIONS)
                      if "interpolation" in data else None)
     if shape is not None and layout is not None and resize is not None:
@@ -271,7 +294,7 @@ def _check_convert(check: Checker, raw: Any, where: str) -> ConvertSpec | None:
         return None
     color = (check.string(data.get("color_order"), f"{where}.color_order", COLOR_ORDERS)
              if "color_order" in data else None)
-    count = check.integer(data.get("output_count"), f"{where}.output_count", minimum=1) \
+    count = check.integer(data.get("output_count"), f"{where}.output_count", minimum=1, maximum=MAX_OUTPUT_COUNT) \
         if "output_count" in data else None
     precision = (check.string(data.get("precision"), f"{where}.precision", PRECISIONS)
                  if "precision" in data else None)
