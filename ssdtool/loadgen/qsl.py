@@ -13,14 +13,15 @@ so only inference is timed.
 
 from __future__ import annotations
 
-import json
+import reprlib
 import threading
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import numpy as np
 
-from ssdtool import fsutil
+from ssdtool import checked, fsutil
 from ssdtool.errors import ImageError, InputError, UsageError
 from ssdtool.imaging import generated_images, load_image, preprocess
 from ssdtool.inputs import walk_images
@@ -35,13 +36,11 @@ _ANNOTATIONS_LIMIT = 1 << 30
 def annotation_order(annotations: Path, images: Path) -> list[Path]:
     """The image files of a COCO-format annotation file, in its ``images`` order, below ``images``."""
     try:
-        data = json.loads(fsutil.read_regular(annotations, _ANNOTATIONS_LIMIT, follow_links=True))
-        listed = data["images"]
-        names = [str(image["file_name"]) for image in listed]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        names = _listed_names(checked.loads(fsutil.read_regular(annotations, _ANNOTATIONS_LIMIT, follow_links=True)))
+    except (OSError, ValueError) as exc:  # checked.JsonValueError is a ValueError
         raise InputError(f"cannot read the COCO annotations {annotations}: {exc}; expected a JSON object with an "
                          "'images' list of objects with 'file_name'",
-                         hint="give --annotations a COCO-format file such as instances_val2017.json") from exc
+                         hint="give --annotations a COCO-format file such as instances_val2017.json") from None
     paths: list[Path] = []
     missing: list[str] = []
     for name in names:
@@ -58,6 +57,21 @@ def annotation_order(annotations: Path, images: Path) -> list[Path]:
     if not paths:
         raise InputError(f"{annotations} lists no images", hint="give an annotation file with an 'images' list")
     return paths
+
+
+def _listed_names(document: Any) -> list[str]:
+    """The ``file_name`` of each entry of the document's ``images`` list; ``ValueError`` naming the first entry
+    that has none."""
+    listed = document.get("images") if isinstance(document, dict) else None
+    if not isinstance(listed, list):
+        raise ValueError("no 'images' list")
+    names = []
+    for index, image in enumerate(listed):
+        name = image.get("file_name") if isinstance(image, dict) else None
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"images[{index}].file_name: expected a file name, found {reprlib.repr(name)}")
+        names.append(name)
+    return names
 
 
 def image_files(images: Path, annotations: Path | None) -> list[Path]:
