@@ -128,7 +128,9 @@ def check_annotations(document: Any, path: str = "<annotations>", sha256: str = 
         sections[key] = value
     categories = _check_categories(sections["categories"], problems)
     images = _check_images(sections["images"], problems)
-    annotations = _check_annotations(sections["annotations"], {i.id for i in images}, categories, problems)
+    # Annotations may name any listed id: an image with another problem is reported once, not once per annotation.
+    listed = {item["id"] for item in sections["images"] if isinstance(item, dict) and checked.is_int(item.get("id"))}
+    annotations = _check_annotations(sections["annotations"], listed, categories, problems)
     if problems:
         raise AnnotationError(path, problems, hint=_HINT)
     data = {**document, "annotations": annotations}
