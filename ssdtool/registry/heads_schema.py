@@ -10,7 +10,7 @@ from __future__ import annotations
 from itertools import pairwise
 from typing import Any
 
-from ssdtool.checked import is_finite_number
+from ssdtool.checked import is_finite_number, is_int
 from ssdtool.registry.checker import Checker, describe
 from ssdtool.registry.entries import DefaultBoxSpec, HeadsSpec, OutputSpec, SelectionSpec
 
@@ -55,7 +55,7 @@ def _head_list(check: Checker, value: Any, where: str) -> tuple[str | int, ...] 
         check.problem(where, f"expected a non-empty list of output names or positions, got {describe(value)}")
         return None
     names = all(isinstance(v, str) and v.strip() for v in value)
-    positions = all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
+    positions = all(is_int(v) and v >= 0 for v in value)
     if not (names or positions):
         check.problem(where, f"expected output names (strings) or positions (integers >= 0), one kind, "
                              f"got {value!r}")

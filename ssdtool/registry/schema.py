@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from ssdtool.checked import is_int
 from ssdtool.errors import RegistryError
 from ssdtool.redact import redact_url
 from ssdtool.registry.checker import Checker, describe
@@ -278,7 +279,7 @@ def _check_outputs(check: Checker, raw: Any, where: str) -> OutputSpec | None:
                            if "box_units" in data else None)
     if "label_offset" in data:
         offset = data["label_offset"]
-        if isinstance(offset, bool) or not isinstance(offset, int):
+        if not is_int(offset):
             check.problem(f"{where}.label_offset", f"expected an integer, got {describe(offset)}")
         else:
             fields["label_offset"] = offset
