@@ -183,7 +183,7 @@ def precision_plan(model: ModelFile, requested: str | InferencePrecision, device
 
         if warning := recipe_warning(provenance, model.model):
             log.warning("%s", warning)
-    plan = inference_precisions.plan(requested, device_facts(device), inference_precisions.recorded_checks(provenance),
-                                     model=model.model)
+    checks, unusable = inference_precisions.read_checks(provenance)
+    plan = inference_precisions.plan(requested, device_facts(device), checks, model=model.model, unusable=unusable)
     log.log(plan.level, "inference precision: %s", plan.reason)
     return plan

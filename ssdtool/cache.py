@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import stat
 import time
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ssdtool import fsutil
+from ssdtool.checked import is_finite_number, is_int, loads
 from ssdtool.constants import ModelState
 from ssdtool.errors import CacheError
 from ssdtool.redact import redact_url
@@ -70,9 +70,9 @@ class VerificationRecord:
             raise ValueError("a verification record is a JSON object")
         size, mtime_ns, checksums = data.get("size"), data.get("mtime_ns"), data.get("checksums")
         source, verified_at = data.get("source"), data.get("verified_at", 0.0)
-        if not (_is_int(size) and _is_int(mtime_ns) and isinstance(checksums, dict)
+        if not (is_int(size) and size >= 0 and is_int(mtime_ns) and isinstance(checksums, dict)
                 and all(isinstance(k, str) and isinstance(v, str) for k, v in checksums.items())
-                and (source is None or isinstance(source, str)) and _is_finite(verified_at)):
+                and (source is None or isinstance(source, str)) and is_finite_number(verified_at)):
             raise ValueError("a verification record field has the wrong type")
         return cls(size=size, mtime_ns=mtime_ns, checksums=dict(checksums), source=source,
                    verified_at=float(verified_at))
@@ -95,27 +95,15 @@ class LockOwner:
         if not isinstance(data, dict):
             raise ValueError("an owner note is a JSON object")
         pid, host, since = data.get("pid"), data.get("host"), data.get("since")
-        if not (_is_int(pid) and isinstance(host, str) and _is_finite(since) and 0 <= since < 1e11):
+        if not (is_int(pid) and pid > 0 and isinstance(host, str) and is_finite_number(since) and 0 <= since < 1e11):
             raise ValueError("an owner note field has the wrong type")
         return cls(pid=pid, host=host, since=float(since))
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _load_json(path: Path) -> Any:
     """A small JSON file of ssdtool's own, read without following a link at it. Any problem is an ``OSError`` or
-    a ``ValueError`` (a 100,000-deep array's ``RecursionError`` included)."""
-    data = fsutil.read_regular(path, MAX_RECORD_BYTES)
-    try:
-        return json.loads(data.decode("utf-8"))
-    except RecursionError:
-        raise ValueError(f"{path}: nested too deeply to be a record") from None
+    a ``ValueError`` (strict JSON: :func:`ssdtool.checked.loads`)."""
+    return loads(fsutil.read_regular(path, MAX_RECORD_BYTES))
 
 
 def default_cache_dir() -> Path:

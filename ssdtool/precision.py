@@ -23,12 +23,14 @@ onnxruntime always computes in f32 on the CPU.
 from __future__ import annotations
 
 import logging
+import reprlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ssdtool.checked import is_finite_number, is_int
 from ssdtool.constants import InferencePrecision
 from ssdtool.errors import BackendError, UsageError
 
@@ -93,16 +95,61 @@ class RuntimeCheck:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RuntimeCheck | None:
-        """A check read back from provenance; None when the record is not one (an older or foreign IR)."""
+        """A check read back from provenance; None when the record is not one that holds up (see :meth:`parse`)."""
         try:
-            return cls(device=str(data["device"]), device_name=str(data["device_name"]),
-                       precision=str(data["precision"]), passed=bool(data["passed"]), images=int(data["images"]),
-                       reference_detections=int(data["reference_detections"]), matched=int(data["matched"]),
-                       recall=float(data["recall"]), min_recall=float(data["min_recall"]),
-                       max_box_diff=float(data["max_box_diff"]), max_score_diff=float(data["max_score_diff"]),
-                       openvino_version=str(data.get("openvino_version", "")), checked=str(data.get("checked", "")))
-        except (KeyError, TypeError, ValueError, OverflowError):
+            return cls.parse(data)
+        except ValueError:
             return None
+
+    @classmethod
+    def parse(cls, data: Any) -> RuntimeCheck:
+        """A check read back from provenance, or ``ValueError`` saying why the record does not hold up.
+
+        Provenance is a file anyone who can write the IR's folder can edit, so nothing is taken on trust: every
+        field has its type (``"passed": "false"`` is a string, not a verdict), counts and rates are in range,
+        ``recall`` is ``matched / reference_detections``, the floor is at least ssdtool's own
+        (:data:`RUNTIME_MIN_RECALL`), and ``passed`` is what recall and floor say.
+        """
+        if not isinstance(data, Mapping):
+            raise ValueError("a runtime check is a JSON object")
+        missing = [key for key in _CHECK_FIELDS if key not in data]
+        if missing:
+            raise ValueError(f"no {', '.join(missing)}")
+        strings = {key: data[key] for key in ("device", "device_name", "precision")}
+        strings.update({key: data.get(key, "") for key in ("openvino_version", "checked")})
+        for key, value in strings.items():
+            if not isinstance(value, str) or (key in ("device", "device_name", "precision") and not value) \
+                    or not value.isprintable() or len(value) > _MAX_NAME:
+                raise ValueError(f"{key} is {reprlib.repr(value)}, not a name")
+        if strings["precision"] not in _CHECKED_PRECISIONS:
+            raise ValueError(f"precision is {reprlib.repr(strings['precision'])}, not one of "
+                             f"{', '.join(_CHECKED_PRECISIONS)}")
+        if not isinstance(data["passed"], bool):
+            raise ValueError(f"passed is {reprlib.repr(data['passed'])}, not true or false")
+        images, total, matched = data["images"], data["reference_detections"], data["matched"]
+        if not (is_int(images) and images >= 1 and is_int(total) and total >= 0 and is_int(matched)
+                and 0 <= matched <= total):
+            raise ValueError(f"images {reprlib.repr(images)}, reference_detections {reprlib.repr(total)} and "
+                             f"matched {reprlib.repr(matched)} are not counts (images >= 1, 0 <= matched <= "
+                             "reference_detections)")
+        rates = {key: data[key] for key in ("recall", "min_recall", "max_box_diff", "max_score_diff")}
+        for key, value in rates.items():
+            if not is_finite_number(value) or value < 0 or (key in ("recall", "min_recall") and value > 1):
+                raise ValueError(f"{key} is {reprlib.repr(value)}, not a finite number in range")
+        expected = 1.0 if total == 0 else matched / total
+        if abs(rates["recall"] - expected) > _RECALL_TOLERANCE:
+            raise ValueError(f"recall {rates['recall']!r} is not matched / reference_detections ({matched}/{total})")
+        if rates["min_recall"] < RUNTIME_MIN_RECALL:
+            raise ValueError(f"its floor {rates['min_recall']!r} is below ssdtool's {RUNTIME_MIN_RECALL}")
+        verdict = expected >= rates["min_recall"]  # as measure() decides, before rounding recall
+        if data["passed"] != verdict:
+            raise ValueError(f"it says passed: {str(data['passed']).lower()}, but recall {rates['recall']!r} is "
+                             f"{'at least' if verdict else 'below'} its floor {rates['min_recall']!r}")
+        return cls(device=strings["device"], device_name=strings["device_name"], precision=strings["precision"],
+                   passed=data["passed"], images=images, reference_detections=total, matched=matched,
+                   recall=float(rates["recall"]), min_recall=float(rates["min_recall"]),
+                   max_box_diff=float(rates["max_box_diff"]), max_score_diff=float(rates["max_score_diff"]),
+                   openvino_version=strings["openvino_version"], checked=strings["checked"])
 
     def matches(self, facts: DeviceFacts) -> bool:
         """Whether this check speaks for a run on ``facts``' device at its default precision."""
@@ -117,15 +164,61 @@ class RuntimeCheck:
                 f"diff {self.max_score_diff:.2g}")
 
 
+#: Fields a runtime check record must have (``openvino_version`` and ``checked`` are informational).
+_CHECK_FIELDS = ("device", "device_name", "precision", "passed", "images", "reference_detections", "matched",
+                 "recall", "min_recall", "max_box_diff", "max_score_diff")
+#: Precisions a runtime check can be of: a device default other than f32 (f32 is what the check compares with).
+_CHECKED_PRECISIONS = (InferencePrecision.BF16.value, InferencePrecision.F16.value)
+#: Longest device name, version or time string believed (they are printed).
+_MAX_NAME = 200
+#: :func:`measure` rounds recall to six decimals.
+_RECALL_TOLERANCE = 1e-6
+
+
 PROVENANCE_KEY = "runtime_checks"
 
 
-def recorded_checks(provenance: Mapping[str, Any] | None) -> list[RuntimeCheck]:
-    """The runtime checks an IR's provenance holds (none for IRs made before they existed)."""
+@dataclass(frozen=True)
+class UnusableCheck:
+    """A runtime check record that does not hold up (:meth:`RuntimeCheck.parse`): which device and precision it
+    claims to speak for (as recorded, possibly not even strings) and why it is not believed."""
+
+    device: Any
+    device_name: Any
+    precision: Any
+    reason: str
+
+    def matches(self, facts: DeviceFacts) -> bool:
+        return (self.device, self.device_name, self.precision) == (facts.device, facts.name, facts.default_precision)
+
+    def summary(self) -> str:
+        claimed = [value if isinstance(value, str) and value.isprintable() and len(value) <= _MAX_NAME
+                   else reprlib.repr(value) for value in (self.precision, self.device, self.device_name)]
+        return (f"{claimed[0]} vs f32 on {claimed[1]} ({claimed[2]}): not believed ({self.reason}); auto treats it "
+                "as missing")
+
+
+def read_checks(provenance: Mapping[str, Any] | None) -> tuple[list[RuntimeCheck], list[UnusableCheck]]:
+    """The runtime checks an IR's provenance holds (none for IRs made before they existed), and the records that
+    do not hold up, with the reason."""
     raw = (provenance or {}).get(PROVENANCE_KEY)
     if not isinstance(raw, list):
-        return []
-    return [check for item in raw if isinstance(item, Mapping) and (check := RuntimeCheck.from_dict(item))]
+        return [], []
+    checks: list[RuntimeCheck] = []
+    unusable: list[UnusableCheck] = []
+    for item in raw:
+        try:
+            checks.append(RuntimeCheck.parse(item))
+        except ValueError as exc:
+            fields = item if isinstance(item, Mapping) else {}
+            unusable.append(UnusableCheck(fields.get("device"), fields.get("device_name"), fields.get("precision"),
+                                          str(exc)))
+    return checks, unusable
+
+
+def recorded_checks(provenance: Mapping[str, Any] | None) -> list[RuntimeCheck]:
+    """The runtime checks an IR's provenance holds that hold up (:meth:`RuntimeCheck.parse`)."""
+    return read_checks(provenance)[0]
 
 
 def with_check(provenance: Mapping[str, Any], check: RuntimeCheck) -> list[dict[str, Any]]:
@@ -153,8 +246,9 @@ class PrecisionPlan:
 
 
 def plan(requested: str | InferencePrecision, facts: DeviceFacts | None, checks: Sequence[RuntimeCheck],
-         *, model: str = "the model") -> PrecisionPlan:
-    """Decide what to pin for a run of an IR whose provenance holds ``checks`` on the device ``facts`` describes."""
+         *, model: str = "the model", unusable: Sequence[UnusableCheck] = ()) -> PrecisionPlan:
+    """Decide what to pin for a run of an IR whose provenance holds ``checks`` on the device ``facts`` describes.
+    ``unusable`` are its records that do not hold up: treated as missing, and named in the reason."""
     wanted = parse(requested)
     if wanted is not InferencePrecision.AUTO:
         return PrecisionPlan(wanted, wanted.value, f"{wanted.value} as requested")
@@ -168,12 +262,18 @@ def plan(requested: str | InferencePrecision, facts: DeviceFacts | None, checks:
         return PrecisionPlan(wanted, None, f"f32, the default of {facts.device} ({facts.name})")
     check = next((c for c in checks if c.matches(facts)), None)
     if check is None:
+        rejected = next((u for u in unusable if u.matches(facts)), None)
+        if rejected is None:
+            found, again = f"{model}'s IR has no record of its accuracy at {default} on this device", ""
+        else:
+            found = (f"{model}'s IR's record of its accuracy at {default} on this device does not hold up "
+                     f"({rejected.reason})")
+            again = " again"
         return PrecisionPlan(
             wanted, InferencePrecision.F32.value,
-            f"{facts.device} ({facts.name}) runs {default} by default, and {model}'s IR has no record of its "
-            f"accuracy at {default} on this device; running f32. Run 'ssdtool convert {model}' here to check and "
-            f"record it, or pass --inference-precision {default} to run it unchecked",
-            level=logging.INFO)
+            f"{facts.device} ({facts.name}) runs {default} by default, and {found}; running f32. Run 'ssdtool "
+            f"convert {model}' here to check and record it{again}, or pass --inference-precision {default} to run "
+            "it unchecked", level=logging.INFO if rejected is None else logging.WARNING)
     if not check.passed:
         return PrecisionPlan(
             wanted, InferencePrecision.F32.value,

@@ -1,7 +1,9 @@
 """Provenance of converted IRs: stored in the IR's runtime info under ``ssdtool``, read back from the XML.
 
 Reading needs only ElementTree, so ``ssdtool info`` shows provenance without importing OpenVINO. Values are
-JSON-encoded strings (OpenVINO runtime info holds strings).
+JSON-encoded strings (OpenVINO runtime info holds strings), read back as strict JSON (:func:`ssdtool.checked.loads`:
+no ``NaN``, no overflow, bounded nesting); a value that is not is kept as the string it is, and whoever reads a
+field checks its type and range.
 
 The record includes ``weights``: the ``.bin`` file's name, size and sha256, written once the weights are final.
 :func:`ir_problem` compares them with the file on disk, so a truncated or replaced ``.bin`` is never "up to date".
@@ -15,6 +17,8 @@ import os
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 from typing import Any
+
+from ssdtool.checked import JsonValueError, is_int, loads
 
 RT_INFO_ROOT = "ssdtool"
 WEIGHTS_KEY = "weights"
@@ -37,8 +41,8 @@ def read_provenance(xml: Path) -> dict[str, Any] | None:
     for child in node:
         value = child.get("value", "")
         try:
-            record[child.tag] = json.loads(value)
-        except json.JSONDecodeError:
+            record[child.tag] = loads(value)
+        except JsonValueError:
             record[child.tag] = value
     return record
 
@@ -87,7 +91,7 @@ def ir_problem(xml: Path, record: dict[str, Any] | None = None, *, hash_weights:
     if record is None:
         return f"{xml} is unreadable or carries no ssdtool provenance"
     weights = record.get(WEIGHTS_KEY)
-    if not isinstance(weights, dict) or not isinstance(weights.get("size"), int):
+    if not isinstance(weights, dict) or not is_int(weights.get("size")) or weights["size"] < 0:
         return f"{xml} records no weights size (made by an older ssdtool)"
     binary = xml.with_suffix(".bin")
     try:

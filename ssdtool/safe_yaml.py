@@ -36,14 +36,24 @@ class YamlValueError(ValueError):
 
 
 class _UniqueKeys:
-    """SafeLoader mixin that reports duplicate mapping keys (plain safe_load keeps the last one silently)."""
+    """SafeLoader mixin that reports duplicate mapping keys (plain safe_load keeps the last one silently), and
+    values PyYAML's constructors cannot build (an integer of 5,000 digits, ``2020-99-99``), which they raise as a
+    bare ``ValueError``, as located YAML errors."""
 
     duplicate_keys: list[str]
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)  # type: ignore[misc]
+        except (ValueError, OverflowError) as exc:
+            shown = f" {node.value[:40]!r}" if isinstance(node, yaml.ScalarNode) else ""
+            raise yaml.constructor.ConstructorError(None, None, f"cannot read the value{shown}: {exc}",
+                                                    node.start_mark) from None
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: dict[Any, int] = {}
         for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)  # type: ignore[attr-defined]
+            key = self.construct_object(key_node, deep=True)
             if isinstance(key, (str, int, float, bool)) and key in seen:
                 self.duplicate_keys.append(
                     f"line {key_node.start_mark.line + 1}: duplicate key {key!r} "

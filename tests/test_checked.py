@@ -49,7 +49,7 @@ def test_every_strict_document_round_trips(value: object) -> None:
 
 
 @pytest.mark.parametrize(("value", "expected"), [
-    (1, True), (10**400, True), (0.5, True), (True, False), (math.nan, False), (math.inf, False),
+    (1, True), (10**400, False), (0.5, True), (True, False), (math.nan, False), (math.inf, False),
     (-math.inf, False), ("1", False), (None, False),
 ])
 def test_is_finite_number(value: object, expected: bool) -> None:

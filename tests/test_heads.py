@@ -339,7 +339,7 @@ BAD_HEADS: list[tuple[str, Callable[[dict[str, Any]], dict[str, Any]], str]] = [
     ("ratio", lambda h: {**h, "default_boxes": {"aspect_ratios": [[2], [2, 0], [2, 3], [2, 3], [2], [2]]}},
      "models.m.outputs.default_boxes.aspect_ratios[1]: expected numbers > 0"),
     ("scale_wh", lambda h: {**h, "default_boxes": {"scale_wh": 0}},
-     "models.m.outputs.default_boxes.scale_wh: expected a number in (0, inf), got 0"),
+     "models.m.outputs.default_boxes.scale_wh: expected a number in (0, 1], got 0"),
     ("iou", lambda h: {**h, "selection": {"iou_threshold": 1.5}},
      "models.m.outputs.selection.iou_threshold: expected a number in [0, 1], got 1.5"),
     ("score", lambda h: {**h, "selection": {"score_threshold": 1}},

@@ -98,11 +98,12 @@ def _format_info(data: dict[str, Any]) -> str:
             lines.append(f"    {record['precision']}: {record['path']}")
             for key, value in (record.get("provenance") or {}).items():
                 if key == "runtime_checks" and isinstance(value, list):
-                    from ssdtool.precision import recorded_checks
+                    from ssdtool.precision import read_checks
 
-                    checks = recorded_checks({key: value})
-                    lines.append(f"      {key}: " + ("none" if not checks else ""))
+                    checks, unusable = read_checks({key: value})
+                    lines.append(f"      {key}: " + ("none" if not checks and not unusable else ""))
                     lines.extend(f"        {check.summary()}" for check in checks)
+                    lines.extend(f"        {record.summary()}" for record in unusable)
                 else:
                     lines.append(f"      {key}: {value}")
     return "\n".join(lines)

@@ -9,20 +9,22 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
-import math
 import os
+import reprlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from ssdtool import fsutil
+from ssdtool import checked, fsutil
 from ssdtool.errors import AnnotationError, UsageError
 from ssdtool.labels import COCO_CATEGORY_IDS
 
 #: Largest annotation file read (instances_train2017.json is 448 MB; val2017's is 25 MB).
 MAX_ANNOTATION_BYTES = 2 << 30
+#: Largest image side and largest pixel coordinate or box size (absolute) read from an annotation or results file:
+#: 2^24, beyond which float32 (which accuracy-coco.py and pycocotools compute in) no longer counts whole pixels.
+MAX_PIXELS = 1 << 24
 
 _HINT = "pass a COCO instances file such as annotations/instances_val2017.json (see docs/eval.md)"
 
@@ -64,19 +66,31 @@ class CocoDataset:
         return image_id in self._by_id
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+def bbox_problems(bbox: Any, where: str) -> list[str]:
+    """What is wrong with a COCO ``[x, y, width, height]`` box at ``where`` (``annotations[12].bbox``), each
+    problem located to its element; nothing when it holds four finite numbers within :data:`MAX_PIXELS` and a size
+    that is not negative. Shared by annotation and results files."""
+    if not isinstance(bbox, list) or len(bbox) != 4:
+        return [f"{where}: expected [x, y, width, height] (four finite numbers), found {reprlib.repr(bbox)}"]
+    problems = []
+    for index, value in enumerate(bbox):
+        if not checked.is_finite_number(value):
+            problems.append(f"{where}[{index}]: expected a finite number, found {reprlib.repr(value)}")
+        elif abs(value) > MAX_PIXELS:
+            problems.append(f"{where}[{index}]: {reprlib.repr(value)} pixels is beyond {MAX_PIXELS:,} (2^24), the "
+                            "largest coordinate or size read")
+    if not problems and (bbox[2] < 0 or bbox[3] < 0):
+        problems.append(f"{where}: width and height must not be negative, found {reprlib.repr(bbox)}")
+    return problems
 
 
 def read_json_file(path: str | os.PathLike[str], max_bytes: int, what: str, flag: str, hint: str
                    ) -> tuple[Any, bytes]:
     """The parsed JSON document at ``path`` (a regular file of at most ``max_bytes``) and its bytes: the one reader
     of eval's inputs (annotations, a results file, an MLPerf log). A missing or unreadable file is a usage error
-    naming ``flag``; too large, not UTF-8 or not JSON is an :class:`AnnotationError` with the line and column."""
+    naming ``flag``; too large, not UTF-8, not strict JSON (``NaN``, ``Infinity``, a number beyond a 64-bit float,
+    nesting past about 1,000 levels: :func:`ssdtool.checked.loads`) is an :class:`AnnotationError` that says where
+    (the path in the document, or the line and column)."""
     shown = os.fspath(path)
     try:
         raw = fsutil.read_regular(path, max_bytes, follow_links=True)
@@ -87,12 +101,9 @@ def read_json_file(path: str | os.PathLike[str], max_bytes: int, what: str, flag
     except OSError as exc:
         raise UsageError(f"cannot read {what} {shown}: {exc.strerror or exc}", hint=f"check {flag} FILE") from None
     try:
-        return json.loads(raw), raw
-    except UnicodeDecodeError as exc:
-        raise AnnotationError(shown, [f"not UTF-8 text (byte {exc.start})"], hint=hint) from None
-    except json.JSONDecodeError as exc:
-        raise AnnotationError(shown, [f"line {exc.lineno}, column {exc.colno}: not JSON: {exc.msg}"],
-                              hint=hint) from None
+        return checked.loads(raw), raw
+    except checked.JsonValueError as exc:
+        raise AnnotationError(shown, [str(exc)], hint=hint) from None
 
 
 def load_annotations(path: str | os.PathLike[str]) -> CocoDataset:
@@ -117,7 +128,9 @@ def check_annotations(document: Any, path: str = "<annotations>", sha256: str = 
         sections[key] = value
     categories = _check_categories(sections["categories"], problems)
     images = _check_images(sections["images"], problems)
-    annotations = _check_annotations(sections["annotations"], {i.id for i in images}, categories, problems)
+    # Annotations may name any listed id: an image with another problem is reported once, not once per annotation.
+    listed = {item["id"] for item in sections["images"] if isinstance(item, dict) and checked.is_int(item.get("id"))}
+    annotations = _check_annotations(sections["annotations"], listed, categories, problems)
     if problems:
         raise AnnotationError(path, problems, hint=_HINT)
     data = {**document, "annotations": annotations}
@@ -135,8 +148,8 @@ def _check_categories(items: Sequence[Any], problems: list[str]) -> dict[int, st
             problems.append(f"{where}: expected an object, found {type(item).__name__}")
             continue
         category_id, name = item.get("id"), item.get("name", "")
-        if not _is_int(category_id):
-            problems.append(f"{where}.id: expected an integer, found {category_id!r}")
+        if not checked.is_int(category_id):
+            problems.append(f"{where}.id: expected an integer, found {reprlib.repr(category_id)}")
         elif category_id in categories:
             problems.append(f"{where}.id: {category_id} is listed twice")
         else:
@@ -154,23 +167,25 @@ def _check_images(items: Sequence[Any], problems: list[str]) -> list[EvalImage]:
             continue
         image_id, name = item.get("id"), item.get("file_name")
         ok = True
-        if not _is_int(image_id):
-            problems.append(f"{where}.id: expected an integer, found {image_id!r}")
+        if not checked.is_int(image_id):
+            problems.append(f"{where}.id: expected an integer, found {reprlib.repr(image_id)}")
             ok = False
         elif image_id in seen:
             problems.append(f"{where}.id: {image_id} is listed twice")
             ok = False
         if not isinstance(name, str) or not name:
-            problems.append(f"{where}.file_name: expected a file name, found {name!r}")
+            problems.append(f"{where}.file_name: expected a file name, found {reprlib.repr(name)}")
             ok = False
         elif PurePosixPath(name).is_absolute() or ".." in PurePosixPath(name).parts or "\\" in name:
-            problems.append(f"{where}.file_name: {name!r} must be a relative path inside the images folder")
+            problems.append(f"{where}.file_name: {reprlib.repr(name)} must be a relative path inside the images "
+                            "folder")
             ok = False
         sizes = []
         for key in ("width", "height"):
             value = item.get(key)
-            if value is not None and not (_is_int(value) and value > 0):
-                problems.append(f"{where}.{key}: expected a positive integer, found {value!r}")
+            if value is not None and not (checked.is_int(value) and 0 < value <= MAX_PIXELS):
+                problems.append(f"{where}.{key}: expected a positive integer of at most {MAX_PIXELS:,} (2^24), "
+                                f"found {reprlib.repr(value)}")
                 ok = False
             sizes.append(value)
         if ok:
@@ -190,28 +205,26 @@ def _check_annotations(items: Sequence[Any], image_ids: set[int], categories: Ma
             continue
         before = len(problems)
         annotation_id = item.get("id")
-        if not _is_int(annotation_id):
-            problems.append(f"{where}.id: expected an integer, found {annotation_id!r}")
+        if not checked.is_int(annotation_id):
+            problems.append(f"{where}.id: expected an integer, found {reprlib.repr(annotation_id)}")
         elif annotation_id in seen:
             problems.append(f"{where}.id: {annotation_id} is listed twice")
         else:
             seen.add(annotation_id)
         image_id, category_id = item.get("image_id"), item.get("category_id")
-        if not _is_int(image_id) or image_id not in image_ids:
-            problems.append(f"{where}.image_id: {image_id!r} is not the id of an entry in images")
-        if not _is_int(category_id) or category_id not in categories:
-            problems.append(f"{where}.category_id: {category_id!r} is not the id of an entry in categories")
+        if not checked.is_int(image_id) or image_id not in image_ids:
+            problems.append(f"{where}.image_id: {reprlib.repr(image_id)} is not the id of an entry in images")
+        if not checked.is_int(category_id) or category_id not in categories:
+            problems.append(f"{where}.category_id: {reprlib.repr(category_id)} is not the id of an entry in "
+                            "categories")
         bbox = item.get("bbox")
-        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
-            problems.append(f"{where}.bbox: expected [x, y, width, height] (four finite numbers), found {bbox!r}")
-        elif bbox[2] < 0 or bbox[3] < 0:
-            problems.append(f"{where}.bbox: width and height must not be negative, found {bbox!r}")
+        problems.extend(bbox_problems(bbox, f"{where}.bbox"))
         crowd = item.get("iscrowd", 0)
-        if crowd not in (0, 1) or isinstance(crowd, float):
-            problems.append(f"{where}.iscrowd: expected 0 or 1, found {crowd!r}")
+        if not (checked.is_int(crowd) and crowd in (0, 1)):
+            problems.append(f"{where}.iscrowd: expected 0 or 1, found {reprlib.repr(crowd)}")
         area = item.get("area")
-        if area is not None and not (_is_number(area) and area >= 0):
-            problems.append(f"{where}.area: expected a number of at least 0, found {area!r}")
+        if area is not None and not (checked.is_finite_number(area) and area >= 0):
+            problems.append(f"{where}.area: expected a finite number of at least 0, found {reprlib.repr(area)}")
         if len(problems) == before:
             filled = dict(item)
             filled.setdefault("iscrowd", 0)

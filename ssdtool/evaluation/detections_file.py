@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
+import reprlib
 from typing import Any
 
+from ssdtool import checked
 from ssdtool.errors import AnnotationError
-from ssdtool.evaluation.dataset import CocoDataset, read_json_file
+from ssdtool.evaluation.dataset import CocoDataset, bbox_problems, read_json_file
 
 log = logging.getLogger("ssdtool.evaluation")
 
 MAX_RESULTS_BYTES = 4 << 30
 _HINT = ("pass a COCO results file: a JSON list of {image_id, category_id, bbox: [x, y, w, h], score}, such as "
          "'ssdtool detect --format coco' writes")
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def read_detections_file(path: str | os.PathLike[str], dataset: CocoDataset) -> tuple[list[dict[str, Any]], int]:
@@ -41,14 +38,13 @@ def read_detections_file(path: str | os.PathLike[str], dataset: CocoDataset) -> 
         image_id, category_id = record.get("image_id"), record.get("category_id")
         bbox, score = record.get("bbox"), record.get("score")
         before = len(problems)
-        if not isinstance(image_id, int) or isinstance(image_id, bool) or not dataset.has_image(image_id):
-            problems.append(f"{where}.image_id: {image_id!r} is not the id of an image in {dataset.path}")
-        if not isinstance(category_id, int) or isinstance(category_id, bool):
-            problems.append(f"{where}.category_id: expected an integer, found {category_id!r}")
-        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_number(v) for v in bbox)):
-            problems.append(f"{where}.bbox: expected [x, y, width, height] (four finite numbers), found {bbox!r}")
-        if not _number(score):
-            problems.append(f"{where}.score: expected a finite number, found {score!r}")
+        if not checked.is_int(image_id) or not dataset.has_image(image_id):
+            problems.append(f"{where}.image_id: {reprlib.repr(image_id)} is not the id of an image in {dataset.path}")
+        if not checked.is_int(category_id):
+            problems.append(f"{where}.category_id: expected an integer, found {reprlib.repr(category_id)}")
+        problems.extend(bbox_problems(bbox, f"{where}.bbox"))
+        if not checked.is_finite_number(score):
+            problems.append(f"{where}.score: expected a finite number, found {reprlib.repr(score)}")
         if len(problems) > before:
             continue
         if category_id not in dataset.categories:

@@ -15,20 +15,23 @@ from __future__ import annotations
 
 import json
 import os
+import reprlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ssdtool import fsutil
+from ssdtool import checked, fsutil
 from ssdtool.errors import AnnotationError
-from ssdtool.evaluation.dataset import CocoDataset, read_json_file
+from ssdtool.evaluation.dataset import CocoDataset, EvalImage, read_json_file
 from ssdtool.labels import COCO_CATEGORY_IDS
 
 #: Largest accuracy log read (5,000 images at 200 detections: about 60 MB of hex).
 MAX_LOG_BYTES = 4 << 30
 _HINT = "pass the mlperf_log_accuracy.json of an accuracy-mode LoadGen run over the same annotation file"
+#: The seven float32 values of a detection, in order.
+_FIELDS = ("qsl_idx", "ymin", "xmin", "ymax", "xmax", "score", "label")
 
 
 @dataclass(frozen=True)
@@ -67,9 +70,9 @@ def accuracy_detections(records: Any, dataset: CocoDataset, where: str = "<log>"
     for number, record in enumerate(records):
         at = f"[{number}]"
         index = record.get("qsl_idx") if isinstance(record, dict) else None
-        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(images):
+        if not checked.is_int(index) or not 0 <= index < len(images):
             problems.append(f"{at}.qsl_idx: expected an index into the {len(images)} images of the annotation "
-                            f"file, found {index!r}")
+                            f"file, found {reprlib.repr(index)}")
             continue
         if index in seen:
             duplicates += 1
@@ -92,22 +95,53 @@ def accuracy_detections(records: Any, dataset: CocoDataset, where: str = "<log>"
             problems.append(f"{at}: images[{index}] (id {image.id}) has no width and height in the annotation file")
             continue
         rows = data.reshape(-1, 7)
-        mismatches += int(np.count_nonzero(rows[:, 0].astype(np.int64) != index))
-        for row in rows:
-            label = int(row[6])
-            if not 1 <= label <= len(COCO_CATEGORY_IDS):
-                problems.append(f"{at}.data: label {label} is not a model label 1..{len(COCO_CATEGORY_IDS)}")
-                break
-            # float32, as accuracy-coco.py computes them
-            ymin, xmin = row[1] * np.float32(image.height), row[2] * np.float32(image.width)
-            ymax, xmax = row[3] * np.float32(image.height), row[4] * np.float32(image.width)
-            detections.append({"image_id": image.id, "category_id": COCO_CATEGORY_IDS[label - 1],
-                               "bbox": [float(xmin), float(ymin), float(xmax - xmin), float(ymax - ymin)],
-                               "score": float(row[5])})
+        if problem := _rows_problem(rows, image):
+            problems.append(f"{at}.data: {problem}")
+            continue
+        mismatches += int(np.count_nonzero(np.trunc(rows[:, 0]) != index))  # int(), as accuracy-coco.py
+        detections.extend(_coco_records(rows, image))
     if problems:
         raise AnnotationError(where, problems, hint=_HINT)
     return AccuracyLog(detections=detections, image_ids=image_ids, duplicates=duplicates, empty_images=empty,
                        index_mismatches=mismatches)
+
+
+def _rows_problem(rows: np.ndarray, image: EvalImage) -> str | None:
+    """The first value of a record's ``[N, 7]`` rows that cannot be scored, located (``row 3 score: nan``), or None.
+
+    Every value must be finite (NaN scores would sort anywhere and give AP 1.0); labels whole numbers 1..80; the
+    box, scaled to the image in float32 as accuracy-coco.py does, finite (a normalized 1e38 overflows there).
+    """
+    bad = ~np.isfinite(rows)
+    if bad.any():
+        row, column = (int(v) for v in np.argwhere(bad)[0])
+        return f"row {row} {_FIELDS[column]}: {rows[row, column]}, expected a finite number"
+    labels = rows[:, 6]
+    wrong = (labels != np.floor(labels)) | (labels < 1) | (labels > len(COCO_CATEGORY_IDS))
+    if wrong.any():
+        row = int(np.argmax(wrong))
+        return f"row {row} label: {labels[row]:g} is not a model label 1..{len(COCO_CATEGORY_IDS)}"
+    with np.errstate(over="ignore"):
+        pixels = _pixel_boxes(rows, image)
+    bad = ~np.isfinite(pixels)
+    if bad.any():
+        row = int(np.argwhere(bad)[0][0])
+        return (f"row {row} box: {rows[row, 1:5].tolist()} overflows float32 at the image's {image.width}x"
+                f"{image.height} pixels")
+    return None
+
+
+def _pixel_boxes(rows: np.ndarray, image: EvalImage) -> np.ndarray:
+    """COCO ``[x, y, width, height]`` per row, computed in float32 as accuracy-coco.py does."""
+    height, width = np.float32(image.height), np.float32(image.width)
+    ymin, xmin, ymax, xmax = rows[:, 1] * height, rows[:, 2] * width, rows[:, 3] * height, rows[:, 4] * width
+    return np.stack([xmin, ymin, xmax - xmin, ymax - ymin], axis=1)
+
+
+def _coco_records(rows: np.ndarray, image: EvalImage) -> list[dict[str, Any]]:
+    boxes = _pixel_boxes(rows, image)
+    return [{"image_id": image.id, "category_id": COCO_CATEGORY_IDS[int(row[6]) - 1],
+             "bbox": [float(v) for v in box], "score": float(row[5])} for row, box in zip(rows, boxes, strict=True)]
 
 
 def write_accuracy_log(path: str | os.PathLike[str], rows_by_index: dict[int, np.ndarray]) -> None:

@@ -3,7 +3,10 @@ numbers, got 2``) instead of stopping at the first, and checks scalars, lists an
 
 from __future__ import annotations
 
+import math
 from typing import Any
+
+from ssdtool.checked import is_finite_number, is_int
 
 
 class Checker:
@@ -39,17 +42,22 @@ class Checker:
             return None
         return value
 
-    def integer(self, value: Any, where: str, minimum: int = 0) -> int | None:
-        if isinstance(value, bool) or not isinstance(value, int):
+    def integer(self, value: Any, where: str, minimum: int = 0, maximum: int | None = None) -> int | None:
+        if not is_int(value):
             self.problem(where, f"expected an integer, got {describe(value)}")
             return None
         if value < minimum:
             self.problem(where, f"expected an integer >= {minimum}, got {value}")
             return None
+        if maximum is not None and value > maximum:
+            self.problem(where, f"expected an integer of at most {maximum:,}, got {_shown_int(value)}")
+            return None
         return value
 
-    def number_list(self, value: Any, where: str, length: int | None = None, positive: bool = False
-                    ) -> tuple[float, ...] | None:
+    def number_list(self, value: Any, where: str, length: int | None = None, positive: bool = False,
+                    low: float | None = None, high: float | None = None) -> tuple[float, ...] | None:
+        """Finite numbers (YAML's ``.nan`` and ``.inf`` are refused, located to the element), > 0 with
+        ``positive``, within ``[low, high]`` where given."""
         if not isinstance(value, list) or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
         ):
@@ -58,27 +66,42 @@ class Checker:
         if length is not None and len(value) != length:
             self.problem(where, f"expected {length} numbers, got {len(value)}")
             return None
+        for index, item in enumerate(value):
+            if not is_finite_number(item):
+                self.problem(f"{where}[{index}]", f"expected a finite number, got {describe(item)}")
+                return None
         if positive and any(v <= 0 for v in value):
             self.problem(where, f"expected numbers > 0, got {value}")
             return None
+        for index, item in enumerate(value):
+            if (low is not None and item < low) or (high is not None and item > high):
+                self.problem(f"{where}[{index}]", f"expected a number in [{low:g}, {high:g}], got {item!r}")
+                return None
         return tuple(float(v) for v in value)
 
-    def int_list(self, value: Any, where: str, length: int | None = None) -> tuple[int, ...] | None:
-        if not isinstance(value, list) or not value or not all(
-            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value
-        ):
+    def int_list(self, value: Any, where: str, length: int | None = None, maximum: int | None = None
+                 ) -> tuple[int, ...] | None:
+        if not isinstance(value, list) or not value or not all(is_int(v) and v > 0 for v in value):
             self.problem(where, f"expected a list of positive integers, got {describe(value)}")
             return None
         if length is not None and len(value) != length:
             self.problem(where, f"expected {length} integers, got {len(value)}")
             return None
+        if maximum is not None and any(v > maximum for v in value):
+            self.problem(where, f"expected integers of at most {maximum:,}, got "
+                                f"[{', '.join(_shown_int(v) for v in value)}]")
+            return None
         return tuple(value)
 
     def number(self, value: Any, where: str, low: float, high: float | None = None, *, low_open: bool = False,
                high_open: bool = False) -> float | None:
-        """A number in the interval from ``low`` to ``high`` (None: unbounded); ``*_open`` excludes that end."""
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        """A finite number in the interval from ``low`` to ``high`` (None: unbounded); ``*_open`` excludes that
+        end."""
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
             self.problem(where, f"expected a number, got {describe(value)}")
+            return None
+        if not is_finite_number(value):
+            self.problem(where, f"expected a finite number, got {describe(value)}")
             return None
         too_low = value <= low if low_open else value < low
         too_high = high is not None and (value >= high if high_open else value > high)
@@ -98,4 +121,22 @@ def type_name(value: Any) -> str:
 def describe(value: Any) -> str:
     if isinstance(value, (dict, list)) or value is None:
         return type_name(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{type_name(value)} {_yaml_float(value)}"
+    if is_int(value):
+        return f"{type_name(value)} {_shown_int(value)}"
     return f"{type_name(value)} {value!r}"
+
+
+def _yaml_float(value: float) -> str:
+    """A non-finite float as YAML spells it (``.nan``, ``.inf``, ``-.inf``), as the user wrote it."""
+    if value != value:
+        return ".nan"
+    return ".inf" if value > 0 else "-.inf"
+
+
+def _shown_int(value: int) -> str:
+    """An integer, as a power of ten when it has more digits than a message should carry (or ``str()`` allows)."""
+    if value.bit_length() < 200:
+        return str(value)
+    return f"~{'-' if value < 0 else ''}10^{int(value.bit_length() * math.log10(2))}"

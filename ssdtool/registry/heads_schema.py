@@ -10,6 +10,7 @@ from __future__ import annotations
 from itertools import pairwise
 from typing import Any
 
+from ssdtool.checked import is_finite_number, is_int
 from ssdtool.registry.checker import Checker, describe
 from ssdtool.registry.entries import DefaultBoxSpec, HeadsSpec, OutputSpec, SelectionSpec
 
@@ -18,6 +19,9 @@ REFERENCE_LEVELS = 6
 HEADS_KEYS = ("form", "conf", "loc", "default_boxes", "selection", "boxes", "labels", "scores")
 DEFAULT_BOX_KEYS = ("feature_sizes", "steps", "scales", "aspect_ratios", "scale_xy", "scale_wh")
 SELECTION_KEYS = ("score_threshold", "iou_threshold", "per_class", "max_detections")
+#: ``scale_xy`` and ``scale_wh`` multiply the predicted offsets before the decode (``exp`` for sizes): the reference
+#: has 0.1 and 0.2; TensorFlow's box-coder weights (10, 5) are their reciprocals, and above 1 ``exp`` soon overflows.
+OFFSET_SCALE_RANGE = (0.0, 1.0)
 #: Names of the outputs ssdtool makes from the heads, unless the registry names them.
 DEFAULT_OUTPUT_NAMES = {"boxes": "bboxes", "labels": "labels", "scores": "scores"}
 
@@ -51,7 +55,7 @@ def _head_list(check: Checker, value: Any, where: str) -> tuple[str | int, ...] 
         check.problem(where, f"expected a non-empty list of output names or positions, got {describe(value)}")
         return None
     names = all(isinstance(v, str) and v.strip() for v in value)
-    positions = all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
+    positions = all(is_int(v) and v >= 0 for v in value)
     if not (names or positions):
         check.problem(where, f"expected output names (strings) or positions (integers >= 0), one kind, "
                              f"got {value!r}")
@@ -102,7 +106,14 @@ def _check_default_boxes(check: Checker, raw: Any, where: str, levels: int | Non
         ok &= fields["aspect_ratios"] is not None
     for key in ("scale_xy", "scale_wh"):
         if key in data:
-            fields[key] = check.number(data[key], f"{where}.{key}", 0.0, low_open=True)
+            value = data[key]
+            if is_finite_number(value) and value > OFFSET_SCALE_RANGE[1]:
+                check.problem(f"{where}.{key}", f"expected a number in (0, 1], got {value!r}: it multiplies the "
+                                                "predicted offsets (the reference has scale_xy 0.1, scale_wh 0.2); "
+                                                "box-coder weights such as 10 and 5 divide, so give their reciprocals")
+                fields[key] = None
+            else:
+                fields[key] = check.number(value, f"{where}.{key}", *OFFSET_SCALE_RANGE, low_open=True)
             ok &= fields[key] is not None
     if levels is not None and levels != REFERENCE_LEVELS:
         # The reference defaults describe six levels; another count must say everything the defaults would.
@@ -162,6 +173,10 @@ def check_heads_against_model(check: Checker, outputs: OutputSpec, where: str, i
     if steps is not None and any(step > width for step in steps):
         check.problem(f"{where}.outputs.default_boxes.steps",
                       f"expected steps of at most the input size {width}, got {list(steps)}")
+    sizes = outputs.heads.default_boxes.feature_sizes
+    if sizes is not None and any(size > width for size in sizes):
+        check.problem(f"{where}.outputs.default_boxes.feature_sizes",
+                      f"expected feature map sizes of at most the input size {width}, got {list(sizes)}")
     wanted = outputs.heads.selection.max_detections
     if wanted > output_count:
         check.problem(f"{where}.outputs.selection.max_detections",

@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ssdtool import safe_yaml
+from ssdtool.checked import is_int
 from ssdtool.errors import RegistryError
 from ssdtool.redact import redact_url
 from ssdtool.registry.checker import Checker, describe
@@ -28,6 +29,16 @@ MAX_NAME_BYTES = 200
 #: Names of the cache layout's own folders in a model's folder (``ssdtool.cache``); no model file may take them.
 CACHE_LAYOUT_NAMES = frozenset({".ssdtool", "openvino"})
 REGISTRY_FORMAT_VERSION = 1
+#: ``input.mean``: per-channel means of 0-255 pixel values lie in [0, 255].
+MEAN_RANGE = (0.0, 255.0)
+#: ``input.scale`` divides: at least 0.004, so (pixel - mean) / scale stays within float16 (an FP16 IR computes it;
+#: 1/255, a multiplier written where a divisor belongs, is caught here); at most 1000, beyond which every input is
+#: flattened to within 0.26 of zero.
+SCALE_RANGE = (0.004, 1000.0)
+#: Largest input side (``input.shape``, ``input.resize``): 16,384 pixels, 13 times the reference model's 1200.
+MAX_INPUT_SIDE = 1 << 14
+#: Most detection rows an IR may have (``convert.output_count``; the reference keeps 200).
+MAX_OUTPUT_COUNT = 10_000
 
 ALLOWED_SCHEMES = ("http", "https", "file", "synthetic")
 TASKS = ("detection",)
@@ -158,14 +169,17 @@ def _check_input(check: Checker, raw: Any, where: str) -> InputSpec | None:
     if data is None:
         return None
     name = check.string(data.get("name"), f"{where}.name") if "name" in data else None
-    shape = check.int_list(data.get("shape"), f"{where}.shape", length=4) if "shape" in data else None
+    shape = (check.int_list(data.get("shape"), f"{where}.shape", length=4, maximum=MAX_INPUT_SIDE)
+             if "shape" in data else None)
     layout = check.string(data.get("layout"), f"{where}.layout", LAYOUTS) if "layout" in data else None
     color = (check.string(data.get("color_order"), f"{where}.color_order", COLOR_ORDERS)
              if "color_order" in data else None)
-    mean = check.number_list(data.get("mean"), f"{where}.mean", length=3) if "mean" in data else None
-    scale = (check.number_list(data.get("scale"), f"{where}.scale", length=3, positive=True)
-             if "scale" in data else None)
-    resize = check.int_list(data.get("resize"), f"{where}.resize", length=2) if "resize" in data else None
+    mean = (check.number_list(data.get("mean"), f"{where}.mean", length=3, low=MEAN_RANGE[0], high=MEAN_RANGE[1])
+            if "mean" in data else None)
+    scale = (check.number_list(data.get("scale"), f"{where}.scale", length=3, positive=True, low=SCALE_RANGE[0],
+                               high=SCALE_RANGE[1]) if "scale" in data else None)
+    resize = (check.int_list(data.get("resize"), f"{where}.resize", length=2, maximum=MAX_INPUT_SIDE)
+              if "resize" in data else None)
     interpolation = (check.string(data.get("interpolation"), f"{where}.interpolation", INTERPOLATIONS)
                      if "interpolation" in data else None)
     if shape is not None and layout is not None and resize is not None:
@@ -205,7 +219,7 @@ def _check_outputs(check: Checker, raw: Any, where: str) -> OutputSpec | None:
                            if "box_units" in data else None)
     if "label_offset" in data:
         offset = data["label_offset"]
-        if isinstance(offset, bool) or not isinstance(offset, int):
+        if not is_int(offset):
             check.problem(f"{where}.label_offset", f"expected an integer, got {describe(offset)}")
         else:
             fields["label_offset"] = offset
@@ -221,7 +235,7 @@ def _check_convert(check: Checker, raw: Any, where: str) -> ConvertSpec | None:
         return None
     color = (check.string(data.get("color_order"), f"{where}.color_order", COLOR_ORDERS)
              if "color_order" in data else None)
-    count = check.integer(data.get("output_count"), f"{where}.output_count", minimum=1) \
+    count = check.integer(data.get("output_count"), f"{where}.output_count", minimum=1, maximum=MAX_OUTPUT_COUNT) \
         if "output_count" in data else None
     precision = (check.string(data.get("precision"), f"{where}.precision", PRECISIONS)
                  if "precision" in data else None)
