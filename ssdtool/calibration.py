@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterator, Sequence
+import os
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -23,6 +24,7 @@ from ssdtool.inputs import IMAGE_EXTENSIONS, walk_images
 from ssdtool.registry import ModelEntry
 
 log = logging.getLogger("ssdtool.quantize")
+T = TypeVar("T")
 
 GENERATED = "generated"
 DEFAULT_CALIBRATION_SIZE = 300  # NNCF's own default subset size
@@ -72,7 +74,7 @@ def is_synthetic(entry: ModelEntry) -> bool:
     """True when the model is built by ssdtool's synthetic twin builder (every source is a ``synthetic:`` URL)."""
     return all(urlsplit(url).scheme.lower() == "synthetic" for url in entry.primary_file.sources)
 
-def _spread(items: Sequence[Path], count: int) -> list[Path]:
+def spread(items: Sequence[T], count: int) -> list[T]:
     """``count`` items spread evenly over ``items`` (in order), so a sorted folder is sampled end to end."""
     if count >= len(items):
         return list(items)
@@ -94,13 +96,14 @@ def _files_identity(folder: Path, files: Sequence[Path]) -> str:
     return f"sha256:{digest.hexdigest()}"
 
 def resolve_calibration(entry: ModelEntry, calibration: Path | str | None, size: int = DEFAULT_CALIBRATION_SIZE,
-                        guard_images: int = GUARD_IMAGES) -> CalibrationSet:
+                        guard_images: int = GUARD_IMAGES, exclude: Collection[Path] = ()) -> CalibrationSet:
     """Decide which images calibrate the model and which check it.
 
     ``calibration``: a folder of images, ``"generated"`` (deterministic generated images), or None - generated
     images for a synthetic model, an error otherwise (a real model needs representative photos). From a folder,
     the held-out images are files left over beyond ``size``; when the folder has ``size`` images or fewer, a fifth
-    of them (at most ``guard_images``) is held out and the rest calibrates.
+    of them (at most ``guard_images``) is held out and the rest calibrates. Files in ``exclude`` (the annotated
+    images an accuracy budget is measured on, which may live in the same folder) are never used.
     """
     if size < 1:
         raise UsageError(f"the calibration size must be at least 1, got {size}")
@@ -125,6 +128,13 @@ def resolve_calibration(entry: ModelEntry, calibration: Path | str | None, size:
         raise UsageError(f"calibration folder {folder} {what}; expected a folder of images or 'generated'",
                          hint="pass --calibration DIR (a folder of .jpg/.png images, searched recursively)")
     images = find_images(folder)
+    if exclude:
+        left_out = {os.path.realpath(path) for path in exclude}
+        kept = [path for path in images if os.path.realpath(path) not in left_out]
+        if len(kept) < len(images):
+            log.info("calibration leaves out %d image(s) of %s that the accuracy budget is measured on",
+                     len(images) - len(kept), folder)
+        images = kept
     if len(images) < 2:
         raise UsageError(
             f"calibration folder {folder} holds {len(images)} image file(s); at least 2 are needed (one to "
@@ -134,10 +144,10 @@ def resolve_calibration(entry: ModelEntry, calibration: Path | str | None, size:
         held_count = min(guard_images, len(images) - size)
     else:
         held_count = min(guard_images, max(1, len(images) // 5))
-    held_out = _spread(images, held_count)
+    held_out = spread(images, held_count)
     held = set(held_out)
     remaining = [path for path in images if path not in held]
-    files = _spread(remaining, min(size, len(remaining)))
+    files = spread(remaining, min(size, len(remaining)))
     if len(files) < size:
         log.info("calibrating on %d images of %s (%d requested; %d held out for the accuracy guard)", len(files),
                  folder, size, len(held_out))

@@ -33,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -41,11 +41,13 @@ from typing import Any
 import numpy as np
 
 from ssdtool import fsutil
+from ssdtool.accuracy_budget import Budget, BudgetReport
 from ssdtool.backends import import_engine
 from ssdtool.calibration import (
     DEFAULT_CALIBRATION_SIZE,
     GENERATED,
     GUARD_IMAGES,
+    GUARD_SEED,
     CalibrationSet,
     calibration_items,
     held_out_images,
@@ -129,11 +131,21 @@ def recipe_warning(provenance: dict[str, Any] | None, model: str) -> str | None:
 
 @dataclass(frozen=True)
 class QuantizeEvent:
-    """Progress of one INT8 phase: ``calibrate`` (statistics collection) or ``guard`` (held-out comparison)."""
+    """Progress of one INT8 phase: ``calibrate`` (statistics collection), ``quantize`` (NNCF's work after it: bias
+    correction, the quantized graph; 0 of 1 when it starts, 1 of 1 when it ends) and ``guard`` (held-out
+    comparison); with ``--max-ap-drop`` also ``reference`` (FP32 on the held-out images, for agreement AP),
+    ``validate`` (one NNCF validation: ``run`` counts them, the last event of a run carries its metric as ``value``)
+    and ``latency`` (the short speed measurement)."""
 
     phase: str
     done: int
     total: int
+    run: int | None = None
+    value: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The event's fields, without the ones a phase does not use."""
+        return {key: value for key, value in asdict(self).items() if value is not None}
 
 
 ProgressCallback = Callable[[QuantizeEvent], None]
@@ -212,16 +224,10 @@ def _unique_friendly_names(model: Any) -> None:
             op.set_friendly_name(candidate)
             taken.add(candidate)
 
-def quantize_model(model: Any, entry: ModelEntry, calibration: CalibrationSet, *, input_type: str = "f32",
-                   input_layout: str = "NCHW", progress: ProgressCallback | None = None,
-                   recipe: str | Int8Recipe = Int8Recipe.PORTABLE) -> Any:
-    """Post-training INT8 quantization of a converted FP32 ``openvino.Model`` (preprocessing inside).
-
-    Returns the quantized ``openvino.Model``. ``model``'s friendly names may be made unique (see
-    :func:`_unique_friendly_names`); its tensors and weights are not changed.
-    """
-    nncf = import_nncf()
-    _unique_friendly_names(model)
+def calibration_dataset(nncf: ModuleType, entry: ModelEntry, calibration: CalibrationSet, input_type: str,
+                        input_layout: str, progress: ProgressCallback | None) -> tuple[Any, int]:
+    """``(nncf.Dataset, size)`` of the calibration images as IR inputs, reporting ``calibrate`` progress; when the
+    last image has been handed to NNCF, the ``quantize`` phase starts."""
     items = calibration_items(calibration)
     total = len(items)
     done = 0
@@ -233,36 +239,97 @@ def quantize_model(model: Any, entry: ModelEntry, calibration: CalibrationSet, *
         done = min(done + 1, total)
         if progress is not None:
             progress(QuantizeEvent("calibrate", done, total))
+            if done == total:
+                progress(QuantizeEvent("quantize", 0, 1))
         return tensor
 
     source = "generated images" if calibration.kind == GENERATED else f"images from {calibration.folder}"
     log.info("INT8: collecting activation statistics on %d %s (NNCF %s) ...", total, source, nncf_version())
     if progress is not None:
         progress(QuantizeEvent("calibrate", 0, total))
-    dataset = nncf.Dataset(items, transform)
+    return nncf.Dataset(items, transform), total
+
+
+def advanced_parameters(recipe: str | Int8Recipe) -> Any:
+    """NNCF's advanced quantization parameters of ``recipe`` (its overflow fix)."""
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
-    advanced = AdvancedQuantizationParameters(overflow_fix=OverflowFix(quantization_settings(recipe)["overflow_fix"]))
-    return nncf.quantize(model, dataset, subset_size=total, preset=nncf.QuantizationPreset.PERFORMANCE,
-                         target_device=nncf.TargetDevice.ANY, fast_bias_correction=True, advanced_parameters=advanced)
+    return AdvancedQuantizationParameters(overflow_fix=OverflowFix(quantization_settings(recipe)["overflow_fix"]))
+
+
+def quantize_model(model: Any, entry: ModelEntry, calibration: CalibrationSet, *, input_type: str = "f32",
+                   input_layout: str = "NCHW", progress: ProgressCallback | None = None,
+                   recipe: str | Int8Recipe = Int8Recipe.PORTABLE) -> Any:
+    """Post-training INT8 quantization of a converted FP32 ``openvino.Model`` (preprocessing inside).
+
+    Returns the quantized ``openvino.Model``. ``model``'s friendly names may be made unique (see
+    :func:`_unique_friendly_names`); its tensors and weights are not changed.
+    """
+    nncf = import_nncf()
+    _unique_friendly_names(model)
+    dataset, total = calibration_dataset(nncf, entry, calibration, input_type, input_layout, progress)
+    quantized = nncf.quantize(model, dataset, subset_size=total, preset=nncf.QuantizationPreset.PERFORMANCE,
+                              target_device=nncf.TargetDevice.ANY, fast_bias_correction=True,
+                              advanced_parameters=advanced_parameters(recipe))
+    if progress is not None:
+        progress(QuantizeEvent("quantize", 1, 1))
+    return quantized
+
+
+def quantize_within_budget(model: Any, entry: ModelEntry, calibration: CalibrationSet, budget: Budget,
+                           reference_xml: Path, *, input_type: str = "f32", input_layout: str = "NCHW",
+                           progress: ProgressCallback | None = None, recipe: str | Int8Recipe = Int8Recipe.PORTABLE
+                           ) -> tuple[Any, BudgetReport]:
+    """:func:`quantize_model` within an AP budget (NNCF's accuracy control, :mod:`ssdtool.accuracy_control`):
+    the quantized model and its figures. NNCF's model with every layer in INT8 is left beside ``reference_xml``
+    (see :func:`intermediate_xml`)."""
+    from ssdtool import accuracy_control
+
+    nncf = import_nncf()
+    _unique_friendly_names(model)
+    dataset, total = calibration_dataset(nncf, entry, calibration, input_type, input_layout, progress)
+
+    def forward(phase: str, done: int, total: int, run: int | None, value: float | None) -> None:
+        if progress is not None:
+            progress(QuantizeEvent(phase, done, total, run, value))
+
+    quantized, report = accuracy_control.quantize_within_budget(
+        nncf, model, dataset, total, advanced_parameters(recipe), entry, calibration, budget, reference_xml,
+        intermediate_xml(reference_xml).parent, input_type=input_type, input_layout=input_layout, progress=forward)
+    if progress is not None:
+        progress(QuantizeEvent("quantize", 1, 1))
+    return quantized, report
+
+
+def intermediate_xml(reference_xml: Path) -> Path:
+    """Where NNCF's accuracy control leaves its model with every layer in INT8: beside the FP32 reference, in the
+    conversion's temporary folder that is never installed."""
+    return reference_xml.parent / "nncf-intermediate" / "intermediate_model.xml"
 
 
 # ------------------------------------------------------------------------------------------------ worker process
 def quantize_file(reference_xml: Path, int8_xml: Path, entry: ModelEntry, calibration: CalibrationSet, *,
                   provenance: dict[str, Any], input_type: str = "f32", input_layout: str = "NCHW",
-                  recipe: str | Int8Recipe = Int8Recipe.PORTABLE, progress: ProgressCallback | None = None) -> None:
+                  recipe: str | Int8Recipe = Int8Recipe.PORTABLE, progress: ProgressCallback | None = None,
+                  budget: Budget | None = None) -> BudgetReport | None:
     """Quantize the FP32 IR at ``reference_xml`` into ``int8_xml`` (carrying ``provenance``), in a child process.
+
+    With ``budget`` NNCF's accuracy control keeps the AP drop within it and the figures are returned (whether the
+    budget was met or not: the caller decides; see :class:`~ssdtool.accuracy_budget.BudgetReport`); else None.
 
     NNCF draws rich progress bars on stdout, which a library must not touch and a ``--json`` caller must not get;
     a process of its own is the one place where that output can go nowhere without changing this process's
     ``sys.stdout``. It also returns NNCF's memory (about 3 GB at 1200 px) when it ends. The child reports
-    progress, NNCF's log records and errors as JSON lines; an ssdtool error there is raised here as the same class.
+    progress, NNCF's log records, its result and errors as JSON lines; an ssdtool error there is raised here as the
+    same class.
     """
     job = int8_xml.with_name(f".{int8_xml.stem}.quantize-job.pickle")
     with open(fsutil.open_regular(job, os.O_WRONLY | os.O_CREAT | os.O_EXCL), "wb") as stream:
         pickle.dump({"reference_xml": str(reference_xml), "int8_xml": str(int8_xml), "entry": entry,
                      "calibration": calibration, "provenance": provenance, "input_type": input_type,
-                     "input_layout": input_layout, "recipe": Int8Recipe.parse(recipe, "INT8 recipe").value}, stream)
+                     "input_layout": input_layout, "recipe": Int8Recipe.parse(recipe, "INT8 recipe").value,
+                     "budget": budget}, stream)
+    result: dict[str, Any] | None = None
     try:
         with tempfile.TemporaryFile("w+") as errors:
             child = subprocess.Popen([sys.executable, "-m", "ssdtool.quantize", str(job)], stdout=subprocess.PIPE,
@@ -273,10 +340,13 @@ def quantize_file(reference_xml: Path, int8_xml: Path, entry: ModelEntry, calibr
                 for line in child.stdout:
                     event = json.loads(line)
                     if "phase" in event and progress is not None:
-                        progress(QuantizeEvent(event["phase"], event["done"], event["total"]))
+                        progress(QuantizeEvent(event["phase"], event["done"], event["total"], event.get("run"),
+                                               event.get("value")))
                     elif "log" in event:
                         log.log(logging.DEBUG if event["log"] <= logging.INFO else event["log"], "nncf: %s",
                                 event["message"])
+                    elif "result" in event:
+                        result = event["result"]
                     elif "error" in event:
                         failure = event
             code = child.wait()
@@ -291,6 +361,12 @@ def quantize_file(reference_xml: Path, int8_xml: Path, entry: ModelEntry, calibr
         text = stderr.strip().splitlines()[-1] if stderr.strip() else f"exit status {code}"
         raise ConversionError(f"INT8 quantization stopped: {text}", hint="rerun with --debug, and report it with "
                                                                           "'ssdtool --version'")
+    if budget is None:
+        return None
+    if result is None:
+        raise ConversionError("INT8 quantization within the budget ended without its figures",
+                              hint="rerun with --debug, and report it with 'ssdtool --version'")
+    return BudgetReport.from_dict(result)
 
 
 def _error_class(name: str) -> type[SsdtoolError]:
@@ -318,14 +394,22 @@ def _worker(job_path: str) -> int:
         nncf.nncf_logger.addHandler(Forward())
         ov = import_engine("openvino")
         model = ov.Core().read_model(job["reference_xml"])
-        quantized = quantize_model(model, job["entry"], job["calibration"], input_type=job["input_type"],
-                                   input_layout=job["input_layout"], recipe=job["recipe"],
-                                   progress=lambda e: emit({"phase": e.phase, "done": e.done, "total": e.total}))
+        budget, reference_xml, int8_xml = job.get("budget"), Path(job["reference_xml"]), Path(job["int8_xml"])
+        options = {"input_type": job["input_type"], "input_layout": job["input_layout"], "recipe": job["recipe"],
+                   "progress": lambda event: emit(event.to_dict())}
+        report = None
+        if budget is None:
+            quantized = quantize_model(model, job["entry"], job["calibration"], **options)
+        else:
+            quantized, report = quantize_within_budget(model, job["entry"], job["calibration"], budget,
+                                                       reference_xml, **options)
         for key, value in job["provenance"].items():
             quantized.set_rt_info(encode(value), [RT_INFO_ROOT, key])
         from ssdtool.convert.graph import save_model  # not at the top: ssdtool.convert imports this module
 
-        save_model(ov, quantized, Path(job["int8_xml"]), compress_to_fp16=False)
+        save_model(ov, quantized, int8_xml, compress_to_fp16=False)
+        if report is not None:
+            emit({"result": _with_latency(report, job, int8_xml, options["progress"]).to_dict()})
     except SsdtoolError as exc:
         emit({"error": type(exc).__name__, "message": exc.message, "hint": exc.hint})
         return 1
@@ -333,6 +417,22 @@ def _worker(job_path: str) -> int:
         emit({"error": "ConversionError", "message": f"INT8 quantization failed: {type(exc).__name__}: {exc}"})
         return 1
     return 0
+
+def _with_latency(report: BudgetReport, job: dict[str, Any], int8_xml: Path, progress: ProgressCallback
+                  ) -> BudgetReport:
+    """The report with the cost of the layers kept in floating point, measured (nothing kept: no cost to measure)."""
+    if not report.float_layers or report.int8_layers == 0:
+        return report
+    from ssdtool import accuracy_control
+    from ssdtool.imaging import generated_images
+
+    entry = job["entry"]
+    tensor = network_input(generated_images(1, seed=GUARD_SEED)[0], entry, job["input_type"], job["input_layout"])
+    latency = accuracy_control.measure_latency(
+        int8_xml, intermediate_xml(Path(job["reference_xml"])), tensor,
+        progress=lambda phase, done, total, run, value: progress(QuantizeEvent(phase, done, total)))
+    return replace(report, latency=latency)
+
 
 def accuracy_guard(reference_xml: Path, int8_xml: Path, entry: ModelEntry, calibration: CalibrationSet, *,
                    input_type: str = "f32", input_layout: str = "NCHW", device: str = "CPU",

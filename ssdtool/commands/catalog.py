@@ -97,7 +97,11 @@ def _format_info(data: dict[str, Any]) -> str:
         for record in data["converted"]:
             lines.append(f"    {record['precision']}: {record['path']}")
             for key, value in (record.get("provenance") or {}).items():
-                if key == "runtime_checks" and isinstance(value, list):
+                if key == "accuracy_control" and isinstance(value, dict):
+                    from ssdtool.accuracy_budget import describe
+
+                    lines.append(f"      {key}: " + "\n        ".join(describe(value) or []))
+                elif key == "runtime_checks" and isinstance(value, list):
                     from ssdtool.precision import read_checks
 
                     checks, unusable = read_checks({key: value})

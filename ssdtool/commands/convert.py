@@ -25,15 +25,15 @@ PRECISION_CHOICES = IRPrecision.values()
 def _options(precision: str | None, input_type: str, input_layout: str, force: bool, verify: bool,
              output_dir: str | None, default_precision: str, calibration: str | None = None,
              calibration_size: int | None = None, accept_accuracy_drop: bool = False,
-             int8_recipe: str | None = None) -> Any:
+             int8_recipe: str | None = None, budget: dict[str, Any] | None = None) -> Any:
     from ssdtool.convert import ConvertOptions
     from ssdtool.errors import UsageError
 
     precision = (precision or default_precision).upper()
-    if calibration_size is not None and precision != "INT8":
-        raise UsageError(f"--calibration-size applies to --precision INT8 only, got {precision}",
-                         hint="add --precision INT8 or drop --calibration-size")
-    extra: dict[str, Any] = {}
+    if (calibration_size is not None or (budget or {}).get("guard_images") is not None) and precision != "INT8":
+        raise UsageError(f"--calibration-size and --held-out apply to --precision INT8 only, got {precision}",
+                         hint="add --precision INT8 or drop --calibration-size / --held-out")
+    extra: dict[str, Any] = {key: value for key, value in (budget or {}).items() if value is not None}
     if calibration_size is not None:
         extra["calibration_size"] = calibration_size
     return ConvertOptions(precision=precision, input_type=input_type, input_layout=input_layout.upper(), force=force,
@@ -106,6 +106,17 @@ def format_runtime_checks(result: Any) -> list[str]:
                    "layer's, for CPUs with VNNI/AMX) [default: portable; an installed IR of either is kept].")
 @click.option("--accept-accuracy-drop", is_flag=True,
               help="INT8: install the IR even when it fails the accuracy guard (exit 24 otherwise).")
+@click.option("--max-ap-drop", type=float, metavar="X",
+              help="INT8: quantize within this drop of COCO AP (0.01 = one AP point), NNCF reverting the layers that "
+                   "cost most to floating point; replaces the guard; exit 24 when it cannot be met.")
+@click.option("--annotations", "annotations", type=click.Path(dir_okay=False), metavar="FILE",
+              help="INT8 with --max-ap-drop: a COCO annotation file, so the budget is true AP on its images "
+                   "(with --images) [default: agreement AP with FP32 on held-out images].")
+@click.option("--images", "images", type=click.Path(file_okay=False), metavar="DIR",
+              help="INT8 with --annotations: the folder of the annotated images (never used to calibrate).")
+@click.option("--held-out", "held_out", type=click.IntRange(min=1), metavar="N",
+              help="INT8: how many held-out images check the IR (the guard, or the --max-ap-drop budget) "
+                   "[default: 8].")
 @click.option("--force", is_flag=True, help="Rebuild even when an up-to-date IR exists.")
 @click.option("--no-verify", "no_verify", is_flag=True,
               help="Skip the parity gate against onnxruntime (INT8: the accuracy guard).")
@@ -115,8 +126,9 @@ def format_runtime_checks(result: Any) -> list[str]:
 @click.pass_context
 def convert_command(ctx: click.Context, name: str | None, precision: str | None, output_dir: str | None,
                     input_type: str, input_layout: str, calibration: str | None, calibration_size: int | None,
-                    int8_recipe: str | None, accept_accuracy_drop: bool, force: bool, no_verify: bool,
-                    offline: bool, progress_mode: str, as_json: bool) -> None:
+                    int8_recipe: str | None, accept_accuracy_drop: bool, max_ap_drop: float | None,
+                    annotations: str | None, images: str | None, held_out: int | None, force: bool,
+                    no_verify: bool, offline: bool, progress_mode: str, as_json: bool) -> None:
     """Convert NAME (default model) to an OpenVINO IR with BGR raw-pixel input and fixed-size outputs.
 
     The source ONNX is downloaded first if missing (unless --offline). Normalization is folded into the IR;
@@ -124,7 +136,9 @@ def convert_command(ctx: click.Context, name: str | None, precision: str | None,
     before it is installed; an up-to-date IR (same source checksum and parameters) is left alone.
 
     INT8 quantizes the FP32 IR with NNCF (pip install 'ssdtool[int8]') on --calibration images, then compares
-    it with FP32 on held-out images: below 90% of FP32 detections found it installs nothing and exits 24.
+    it with FP32 on held-out images: below 90% of FP32 detections found it installs nothing and exits 24. With
+    --max-ap-drop X, NNCF keeps the drop in COCO AP within X instead (true AP with --annotations/--images,
+    else agreement with FP32), reverting the costliest layers to floating point; exit 24 when it cannot.
     """
     from ssdtool.convert import convert
 
@@ -132,7 +146,9 @@ def convert_command(ctx: click.Context, name: str | None, precision: str | None,
     app = app_context(ctx)
     entry = app.registry().model(name)
     options = _options(precision, input_type, input_layout, force, not no_verify, output_dir,
-                       entry.convert.precision, calibration, calibration_size, accept_accuracy_drop, int8_recipe)
+                       entry.convert.precision, calibration, calibration_size, accept_accuracy_drop, int8_recipe,
+                       {"max_ap_drop": max_ap_drop, "annotations": Path(annotations) if annotations else None,
+                        "images": Path(images) if images else None, "guard_images": held_out})
     result = convert(entry, app.cache(), options, offline=offline, progress=app_download_progress(app, progress_mode),
                      quantize_progress=quantize_progress(app, progress_mode))
     data = result.to_dict()
@@ -149,6 +165,7 @@ def convert_command(ctx: click.Context, name: str | None, precision: str | None,
         "  outputs: " + ", ".join(f"{k} {list(v)}" for k, v in result.outputs.items()),
     ]
     if result.precision == "INT8":
+        from ssdtool.accuracy_budget import describe as describe_budget
         from ssdtool.quantize import recipe_of
 
         settings = (result.provenance.get("parameters") or {}).get("quantization")
@@ -158,7 +175,11 @@ def convert_command(ctx: click.Context, name: str | None, precision: str | None,
                      + (f"; {reason})" if reason else ")"))
         lines.append(f"  calibration: {format_calibration(result.calibration)}")
         recorded = result.provenance.get("accuracy_guard")
-        if result.accuracy is not None:
+        budget = describe_budget(result.provenance.get("accuracy_control"))
+        if budget is not None:
+            lines += [f"  budget:  {budget[0]}" + (" (at conversion)" if result.up_to_date else ""),
+                      *(f"  {line}" for line in budget[1:])]
+        elif result.accuracy is not None:
             lines.append(f"  accuracy: {format_accuracy(result.accuracy.to_dict())}")
         elif result.up_to_date and isinstance(recorded, dict):
             lines.append(f"  accuracy: {format_accuracy(recorded)} (at conversion)")

@@ -152,7 +152,11 @@ def phase_progress(labels: dict[str, str], unit: str | dict[str, str] = "img", m
                    quiet: bool = False) -> Callable[[Any], None] | None:
     """A renderer for phased progress events (``phase``, ``done``, ``total``: INT8 calibration and its guard, the
     images of a detect run): a tqdm bar per phase, JSON lines, a log line when a phase starts and ends, or nothing
-    (``mode`` as ``--progress``; nothing when quiet). ``unit`` is one unit, or one per phase (default "img")."""
+    (``mode`` as ``--progress``; nothing when quiet). ``unit`` is one unit, or one per phase (default "img").
+
+    A phase that repeats (NNCF's validation runs) numbers its events with ``run``, and the last event of a run may
+    carry its result as ``value``: JSON lines include both, a log line is written per run, a bar restarts per run.
+    """
     kind = resolve_mode(mode, quiet)
     if kind == "none":
         return None
@@ -161,19 +165,28 @@ def phase_progress(labels: dict[str, str], unit: str | dict[str, str] = "img", m
     def unit_of(phase: str) -> str:
         return units.get(phase, "img") if isinstance(unit, dict) else unit
 
+    def label_of(event: Any) -> str:
+        run = getattr(event, "run", None)
+        label = labels.get(event.phase, event.phase)
+        return label if run is None else f"{label}, run {run}"
+
     lock = threading.Lock()
     if kind == "json":
 
         def as_json(event: QuantizeEvent) -> None:
-            _json_line({"event": "progress", "phase": event.phase, "done": event.done, "total": event.total}, lock)
+            extra = {key: getattr(event, key) for key in ("run", "value") if getattr(event, key, None) is not None}
+            _json_line({"event": "progress", "phase": event.phase, "done": event.done, "total": event.total,
+                        **extra}, lock)
 
         return as_json
     if kind == "log":
 
         def as_log(event: QuantizeEvent) -> None:
-            if event.done == 0 or event.done >= event.total:
-                log.info("%s: %d of %d %s", labels.get(event.phase, event.phase), event.done, event.total,
-                         unit_of(event.phase))
+            value = getattr(event, "value", None)
+            if value is not None:
+                log.info("%s: %d %s, result %.4f", label_of(event), event.total, unit_of(event.phase), value)
+            elif getattr(event, "run", None) is None and (event.done == 0 or event.done >= event.total):
+                log.info("%s: %d of %d %s", label_of(event), event.done, event.total, unit_of(event.phase))
 
         return as_log
     from tqdm import tqdm
@@ -182,20 +195,25 @@ def phase_progress(labels: dict[str, str], unit: str | dict[str, str] = "img", m
 
     def render(event: QuantizeEvent) -> None:
         bar = bars.get(event.phase)
+        if getattr(event, "value", None) is not None:
+            return  # a run's result: its bar has already finished
         if bar is None:
-            bar = bars[event.phase] = tqdm(total=event.total, desc=labels.get(event.phase, event.phase),
-                                           unit=unit_of(event.phase),
+            bar = bars[event.phase] = tqdm(total=event.total, desc=label_of(event), unit=unit_of(event.phase),
                                            file=sys.stderr, leave=False)
         bar.update(event.done - bar.n)
         if event.done >= event.total:
             bar.close()
+            del bars[event.phase]
 
     return render
 
 
 def quantize_progress(app: AppContext, mode: str = "auto") -> Callable[[Any], None] | None:
-    """INT8 calibration and accuracy-guard progress."""
-    return phase_progress({"calibrate": "INT8 calibration", "guard": "accuracy guard"}, mode=mode, quiet=app.quiet)
+    """The INT8 phases: calibration, NNCF's quantization, the accuracy guard; with an AP budget also the FP32
+    reference, NNCF's validation runs and the latency measurement."""
+    return phase_progress({"calibrate": "INT8 calibration", "quantize": "NNCF quantization", "guard": "accuracy guard",
+                           "reference": "FP32 reference", "validate": "accuracy control", "latency": "latency"},
+                          unit={"quantize": "step", "latency": "run"}, mode=mode, quiet=app.quiet)
 
 
 

@@ -23,6 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from ssdtool import __version__, artifacts, precision
+from ssdtool.accuracy_budget import (
+    Budget,
+    BudgetReport,
+    agreement_validation,
+    annotated_validation,
+    check_disjoint,
+    excluded_paths,
+)
 from ssdtool.backends import import_engine
 from ssdtool.cache import Cache
 from ssdtool.constants import Backend, Int8Recipe
@@ -75,6 +83,7 @@ class ConversionResult:
     provenance: dict[str, Any]
     accuracy: AccuracyReport | None = None  # INT8: the accuracy guard (None when skipped or up to date)
     calibration: dict[str, Any] | None = None  # INT8: the calibration set, as recorded in provenance
+    budget: BudgetReport | None = None  # INT8 with --max-ap-drop: this run's accuracy control (None: not run)
     #: This run's check of the IR at the CPU's default inference precision (None: not run, e.g. the default is f32)
     runtime_check: precision.RuntimeCheck | None = None
 
@@ -87,6 +96,7 @@ class ConversionResult:
             "provenance": self.provenance,
             "accuracy": self.accuracy.to_dict() if self.accuracy else None, "calibration": self.calibration,
             "runtime_check": self.runtime_check.to_dict() if self.runtime_check else None,
+            "accuracy_control": self.budget.to_dict() if self.budget else None,
         }
 
 
@@ -95,29 +105,29 @@ def convert(entry: ModelEntry, cache: Cache, options: ConvertOptions | None = No
             quantize_progress: ProgressCallback | None = None) -> ConversionResult:
     """Convert ``entry``'s ONNX file (or ``source``) to an OpenVINO IR and install it; see the module docstring.
 
-    ``progress`` receives download events; ``quantize_progress`` INT8 calibration and guard progress.
+    ``progress`` receives download events; ``quantize_progress`` the INT8 phases (:class:`QuantizeEvent`).
     """
     options = options or ConvertOptions(precision=entry.convert.precision)
     check_options(options)
     started = time.perf_counter()
     xml = ir_path(entry, cache, options)
-    calibration = _early_calibration(entry, options, xml)
+    calibration, budget = _early_int8(entry, options, xml)
     source_path = _source_path(entry, cache, source, offline, progress)
     if options.output_dir is not None:
         _check_output_files(xml, source_path)
     source_sha256 = (entry.primary_file.sha256 if source is None and entry.primary_file.sha256
                      else hash_file(source_path, ("sha256",))[1]["sha256"])
-    wanted = conversion_parameters(entry, options, calibration)
+    wanted = conversion_parameters(entry, options, calibration, budget)
     if (existing := _current_ir(xml, source_sha256, wanted, options)) is not None:
         sweep_leftovers(cache, entry, options, xml)
         return _up_to_date(entry, xml, options, existing, started)
     with conversion_lock(cache, entry, options, xml):
         if (existing := _current_ir(xml, source_sha256, wanted, options, recheck=True)) is not None:
             return _up_to_date(entry, xml, options, existing, started)  # converted while this one waited
-        build = _Build(entry, options, source_path, source_sha256, calibration, quantize_progress)
+        build = _Build(entry, options, source_path, source_sha256, calibration, quantize_progress, budget)
         build.run(xml)
-    return _result(entry, xml, build.options, read_provenance(xml) or build.final, False, build.parity, started,
-                   build.accuracy, build.check)
+    return replace(_result(entry, xml, build.options, read_provenance(xml) or build.final, False, build.parity,
+                           started, build.accuracy, build.check), budget=build.budget_report)
 
 
 def _check_output_files(xml: Path, source: Path) -> None:
@@ -131,19 +141,31 @@ def _check_output_files(xml: Path, source: Path) -> None:
                   [InputPath(source, "the source ONNX model")])
 
 
-def _early_calibration(entry: ModelEntry, options: ConvertOptions, xml: Path) -> CalibrationSet | None:
-    """INT8: the calibration set, resolved before any download when it is chosen or no INT8 IR is installed, so
-    an impossible INT8 build (no images for a real model, no NNCF) fails first. Without a choice and with an IR
-    installed it stays open: any calibration will do (see ``same_parameters``)."""
+def _early_int8(entry: ModelEntry, options: ConvertOptions, xml: Path) -> tuple[CalibrationSet | None, Budget | None]:
+    """INT8: the calibration set (and an AP budget's images), resolved before any download when they are chosen or
+    no INT8 IR is installed, so an impossible INT8 build (no images for a real model, no NNCF) fails first. Without
+    a choice and with an IR installed it stays open: any calibration will do (see ``same_parameters``)."""
     if options.precision != "INT8":
-        return None
-    chosen = options.calibration is not None or options.calibration_size != DEFAULT_CALIBRATION_SIZE
-    calibration = None
+        return None, None
+    budgeted = options.max_ap_drop is not None
+    chosen = options.calibration is not None or options.calibration_size != DEFAULT_CALIBRATION_SIZE or budgeted
+    calibration = budget = None
+    if budgeted:
+        from ssdtool.evaluation.metrics import pycocotools
+
+        pycocotools()  # the budget is scored with COCOeval: no pycocotools, no budget (exit 23, naming the extra)
+    validation = (annotated_validation(options.annotations, options.images, options.guard_images)
+                  if budgeted and options.annotations is not None and options.images is not None else None)
     if chosen or not xml.is_file():
-        calibration = resolve_calibration(entry, options.calibration, options.calibration_size, options.guard_images)
-    if not xml.is_file():
+        calibration = resolve_calibration(entry, options.calibration, options.calibration_size, options.guard_images,
+                                          exclude=excluded_paths(validation))
+    if budgeted and calibration is not None and options.max_ap_drop is not None:
+        validation = validation or agreement_validation(calibration)
+        check_disjoint(validation, calibration.files)
+        budget = Budget(options.max_ap_drop, validation)
+    if not xml.is_file() or budgeted:
         import_nncf()
-    return calibration
+    return calibration, budget
 
 
 def _source_path(entry: ModelEntry, cache: Cache, source: Path | None, offline: bool,
@@ -208,9 +230,11 @@ class _Build:
     """One conversion under the lock: settle the INT8 choices, build, save, prove, install."""
 
     def __init__(self, entry: ModelEntry, options: ConvertOptions, source: Path, source_sha256: str,
-                 calibration: CalibrationSet | None, quantize_progress: ProgressCallback | None) -> None:
+                 calibration: CalibrationSet | None, quantize_progress: ProgressCallback | None,
+                 budget: Budget | None = None) -> None:
         self.entry, self.options, self.source, self.source_sha256 = entry, options, source, source_sha256
-        self.calibration, self.quantize_progress = calibration, quantize_progress
+        self.calibration, self.quantize_progress, self.budget = calibration, quantize_progress, budget
+        self.budget_report: BudgetReport | None = None
         self.recipe_reason: str | None = None
         self.parity: ParityReport | None = None
         self.accuracy: AccuracyReport | None = None
@@ -234,9 +258,15 @@ class _Build:
                 reference_xml = new_folder() / xml.name
                 save_model(ov, model, reference_xml, compress_to_fp16=False)
                 del model
-                quantize_file(reference_xml, temp_xml, self.entry, self.calibration, provenance=self._provenance(),
-                              input_type=options.input_type, input_layout=options.input_layout,
-                              recipe=options.int8_recipe or Int8Recipe.PORTABLE, progress=self.quantize_progress)
+                self.budget_report = quantize_file(
+                    reference_xml, temp_xml, self.entry, self.calibration, provenance=self._provenance(),
+                    input_type=options.input_type, input_layout=options.input_layout,
+                    recipe=options.int8_recipe or Int8Recipe.PORTABLE, progress=self.quantize_progress,
+                    budget=self.budget)
+                if self.budget_report is not None:
+                    log.info("AP budget %s", self.budget_report.summary_line())
+                    if not self.budget_report.met:
+                        raise self.budget_report.refusal(self.entry.name)
             else:
                 for key, value in self._provenance().items():
                     model.set_rt_info(encode(value), [RT_INFO_ROOT, key])
@@ -269,14 +299,8 @@ class _Build:
         """The gate (INT8: the guard), both at f32, then the runtime check; a failure raises, installing nothing."""
         options, entry = self.options, self.entry
         if options.precision == "INT8" and self.calibration is not None:
-            log.info("accuracy guard: INT8 vs FP32 IR on held-out images (%s) ...",
-                     self.calibration.held_out_description)
-            accuracy = accuracy_guard(reference_xml, temp_xml, entry, self.calibration, input_type=options.input_type,
-                                      input_layout=options.input_layout, progress=self.quantize_progress)
-            if not accuracy.passed:
-                _refuse_or_accept(accuracy, entry, options)
-                accuracy = replace(accuracy, accepted=True)
-            self.accuracy = accuracy
+            if self.budget_report is None:  # an AP budget, met during quantization, replaces the guard
+                self.accuracy = self._guard(temp_xml, reference_xml)
         else:
             log.info("parity gate: onnxruntime vs OpenVINO on %d generated images ...", options.parity_images)
             parity = parity_check(self.source, temp_xml, entry, options)
@@ -292,6 +316,17 @@ class _Build:
             self.parity = parity
         self.check = runtime_check(temp_xml, entry, options)
 
+    def _guard(self, temp_xml: Path, reference_xml: Path) -> AccuracyReport:
+        options, entry, calibration = self.options, self.entry, self.calibration
+        assert calibration is not None
+        log.info("accuracy guard: INT8 vs FP32 IR on held-out images (%s) ...", calibration.held_out_description)
+        accuracy = accuracy_guard(reference_xml, temp_xml, entry, calibration, input_type=options.input_type,
+                                  input_layout=options.input_layout, progress=self.quantize_progress)
+        if not accuracy.passed:
+            _refuse_or_accept(accuracy, entry, options)
+            accuracy = replace(accuracy, accepted=True)
+        return accuracy
+
     def _provenance(self) -> dict[str, Any]:
         """What travels with the IR: source, versions, every parameter, labels, the proofs (as far as they ran)."""
         entry, options, parity = self.entry, self.options, self.parity
@@ -301,7 +336,7 @@ class _Build:
             "source_sha256": self.source_sha256,
             "ssdtool_version": __version__,
             "openvino_version": import_engine("openvino").get_version(),
-            "parameters": conversion_parameters(entry, options, self.calibration),
+            "parameters": conversion_parameters(entry, options, self.calibration, self.budget),
             "labels": entry.labels,
             "labels_sha256": hash_file(entry.label_path(), ("sha256",))[1]["sha256"],
             "parity": "skipped (--no-verify)" if parity is None else {
@@ -312,11 +347,16 @@ class _Build:
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         if options.precision == "INT8":
-            record["parity"] = "not run for INT8: accuracy_guard compares it with the FP32 IR"
+            record["parity"] = ("not run for INT8: accuracy_guard compares it with the FP32 IR" if self.budget is None
+                                else "not run for INT8: accuracy_control compares it with the FP32 IR")
             record["int8_recipe"] = {"recipe": options.int8_recipe, "reason": self.recipe_reason}
             record["calibration"] = self.calibration.to_dict() if self.calibration is not None else None
             record["nncf_version"] = nncf_version()
             record["accuracy_guard"] = self.accuracy.summary() if self.accuracy is not None else "skipped (--no-verify)"
+            if self.budget is not None:
+                record["accuracy_guard"] = "replaced by accuracy_control (--max-ap-drop)"
+            if self.budget_report is not None:
+                record["accuracy_control"] = self.budget_report.to_dict()
         return record
 
 

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ssdtool.accuracy_budget import Budget, check_max_ap_drop
 from ssdtool.cache import Cache
 from ssdtool.calibration import DEFAULT_CALIBRATION_SIZE, GUARD_IMAGES, CalibrationSet
 from ssdtool.constants import Int8Recipe, IRPrecision
@@ -21,8 +22,8 @@ INPUT_LAYOUTS = ("NCHW", "NHWC")
 RECIPE_VERSION = 1
 PARITY_IMAGES = 3
 # INT8 parameters a request may leave open: without a calibration choice any calibration will do, without a
-# recipe any recipe (see same_parameters).
-OPEN_INT8_KEYS = ("calibration", "calibration_count", "quantization")
+# recipe any recipe, without an AP budget any budget or none (see same_parameters).
+OPEN_INT8_KEYS = ("calibration", "calibration_count", "quantization", "accuracy_control")
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,10 @@ class ConvertOptions:
     ``accept_accuracy_drop`` installs an INT8 IR that fails the guard. ``int8_recipe``: "portable" or "vnni"
     (:class:`ssdtool.constants.Int8Recipe`); None builds portable and accepts any installed recipe.
     ``verify=False`` skips the parity gate (FP32/FP16) or the guard (INT8).
+
+    ``max_ap_drop`` (INT8) replaces the guard with an AP budget: NNCF's accuracy control keeps the drop in COCO AP
+    within it, measured on ``guard_images`` held-out images - annotated ones (``annotations`` and ``images``), or
+    agreement with FP32 on the guard's held-out images (:mod:`ssdtool.accuracy_budget`).
     """
 
     precision: str = "FP32"
@@ -50,6 +55,9 @@ class ConvertOptions:
     accept_accuracy_drop: bool = False
     guard_images: int = GUARD_IMAGES
     int8_recipe: str | None = None
+    max_ap_drop: float | None = None
+    annotations: Path | None = None
+    images: Path | None = None
 
     @property
     def variant(self) -> str:
@@ -66,10 +74,12 @@ def check_options(options: ConvertOptions) -> None:
     if options.input_layout not in INPUT_LAYOUTS:
         raise UsageError(f"input layout {options.input_layout!r}: expected one of {', '.join(INPUT_LAYOUTS)}")
     if options.precision != "INT8" and (options.calibration is not None or options.accept_accuracy_drop
-                                        or options.int8_recipe is not None):
+                                        or options.int8_recipe is not None or options.max_ap_drop is not None):
         raise UsageError(f"calibration, the INT8 recipe and the accuracy guard apply to INT8 only, got precision "
                          f"{options.precision}",
-                         hint="add --precision INT8, or drop --calibration / --int8-recipe / --accept-accuracy-drop")
+                         hint="add --precision INT8, or drop --calibration / --int8-recipe / --accept-accuracy-drop / "
+                              "--max-ap-drop")
+    check_budget_options(options)
     if options.int8_recipe is not None:
         try:
             Int8Recipe.parse(options.int8_recipe, "INT8 recipe")
@@ -79,6 +89,27 @@ def check_options(options: ConvertOptions) -> None:
         raise UsageError(f"calibration size and guard images must be at least 1, got {options.calibration_size} "
                          f"and {options.guard_images}")
 
+def check_budget_options(options: ConvertOptions) -> None:
+    """``--max-ap-drop`` and what goes with it: a budget in range, annotations with their images, and neither the
+    guard's escape (``--accept-accuracy-drop``) nor ``--no-verify``, which the budget replaces."""
+    if (options.annotations is None) != (options.images is None):
+        raise UsageError("--annotations and --images go together: the annotation file and the folder of its images",
+                         hint="pass both, or neither (then the budget is agreement with FP32 on held-out images)")
+    if options.max_ap_drop is None:
+        if options.annotations is not None:
+            raise UsageError("--annotations and --images measure an AP budget, and no --max-ap-drop was given",
+                             hint="add --max-ap-drop X (e.g. 0.01, one AP point)")
+        return
+    drop = check_max_ap_drop(options.max_ap_drop)
+    if options.accept_accuracy_drop or not options.verify:
+        raise UsageError("--max-ap-drop replaces the accuracy guard, so --accept-accuracy-drop and --no-verify do not "
+                         "apply to it", hint="raise the budget instead, or drop --max-ap-drop to use the guard")
+    if drop < 0 and options.annotations is None:
+        raise UsageError(f"--max-ap-drop {drop:g} asks INT8 to agree with FP32 better than FP32 itself; agreement AP "
+                         "cannot exceed FP32's 1.0", hint="pass a budget of 0 or more, or measure true AP with "
+                                                          "--annotations FILE --images DIR")
+
+
 def ir_path(entry: ModelEntry, cache: Cache, options: ConvertOptions) -> Path:
     """Where the IR ``.xml`` for these options lives."""
     if options.output_dir is not None:
@@ -86,10 +117,11 @@ def ir_path(entry: ModelEntry, cache: Cache, options: ConvertOptions) -> Path:
     return cache.ir_xml(entry, options.precision, options.variant)
 
 def conversion_parameters(entry: ModelEntry, options: ConvertOptions,
-                          calibration: CalibrationSet | None = None) -> dict[str, Any]:
+                          calibration: CalibrationSet | None = None, budget: Budget | None = None) -> dict[str, Any]:
     """Everything that determines the IR's bytes besides the source file: the idempotency key.
 
-    INT8 adds the calibration identity and count and the quantization settings (``calibration`` is needed then).
+    INT8 adds the calibration identity and count and the quantization settings (``calibration`` is needed then),
+    and an AP budget its figure, metric and images.
     """
     parameters = {
         "recipe": RECIPE_VERSION,
@@ -115,6 +147,8 @@ def conversion_parameters(entry: ModelEntry, options: ConvertOptions,
             parameters["quantization"] = quantization_settings(options.int8_recipe)
         if calibration is not None:  # None: only to compare with an installed IR (see same_parameters)
             parameters.update({"calibration": calibration.identity, "calibration_count": calibration.count})
+        if budget is not None:
+            parameters["accuracy_control"] = budget.parameters()
     return parameters
 
 def same_parameters(existing: Any, wanted: dict[str, Any]) -> bool:
