@@ -283,21 +283,24 @@ class BudgetReport:
         """The exit-24 error for a budget that was not met: what was asked, the best reached, what to do."""
         metric = self.metric
         if self.int8_layers == 0 and self.drop <= self.max_drop:
-            what = (f"only with every one of the {self.layers} layers back in floating point, which is the FP32 "
-                    "model, not an INT8 one")
+            what = (f"the budget is met only with every one of the {self.layers} layers back in floating point, which "
+                    "is the FP32 model, not an INT8 one")
         else:
             what = (f"the IR NNCF returned keeps {self.int8_layers} of {self.layers} layers in INT8 at {metric} "
                     f"{self.installed:.4f}, a drop of {self.drop:.4f}")
         best = ("no model NNCF measured kept a layer in INT8" if self.best_drop is None else
                 f"the best drop reached with layers in INT8 was {self.best_drop:.4f}")
-        suggestion = self.best_drop if self.best_drop is not None and self.best_drop > self.max_drop else None
+        if self.best_drop is not None and self.best_drop > self.max_drop:
+            reachable = math.ceil(round(self.best_drop * 1e4, 6)) / 1e4
+            hint = (f"the best model measured had a drop of {reachable:g}: allow it with '--max-ap-drop "
+                    f"{reachable:g}', or ")
+        else:
+            hint = "allow a larger drop, "
         return AccuracyError(
             f"the INT8 IR of {model} cannot meet --max-ap-drop {self.max_drop:g}: FP32 scores {metric} "
             f"{self.fp32:.4f} on {self.validation['description']}; every layer in INT8 scores {self.all_int8:.4f} "
-            f"(a drop of {self.all_int8_drop:.4f}); the budget is met {what}; {best}. Nothing was installed.",
-            hint=(f"allow a larger drop ('--max-ap-drop {math.ceil(suggestion * 1e4) / 1e4:g}' would have been met), "
-                  if suggestion is not None else "allow a larger drop, ")
-            + "calibrate on more or more representative images, or keep FP32")
+            f"(a drop of {self.all_int8_drop:.4f}); {what}; {best}. Nothing was installed.",
+            hint=hint + "calibrate on more or more representative images, or keep FP32")
 
     def summary_line(self) -> str:
         """One line for people: the verdict, both figures and the drop, what stayed in floating point and its cost."""
