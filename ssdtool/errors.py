@@ -24,7 +24,7 @@ code  class                       meaning
 21    ParityError                 the converted IR disagrees with onnxruntime (nothing installed)
 22    ModelFormatError            a model file is not a valid ONNX/IR or lacks expected tensors
 23    DependencyError             an optional or required library is missing or broken
-24    AccuracyError               INT8 accuracy guard failed (nothing installed)
+24    AccuracyError               INT8 accuracy guard failed, or an AP budget cannot be met (nothing installed)
 30    InputError, ImageError      some inputs (images) could not be processed
 31    BackendError                unknown/unusable backend or device, or an inference precision it cannot run
 32    ServerError                 an inference server refused or failed a request (``--server``)

@@ -133,9 +133,10 @@ def recipe_warning(provenance: dict[str, Any] | None, model: str) -> str | None:
 class QuantizeEvent:
     """Progress of one INT8 phase: ``calibrate`` (statistics collection), ``quantize`` (NNCF's work after it: bias
     correction, the quantized graph; 0 of 1 when it starts, 1 of 1 when it ends) and ``guard`` (held-out
-    comparison); with ``--max-ap-drop`` also ``reference`` (FP32 on the held-out images, for agreement AP),
-    ``validate`` (one NNCF validation: ``run`` counts them, the last event of a run carries its metric as ``value``)
-    and ``latency`` (the short speed measurement)."""
+    comparison) and ``check`` (the runtime check at the CPU's default precision, 0 of 1 then 1 of 1); with
+    ``--max-ap-drop`` also ``reference`` (FP32 on the held-out images, for agreement AP), ``validate`` (one NNCF
+    validation: ``run`` counts them, the last event of a run carries its metric as ``value``) and ``latency`` (the
+    short speed measurement)."""
 
     phase: str
     done: int
@@ -234,6 +235,8 @@ def calibration_dataset(nncf: ModuleType, entry: ModelEntry, calibration: Calibr
 
     def transform(item: Any) -> np.ndarray:
         nonlocal done
+        if done == 0 and progress is not None:  # statistics collection starts now (NNCF may have work before it)
+            progress(QuantizeEvent("calibrate", 0, total))
         rgb = item if isinstance(item, np.ndarray) else load_rgb(item)
         tensor = network_input(rgb, entry, input_type, input_layout)
         done = min(done + 1, total)
@@ -245,8 +248,6 @@ def calibration_dataset(nncf: ModuleType, entry: ModelEntry, calibration: Calibr
 
     source = "generated images" if calibration.kind == GENERATED else f"images from {calibration.folder}"
     log.info("INT8: collecting activation statistics on %d %s (NNCF %s) ...", total, source, nncf_version())
-    if progress is not None:
-        progress(QuantizeEvent("calibrate", 0, total))
     return nncf.Dataset(items, transform), total
 
 

@@ -209,11 +209,12 @@ def phase_progress(labels: dict[str, str], unit: str | dict[str, str] = "img", m
 
 
 def quantize_progress(app: AppContext, mode: str = "auto") -> Callable[[Any], None] | None:
-    """The INT8 phases: calibration, NNCF's quantization, the accuracy guard; with an AP budget also the FP32
-    reference, NNCF's validation runs and the latency measurement."""
+    """The INT8 phases: calibration, NNCF's quantization, the accuracy guard, the runtime check; with an AP budget
+    also the FP32 reference, NNCF's validation runs and the latency measurement."""
     return phase_progress({"calibrate": "INT8 calibration", "quantize": "NNCF quantization", "guard": "accuracy guard",
-                           "reference": "FP32 reference", "validate": "accuracy control", "latency": "latency"},
-                          unit={"quantize": "step", "latency": "run"}, mode=mode, quiet=app.quiet)
+                           "reference": "FP32 reference", "validate": "accuracy control", "latency": "latency",
+                           "check": "runtime check"},
+                          unit={"quantize": "step", "latency": "run", "check": "step"}, mode=mode, quiet=app.quiet)
 
 
 

@@ -55,6 +55,7 @@ from ssdtool.quantize import (
     AccuracyReport,
     CalibrationSet,
     ProgressCallback,
+    QuantizeEvent,
     accuracy_guard,
     default_recipe,
     import_nncf,
@@ -314,7 +315,12 @@ class _Build:
                     hint=f"report this with 'ssdtool --version'; 'ssdtool convert {entry.name} --precision "
                          f"{options.precision} --no-verify' installs it anyway (not advised)")
             self.parity = parity
+        progress = self.quantize_progress if options.precision == "INT8" else None
+        if progress is not None:
+            progress(QuantizeEvent("check", 0, 1))
         self.check = runtime_check(temp_xml, entry, options)
+        if progress is not None:
+            progress(QuantizeEvent("check", 1, 1))
 
     def _guard(self, temp_xml: Path, reference_xml: Path) -> AccuracyReport:
         options, entry, calibration = self.options, self.entry, self.calibration
