@@ -35,6 +35,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import QUIET_CORES, ROOT, WORK, measure, median, ssdtool_command, wait_for_quiet, write_section
 
+sys.path.insert(0, str(ROOT))
+from ssdtool.constants import DEFAULT_CALIBRATION_SIZE
+
 MODEL = "ssd-resnet34-1200-synthetic"  # the packaged registry's full twin (built locally, like a download)
 GFLOP = 433.411  # Open Model Zoo's figure for ssd-resnet34-1200-onnx; the twin has the same graph
 CACHE = WORK / "engines-cache"
@@ -46,9 +49,9 @@ BF16_TARGET = 1.9
 INT8_TARGET = 3.5
 INT8_RECALL_TARGET = 0.90
 RECIPES = ("portable", "vnni")
-# ssdtool's default calibration size. The INT8 IRs are built once (about 20 minutes each on 2 cores) and reused;
+# ssdtool's default calibration size. The INT8 IRs are built once (a few minutes each on 2 cores) and reused;
 # --quick keeps them, so a quick run measures the same IRs.
-CALIBRATION_SIZE = 300
+CALIBRATION_SIZE = DEFAULT_CALIBRATION_SIZE
 CHILD_ENV = {"SSDTOOL_REGISTRY": "", "SSDTOOL_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
 BLAS_VARIABLES = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 

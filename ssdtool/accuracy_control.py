@@ -62,7 +62,7 @@ class ValidationImage:
 @dataclass(frozen=True)
 class RuntimeLayers:
     """What a compiled model runs: its weighted layers in INT8 and in floating point (names of the source's nodes),
-    and a signature of every runtime layer's name and precision, which tells the models NNCF made apart."""
+    and a signature of its runtime layers and their precisions, which tells the models NNCF made apart."""
 
     int8: tuple[str, ...]
     floating: tuple[str, ...]

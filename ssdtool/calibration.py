@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from ssdtool.constants import DEFAULT_CALIBRATION_SIZE
 from ssdtool.errors import ImageError, UsageError
 from ssdtool.imaging import generated_images, load_image, preprocess
 from ssdtool.inputs import IMAGE_EXTENSIONS, walk_images
@@ -27,7 +28,6 @@ log = logging.getLogger("ssdtool.quantize")
 T = TypeVar("T")
 
 GENERATED = "generated"
-DEFAULT_CALIBRATION_SIZE = 300  # NNCF's own default subset size
 CALIBRATION_SEED = 0
 # Held-out generated images come from another seed, so no guard image was seen during calibration.
 GUARD_SEED = 4242
@@ -113,7 +113,7 @@ def resolve_calibration(entry: ModelEntry, calibration: Path | str | None, size:
         if not is_synthetic(entry):
             raise UsageError(
                 f"INT8 quantization of {entry.name} needs calibration images, and none were given",
-                hint=f"pass --calibration DIR with about {DEFAULT_CALIBRATION_SIZE} representative photos "
+                hint=f"pass --calibration DIR with {DEFAULT_CALIBRATION_SIZE} or more representative photos "
                      f"(e.g. COCO val2017 images): 'ssdtool convert {entry.name} --precision INT8 --calibration DIR'")
         calibration = GENERATED
     if isinstance(calibration, str) and calibration == GENERATED:
@@ -138,7 +138,7 @@ def resolve_calibration(entry: ModelEntry, calibration: Path | str | None, size:
     if len(images) < 2:
         raise UsageError(
             f"calibration folder {folder} holds {len(images)} image file(s); at least 2 are needed (one to "
-            f"calibrate, one to check), about {DEFAULT_CALIBRATION_SIZE} is usual",
+            f"calibrate, one to check), {DEFAULT_CALIBRATION_SIZE} or more is usual",
             hint=f"add images with suffixes {', '.join(sorted(IMAGE_EXTENSIONS))}")
     if len(images) > size:
         held_count = min(guard_images, len(images) - size)

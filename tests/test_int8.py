@@ -84,6 +84,18 @@ def test_int8_end_to_end_with_generated_calibration(int8_env: dict[str, Any]) ->
     assert sorted(p.name for p in xml.parent.iterdir()) == ["tiny.bin", "tiny.xml"]
 
 
+def test_int8_progress_covers_every_phase(int8_env: dict[str, Any]) -> None:
+    """Off a terminal every INT8 phase writes JSON progress events on stderr, in the order they run."""
+    events = [json.loads(line) for line in int8_env["result"].stderr.splitlines()
+              if line.startswith('{"event": "progress"')]
+    phases = list(dict.fromkeys(event["phase"] for event in events))
+    assert phases == ["calibrate", "quantize", "guard", "check"]
+    steps = {phase: [(e["done"], e["total"]) for e in events if e["phase"] == phase] for phase in phases}
+    assert steps["calibrate"] == [(done, CALIBRATION_SIZE) for done in range(CALIBRATION_SIZE + 1)]
+    assert steps["quantize"] == steps["check"] == [(0, 1), (1, 1)]
+    assert steps["guard"] == [(done, 8) for done in range(9)]
+
+
 def test_int8_provenance_records_calibration_and_nncf(int8_env: dict[str, Any]) -> None:
     import nncf
 

@@ -17,7 +17,7 @@ from ssdtool.commands.options import (
     progress_option,
 )
 from ssdtool.commands.progress import app_download_progress, quantize_progress
-from ssdtool.constants import Int8Recipe, IRPrecision
+from ssdtool.constants import DEFAULT_CALIBRATION_SIZE, Int8Recipe, IRPrecision
 
 PRECISION_CHOICES = IRPrecision.values()
 
@@ -100,7 +100,8 @@ def format_runtime_checks(result: Any) -> list[str]:
               help="INT8: folder of representative images (searched recursively), or 'generated' for "
                    "deterministic generated images [default for synthetic models: generated].")
 @click.option("--calibration-size", type=click.IntRange(min=1), metavar="N",
-              help="INT8: how many calibration images NNCF collects statistics on [default: 300].")
+              help=f"INT8: how many calibration images NNCF collects statistics on [default: "
+                   f"{DEFAULT_CALIBRATION_SIZE}; each costs one float inference].")
 @click.option("--int8-recipe", type=click.Choice(Int8Recipe.values()), default=None,
               help="INT8: portable (7-bit weights, exact on CPUs without VNNI) or vnni (8-bit weights but the first "
                    "layer's, for CPUs with VNNI/AMX) [default: portable; an installed IR of either is kept].")

@@ -164,7 +164,7 @@ def _early_int8(entry: ModelEntry, options: ConvertOptions, xml: Path) -> tuple[
         validation = validation or agreement_validation(calibration)
         check_disjoint(validation, calibration.files)
         budget = Budget(options.max_ap_drop, validation)
-    if not xml.is_file() or budgeted:
+    if not xml.is_file():
         import_nncf()
     return calibration, budget
 
