@@ -32,6 +32,19 @@ class Choice(str, Enum):
         raise ValueError(f"unknown {what} {text!r}; expected one of {', '.join(cls.values())}")
 
 
+class CocoScorer(Choice):
+    """Which implementation of COCOeval scores ``ssdtool eval`` (docs/eval.md, *Which COCOeval*).
+
+    ``pycocotools`` is the reference (MLCommons' accuracy-coco.py runs it); ``faster-coco-eval`` is its C++ port,
+    whose twelve stats the tests prove equal to pycocotools' on ssdtool's test datasets; ``auto`` takes the port
+    when it is installed and nothing needs pycocotools' per-detection matches (plots, report).
+    """
+
+    AUTO = "auto"
+    PYCOCOTOOLS = "pycocotools"
+    FASTER = "faster-coco-eval"
+
+
 class IRPrecision(Choice):
     """The weights of an OpenVINO IR (what ``convert`` builds): a file property, fixed when the IR is written."""
 

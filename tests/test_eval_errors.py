@@ -249,15 +249,38 @@ def test_a_bad_save_detections_path_fails_before_any_image_runs(dataset: Dataset
     assert not list(dataset.folder.glob("results.jsonl*"))  # no run was started
 
 
-def test_without_pycocotools_the_error_names_the_extra(dataset: Dataset, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("blocked", "option", "missing"), [
+    (("pycocotools", "faster_coco_eval"), "auto", "pycocotools"),  # auto takes either; with neither, exit 23
+    (("pycocotools",), "pycocotools", "pycocotools"),
+    (("faster_coco_eval",), "faster-coco-eval", "faster-coco-eval"),
+])
+def test_without_the_coco_library_the_error_names_the_extra(dataset: Dataset, monkeypatch: pytest.MonkeyPatch,
+                                                            blocked: tuple[str, ...], option: str,
+                                                            missing: str) -> None:
     import sys
 
-    for name in ("pycocotools", "pycocotools.coco", "pycocotools.cocoeval"):
-        monkeypatch.setitem(sys.modules, name, None)  # import of a None entry raises ImportError
+    for package in blocked:
+        for name in [package, *[m for m in sys.modules if m.startswith(package + ".")]]:
+            monkeypatch.setitem(sys.modules, name, None)  # import of a None entry raises ImportError
     result = run_eval(dataset.world, "--annotations", str(dataset.write(dataset.annotate(exact))), "--detections",
-                      str(dataset.write([], "empty.json")))
+                      str(dataset.write([], "empty.json")), "--coco-eval", option)
     assert result.exit_code == 23
-    assert "cannot import pycocotools" in result.stderr and "pip install 'ssdtool[eval]'" in result.stderr
+    assert f"cannot import {missing}" in result.stderr and "pip install 'ssdtool[eval]'" in result.stderr
+
+
+@pytest.mark.parametrize(("blocked", "scorer"), [("pycocotools", "faster-coco-eval"),
+                                                 ("faster_coco_eval", "pycocotools")])
+def test_auto_scores_with_whichever_library_is_installed(dataset: Dataset, monkeypatch: pytest.MonkeyPatch,
+                                                         blocked: str, scorer: str) -> None:
+    import sys
+
+    for name in [blocked, *[m for m in sys.modules if m.startswith(blocked + ".")]]:
+        monkeypatch.setitem(sys.modules, name, None)
+    detections = [{"image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5], "score": 0.5}]
+    result = run_eval(dataset.world, "--annotations", str(dataset.write(dataset.annotate(exact))), "--detections",
+                      str(dataset.write(detections, "one.json")), "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["coco_eval"].startswith(scorer + " ")
 
 
 @settings(max_examples=100, deadline=None)

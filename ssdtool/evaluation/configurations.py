@@ -87,3 +87,20 @@ def parse_configurations(text: str, default_inference: str = InferencePrecision.
     if repeated:
         raise UsageError(f"--compare names {', '.join(repeated)} more than once", hint="list each configuration once")
     return configurations
+
+
+def find_configuration(text: str, configurations: list[Configuration],
+                       default_inference: str = InferencePrecision.AUTO.value, option: str = "--reference") -> int:
+    """The position in ``configurations`` of the one ``text`` names (the ``--compare`` grammar, same default
+    arithmetic); :class:`UsageError` naming ``option`` when it is unreadable or not among them."""
+    try:
+        wanted = parse_item(text, default_inference)
+    except UsageError:
+        raise UsageError(f"{option}: cannot read configuration {text.strip()!r}",
+                         hint=f"{option} takes one of the --compare configurations ({GRAMMAR})") from None
+    for index, configuration in enumerate(configurations):
+        if configuration == wanted:
+            return index
+    raise UsageError(f"{option} {text.strip()!r} ({wanted.label}) is not one of the configurations compared: "
+                     f"{', '.join(c.label for c in configurations)}", hint=f"name one of them in {option}, or add "
+                     "it to --compare")
