@@ -306,3 +306,33 @@ def test_mlperf_boxes_are_computed_as_accuracy_coco_does(width: int, height: int
                           "bbox": [float(xmin), float(ymin), float(xmax - xmin), float(ymax - ymin)],
                           "score": float(score)}
     assert found.image_ids == [7]
+
+
+@pytest.mark.parametrize(("rows", "ok"), [
+    ([], True),
+    ([[1, 0.5, 0, 0, 10, 10]], True),
+    ([[90, 1.0, -3.5, 1e9, 0, 0], [1, 0.25, 1, 2, 3, 4]], True),
+    ([[1, 0.5, 0, 0, 10]], False),  # five values
+    ([[1, 0.5, 0, 0, 10, 10, 1]], False),  # seven
+    ([[1, True, 0, 0, 10, 10]], False),  # a bool is no number
+    ([[1, 0.5, "0", 0, 10, 10]], False),
+    ([[1, 0.5, None, 0, 10, 10]], False),
+    ([[1, 0.5, 0, 0, 10, 10], [1, 0.5, [0], 0, 10, 10]], False),
+    ([[1, 0.5, 0, 0, 10, 10], "row"], False),
+    ([[1, 0.5, 0, 0, 10, 10], {"a": 1}], False),
+    ([[1, 0.5, 0, 0, 10 ** 20, 10]], False),  # finite, but no pixel coordinate
+    ([[1, 0.5, 0, -1.5e9, 10, 10]], False),
+])
+def test_results_records_refuse_rows_that_are_no_detections(rows: list[Any], ok: bool) -> None:
+    """Every row of a results record is six numbers within 1e9 (what the runner writes); anything else makes the
+    record unreadable, and so a resume refuses the state it is in."""
+    from ssdtool.evaluation.results import ImageRecord
+
+    line = json.dumps({"image_id": 1, "width": 10, "height": 10, "error": None, "detections": [rows]})
+    if ok:
+        assert ImageRecord.from_json(line).detections == [rows]
+    else:
+        with pytest.raises(ValueError, match=r"detections are not lists of \[category_id, score, x, y, w, h\] rows"):
+            ImageRecord.from_json(line)
+    with pytest.raises(ValueError, match="detections are not lists"):
+        ImageRecord.from_json(line.replace('"detections": [', '"detections": [7, '))
