@@ -288,3 +288,19 @@ def test_report_alone_needs_no_plots_folder(dataset: Dataset) -> None:
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["plots"] == []
     assert report.read_text().count('src="data:image/png;base64,') == 3  # one configuration: no ΔAP plot
+
+
+def test_the_plots_folder_is_made_and_may_hold_the_other_outputs(dataset: Dataset) -> None:
+    """``--plots out --report out/report.html --results out/r.jsonl`` with no ``out`` yet: it is made first, so the
+    others are checked (and written) there; when one is refused, the folder made for it goes again."""
+    annotations = dataset.write(dataset.annotate(exact))
+    out = dataset.folder / "out"
+    refused = run_eval(dataset.world, "planted", "--annotations", str(annotations), "--images", str(dataset.images),
+                       "--plots", str(out), "--report", str(annotations))
+    assert refused.exit_code == 2 and "it is the annotation file" in refused.stderr
+    assert not out.exists()
+    result = run_eval(dataset.world, "planted", "--annotations", str(annotations), "--images", str(dataset.images),
+                      "--plots", str(out), "--report", str(out / "report.html"), "--results", str(out / "r.jsonl"))
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [*(n for n in PLOT_FILES if "delta" not in n), "report.html", "r.jsonl", "r.jsonl.checkpoint.json"])

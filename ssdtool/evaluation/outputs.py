@@ -13,6 +13,7 @@ a third time when they are written, each through :func:`ssdtool.fsutil.atomic_wr
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -69,9 +70,19 @@ class EvalOutputs:
         self.plot_paths = plot_paths(self.plots_dir, len(labels))
         self.report = Path(report) if report is not None else None
         self.files: list[OutputFile] = []
+        made = self.plots_dir is not None and not self.plots_dir.is_dir()
         if self.plots_dir is not None:
             check_plots_dir(self.plots_dir, images_dir)
-        fsutil.check_outputs(self._planned(results), self.inputs)
+            # Made now, so that the other outputs may go in it (--plots out --report out/report.html) and are
+            # checked there like anywhere else; removed again when one of them is refused.
+            self._write(self.plots_dir, None, "--plots")
+        try:
+            fsutil.check_outputs(self._planned(results), self.inputs)
+        except BaseException:
+            if made:
+                with contextlib.suppress(OSError):
+                    os.rmdir(self.plots_dir)  # type: ignore[arg-type]
+            raise
 
     @property
     def wants_curves(self) -> bool:
@@ -87,7 +98,7 @@ class EvalOutputs:
                                    what=f"the checkpoint {os.fspath(checkpoint)} of --results {os.fspath(results)}",
                                    refuse_existing=refuse_replacing_checkpoint)]
         planned += [OutputPath(path, "--save-detections") for path in self.saved_paths]
-        if self.plots_dir is not None and self.plots_dir.is_dir():  # a folder made later holds nothing yet
+        if self.plots_dir is not None:
             planned += [OutputPath(path, "--plots", what=f"{os.fspath(path)} (a file --plots writes)",
                                    stream=False, metavar="DIR") for path in self.plot_paths]
         if self.report is not None:

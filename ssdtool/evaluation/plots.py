@@ -211,16 +211,20 @@ def _draw_per_class(figure: Any, table: PlotTable, _best: dict[str, Any]) -> Non
 
 
 def _draw_delta(figure: Any, table: PlotTable, _best: dict[str, Any]) -> None:
+    """Categories ordered by their worst ΔAP over the configurations: the most costly first."""
     configurations = _configurations(table)
-    first = table.where(configuration=configurations[0])
-    order = sorted(range(len(first)), key=lambda i: (first[i]["delta_AP"] is None, first[i]["delta_AP"] or 0.0))
+    per_configuration = [table.where(configuration=c) for c in configurations]
+    first = per_configuration[0]
+
+    def worst(i: int) -> tuple[bool, float]:
+        deltas = [rows[i]["delta_AP"] for rows in per_configuration if rows[i]["delta_AP"] is not None]
+        return (not deltas, min(deltas, default=0.0))
+
+    order = sorted(range(len(first)), key=worst)
     names = [first[i]["name"] or str(first[i]["category_id"]) for i in order]
     axes = figure.subplots()
-    series = []
-    for c in configurations:
-        rows = table.where(configuration=c)
-        series.append((c, [rows[i]["delta_AP"] for i in order]))
-    _bars(axes, names, series)
+    _bars(axes, names, ((c, [rows[i]["delta_AP"] for i in order])
+                        for c, rows in zip(configurations, per_configuration, strict=True)))
     axes.axvline(0.0, color="black", linewidth=0.8)
     axes.set(xlabel=f"ΔAP against {first[0]['baseline'] if first else ''} (IoU 0.50:0.95)")
 
@@ -239,7 +243,8 @@ def _draw_thresholds(figure: Any, table: PlotTable, best: dict[str, Any]) -> Non
         if top is not None:
             axes.plot([top.threshold], [top.f1], "o", color=color)
             axes.annotate(f"F1 {top.f1:.3f} at {top.threshold:.2f}", (top.threshold, top.f1),
-                          textcoords="offset points", xytext=(6, 6), fontsize=8, color=color)
+                          textcoords="offset points", xytext=(8, -14 - 12 * index), fontsize=8, color=color,
+                          bbox={"boxstyle": "round,pad=0.2", "facecolor": "white", "edgecolor": "none", "alpha": 0.8})
     axes.set(xlabel="score threshold (detect --threshold)", ylabel="precision / recall / F1", xlim=(0, 1),
              ylim=(0, 1.05))
     axes.grid(alpha=0.3)
