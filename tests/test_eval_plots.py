@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import copy
 import csv
+import itertools
 import json
 import re
 from pathlib import Path
@@ -17,10 +18,12 @@ from typing import Any
 import numpy as np
 import pytest
 from click.testing import Result
+from hypothesis import given, settings
 
 from ssdtool import fsutil
 from tests import test_eval
 from tests.test_eval import Dataset, exact, planted_boxes, run_eval
+from tests.test_eval_scorers import documents
 
 eval_world = test_eval.eval_world
 dataset = test_eval.dataset
@@ -304,3 +307,56 @@ def test_the_plots_folder_is_made_and_may_hold_the_other_outputs(dataset: Datase
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == sorted(
         [*(n for n in PLOT_FILES if "delta" not in n), "report.html", "r.jsonl", "r.jsonl.checkpoint.json"])
+
+
+def test_the_library_refuses_a_plots_path_that_is_a_file(dataset: Dataset) -> None:
+    """The command's option parser refuses it first; a Python caller gets the same refusal from the library."""
+    from ssdtool.errors import UsageError
+    from ssdtool.evaluation import evaluate
+
+    annotations = dataset.write(dataset.annotate(exact))
+    with pytest.raises(UsageError, match="it exists and is not a folder"):
+        evaluate(annotations, dataset.images, "planted", cache_dir=dataset.world.cache,
+                 registry=dataset.world.registry, plots=annotations, inference_precision="f32")
+    assert not (dataset.folder / "r.jsonl").exists()
+
+
+@settings(max_examples=80, deadline=None)
+@given(case=documents())
+def test_curves_agree_with_cocoevals_own_summaries(case: tuple[dict[str, Any], list[dict[str, Any]]]) -> None:
+    """Over random documents: each PR curve averages to COCOeval's AP50 / AP; the threshold curve at 0 (every
+    detection kept) has COCOeval's recall at IoU 0.50 (its per-category recall weighted by each category's boxes);
+    counts never grow with the threshold."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from ssdtool.evaluation.dataset import check_annotations
+    from ssdtool.evaluation.metrics import evaluate_detections, select_scorer
+
+    document, detections = case
+    dataset = check_annotations(copy.deepcopy(document))
+    ids = [image.id for image in dataset.images]
+    metrics = evaluate_detections(dataset, detections, ids, scorer=select_scorer("pycocotools"), curves=True)
+    assert metrics.curves is not None
+    for curve, stat in zip(metrics.curves.pr, ("AP50", "AP"), strict=True):
+        if metrics.stats[stat] is None:
+            assert set(curve.precision) == {None}
+        else:
+            assert np.mean(curve.precision) == pytest.approx(metrics.stats[stat], abs=1e-12)
+    gt = COCO()
+    gt.dataset = copy.deepcopy(dataset.data)
+    gt.createIndex()
+    if detections:
+        evaluator = COCOeval(gt, gt.loadRes(copy.deepcopy(detections)), "bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        boxes = {k: sum(1 for a in dataset.data["annotations"] if a["category_id"] == c and not a["iscrowd"])
+                 for k, c in enumerate(evaluator.params.catIds)}
+        found = sum(evaluator.eval["recall"][0, k, 0, -1] * n for k, n in boxes.items() if n)
+        points = metrics.curves.thresholds.points
+        assert metrics.curves.thresholds.ground_truth == sum(boxes.values())
+        if sum(boxes.values()):
+            assert points[0].recall == pytest.approx(found / sum(boxes.values()), abs=1e-12)
+        for before, after in itertools.pairwise(points):
+            assert after.detections <= before.detections and after.true_positives <= before.true_positives
+            assert after.true_positives <= after.detections
