@@ -360,3 +360,26 @@ def test_curves_agree_with_cocoevals_own_summaries(case: tuple[dict[str, Any], l
         for before, after in itertools.pairwise(points):
             assert after.detections <= before.detections and after.true_positives <= before.true_positives
             assert after.true_positives <= after.detections
+
+
+def test_matplotlib_writes_nothing_in_the_home_folder(dataset: Dataset, tmp_path: Path) -> None:
+    """matplotlib keeps its font cache in MPLCONFIGDIR, else the home folder; the ssdtool command points it into
+    ssdtool's cache (README, "Where files go")."""
+    import os
+    import subprocess
+    import sys
+
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "MPL", "SSDTOOL_"))}
+    env.update(HOME=str(home), PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    cache = tmp_path / "cache"
+    annotations = dataset.write(dataset.annotate(exact))
+    done = subprocess.run([sys.executable, "-m", "ssdtool", "--registry", str(dataset.world.registry), "--cache-dir",
+                           str(dataset.world.cache), "eval", "planted", "--annotations", str(annotations), "--images",
+                           str(dataset.images), "--backend", "onnxruntime", "--report", str(tmp_path / "r.html"),
+                           "--results", str(tmp_path / "r.jsonl"), "--progress", "none"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.relative_to(home).as_posix() for p in home.rglob("*")) == []
+    assert (dataset.world.cache / "matplotlib").is_dir() and not cache.exists()
