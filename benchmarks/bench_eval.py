@@ -142,13 +142,30 @@ out = {"images": data["images_evaluated"], "images_per_second": data["images_per
        "loop_cpu_seconds": marks["score_cpu"] - marks["loop_cpu"], "score_seconds": ended - marks["score"],
        "loop_rss_mb": marks["loop_rss_mb"], "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 if rescore == "1":
+    import numpy as np
+    from ssdtool.labels import COCO_CATEGORY_IDS
+
     dataset = load_annotations(annotations)
     records = report.runs[0].detections
-    ids = sorted({image.id for image in dataset.images[:int(limit)]})
-    out["detections"] = len(records)
+    images = dataset.images[:int(limit)]
+    ids = sorted({image.id for image in images})
+    # The worst case: the model's maximum of 200 detections in every image, spread over 30 categories
+    rng = np.random.default_rng(0)
+    full = []
+    for image in images:
+        sizes = rng.uniform(5, 300, (200, 2))
+        for (w, h), score, category in zip(sizes, rng.uniform(0.01, 1, 200), rng.integers(0, 30, 200)):
+            full.append({"image_id": image.id, "category_id": int(COCO_CATEGORY_IDS[category]),
+                         "bbox": [float(rng.uniform(0, max(image.width - w, 1))),
+                                  float(rng.uniform(0, max(image.height - h, 1))), float(w), float(h)],
+                         "score": float(np.float32(score))})
+    out["detections"], out["full_detections"] = len(records), len(full)
     for name in ("faster-coco-eval", "pycocotools"):
-        times = [evaluate_detections(dataset, records, ids, scorer=select_scorer(name)).seconds for _ in range(3)]
+        scorer = select_scorer(name)
+        times = [evaluate_detections(dataset, records, ids, scorer=scorer).seconds for _ in range(3)]
         out["rescore_" + name] = statistics.median(times)
+        times = [evaluate_detections(dataset, full, ids, scorer=scorer).seconds for _ in range(3)]
+        out["full_" + name] = statistics.median(times)
 print(json.dumps(out))
 """
 
@@ -221,6 +238,14 @@ def summarise(f: dict[str, Any]) -> dict[str, Any]:
     rows.append(["the same with pycocotools (for comparison)", f"{last['rescore_pycocotools']:.2f} s "
                  f"(faster-coco-eval {last['rescore_faster-coco-eval']:.2f} s, median of 3)", f"{pycocotools:.1%}",
                  pycocotools <= COCO_SHARE_TARGET])
+    loop = last["wall_seconds"] - last["coco_eval_seconds"]
+    for name in ("faster-coco-eval", "pycocotools"):
+        seconds = last[f"full_{name}"]
+        share_full = seconds / (loop + seconds)
+        f[f"full_share_{name}"] = share_full
+        rows.append([f"the same at the model's maximum of 200 detections an image, {name}",
+                     f"{seconds:.2f} s for {last['full_detections']} detections (median of 3)", f"{share_full:.1%}",
+                     share_full <= COCO_SHARE_TARGET])
     memory = last["loop_rss_mb"] / f["small"]["loop_rss_mb"]
     f["memory_ratio"] = memory
     rows.append([f"eval peak RSS of the image loop flat in images ({f['images']} vs {f['small_images']}, INT8) "
