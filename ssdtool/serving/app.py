@@ -9,6 +9,7 @@ versions (kserve answers them with 501 "not supported yet"; this server has one 
 
 from __future__ import annotations
 
+import contextvars
 import copy
 import logging
 from typing import Any
@@ -26,8 +27,8 @@ INFER_PATH = "/v2/models/{model_name}/infer"
 
 def application(model: Any, max_request_bytes: int, body_timeout: float) -> Any:
     """A FastAPI app with kserve's v2 endpoints, error handlers and metrics for ``model`` (a kserve Model),
-    behind :class:`~ssdtool.serving.limits.RequestGuard`. Its OpenAPI document is :func:`openapi_document`, not
-    served over HTTP."""
+    behind :class:`~ssdtool.serving.limits.RequestGuard`; serve it as ``AnsweredOnce(app)``. Its OpenAPI document
+    is :func:`openapi_document`, not served over HTTP."""
     from fastapi import FastAPI
     from kserve import errors
     from kserve.model_repository import ModelRepository
@@ -51,7 +52,7 @@ def application(model: Any, max_request_bytes: int, body_timeout: float) -> Any:
                            (NotImplementedError, errors.not_implemented_error_handler),
                            (errors.ServerNotLive, errors.server_not_live_handler),
                            (errors.ServerNotReady, errors.server_not_ready_handler),
-                           (Exception, errors.generic_exception_handler)):  # a bug: 500, traceback in the log
+                           (Exception, _unexpected)):
         app.add_exception_handler(error, handler)
     app.add_middleware(RequestGuard, limit=max_request_bytes, body_timeout=body_timeout, refuse=refused_path)
     return app
@@ -70,6 +71,35 @@ def _one_line(status: int, what: str) -> Any:
     return handle
 
 
+_ANSWERED: contextvars.ContextVar[BaseException | None] = contextvars.ContextVar("ssdtool_answered", default=None)
+
+
+async def _unexpected(_request: Any, exc: Exception) -> Any:
+    """A bug: 500 naming only the exception's type (its text may hold internals), the traceback in the log."""
+    from fastapi.responses import JSONResponse
+
+    log.error("unexpected error answering a request", exc_info=exc)
+    _ANSWERED.set(exc)
+    return JSONResponse(status_code=500, content={"error": f"internal error ({type(exc).__name__}); the server's "
+                                                          f"log has the details"})
+
+
+class AnsweredOnce:
+    """The outermost ASGI layer. Starlette answers an unexpected exception with :func:`_unexpected` (which logs
+    its traceback) and then raises it again, for the server to log: a second traceback of the same error. An
+    exception :func:`_unexpected` has answered ends here; any other goes on to uvicorn."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        try:
+            await self.app(scope, receive, send)
+        except Exception as exc:
+            if _ANSWERED.get() is not exc:
+                raise
+
+
 def refused_path(scope: dict[str, Any]) -> tuple[int, str] | None:
     """404 for kserve's repository extension and for model versions; None for everything else."""
     path = str(scope.get("path", ""))
@@ -82,13 +112,14 @@ def refused_path(scope: dict[str, Any]) -> tuple[int, str] | None:
     return None
 
 
-def openapi_document(app: Any, model_name: str) -> dict[str, Any]:
-    """The OpenAPI document of what ``app`` serves for ``model_name``, from FastAPI's (kserve's routes).
+def openapi_document(app: Any, model_name: str, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The OpenAPI document of what ``app`` serves for ``model_name`` with ``inputs`` (the model's input
+    metadata), from FastAPI's (kserve's routes).
 
     FastAPI's document lists routes that are refused (the repository extension, ``model_version``), lets
-    ``model_name`` be any string, and describes the binary tensor extension only as a string under
-    ``application/json``, without the ``Inference-Header-Content-Length`` header. Here those routes and
-    parameters are removed, ``model_name`` is the served name, and the binary extension is an
+    ``model_name``, an input's name and its datatype be any string, and describes the binary tensor extension only
+    as a string under ``application/json``, without the ``Inference-Header-Content-Length`` header. Here those
+    routes and parameters are removed, the names and datatypes are the served ones, and the binary extension is an
     ``application/octet-stream`` body with that header.
     """
     document = copy.deepcopy(app.openapi())
@@ -102,6 +133,10 @@ def openapi_document(app: Any, model_name: str) -> dict[str, Any]:
                 if parameter.get("name") == "model_name" and parameter.get("in") == "path":
                     parameter["schema"] = {"type": "string", "enum": [model_name], "title": "Model Name"}
             operation["parameters"] = parameters
+    request_input = document.get("components", {}).get("schemas", {}).get("RequestInput", {}).get("properties")
+    if request_input is not None:
+        request_input["name"] = {"type": "string", "enum": [str(spec["name"]) for spec in inputs]}
+        request_input["datatype"] = {"type": "string", "enum": sorted({str(spec["datatype"]) for spec in inputs})}
     infer = paths.get(INFER_PATH, {}).get("post")
     if infer is not None:
         content = infer["requestBody"]["content"]

@@ -106,10 +106,9 @@ def _import_kserve() -> Any:
 class Server:
     """A running server (from :func:`start_server`): :attr:`url`, :meth:`stop`, :meth:`wait`; a context manager."""
 
-    def __init__(self, uvicorn_server: Any, sock: socket.socket, model: Any, model_name: str, info: dict[str, Any]
-                 ) -> None:
-        self._server, self._socket, self._model = uvicorn_server, sock, model
-        self._app = uvicorn_server.config.app
+    def __init__(self, uvicorn_server: Any, sock: socket.socket, app: Any, model: Any, model_name: str,
+                 info: dict[str, Any]) -> None:
+        self._server, self._socket, self._app, self._model = uvicorn_server, sock, app, model
         host, port = sock.getsockname()[:2]
         self.host, self.port, self.model_name = host, int(port), model_name
         #: What runs: model, IR precision, device, inference precision read back from the engine.
@@ -142,7 +141,7 @@ class Server:
         over HTTP."""
         from ssdtool.serving.app import openapi_document
 
-        return openapi_document(self._app, self.model_name)
+        return openapi_document(self._app, self.model_name, self._model.get_input_types())
 
     def stop(self) -> None:
         """Stop accepting connections, let requests in flight finish (up to ``grace_seconds``), release the
@@ -203,7 +202,7 @@ def start_server(entry: ModelEntry, cache: Cache, options: ServeOptions | None =
     _import_kserve()
     import uvicorn
 
-    from ssdtool.serving.app import application
+    from ssdtool.serving.app import AnsweredOnce, application
     from ssdtool.serving.model import EngineModel
 
     requested = parse(options.inference_precision)
@@ -233,10 +232,10 @@ def start_server(entry: ModelEntry, cache: Cache, options: ServeOptions | None =
         model.stop()
         raise
     app = application(model, options.max_request_bytes, options.limits.body_timeout)
-    config = uvicorn.Config(app, log_config=None, loop="asyncio", access_log=False,
+    config = uvicorn.Config(AnsweredOnce(app), log_config=None, loop="asyncio", access_log=False,
                             timeout_graceful_shutdown=int(max(1, options.grace_seconds)), lifespan="off",
                             http=guarded_protocol(_http_protocol(), options.limits))
-    server = Server(uvicorn.Server(config), sock, model, name, info)
+    server = Server(uvicorn.Server(config), sock, app, model, name, info)
     server._start()
     log.debug("serving %s at %s", name, server.url)
     return server
