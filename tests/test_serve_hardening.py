@@ -275,6 +275,18 @@ def test_a_model_name_that_is_not_one_path_segment_is_refused(world: ServeWorld,
     assert "letters, digits, '.', '_' and '-'" in result.output
 
 
+@pytest.mark.parametrize(("option", "value", "text"), [
+    ("--header-timeout", "nan", "'nan' is not a finite number"),
+    ("--body-timeout", "0", "0<x<=3600"),
+    ("--max-connections", "0", "1<=x<=65536"),
+    ("--decode-memory", "-1", "x>=1"),
+    ("--max-pixels", "1.5", "'1.5' is not a valid integer"),
+])
+def test_a_limit_out_of_range_is_a_usage_error(world: ServeWorld, option: str, value: str, text: str) -> None:
+    result = CliRunner().invoke(cli, world.args("serve", "tiny", option, value, "--port", "0", "--offline"))
+    assert result.exit_code == 2 and option in result.output and text in result.output, result.output
+
+
 @pytest.mark.parametrize(("changes", "text"), [
     ({"decode_memory": 0}, "decode_memory must be a whole number of at least 1, got 0"),
     ({"max_pixels": 2.5}, "max_pixels must be None or a whole number of at least 1, got 2.5"),

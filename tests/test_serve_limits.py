@@ -4,6 +4,7 @@ connection cap, body size, and connections closed when a body was not read. Both
 
 from __future__ import annotations
 
+import logging
 import re
 import socket
 import threading
@@ -13,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from ssdtool.serving.limits import ConnectionLimits, RequestGuard, guarded_protocol
+from ssdtool.serving.limits import ConnectionLimits, RequestGuard, ThrottledLog, guarded_protocol
 
 uvicorn = pytest.importorskip("uvicorn")
 
@@ -207,3 +208,19 @@ def test_connections_past_the_cap_get_503_and_the_server_recovers(address: tuple
             break
         time.sleep(0.02)
     assert _status(response) == 200
+
+
+def test_refusals_are_logged_at_most_once_a_period_with_a_count(caplog: pytest.LogCaptureFixture) -> None:
+    now = [0.0]
+    throttled = ThrottledLog(every=10, clock=lambda: now[0])
+    with caplog.at_level(logging.INFO, logger="ssdtool.serving"):
+        for second in range(25):  # one refusal a second, of each of two kinds
+            now[0] = float(second)
+            throttled(logging.INFO, "headers", "closed a connection")
+            throttled(logging.WARNING, "cap", "refused a connection")
+    assert [(record.levelname, record.getMessage()) for record in caplog.records] == [
+        ("INFO", "closed a connection"), ("WARNING", "refused a connection"),
+        ("INFO", "closed a connection (and 9 more since the last such line)"),
+        ("WARNING", "refused a connection (and 9 more since the last such line)"),
+        ("INFO", "closed a connection (and 9 more since the last such line)"),
+        ("WARNING", "refused a connection (and 9 more since the last such line)")]

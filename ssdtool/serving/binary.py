@@ -26,8 +26,6 @@ from ssdtool.serving.protocol import numpy_dtype
 
 #: More dimensions than any tensor of this model has; bounds the work of checking a shape.
 MAX_DIMENSIONS = 8
-#: The header is JSON of a few hundred bytes; this bounds what the strict parser is asked to read.
-MAX_HEADER_BYTES = 1 << 20
 #: Every tensor datatype of the protocol that has a numpy type (BYTES is read by :func:`bytes_elements`).
 DATATYPES = ("BOOL", "UINT8", "INT8", "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES")
 
@@ -35,9 +33,9 @@ DATATYPES = ("BOOL", "UINT8", "INT8", "INT32", "INT64", "FP16", "FP32", "FP64", 
 def binary_request(body: bytes, header_length: int, model_name: str) -> InferRequest:
     """A v2 request in the binary tensor extension: ``header_length`` bytes of JSON, then the tensors' bytes, each
     input's ``binary_data_size`` of them in order; the sizes must account for every byte of the body."""
-    if not 0 < header_length <= min(len(body), MAX_HEADER_BYTES):
+    if not 0 < header_length <= len(body):
         raise InvalidInput(f"{INFERENCE_CONTENT_LENGTH_HEADER} is {header_length}; expected the length of the JSON "
-                           f"header, from 1 to {min(len(body), MAX_HEADER_BYTES)} (the body has {len(body)} bytes)")
+                           f"header, from 1 to {len(body)} (the body has {len(body)} bytes)")
     try:
         header = checked.loads(bytes(body[:header_length]))
     except checked.JsonValueError as exc:

@@ -12,7 +12,8 @@ and so is a body trickling in at one byte a second. Two layers close those:
   of the headers; else ``408``, connection closed), the **size limit** (``413`` by Content-Length, or as soon as a
   chunked body passes it, before it is buffered), and the refusals the app decides from the path alone.
 
-Every refusal is ``{"error": "..."}`` JSON, logged as one line. Encoded images are bounded by the model
+Every refusal is ``{"error": "..."}`` JSON, logged as one line, at most one a kind every
+:data:`LOG_EVERY` seconds (1,000 slow sockets must not mean 1,000 log lines). Encoded images are bounded by the model
 (:class:`ssdtool.serving.model.EngineModel`): pixels per image, and :data:`DEFAULT_DECODE_MEMORY` for all decodes
 at once.
 """
@@ -23,6 +24,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +44,29 @@ DEFAULT_MAX_CONNECTIONS = 128
 #: decoding the largest image the default pixel limit admits is estimated to take (89.5 million 4-byte pixels,
 #: their upright copy and the RGB conversion: 12 bytes a pixel, :func:`ssdtool.imaging.decode_cost`).
 DEFAULT_DECODE_MEMORY = 1 << 30
+
+
+#: Seconds between two log lines of one kind of refusal; the ones in between are counted in the next line.
+LOG_EVERY = 10.0
+
+
+class ThrottledLog:
+    """Log lines of one kind at most once every ``every`` seconds, counting what was left out. Used from the
+    event loop's thread only."""
+
+    def __init__(self, every: float = LOG_EVERY, clock: Callable[[], float] = time.monotonic) -> None:
+        self.every, self._clock = every, clock
+        self._last: dict[str, float] = {}
+        self._skipped: dict[str, int] = {}
+
+    def __call__(self, level: int, kind: str, message: str) -> None:
+        now = self._clock()
+        if now - self._last.get(kind, -math.inf) < self.every:
+            self._skipped[kind] = self._skipped.get(kind, 0) + 1
+            return
+        self._last[kind] = now
+        skipped = self._skipped.pop(kind, 0)
+        log.log(level, "%s%s", message, f" (and {skipped} more since the last such line)" if skipped else "")
 
 
 @dataclass(frozen=True)
@@ -68,6 +94,8 @@ def guarded_protocol(base: type[asyncio.Protocol], limits: ConnectionLimits) -> 
     ``connection_made``, ``on_response_complete`` and ``connection_lost``.
     """
 
+    throttled = ThrottledLog()
+
     class GuardedProtocol(base):  # type: ignore[valid-type, misc]
         _header_timer: asyncio.TimerHandle | None = None
         _armed_cycle: Any = None
@@ -75,8 +103,8 @@ def guarded_protocol(base: type[asyncio.Protocol], limits: ConnectionLimits) -> 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
             if len(self.connections) > limits.max_connections:
-                log.warning("refused a connection: %d are open, the limit is %d (ssdtool serve --max-connections)",
-                            len(self.connections) - 1, limits.max_connections)
+                throttled(logging.WARNING, "cap", f"refused a connection: {limits.max_connections} are open, the "
+                                                  f"limit (ssdtool serve --max-connections)")
                 self._refuse(503, f"the server has {limits.max_connections} connections open, its limit; retry later")
                 return
             self._arm_header_deadline()
@@ -103,7 +131,8 @@ def guarded_protocol(base: type[asyncio.Protocol], limits: ConnectionLimits) -> 
         def _header_deadline(self) -> None:
             self._header_timer = None
             if self.cycle is self._armed_cycle and not self.transport.is_closing():  # no new request's headers
-                log.info("closed a connection: no complete request headers within %gs", limits.header_timeout)
+                throttled(logging.INFO, "headers",
+                          f"closed a connection: no complete request headers within {limits.header_timeout:g}s")
                 self._refuse(408, f"no complete request line and headers within {limits.header_timeout:g} seconds")
 
         def _refuse(self, status: int, message: str) -> None:
@@ -130,6 +159,7 @@ class RequestGuard:
     def __init__(self, app: Any, limit: int, body_timeout: float = DEFAULT_BODY_TIMEOUT,
                  refuse: Refusal | None = None) -> None:
         self.app, self.limit, self.body_timeout, self.refuse = app, limit, body_timeout, refuse
+        self._log = ThrottledLog()
 
     async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
         if scope["type"] != "http":
@@ -180,8 +210,8 @@ class RequestGuard:
         if refused is _TooLarge:
             await self._too_large(send)
         elif refused is _TimedOut:
-            log.info("refused a request: its body did not arrive within %gs (%d bytes came)", self.body_timeout,
-                     received)
+            self._log(logging.INFO, "body", f"refused a request: its body did not arrive within "
+                                            f"{self.body_timeout:g}s ({received} bytes came)")
             await json_response(send, 408, f"the request body did not arrive within {self.body_timeout:g} seconds "
                                            f"({received} bytes came); send it at once", close=True)
 
