@@ -152,8 +152,9 @@ class RequestGuard:
     ``refuse`` answers for get that answer before the app sees them.
 
     A refused request's own answer (FastAPI's 400 "error parsing the body", when the app was reading the body) is
-    dropped; the refusal is sent instead, with ``connection: close``. So is every answer sent before the body has
-    arrived whole (a 404 or 405 that never read it): the rest of the body must not keep the connection.
+    dropped; the refusal is sent instead, with ``connection: close``. An answer sent before the body has arrived
+    whole (a 404 or 405 that never read it) carries ``connection: close`` too: the rest of the body must not keep
+    the connection.
     """
 
     def __init__(self, app: Any, limit: int, body_timeout: float = DEFAULT_BODY_TIMEOUT,

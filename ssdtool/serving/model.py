@@ -151,7 +151,7 @@ class EngineModel(Model):
             with Image.open(io.BytesIO(data)) as image:
                 self._check_size(image)
                 return self._preparer.decode(image)
-        except ImageTooLarge:
+        except (ImageTooLarge, InvalidInput):  # InvalidInput is a ValueError: not Pillow's
             raise
         except Image.DecompressionBombError as exc:
             raise ImageTooLarge(f"input {IMAGE_INPUT!r} is too large to decode safely: {exc}") from None
