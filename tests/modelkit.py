@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,3 +42,35 @@ def install_model(cache_dir: Path, registry_path: Path, name: str, model: onnx.M
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(data)
     return target
+
+
+@dataclass(frozen=True)
+class ServeWorld:
+    """The tiny twin as registry model ``tiny``, converted to its IR, and three PNG images (for the serve tests)."""
+
+    registry: Path
+    cache: Path
+    images: tuple[Path, ...]
+
+    def args(self, *extra: str) -> list[str]:
+        return ["--registry", str(self.registry), "--cache-dir", str(self.cache), *extra]
+
+
+def serve_world(root: Path) -> ServeWorld:
+    from PIL import Image
+
+    from ssdtool.cache import Cache
+    from ssdtool.convert import ConvertOptions, convert
+    from ssdtool.imaging import generated_images
+    from ssdtool.registry import load_registry
+    from ssdtool.synthetic import TwinSpec, build_model
+
+    registry, cache = root / "registry.yml", root / "cache"
+    install_model(cache, registry, "tiny", build_model(TwinSpec(variant="tiny")))
+    convert(load_registry(registry).model("tiny"), Cache.at(cache), ConvertOptions(verify=False))
+    images = []
+    for index, size in enumerate(((640, 480), (300, 300), (333, 500))):
+        path = root / f"image-{index}.png"
+        Image.fromarray(generated_images(1, seed=40 + index, size=size)[0]).save(path)
+        images.append(path)
+    return ServeWorld(registry, cache, tuple(images))

@@ -17,7 +17,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +26,12 @@ import requests
 from click.testing import CliRunner
 from PIL import Image
 
-from ssdtool.cache import Cache
 from ssdtool.cli import cli
 from ssdtool.errors import NetworkError, ServerError
 from ssdtool.imaging import generated_images, preprocess
 from ssdtool.registry import load_registry
 from ssdtool.serving.protocol import DETECTION_OUTPUTS, HEADER_LENGTH, IMAGE_INPUT, ServerTarget
-from ssdtool.synthetic import TwinSpec, build_model
-from tests.modelkit import install_model
+from tests.modelkit import ServeWorld, serve_world
 
 pytest.importorskip("kserve")
 
@@ -42,30 +39,12 @@ TOLERANCE = 1e-5
 MAX_BODY = 4_000_000  # the tiny twin's tensor is 1.08 MB in binary and about 1.6 MB as JSON numbers
 
 
-@dataclass(frozen=True)
-class World:
-    registry: Path
-    cache: Path
-    images: tuple[Path, ...]
-
-    def args(self, *extra: str) -> list[str]:
-        return ["--registry", str(self.registry), "--cache-dir", str(self.cache), *extra]
+World = ServeWorld
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> World:
-    from ssdtool.convert import ConvertOptions, convert
-
-    root = tmp_path_factory.mktemp("serve-world")
-    registry, cache = root / "registry.yml", root / "cache"
-    install_model(cache, registry, "tiny", build_model(TwinSpec(variant="tiny")))
-    convert(load_registry(registry).model("tiny"), Cache.at(cache), ConvertOptions(verify=False))
-    images = []
-    for index, size in enumerate(((640, 480), (300, 300), (333, 500))):
-        path = root / f"image-{index}.png"
-        Image.fromarray(generated_images(1, seed=40 + index, size=size)[0]).save(path)
-        images.append(path)
-    return World(registry, cache, tuple(images))
+    return serve_world(tmp_path_factory.mktemp("serve-world"))
 
 
 def _free_port() -> int:
@@ -344,6 +323,72 @@ def test_encoded_image_json_round_trip_through_pil(server: ServeProcess) -> None
     answer = requests.post(f"{server.url}/v2/models/tiny/infer", data=body, headers=headers, timeout=30).json()
     boxes = np.asarray(answer["outputs"][0]["data"]).reshape(answer["outputs"][0]["shape"])
     assert len(boxes) > 0 and boxes[:, [0, 2]].max() <= 200 and boxes[:, [1, 3]].max() <= 120
+
+
+class PeakRss:
+    """A process's resident memory while something runs: psutil sampled every 5 ms, and on Linux the kernel's own
+    high-water mark (VmHWM, reset first through /proc/PID/clear_refs), which no sample can miss."""
+
+    def __init__(self, pid: int) -> None:
+        import psutil
+
+        self.process = psutil.Process(pid)
+        self.peak = self.before = self.process.memory_info().rss
+        self._stop = threading.Event()
+        self._status = Path(f"/proc/{pid}/status")
+        self._kernel_peak = self._reset_high_water_mark()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _reset_high_water_mark(self) -> bool:
+        try:
+            Path(f"/proc/{self.process.pid}/clear_refs").write_text("5")
+            return True
+        except OSError:
+            return False
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, self.process.memory_info().rss)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        if self._kernel_peak:
+            for line in self._status.read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    self.peak = max(self.peak, int(line.split()[1]) * 1024)
+
+
+def test_eight_concurrent_88_megapixel_pngs_stay_within_the_decode_budget(server: ServeProcess) -> None:
+    """The reproduction from issue 20: eight 11 KB PNGs of 9381 x 9381 one-bit pixels at once took 2.4 GB and kept
+    1.3 GB. Now they decode within the documented budget (``--decode-memory``, 1 GiB by default) and the memory
+    is given back."""
+    from ssdtool.serving.limits import DEFAULT_DECODE_MEMORY
+
+    buffer = io.BytesIO()
+    Image.new("1", (9381, 9381)).save(buffer, format="PNG")
+    assert len(buffer.getvalue()) < 12_000
+    body, headers = _image_request(buffer.getvalue())
+    statuses: list[int] = []
+
+    def send() -> None:
+        answer = requests.post(f"{server.url}/v2/models/tiny/infer", data=body, headers=headers, timeout=600)
+        statuses.append(answer.status_code)
+
+    with PeakRss(server.process.pid) as memory:
+        threads = [threading.Thread(target=send) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    after = memory.process.memory_info().rss
+    assert statuses == [200] * 8
+    assert memory.peak - memory.before <= DEFAULT_DECODE_MEMORY
+    assert after - memory.before <= 128 << 20  # given back (measured: a few MB stay)
 
 
 def test_a_chunked_body_over_the_limit_is_refused_while_it_streams(server: ServeProcess) -> None:
