@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import ssl
 import struct
 import subprocess
 import sys
@@ -127,7 +128,7 @@ OUTPUT_MODES: dict[str, Callable[[], dict[str, np.ndarray]]] = {
 
 #: Inference answers whose JSON header is wrong: mode -> the header (outputs always as JSON data).
 HEADER_MODES: dict[str, Callable[[], Any]] = {
-    "parameters-list": lambda: {**_json_header(good_outputs()), "parameters": ["inference_precision", "f32"]},
+    "parameters-list": lambda: {**json_header(good_outputs()), "parameters": ["inference_precision", "f32"]},
     "outputs-object": lambda: {"outputs": {"bboxes": []}},
     "response-array": lambda: [],
     "data-strings": lambda: _patched(0, data=["x"] * (ROWS * 4)),
@@ -135,8 +136,8 @@ HEADER_MODES: dict[str, Callable[[], Any]] = {
     "shape-strings": lambda: _patched(1, shape=["a"]),
     "datatype-bytes": lambda: _patched(2, datatype="BYTES"),
     "label-beyond-int64": lambda: _patched(1, data=[2**70] + [0] * (ROWS - 1)),
-    "precision-number": lambda: {**_json_header(good_outputs()), "parameters": {"inference_precision": 5}},
-    "control-precision": lambda: {**_json_header(good_outputs()),
+    "precision-number": lambda: {**json_header(good_outputs()), "parameters": {"inference_precision": 5}},
+    "control-precision": lambda: {**json_header(good_outputs()),
                                   "parameters": {"inference_precision": "f32\x1b[31mRED\nfake line\u202e"}},
 }
 
@@ -147,14 +148,14 @@ MODES = ("ok", "gzip-bomb", "gzip-bomb-chunked", "gzip-ok", "brotli", "endless",
          *METADATA_MODES, *OUTPUT_MODES, *HEADER_MODES)
 
 
-def _json_header(outputs: dict[str, np.ndarray]) -> dict[str, Any]:
+def json_header(outputs: dict[str, np.ndarray]) -> dict[str, Any]:
     return {"model_name": "tiny", "outputs": [
         {"name": name, "datatype": {"float32": "FP32", "int64": "INT64"}[str(value.dtype)],
          "shape": list(value.shape), "data": value.ravel().tolist()} for name, value in outputs.items()]}
 
 
 def _patched(index: int, **changes: Any) -> dict[str, Any]:
-    header = _json_header(good_outputs())
+    header = json_header(good_outputs())
     header["outputs"][index].update(changes)
     return header
 
@@ -162,7 +163,7 @@ def _patched(index: int, **changes: Any) -> dict[str, Any]:
 def encode(outputs: dict[str, np.ndarray], binary: bool) -> tuple[bytes, dict[str, str]]:
     """A v2 inference answer: JSON numbers, or the binary extension (JSON header, then the tensors' bytes)."""
     if not binary:
-        return _dumps(_json_header(outputs)), {"Content-Type": "application/json"}
+        return _dumps(json_header(outputs)), {"Content-Type": "application/json"}
     specs, raw = [], b""
     for name, value in outputs.items():
         data = np.ascontiguousarray(value).tobytes()
@@ -185,7 +186,7 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def handle(self) -> None:
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError, TimeoutError):
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError, TimeoutError, ssl.SSLError):
             super().handle()  # the client hanging up on a bomb or a trickle is the point
 
     def do_GET(self) -> None:
@@ -353,7 +354,8 @@ class HostileServer:
     """The misbehaving server; ``mode`` may change between requests. ``hits(kind)`` counts requests of a kind
     (``"metadata"`` or ``"infer"``). ``redirect_metadata``: redirect modes redirect the metadata request too."""
 
-    def __init__(self, mode: str = "ok", *, redirect_metadata: bool = False) -> None:
+    def __init__(self, mode: str = "ok", *, redirect_metadata: bool = False,
+                 tls: tuple[Path, Path] | None = None) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}")
         self.mode = mode
@@ -363,11 +365,17 @@ class HostileServer:
         self._lock = threading.Lock()
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.owner = self
+        self.scheme = "http"
+        if tls is not None:  # (certificate, key), e.g. from tests.httpserver.make_self_signed_cert
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(str(tls[0]), str(tls[1]))
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+            self.scheme = "https"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return f"{self.scheme}://127.0.0.1:{self._server.server_address[1]}"
 
     def record(self, kind: str) -> int:
         with self._lock:

@@ -26,7 +26,7 @@ from ssdtool.cli import cli
 from ssdtool.errors import ServerError, UsageError
 from ssdtool.registry import load_registry
 from ssdtool.serving.protocol import ServerTarget
-from tests.hostile_server import HostileServer, gzip_bomb, run_measured
+from tests.hostile_server import HostileServer, good_outputs, gzip_bomb, json_header, run_measured
 
 TINY = "ssd-resnet34-300-synthetic-tiny"
 MAX_RSS = 300 * 2**20
@@ -143,6 +143,19 @@ def test_malformed_responses_are_exit_32_naming_the_field(image: Path, mode: str
         refused(detect(server.url, image), 32, RESPONSE + HEADER_CASES[mode])
 
 
+def test_eval_and_bench_refuse_what_detect_refuses(tmp_path: Path) -> None:
+    from ssdtool.synthetic.dataset import write_dataset
+
+    annotations, images = write_dataset(tmp_path / "dataset", count=2, seed=3)
+    with HostileServer("label-999") as server:
+        result = CliRunner().invoke(cli, ["eval", TINY, "--annotations", str(annotations), "--images", str(images),
+                                          "--progress", "none", "--server", server.url, "--server-retries", "0"])
+        refused(result, 32, RESPONSE + "output labels holds label id 999")
+    with HostileServer("scores-nan") as server:
+        result = CliRunner().invoke(cli, ["bench", TINY, "-n", "2", "--server", server.url])
+        refused(result, 32, RESPONSE + "outputs[2] ('scores') holds NaN or infinite values")
+
+
 # -- size caps, redirects, encodings ----------------------------------------------------------------------------
 def test_answers_past_the_cap_and_unknown_encodings_are_exit_32(image: Path) -> None:
     infer = f"answered POST /v2/models/{TINY}/infer with more than 142,336 bytes, more than {TINY}'s outputs can " \
@@ -215,6 +228,27 @@ def test_control_characters_from_the_server_are_escaped(image: Path) -> None:
         assert bench.exit_code == 0, bench.output
         assert "precision:       f32\\x1b[31mRED\\nfake line\\u202e (inference precision read back" in bench.output
         assert "\x1b" not in bench.output
+
+
+def test_https_verifies_the_certificate_and_keeps_the_deadline(image: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.httpserver import make_self_signed_cert
+
+    tls = make_self_signed_cert(tmp_path)
+    if tls is None:
+        pytest.skip("the openssl command is needed to make a test certificate")
+    with HostileServer("ok", tls=tls) as server:
+        refused(detect(server.url, image, "--server-retries", "3"), 10, "TLS certificate not trusted",
+                f"at {server.url} after 1 attempt:", "point REQUESTS_CA_BUNDLE at its certificate bundle")
+        assert server.hits("metadata") == 0
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tls[0]))
+        result = detect(server.url, image, "--json")
+        assert result.exit_code == 0, result.output
+        assert len(json.loads(result.stdout)["images"][0]["detections"]) == 3
+        server.mode = "trickle"
+        client = HttpClient(server.url)
+        with pytest.raises(TransportError, match=r"no complete answer within 1\.5 s"):
+            client.request("POST", "/v2/models/tiny/infer", b"{}", timeout=1.5, max_bytes=1_000_000)
 
 
 # -- bad --server values: exit 2 ---------------------------------------------------------------------------------
@@ -312,8 +346,19 @@ JSON_VALUES = st.recursive(
 CONTRACT = OutputContract.of(load_registry().model(TINY))
 
 
+def _mutated(index: int, key: str, value: Any) -> dict[str, Any]:
+    """A correct JSON answer of the tiny twin with one field of one output replaced."""
+    header = json_header(good_outputs())
+    header["outputs"][index][key] = value
+    return header
+
+
+NEAR_MISSES = st.builds(_mutated, st.integers(0, 2), st.sampled_from(["name", "datatype", "shape", "data",
+                                                                       "parameters"]), JSON_VALUES)
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(header=JSON_VALUES, raw=st.binary(max_size=64))
+@given(header=JSON_VALUES | NEAR_MISSES, raw=st.binary(max_size=64))
 def test_any_json_answer_is_used_or_refused_with_a_server_error(header: Any, raw: bytes) -> None:
     """Whatever JSON a server sends, the checks raise nothing but a ServerError, and what they let through is
     finite numbers (and, with the contract, the model's three outputs)."""

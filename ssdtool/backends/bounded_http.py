@@ -50,9 +50,9 @@ _DECODABLE = {"gzip": 47, "x-gzip": 47, "deflate": 47}
 class TransportError(Exception):
     """The exchange failed on the way (no complete answer): worth another attempt unless ``retryable`` is False."""
 
-    def __init__(self, message: str, *, retryable: bool = True) -> None:
+    def __init__(self, message: str, *, retryable: bool = True, hint: str | None = None) -> None:
         super().__init__(message)
-        self.message, self.retryable = message, retryable
+        self.message, self.retryable, self.hint = message, retryable, hint
 
 
 class AnswerTooLarge(Exception):
@@ -233,8 +233,9 @@ class HttpClient:
                 data, complete = _read_body(response, max_bytes, cut=False)
         except ssl.SSLCertVerificationError as exc:
             self.close()
-            raise TransportError(f"TLS certificate not trusted: {exc.verify_message or exc}; if a private CA signs "
-                                 "the server's certificate, point REQUESTS_CA_BUNDLE at it", retryable=False) from None
+            raise TransportError(f"TLS certificate not trusted: {exc.verify_message or exc}", retryable=False,
+                                 hint="if a private CA signs the server's certificate, point REQUESTS_CA_BUNDLE at "
+                                      "its certificate bundle") from None
         except (http.client.HTTPException, OSError) as exc:
             self.close()
             raise TransportError(_failure(exc, deadline, timeout)) from None

@@ -123,9 +123,10 @@ class RemoteEngine:
               limit: int, allowance: str) -> Answer:
         """One request with retries; the 200 answer, whole (at most ``limit`` bytes: what ``allowance``, a phrase
         for the message, may take)."""
-        attempts = self.target.retries + 1
-        problem = ""
+        attempts, made = self.target.retries + 1, 0
+        problem, hint = "", None
         for attempt in range(attempts):
+            made += 1
             if attempt:
                 delay = min(MAX_BACKOFF, self.target.backoff * 2 ** (attempt - 1))
                 time.sleep(delay * (0.5 + random.random() / 2))
@@ -133,7 +134,7 @@ class RemoteEngine:
                 answer = self._client().request(method, path, body, headers, timeout=self.target.timeout,
                                                 max_bytes=limit)
             except TransportError as exc:
-                problem = exc.message
+                problem, hint = exc.message, exc.hint
                 if not exc.retryable:
                     break
                 continue
@@ -161,10 +162,10 @@ class RemoteEngine:
                                   hint="check that --server points at an Open Inference Protocol (KServe v2) server")
             return answer
         error = ServerError if problem.startswith("HTTP") else NetworkError
-        raise error(f"cannot reach a working server at {self.device} after {attempts} attempt"
-                    f"{'s' if attempts != 1 else ''}: {problem}",
-                    hint="check that the server runs (GET /v2/health/ready), or raise --server-retries / "
-                         "--server-timeout")
+        raise error(f"cannot reach a working server at {self.device} after {made} attempt"
+                    f"{'s' if made != 1 else ''}: {problem}",
+                    hint=hint or "check that the server runs (GET /v2/health/ready), or raise --server-retries / "
+                                 "--server-timeout")
 
     @property
     def _outputs_take(self) -> str:
