@@ -280,7 +280,7 @@ def test_server_target_checks_itself_for_python_callers() -> None:
 
 
 # -- memory and time, in a child process ------------------------------------------------------------------------
-@pytest.mark.parametrize("mode", ["gzip-bomb-chunked", "endless"])
+@pytest.mark.parametrize("mode", ["gzip-bomb", "gzip-bomb-chunked", "endless"])
 def test_a_bomb_or_an_endless_body_keeps_the_client_small(image: Path, mode: str) -> None:
     with HostileServer(mode) as server:
         code, stderr, peak, _ = run_measured(["detect", str(image), "-m", TINY, "--server", server.url,

@@ -178,6 +178,10 @@ class _Connection(http.client.HTTPConnection):
         if self.sock is None:
             return False
         try:
+            if hasattr(select, "poll"):  # select() cannot watch descriptors past 1023
+                poller = select.poll()
+                poller.register(self.sock, select.POLLIN)
+                return not poller.poll(0)
             readable, _, _ = select.select([self.sock], [], [], 0)
         except (OSError, ValueError):
             return False
@@ -289,8 +293,8 @@ def _read_body(response: http.client.HTTPResponse, limit: int, *, cut: bool) -> 
     if encoding in _DECODABLE:
         inflater = zlib.decompressobj(_DECODABLE[encoding])
     elif encoding != "identity" and not cut:  # an error body is shown as it came
-        raise AnswerUnreadable(f"it came with Content-Encoding {encoding[:40]!r}, which ssdtool does not decode "
-                               "(it asks for identity; gzip and deflate are decoded)")
+        raise AnswerUnreadable(f"it came with Content-Encoding '{printable(encoding[:40])}', which ssdtool does not "
+                               "decode (it asks for identity; gzip and deflate are decoded)")
     body = bytearray()
     wire = 0
     while True:
