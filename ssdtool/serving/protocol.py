@@ -10,13 +10,13 @@ Two kinds of request reach ``/v2/models/<name>/infer``:
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from urllib.parse import SplitResult, urlsplit
 
 import numpy as np
 
+from ssdtool.checked import is_finite_number, is_int
 from ssdtool.constants import WireProtocol
 from ssdtool.errors import UsageError
 from ssdtool.redact import printable, redact_url
@@ -106,15 +106,13 @@ class ServerTarget:
 
     def __post_init__(self) -> None:
         split_server_url(self.url)
-        if self.model is not None and (not self.model or _NOT_IN_URL.sub("", self.model) != self.model):
-            raise UsageError(f"--server-model must be a name without spaces or control characters, got "
+        if self.model is not None and (not self.model or _NOT_IN_URL.search(self.model)):
+            raise UsageError(f"--server-model must be a name of printable ASCII characters without spaces, got "
                              f"'{printable(self.model)}'", hint="leave it out to use the registry model's name")
-        numbers = {"concurrency": (self.concurrency, 1), "retries": (self.retries, 0)}
-        for name, (value, low) in numbers.items():
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        for name, value, low in (("concurrency", self.concurrency, 1), ("retries", self.retries, 0)):
+            if not is_int(value) or value < low:
                 raise UsageError(f"server {name} must be an integer of at least {low}, got {value!r}")
-        for name, value, low in (("timeout", self.timeout, 0.0), ("backoff", self.backoff, 0.0)):
-            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
-                    or value < low or (name == "timeout" and value == 0):
-                raise UsageError(f"server {name} must be a finite number of seconds"
-                                 f"{' above 0' if name == 'timeout' else ''}, got {value!r}")
+        if not is_finite_number(self.timeout) or self.timeout <= 0:
+            raise UsageError(f"server timeout must be a finite number of seconds above 0, got {self.timeout!r}")
+        if not is_finite_number(self.backoff) or self.backoff < 0:
+            raise UsageError(f"server backoff must be a finite number of seconds, 0 or more, got {self.backoff!r}")
