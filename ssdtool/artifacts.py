@@ -44,7 +44,8 @@ class ModelFile:
     form: str
     precision: str | None
     server: ServerTarget | None = None
-    #: The registry entry, when the file is its source model: a heads model's engine decodes by it on the host.
+    #: The registry entry, when the file is its source model (a heads model's engine decodes by it on the host) or
+    #: a served IR (the remote engine checks the server's answers against it).
     entry: ModelEntry | None = field(default=None, compare=False, repr=False)
 
     @property
@@ -75,7 +76,8 @@ def registry_inputs(source: str) -> list[InputPath]:
 def remote_model_file(entry: ModelEntry, server: ServerTarget) -> ModelFile:
     """``entry``'s IR as served at ``server``: nothing is downloaded or converted here; the engine takes the IR's
     input (raw BGR pixels) from the server (the server's metadata says its shape and type)."""
-    return ModelFile(entry.name, Backend.OPENVINO, Path(server.model or entry.name), "ir", None, server=server)
+    return ModelFile(entry.name, Backend.OPENVINO, Path(server.model or entry.name), "ir", None, server=server,
+                     entry=entry)
 
 
 def ir_precision(value: str) -> str:

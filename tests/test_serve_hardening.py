@@ -114,8 +114,8 @@ MALFORMED = {
     "binary_data_size 1e400": (
         *_binary(b'{"inputs":[{"name":"image","shape":[1,3,300,300],"datatype":"FP32",'
                  b'"parameters":{"binary_data_size":1e400}}]}', ZEROS),
-        "JSON header (109 bytes) is not valid: inputs[0].parameters.binary_data_size: the number 1e400 is too "
-        "large for a 64-bit float"),
+        "JSON header (109 bytes) is not valid: inputs[0].parameters.binary_data_size: the number 1e400 is too large "
+        "for a 64-bit float"),
     "binary_data_size NaN": (
         *_binary(b'{"inputs":[{"name":"image","shape":[1,3,300,300],"datatype":"FP32",'
                  b'"parameters":{"binary_data_size":NaN}}]}', ZEROS),
