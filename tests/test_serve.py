@@ -9,13 +9,8 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,12 +26,12 @@ from ssdtool.errors import NetworkError, ServerError
 from ssdtool.imaging import generated_images, preprocess
 from ssdtool.registry import load_registry
 from ssdtool.serving.protocol import DETECTION_OUTPUTS, EXTENSIONS, HEADER_LENGTH, IMAGE_INPUT, ServerTarget
-from tests.modelkit import ServeWorld, serve_world
+from tests.modelkit import SERVE_MAX_BODY as MAX_BODY
+from tests.modelkit import ServeProcess, ServeWorld, free_port, serve_world
 
 pytest.importorskip("kserve")
 
 TOLERANCE = 1e-5
-MAX_BODY = 4_000_000  # the tiny twin's tensor is 1.08 MB in binary and about 1.6 MB as JSON numbers
 DETECTIONS = "tiny-detections"  # the detections model beside the IR model "tiny"
 
 
@@ -46,43 +41,6 @@ World = ServeWorld
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     return serve_world(tmp_path_factory.mktemp("serve-world"))
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class ServeProcess:
-    """``ssdtool serve`` in a child process; :attr:`info` is the JSON line it prints when ready."""
-
-    def __init__(self, world: World, port: int = 0, *extra: str) -> None:
-        self.log = open(world.registry.parent / f"serve-{time.monotonic_ns()}.log", "w+")  # noqa: SIM115
-        command = [sys.executable, "-m", "ssdtool", *world.args("serve", "tiny", "--port", str(port),
-                                                                 "--inference-precision", "f32", "--json",
-                                                                 "--max-request-bytes", str(MAX_BODY), *extra)]
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=self.log, text=True,
-                                        env={**os.environ, "SSDTOOL_OFFLINE": "1"})
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline()
-        if not line:
-            self.process.wait(10)
-            self.log.seek(0)
-            raise AssertionError(f"serve did not start: {self.log.read()[-2000:]}")
-        self.info: dict[str, Any] = json.loads(line)
-        self.url: str = self.info["url"]
-
-    def terminate(self, timeout: float = 30) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        code = self.process.wait(timeout)
-        self.log.close()
-        return code
-
-    def stderr(self) -> str:
-        if not self.log.closed:
-            self.log.flush()
-        return Path(self.log.name).read_text()
 
 
 @pytest.fixture(scope="module")
@@ -258,7 +216,7 @@ def test_bad_request_gets_4xx_json_and_the_server_keeps_serving(world: World, se
 def test_client_errors_are_ssdtool_errors_with_exit_codes(world: World, server: ServeProcess) -> None:
     with pytest.raises(ServerError, match="HTTP 404"):
         _remote(server.url, model="no-such-model")
-    port = _free_port()
+    port = free_port()
     with pytest.raises(NetworkError, match="after 2 attempts"):
         _remote(f"http://user:secret@127.0.0.1:{port}", retries=1, backoff=0.01)
     result = CliRunner().invoke(cli, world.args("detect", str(world.images[0]), "-m", "tiny", "--server",
@@ -299,7 +257,7 @@ def test_eight_concurrent_clients_fifty_requests_each(world: World, server: Serv
 
 
 def test_client_retries_through_a_restart_and_sigterm_is_graceful(world: World, local_engine: Any) -> None:
-    port = _free_port()
+    port = free_port()
     first = ServeProcess(world, port)
     remote = _remote(first.url, retries=12, backoff=0.1, concurrency=2)
     tensors = [_tensor(world, i) for i in range(3)]
