@@ -3,15 +3,18 @@ child process on them."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
+import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,3 +127,29 @@ class ServeProcess:
         if not self.log.closed:
             self.log.flush()
         return Path(self.log.name).read_text()
+
+
+class Tracebacks(logging.Handler):
+    """Every log record that carries a traceback, from any logger (kserve, uvicorn, ssdtool)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info and not any(seen is record for seen in self.records):  # on two loggers: once
+            self.records.append(record)
+
+
+@contextlib.contextmanager
+def watched_tracebacks() -> Iterator[Tracebacks]:
+    """A :class:`Tracebacks` on the root logger and ssdtool's (the CLI stops ssdtool's from propagating)."""
+    handler = Tracebacks()
+    loggers = [logging.getLogger(), logging.getLogger("ssdtool")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)

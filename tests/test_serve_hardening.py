@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -24,7 +23,7 @@ from ssdtool.errors import UsageError
 from ssdtool.imaging import preprocess
 from ssdtool.registry import load_registry
 from ssdtool.serving.protocol import HEADER_LENGTH, IMAGE_INPUT
-from tests.modelkit import ServeWorld, serve_world
+from tests.modelkit import ServeWorld, Tracebacks, serve_world, watched_tracebacks
 
 pytest.importorskip("kserve")
 
@@ -34,18 +33,6 @@ DECODE_MEMORY = 32 << 20  # an RGB image of 2000 x 1500 is estimated at 36 MB to
 TENSOR_BYTES = 1 * 3 * 300 * 300 * 4
 
 
-class Tracebacks(logging.Handler):
-    """Every log record that carries a traceback, from any logger (kserve, uvicorn, ssdtool)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.exc_info and not any(seen is record for seen in self.records):  # on two loggers: once
-            self.records.append(record)
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> ServeWorld:
     return serve_world(tmp_path_factory.mktemp("serve-hardening"))
@@ -53,13 +40,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> ServeWorld:
 
 @pytest.fixture(scope="module")
 def tracebacks() -> Iterator[Tracebacks]:
-    handler = Tracebacks()
-    loggers = [logging.getLogger(), logging.getLogger("ssdtool")]  # the CLI stops ssdtool's from propagating
-    for logger in loggers:
-        logger.addHandler(handler)
-    yield handler
-    for logger in loggers:
-        logger.removeHandler(handler)
+    with watched_tracebacks() as handler:
+        yield handler
 
 
 @pytest.fixture(scope="module")
