@@ -10,12 +10,12 @@ detect (end to end vs engine only, cold start; bench_detect.py), startup (``ssdt
 process time), download (vs curl on loopback; bench_download.py), convert (time and peak memory; bench_convert.py),
 serve (served vs local throughput, per-request overhead; bench_serve.py; gRPC vs REST, served JPEG vs served tensor;
 bench_serve_protocols.py), heads (host decode vs the in-graph tail of the split form; bench_heads.py), loadgen
-(LoadGen scenarios vs bench; bench_loadgen.py), eval (eval vs engine only, COCOeval share, memory; bench_eval.py). Each section rewrites its own part of docs/performance.md; the Summary
-is rebuilt from every section's latest figures (kept in benchmarks/_work/results.json; rows of sections that file
-does not hold are kept from the page), so ``--only`` refreshes one part without losing the others. Timings are only
-meaningful on a quiet machine: before each section the suite waits (up to --wait seconds) until other work uses
-fewer than --max-busy cores (sampled from /proc/stat while the suite is idle) and records that sample and the load
-average next to every section.
+(LoadGen scenarios vs bench; bench_loadgen.py), eval (eval vs engine only, COCOeval share, memory; bench_eval.py).
+Each section rewrites its own part of docs/performance.md; the Summary is rebuilt from every section's latest
+figures (kept in benchmarks/_work/results.json; rows of sections that file does not hold are kept from the page), so
+``--only`` refreshes one part without losing the others. Timings are only meaningful on a quiet machine: before each
+section the suite waits (up to --wait seconds) until other work uses fewer than --max-busy cores (sampled from
+/proc/stat while the suite is idle) and records that sample and the load average next to every section.
 """
 
 from __future__ import annotations
