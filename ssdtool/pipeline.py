@@ -64,7 +64,8 @@ def source_name(source: ImageSource) -> str | None:
 
 
 class ImagePreparer:
-    """Decodes one image source and makes the network tensor for ``form`` ("onnx" or "ir"), or, for ``form=None``,
+    """Decodes one image source and makes the network tensor for ``form`` ("onnx", "ir" or "image": the whole
+    image, for the image-input IR, which resizes inside), or, for ``form=None``,
     the network-sized 8-bit RGB pixels that every form's tensor is made from (decode once, feed several engines:
     ``preprocess(prepared.tensor, entry, form=...)``).
 
@@ -87,20 +88,23 @@ class ImagePreparer:
             tensor = self._tensor(rgb)
             return Prepared(rgb if keep_image else None, int(rgb.shape[1]), int(rgb.shape[0]), tensor)
 
+        whole = keep_image or self.form == "image"  # full-size pixels leave the decode
+
         def decode(image: PILImage.Image) -> Prepared:
-            cost = decode_cost(image.width, image.height, image.mode, keep_image)
+            cost = decode_cost(image.width, image.height, image.mode, whole)
             if cost > LARGE_DECODE_BYTES:
                 return self._large_decoder().submit(decode_within_budget, image, cost).result()
             return decode_within_budget(image, cost)
 
         def decode_within_budget(image: PILImage.Image, cost: int) -> Prepared:
-            # The full-size pixels live only inside the budget's hold; what leaves it is network-sized.
+            # The full-size pixels live only inside the budget's hold; what leaves it is network-sized, except the
+            # kept image and the image-input IR's tensor (each bounded by max_pixels, one per image in flight).
             with self.budget.hold(cost):
                 from PIL import ImageOps
 
                 upright = ImageOps.exif_transpose(image) or image
                 width, height = upright.size
-                resized = None if keep_image else resized_for_network(upright, self.entry.input)
+                resized = None if whole else resized_for_network(upright, self.entry.input)
                 rgb = pil_to_rgb(upright) if resized is None else None
                 tensor = self._tensor(rgb if resized is None else resized)
             return Prepared(rgb if keep_image else None, width, height, tensor)

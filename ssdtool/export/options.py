@@ -41,7 +41,8 @@ class ExportOptions:
 
     ``version``: the version folder to write (None: the next one; with ``force`` and no version, the latest is
     replaced). ``served_name``: the model's name on the server (None: the registry name). ``storage_uri``: where a
-    KServe user uploads the model folder (required for kserve, refused for the others).
+    KServe user uploads the model folder (required for kserve, refused for the others). ``image_input``: export
+    the image-input IR (u8 ``[1, ?, ?, 3]`` NHWC images of any size, resized inside; docs/convert.md).
     """
 
     format: ExportFormat | str
@@ -55,6 +56,7 @@ class ExportOptions:
     storage_uri: str | None = None
     served_name: str | None = None
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT
+    image_input: bool = False
 
 
 @dataclass(frozen=True)
