@@ -117,6 +117,24 @@ def resized_for_network(image: PILImage.Image, spec: InputSpec) -> np.ndarray | 
     return np.asarray(rgb)
 
 
+def whole_for_network(image: PILImage.Image, color_order: str) -> np.ndarray | None:
+    """The upright ``image`` as the image-input IR's input, u8 ``[1, H, W, 3]`` in ``color_order``, straight from
+    Pillow's buffer in that order.
+
+    The same pixels as ``preprocess(load_image(...), entry, form="image")``, bit for bit (``tests/test_images.py``
+    holds them equal), without numpy's full-size RGB copy and its channel reversal (a strided copy): at 12 MP those
+    two cost more than the decode. None for modes that need numpy's own conversion (16-bit, 32-bit, float).
+    """
+    mode = image.mode
+    if mode.startswith("I") or mode == "F":
+        return None
+    if mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")  # as load_image does: Pillow's route for palette transparency
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    pixels = np.frombuffer(rgb.tobytes("raw", color_order), dtype=np.uint8)
+    return pixels.reshape(1, rgb.height, rgb.width, 3)
+
+
 def resize_rgb(rgb: np.ndarray, spec: InputSpec) -> np.ndarray:
     """Resize an HxWx3 uint8 RGB array to the network size with the registry's Pillow filter (no letterbox)."""
     from PIL import Image

@@ -36,6 +36,7 @@ from ssdtool.imaging import (
     preprocess,
     resize_rgb,
     resized_for_network,
+    whole_for_network,
 )
 from ssdtool.registry import ModelEntry
 
@@ -104,6 +105,10 @@ class ImagePreparer:
 
                 upright = ImageOps.exif_transpose(image) or image
                 width, height = upright.size
+                if self.form == "image" and not keep_image:
+                    tensor = whole_for_network(upright, self.entry.convert.color_order)
+                    if tensor is not None:
+                        return Prepared(None, width, height, tensor)
                 resized = None if whole else resized_for_network(upright, self.entry.input)
                 rgb = pil_to_rgb(upright) if resized is None else None
                 tensor = self._tensor(rgb if resized is None else resized)
