@@ -202,3 +202,48 @@ def test_a_section_removed_by_hand_is_found_and_written_again(env: tuple[Path, P
     result = convert(entry, Cache.at(cache_dir), ConvertOptions(verify=False))
     assert result.amended and _section(xml) == STANDARD_INFO
     assert installed_ir(entry, Cache.at(cache_dir), ConvertOptions()) == xml
+
+
+def test_amending_needs_no_source_model(env: tuple[Path, Path]) -> None:
+    """An IR whose source ONNX was removed from the cache (or never copied to an air-gapped one) is amended
+    offline: only the graph needs the source, and the graph is kept."""
+    xml = Path(json.loads(_cli(env, "convert", "tiny", "--no-verify", "--json").stdout)["xml"])
+    _as_older_ssdtool_wrote_it(xml)
+    (env[1] / "tiny" / "model.onnx").unlink()
+    result = _cli(env, "convert", "tiny", "--no-verify", "--offline", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["amended"] is True
+    assert _section(xml) == STANDARD_INFO
+    assert not (env[1] / "tiny" / "model.onnx").exists()
+
+
+def test_a_read_only_cache_runs_an_older_ir_as_it_is(env: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A prefetched cache mounted read-only, made by an older ssdtool: detect and convert use the IR there (with a
+    warning naming the fix), since the metadata only matters to Model API."""
+    import filelock
+
+    from ssdtool import fsutil
+
+    xml = Path(json.loads(_cli(env, "convert", "tiny", "--no-verify", "--json").stdout)["xml"])
+    _as_older_ssdtool_wrote_it(xml)
+    before = xml.read_bytes()
+
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(filelock.FileLock, "acquire", refuse)
+    monkeypatch.setattr(fsutil, "ensure_folder", refuse)
+    monkeypatch.setattr(fsutil, "atomic_write", refuse)
+    result = _cli(env, "convert", "tiny", "--no-verify", "--offline")
+    assert result.exit_code == 0, result.output
+    assert "tiny (FP32): up to date" in result.stdout
+    warning = " ".join(result.stderr.split())
+    assert "lacks the current Model API metadata (rt_info/model_info) and cannot be amended here" in warning
+    assert "run 'ssdtool convert tiny' where the cache is writable" in warning
+    detect_image = env[1].parent / "x.png"
+    from PIL import Image
+
+    Image.new("RGB", (64, 48)).save(detect_image)
+    detected = _cli(env, "detect", str(detect_image), "-m", "tiny", "--offline", "--format", "json")
+    assert detected.exit_code == 0, detected.output
+    assert xml.read_bytes() == before

@@ -43,7 +43,7 @@ from ssdtool.convert.options import (
 )
 from ssdtool.convert.workspace import conversion_lock, install, sweep_leftovers, temporary_folders
 from ssdtool.download.transfer import hash_file
-from ssdtool.errors import AccuracyError, ConversionError, ModelFormatError, ParityError
+from ssdtool.errors import AccuracyError, CacheError, ConversionError, ModelFormatError, ParityError
 from ssdtool.provenance import (
     RT_INFO_ROOT,
     WEIGHTS_KEY,
@@ -117,10 +117,13 @@ def convert(entry: ModelEntry, cache: Cache, options: ConvertOptions | None = No
     started = time.perf_counter()
     xml = ir_path(entry, cache, options)
     calibration = _early_calibration(entry, options, xml)
+    wanted = conversion_parameters(entry, options, calibration)
+    if source is None and entry.primary_file.sha256 \
+            and (amended := _amend_installed(cache, entry, options, xml, wanted, started)) is not None:
+        return amended  # only the Model API metadata was missing: the source is not needed, nor downloaded
     source_path = _source_path(entry, cache, source, offline, progress)
     source_sha256 = (entry.primary_file.sha256 if source is None and entry.primary_file.sha256
                      else hash_file(source_path, ("sha256",))[1]["sha256"])
-    wanted = conversion_parameters(entry, options, calibration)
     if (existing := _current_ir(xml, source_sha256, wanted, options)) is not None:
         sweep_leftovers(cache, entry, options, xml)
         return _up_to_date(entry, xml, options, existing, started)
@@ -187,6 +190,28 @@ def _amendable_ir(xml: Path, source_sha256: str, wanted: dict[str, Any], options
             or not same_but_model_info(existing.get("parameters"), wanted):
         return None
     return existing if ir_problem(xml, existing, hash_weights=True) is None else None
+
+
+def _amend_installed(cache: Cache, entry: ModelEntry, options: ConvertOptions, xml: Path, wanted: dict[str, Any],
+                     started: float) -> ConversionResult | None:
+    """The installed IR amended with the current Model API metadata, when that is all it lacks (else None: the
+    caller converts as usual). Where the IR cannot be written (a cache mounted read-only) it is used as it is,
+    with a warning: ssdtool runs it the same, only Model API needs the metadata."""
+    sha256 = entry.primary_file.sha256
+    if (stale := _amendable_ir(xml, sha256, wanted, options)) is None:
+        return None
+    try:
+        with conversion_lock(cache, entry, options, xml):
+            if (existing := _current_ir(xml, sha256, wanted, options, recheck=True)) is not None:
+                return _up_to_date(entry, xml, options, existing, started)  # amended while this one waited
+            if (existing := _amendable_ir(xml, sha256, wanted, options)) is not None:
+                return _amend(entry, xml, options, existing, wanted, started)
+    except CacheError as exc:
+        log.warning("%s lacks the current Model API metadata (rt_info/%s) and cannot be amended here: %s; using it "
+                    "as it is (ssdtool runs it the same; for Model API, run 'ssdtool convert %s' where the cache "
+                    "is writable)", xml, MODEL_INFO_SECTION, exc.message, entry.name)
+        return _result(entry, xml, options, stale, True, None, started)  # nothing can be recorded here either
+    return None
 
 
 def _amend(entry: ModelEntry, xml: Path, options: ConvertOptions, existing: dict[str, Any], wanted: dict[str, Any],
