@@ -11,6 +11,7 @@ normalized boxes by the original size itself.
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
@@ -31,7 +32,6 @@ from ssdtool.provenance import read_provenance
 from ssdtool.registry import ModelEntry, load_registry
 
 pytest.importorskip("model_api", reason="Model API is in the test extra (pip install 'ssdtool[test]', Python 3.11+)")
-pytest.importorskip("nncf", reason="the INT8 form needs the int8 extra; the test extra has it")
 
 TINY = "ssd-resnet34-300-synthetic-tiny"
 HEADS = "ssd-resnet34-300-synthetic-tiny-heads"
@@ -43,17 +43,33 @@ FORMS: dict[str, tuple[str, ConvertOptions, dict[str, Any]]] = {
     "heads": (HEADS, ConvertOptions(), {}),
     "image-input": (TINY, ConvertOptions(image_input=True), {"image_input": True}),
 }
+NO_NNCF = importlib.util.find_spec("nncf") is None
+#: The forms as test parameters; INT8 needs NNCF (the int8 extra; the test extra has it).
+FORM_PARAMS = [pytest.param(form, marks=pytest.mark.skipif(form == "INT8" and NO_NNCF, reason="INT8 needs NNCF"))
+               for form in FORMS]
 #: Generated 300x300 images on which the tiny twin finds 8 to 10 objects above the default threshold (0.5).
 SEEDS = (3, 5, 6)
 
 
+class World:
+    """One cache for every IR form, each converted on first use (the twins' sources are built locally, like
+    downloads)."""
+
+    def __init__(self, root: Path) -> None:
+        self.cache = Cache.at(root / "cache")
+        self.registry = load_registry()
+        self._irs: dict[str, Path] = {}
+
+    def ir(self, form: str) -> Path:
+        if form not in self._irs:
+            model, options, _ = FORMS[form]
+            self._irs[form] = convert(self.registry.model(model), self.cache, options).xml
+        return self._irs[form]
+
+
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """Every IR form converted once into one cache (the twins' sources are built locally, like downloads)."""
-    cache = Cache.at(tmp_path_factory.mktemp("model-api") / "cache")
-    registry = load_registry()
-    irs = {form: convert(registry.model(model), cache, options).xml for form, (model, options, _) in FORMS.items()}
-    return {"cache": cache, "registry": registry, "irs": irs}
+def world(tmp_path_factory: pytest.TempPathFactory) -> World:
+    return World(tmp_path_factory.mktemp("model-api"))
 
 
 def _f32_model(xml: Path) -> Any:
@@ -83,13 +99,13 @@ def _assert_same_detections(result: Any, ours: list[Any]) -> None:
     assert np.abs(boxes - np.asarray([d.box for d in ours])).max() <= 0.5 + 1e-3
 
 
-@pytest.mark.parametrize("form", list(FORMS))
-def test_create_model_from_the_path_alone_knows_the_wrapper_and_the_labels(world: dict[str, Any], form: str) -> None:
+@pytest.mark.parametrize("form", FORM_PARAMS)
+def test_create_model_from_the_path_alone_knows_the_wrapper_and_the_labels(world: World, form: str) -> None:
     from model_api.models import SSD, DetectionModel
 
     model_name, _, _ = FORMS[form]
-    entry = world["registry"].model(model_name)
-    model = DetectionModel.create_model(str(world["irs"][form]))  # no model_type, no configuration
+    entry = world.registry.model(model_name)
+    model = DetectionModel.create_model(str(world.ir(form)))  # no model_type, no configuration
     assert isinstance(model, SSD)
     assert model.params.labels == _model_api_names(entry)
     assert model.params.confidence_threshold == DEFAULT_THRESHOLD
@@ -103,13 +119,13 @@ def test_create_model_from_the_path_alone_knows_the_wrapper_and_the_labels(world
     assert names and all(name in _model_api_names(entry)[1:] for name in names)  # names, not '#17' placeholders
 
 
-@pytest.mark.parametrize("form", list(FORMS))
-def test_detections_equal_ssdtools_at_f32_on_model_size_images(world: dict[str, Any], form: str) -> None:
+@pytest.mark.parametrize("form", FORM_PARAMS)
+def test_detections_equal_ssdtools_at_f32_on_model_size_images(world: World, form: str) -> None:
     model_name, _, detector_options = FORMS[form]
-    model = _f32_model(world["irs"][form])
-    with Detector(model_name, "openvino", inference_precision="f32", cache_dir=world["cache"],
-                  registry=world["registry"], **detector_options) as detector:
-        assert detector.model_path == world["irs"][form]
+    model = _f32_model(world.ir(form))
+    with Detector(model_name, "openvino", inference_precision="f32", cache_dir=world.cache,
+                  registry=world.registry, **detector_options) as detector:
+        assert detector.model_path == world.ir(form)
         for seed in SEEDS:
             rgb = generated_images(1, seed=seed, size=(300, 300))[0]
             # Model API takes images as OpenCV reads them: BGR.
@@ -117,13 +133,13 @@ def test_detections_equal_ssdtools_at_f32_on_model_size_images(world: dict[str, 
 
 
 @pytest.mark.parametrize("size", [(640, 480), (200, 450), (1000, 300)])
-def test_image_input_boxes_come_back_in_the_original_images_pixels(world: dict[str, Any],
+def test_image_input_boxes_come_back_in_the_original_images_pixels(world: World,
                                                                    size: tuple[int, int]) -> None:
     """Model API sends the raw image to the image-input IR and scales its normalized boxes by the image's own
     width and height: the same pixels ``ssdtool detect --image-input`` reports."""
-    model = _f32_model(world["irs"]["image-input"])
+    model = _f32_model(world.ir("image-input"))
     rgb = generated_images(1, seed=9, size=size)[0]  # 7 to 14 detections above 0.5 at these sizes
-    with Detector(TINY, "openvino", inference_precision="f32", cache_dir=world["cache"], registry=world["registry"],
+    with Detector(TINY, "openvino", inference_precision="f32", cache_dir=world.cache, registry=world.registry,
                   image_input=True) as detector:
         ours = detector(rgb)
     result = model(np.ascontiguousarray(rgb[..., ::-1]))
@@ -132,11 +148,13 @@ def test_image_input_boxes_come_back_in_the_original_images_pixels(world: dict[s
     assert np.asarray(result.bboxes)[:, 0::2].max() <= width and np.asarray(result.bboxes)[:, 1::2].max() <= height
 
 
-def test_exports_carry_the_metadata_and_an_older_int8_ir_is_amended(world: dict[str, Any], tmp_path: Path) -> None:
+@pytest.mark.skipif(NO_NNCF, reason="INT8 needs NNCF")
+def test_exports_carry_the_metadata_and_an_older_int8_ir_is_amended(world: World, tmp_path: Path) -> None:
     """The export is the cached IR byte for byte, so Model API runs it as it is; an INT8 IR of an older ssdtool
     (no model_info) gets the metadata from the next ``convert`` and keeps its calibration."""
     cache_dir = tmp_path / "cache"
-    shutil.copytree(world["cache"].root, cache_dir)
+    world.ir("INT8")
+    shutil.copytree(world.cache.root, cache_dir)
     int8 = Cache.at(cache_dir).ir_xml(TINY, "INT8")
     before = read_provenance(int8) or {}
     tree = ElementTree.parse(int8)
