@@ -72,6 +72,7 @@ def _remote(url: str, **options: Any) -> Any:
 # -- protocol -------------------------------------------------------------------------------------------------
 def test_binds_loopback_and_answers_health_metadata_and_metrics(server: ServeProcess) -> None:
     from ssdtool import __version__
+    from ssdtool.provenance import read_section
 
     assert server.url.startswith("http://127.0.0.1:")
     assert server.info["inference_precision"] == "f32" and server.info["precision"] == "FP32"
@@ -81,9 +82,12 @@ def test_binds_loopback_and_answers_health_metadata_and_metrics(server: ServePro
     assert requests.get(f"{server.url}/v2", timeout=10).json() == {
         "name": "ssdtool", "version": __version__, "extensions": ["binary_tensor_data"]}
     assert EXTENSIONS == ("binary_tensor_data",)
-    # The IR model lists exactly the IR's tensors, as OVMS and Triton list them for the same IR.
+    # The IR model lists exactly the IR's tensors, as OVMS and Triton list them for the same IR, and the IR's Model
+    # API section (rt_info/model_info) as OVMS adds it.
+    model_info = read_section(Path(server.info["model_path"]), "model_info")
+    assert model_info is not None and model_info["model_type"] == "SSD"
     assert requests.get(f"{server.url}/v2/models/tiny", timeout=10).json() == {
-        "name": "tiny", "platform": "",
+        "name": "tiny", "platform": "", "rt_info": {"model_info": model_info},
         "inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 3, 300, 300]}],
         "outputs": [{"name": "bboxes", "datatype": "FP32", "shape": [1, 200, 4]},
                     {"name": "labels", "datatype": "INT64", "shape": [1, 200]},

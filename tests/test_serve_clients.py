@@ -88,17 +88,27 @@ def _same_detections(boxes: np.ndarray, labels: np.ndarray, scores: np.ndarray, 
     np.testing.assert_allclose(scores, [d.score for d in local], atol=TOLERANCE)
 
 
-IR_METADATA = {"name": "tiny", "platform": "",
-               "inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 3, 300, 300]}],
-               "outputs": [{"name": "bboxes", "datatype": "FP32", "shape": [1, 200, 4]},
-                           {"name": "labels", "datatype": "INT64", "shape": [1, 200]},
-                           {"name": "scores", "datatype": "FP32", "shape": [1, 200]}]}
+IR_TENSORS = {"name": "tiny", "platform": "",
+              "inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 3, 300, 300]}],
+              "outputs": [{"name": "bboxes", "datatype": "FP32", "shape": [1, 200, 4]},
+                          {"name": "labels", "datatype": "INT64", "shape": [1, 200]},
+                          {"name": "scores", "datatype": "FP32", "shape": [1, 200]}]}
+
+
+@pytest.fixture(scope="module")
+def ir_metadata(world: ServeWorld) -> dict[str, Any]:
+    """The IR model's REST metadata: exactly the IR's tensors, and its Model API section as ``rt_info``."""
+    from ssdtool.provenance import read_section
+
+    model_info = read_section(world.cache / "tiny" / "openvino" / "FP32" / "tiny.xml", "model_info")
+    assert model_info is not None and model_info["model_type"] == "SSD"
+    return {**IR_TENSORS, "rt_info": {"model_info": model_info}}
 
 
 # -- tritonclient HTTP ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
 def test_tritonclient_http(server: ServeProcess, tensor: np.ndarray, expected: dict[str, np.ndarray],
-                           binary: bool) -> None:
+                           ir_metadata: dict[str, Any], binary: bool) -> None:
     from ssdtool import __version__
 
     client = httpclient.InferenceServerClient(_host(server))
@@ -106,7 +116,7 @@ def test_tritonclient_http(server: ServeProcess, tensor: np.ndarray, expected: d
         assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("tiny")
         assert client.get_server_metadata() == {"name": "ssdtool", "version": __version__,
                                                 "extensions": ["binary_tensor_data"]}
-        assert client.get_model_metadata("tiny") == IR_METADATA
+        assert client.get_model_metadata("tiny") == ir_metadata
         pixels = httpclient.InferInput("image", list(tensor.shape), "FP32")
         pixels.set_data_from_numpy(tensor, binary_data=binary)  # binary_data=False: JSON, and no Content-Type
         result = client.infer("tiny", [pixels])
@@ -169,14 +179,14 @@ def test_tritonclient_http_decodes_every_error(server: ServeProcess, tensor: np.
 
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
 def test_tritonclient_http_asyncio(server: ServeProcess, tensor: np.ndarray, expected: dict[str, np.ndarray],
-                                   binary: bool) -> None:
+                                   ir_metadata: dict[str, Any], binary: bool) -> None:
     aioclient = pytest.importorskip("tritonclient.http.aio")
 
     async def run() -> dict[str, np.ndarray]:
         client = aioclient.InferenceServerClient(_host(server))
         try:
             assert await client.is_model_ready("tiny")
-            assert await client.get_model_metadata("tiny") == IR_METADATA
+            assert await client.get_model_metadata("tiny") == ir_metadata
             pixels = aioclient.InferInput("image", list(tensor.shape), "FP32")
             pixels.set_data_from_numpy(tensor, binary_data=binary)
             result = await client.infer("tiny", [pixels])

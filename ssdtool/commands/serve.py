@@ -14,6 +14,7 @@ from ssdtool.commands.detect import DEFAULT_MAX_PIXELS, allow_pixels
 from ssdtool.commands.options import (
     FiniteFloatRange,
     device_option,
+    image_input_option,
     inference_precision_option,
     ir_precision_option,
     json_option,
@@ -46,6 +47,9 @@ LOOPBACK = ("127.0.0.1", "::1", "localhost")
               help="Serve the model under this name, the NAME in /v2/models/NAME: letters, digits, '.', '_' and '-' "
                    "[default: the registry name].")
 @ir_precision_option()
+@image_input_option("Serve the image-input IR: u8 [1, H, W, 3] BGR images of any size, resized inside (and, as OVMS "
+                    "takes them, an encoded image as one BYTES element), with Model API's metadata; what OpenVINO "
+                    "Model API's OVMS adapter drives. Converted on first use, beside the standard IR.")
 @inference_precision_option()
 @device_option()
 @click.option("--max-request-bytes", type=click.IntRange(min=1), default=DEFAULT_MAX_REQUEST_BYTES,
@@ -75,11 +79,10 @@ LOOPBACK = ("127.0.0.1", "::1", "localhost")
 @json_option("When the server is ready, print its URL and what it runs as one JSON document on stdout.")
 @click.pass_context
 def serve_command(ctx: click.Context, name: str | None, host: str, port: int, grpc_port: int | None,
-                  model_name: str | None,
-                  precision: str | None, inference_precision: str, device: str, max_request_bytes: int,
-                  max_pixels: int, decode_memory: int, header_timeout: float, body_timeout: float,
-                  max_connections: int, grace_seconds: float, offline: bool, progress_mode: str,
-                  as_json: bool) -> None:
+                  model_name: str | None, precision: str | None, image_input: bool, inference_precision: str,
+                  device: str, max_request_bytes: int, max_pixels: int, decode_memory: int, header_timeout: float,
+                  body_timeout: float, max_connections: int, grace_seconds: float, offline: bool,
+                  progress_mode: str, as_json: bool) -> None:
     """Serve NAME (default model) over the Open Inference Protocol (KServe v2 REST; gRPC with --grpc-port) until
     SIGTERM or Ctrl-C.
 
@@ -104,7 +107,7 @@ def serve_command(ctx: click.Context, name: str | None, host: str, port: int, gr
     options = ServeOptions(host=host, port=port, precision=precision, inference_precision=inference_precision,
                            device=device, model_name=model_name, max_request_bytes=max_request_bytes,
                            max_pixels=max_pixels, decode_memory=decode_memory, limits=limits, offline=offline,
-                           grace_seconds=grace_seconds, grpc_port=grpc_port)
+                           grace_seconds=grace_seconds, grpc_port=grpc_port, image_input=image_input)
     allow_pixels(max_pixels)
     if host not in LOOPBACK:
         ports = f"port {port}" + ("" if grpc_port is None else f" (and gRPC port {grpc_port})")
@@ -138,7 +141,8 @@ def _announce(server: Any, as_json: bool, quiet: bool) -> None:
     if not quiet:
         grpc = f", gRPC at {server.grpc_address}" if server.grpc_address else ""
         click.echo(f"serving {printable(server.model_name)} at {server.url}/v2/models/{printable(server.model_name)} "
-                   f"({info['precision']} IR on {info['device']}, {info['inference_precision'] or 'unreported'}) "
+                   f"({info['precision']} {'image-input ' if info['image_input'] else ''}IR on {info['device']}, "
+                   f"{info['inference_precision'] or 'unreported'}) "
                    f"and its detections at {server.url}/v2/models/{printable(server.detections_model)}{grpc}; "
                    f"SIGTERM or Ctrl-C stops", err=True)
 

@@ -205,13 +205,23 @@ def _short(value: Any) -> str:
 
 class BinaryDataPlane(DataPlane):
     """kserve's data plane reading request bodies with :func:`binary_request` (the binary tensor extension) and
-    :func:`json_request` (everything else), and naming this server and the extensions it serves in its metadata."""
+    :func:`json_request` (everything else), naming this server and the extensions it serves in its metadata, and
+    adding a model's ``rt_info`` to its metadata."""
 
     def metadata(self) -> dict[str, Any]:
         from ssdtool import __version__
         from ssdtool.serving.protocol import EXTENSIONS
 
         return {"name": "ssdtool", "version": __version__, "extensions": list(EXTENSIONS)}
+
+    async def model_metadata(self, model_name: str) -> dict[str, Any]:
+        """kserve's model metadata, with the IR's runtime info (``rt_info``) when the model has some: OVMS answers
+        it, and OpenVINO Model API's OVMS adapter reads the model's type, labels and preprocessing from it."""
+        metadata: dict[str, Any] = await super().model_metadata(model_name)
+        rt_info = getattr(self.get_model_from_registry(model_name), "rt_info", None)
+        if rt_info:
+            metadata["rt_info"] = rt_info
+        return metadata
 
     def decode_inference_request(self, body: Any, headers: dict[str, str], model_name: str) -> InferRequest:
         if not isinstance(body, bytes):

@@ -19,7 +19,7 @@ from kserve.errors import InvalidInput
 from ssdtool import checked
 from ssdtool.detections import DEFAULT_THRESHOLD, postprocess
 from ssdtool.pipeline import Prepared
-from ssdtool.serving.model import ServedEngine, respond, single_input
+from ssdtool.serving.model import ServedEngine, encoded_image, respond, single_input
 from ssdtool.serving.protocol import DETECTION_OUTPUTS, IMAGE_INPUT
 
 #: Where messages about the input say it is.
@@ -68,24 +68,6 @@ class DetectionModel(Model):
             DETECTION_OUTPUTS[1]: np.asarray([d.label_id for d in found], dtype=np.int64),
             DETECTION_OUTPUTS[2]: np.asarray([d.score for d in found], dtype=np.float32),
         }
-
-
-def encoded_image(given: Any, where: str) -> bytes:
-    """The one encoded image of a BYTES input (binary: bytes; JSON: a UTF-8 string)."""
-    if given.datatype != "BYTES":
-        raise InvalidInput(f"{where} must be BYTES (one encoded image), got {given.datatype!r:.20}")
-    try:
-        items = given.as_numpy().ravel()
-    except (ValueError, TypeError) as exc:
-        raise InvalidInput(f"{where}: cannot read its bytes: {exc}") from exc
-    if items.size != 1:
-        raise InvalidInput(f"{where} must hold exactly one encoded image, got {items.size}")
-    item = items[0]
-    if isinstance(item, bytes):
-        return item
-    if isinstance(item, str):
-        return item.encode("utf-8", "surrogateescape")
-    raise InvalidInput(f"{where} must hold the image's bytes, got {type(item).__name__}")
 
 
 def _threshold(parameters: Any) -> float:

@@ -3,7 +3,9 @@
 One engine serves two models (:class:`ServedEngine` holds it and its thread pools):
 
 * :class:`IRModel`, the IR itself: its metadata lists exactly the IR's input and outputs (what OVMS or Triton list
-  for the same IR), and a request carries the IR's input tensor;
+  for the same IR) and the IR's Model API metadata (``rt_info``, as OVMS adds it), and a request carries the IR's
+  input tensor. The image-input IR (``serve --image-input``) takes u8 ``[1, H, W, 3]`` BGR images of any size, and,
+  as OVMS takes them for an NHWC input, an encoded image (JPEG, PNG, ...) as one BYTES element in their place;
 * :class:`~ssdtool.serving.detections.DetectionModel`, under a name of its own: an encoded image in, detections in
   pixels out.
 
@@ -23,6 +25,7 @@ import asyncio
 import io
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
@@ -65,24 +68,39 @@ class ServedEngine:
         self._pool: ThreadPoolExecutor | None = None
         self._decoders: ThreadPoolExecutor | None = None
         self._preparer = ImagePreparer(entry, form, max_pixels=max_pixels, decode_memory=decode_memory)
-        #: The IR's input and outputs as v2 metadata (``{"name", "datatype", "shape"}``), known after :meth:`load`.
+        #: The IR's input and outputs as v2 metadata (``{"name", "datatype", "shape"}``; -1: any size), and its
+        #: runtime info for Model API (``{"model_info": {...}}``, None when the IR has none), known after :meth:`load`.
         self.inputs: list[dict[str, Any]] = []
         self.outputs: list[dict[str, Any]] = []
+        self.rt_info: dict[str, dict[str, str]] | None = None
 
     @property
     def decode_memory(self) -> int:
         return self._preparer.budget.capacity
 
-    def load(self) -> None:
+    def load(self, model_path: Path | None = None) -> None:
+        """Compile the engine and read what the metadata says: the input (the image-input IR's is u8
+        ``[1, -1, -1, 3]``), the outputs, and ``model_path``'s Model API section (``rt_info/model_info``)."""
+        from ssdtool.convert.model_info import MODEL_INFO_SECTION
+        from ssdtool.provenance import read_section
+
         engine = self._make_engine()
         self._pool = ThreadPoolExecutor(max_workers=max(1, engine.optimal_requests),
                                         thread_name_prefix="ssdtool-serve")
         self._decoders = ThreadPoolExecutor(max_workers=DECODE_THREADS, thread_name_prefix="ssdtool-serve-decode")
-        # One inference on zeros warms the engine up and tells the outputs' exact shapes and types for metadata.
-        warm = engine.infer(np.zeros(engine.input_shape, dtype=np.float32))
-        self.inputs = [{"name": engine.input_name, "datatype": "FP32", "shape": list(engine.input_shape)}]
+        if self.form == "image":
+            width, height = self.entry.input.resize
+            warm_input = np.zeros((1, height, width, 3), dtype=np.uint8)
+            self.inputs = [{"name": engine.input_name, "datatype": "UINT8", "shape": [1, -1, -1, 3]}]
+        else:
+            warm_input = np.zeros(engine.input_shape, dtype=np.float32)
+            self.inputs = [{"name": engine.input_name, "datatype": "FP32", "shape": list(engine.input_shape)}]
+        # One inference warms the engine up and tells the outputs' exact shapes and types for metadata.
+        warm = engine.infer(warm_input)
         self.outputs = [{"name": name, "datatype": v2_datatype(value.dtype), "shape": list(value.shape)}
                         for name, value in warm.items()]
+        section = read_section(model_path, MODEL_INFO_SECTION) if model_path is not None else None
+        self.rt_info = {MODEL_INFO_SECTION: section} if section else None
         self.engine = engine
 
     def stop(self) -> None:
@@ -157,32 +175,87 @@ class IRModel(Model):
     def get_output_types(self) -> list[dict[str, Any]]:
         return [dict(spec) for spec in self.served.outputs]
 
+    @property
+    def rt_info(self) -> dict[str, dict[str, str]] | None:
+        """The IR's Model API metadata, for the model metadata's ``rt_info`` (as OVMS answers it)."""
+        return self.served.rt_info
+
     async def predict(self, payload: InferRequest, headers: dict[str, str] | None = None) -> InferResponse:
         engine = self.served.loaded(self.name)
+        spec = self.served.inputs[0]
         given = single_input(payload, f"{engine.input_name!r}")
-        tensor = self._tensor(given, self.served.inputs[0])
+        if given.name == spec["name"] and given.datatype == "BYTES" and self.served.form == "image":
+            # As OVMS takes an encoded image for an NHWC input: decoded here into the IR's u8 BGR pixels.
+            where = f"input {given.name!r}"
+            tensor = (await self.served.decode(encoded_image(given, where), where)).tensor
+        else:
+            tensor = self._tensor(given, spec, self.served.max_pixels)
         outputs = await self.served.run(engine.infer, tensor)
         return respond(self.name, payload, outputs, engine.inference_precision)
 
     @staticmethod
-    def _tensor(given: Any, spec: dict[str, Any]) -> np.ndarray:
+    def _tensor(given: Any, spec: dict[str, Any], max_pixels: int | None = None) -> np.ndarray:
+        """The request's tensor for the IR's input ``spec`` (-1 in its shape: any size from 1; an image of at most
+        ``max_pixels``): FP32 finite numbers, or UINT8 whole numbers 0-255."""
         name, datatype, shape = spec["name"], spec["datatype"], list(spec["shape"])
-        expected = f"input {name!r}, {datatype} {shape} (raw BGR pixels 0-255)"
+        pixels = "raw BGR pixels 0-255" + (", or an encoded image as one BYTES element" if -1 in shape else "")
+        expected = f"input {name!r}, {datatype} {shape} ({pixels})"
         if given.name != name:
             raise InvalidInput(f"unknown input {given.name!r:.60}; expected {expected}")
         if given.datatype != datatype:
             raise InvalidInput(f"input {given.name!r} has datatype {given.datatype!r:.20}; expected {expected}")
         got = list(given.shape)
-        if not all(checked.is_int(d) for d in got) or got != shape:
+        if (not all(checked.is_int(d) for d in got) or len(got) != len(shape)
+                or any(g != s and not (s == -1 and g >= 1) for g, s in zip(got, shape, strict=True))):
             raise InvalidInput(f"input {given.name!r} has shape {got!r:.80}; expected {expected}")
+        if -1 in shape and max_pixels is not None and got[1] * got[2] > max_pixels:
+            raise ImageTooLarge(f"input {given.name!r}: {got[2]}x{got[1]} = {got[1] * got[2]:,} pixels is over the "
+                                f"server's limit of {max_pixels:,} (ssdtool serve --max-pixels)")
+        if datatype == "UINT8":
+            return _pixels(given, got)
         try:
-            tensor = np.asarray(given.as_numpy(), dtype=np.float32).reshape(shape)
+            tensor = np.asarray(given.as_numpy(), dtype=np.float32).reshape(got)
         except (ValueError, TypeError) as exc:
-            raise InvalidInput(f"input {given.name!r}: its data does not fill shape {shape} with numbers: "
+            raise InvalidInput(f"input {given.name!r}: its data does not fill shape {got} with numbers: "
                                f"{exc}") from exc
         if not checked.all_finite(tensor):
             raise InvalidInput(f"input {given.name!r} holds NaN or infinite values; expected {expected}")
         return tensor
+
+
+def _pixels(given: Any, shape: list[int]) -> np.ndarray:
+    """A UINT8 input's pixels: binary bytes as they are; JSON numbers only when each is a whole number 0-255."""
+    data = given.data
+    try:
+        if isinstance(data, np.ndarray) and data.dtype == np.uint8:
+            return data.reshape(shape)
+        values = np.asarray(data)
+        if values.dtype.kind not in "iu" or (values.size and (values.min() < 0 or values.max() > 255)):
+            raise InvalidInput(f"input {given.name!r}: UINT8 data must be whole numbers from 0 to 255")
+        return values.astype(np.uint8).reshape(shape)
+    except (ValueError, TypeError) as exc:
+        if isinstance(exc, InvalidInput):
+            raise
+        raise InvalidInput(f"input {given.name!r}: its data does not fill shape {shape} with numbers: "
+                           f"{exc}") from exc
+
+
+def encoded_image(given: Any, where: str) -> bytes:
+    """The one encoded image of a BYTES input (binary: bytes; JSON: a UTF-8 string)."""
+    if given.datatype != "BYTES":
+        raise InvalidInput(f"{where} must be BYTES (one encoded image), got {given.datatype!r:.20}")
+    try:
+        items = given.as_numpy().ravel()
+    except (ValueError, TypeError) as exc:
+        raise InvalidInput(f"{where}: cannot read its bytes: {exc}") from exc
+    if items.size != 1:
+        raise InvalidInput(f"{where} must hold exactly one encoded image, got {items.size}")
+    item = items[0]
+    if isinstance(item, bytes):
+        return item
+    if isinstance(item, str):
+        return item.encode("utf-8", "surrogateescape")
+    raise InvalidInput(f"{where} must hold the image's bytes, got {type(item).__name__}")
 
 
 def single_input(payload: Any, expected: str) -> Any:

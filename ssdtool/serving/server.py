@@ -53,8 +53,9 @@ class ServeOptions:
     ``model_name`` (None: the registry name; else :data:`SERVED_NAME`), ``max_request_bytes`` (larger bodies get
     413), ``max_pixels`` per encoded image and ``decode_memory`` for all decoding at once (larger images get 413),
     ``limits`` on connections and on how long headers and bodies may take, ``offline``, ``grace_seconds``
-    for requests in flight at shutdown, and ``grpc_port`` (None: no gRPC; 0: any free port) for the protocol's
-    gRPC service on ``host``."""
+    for requests in flight at shutdown, ``grpc_port`` (None: no gRPC; 0: any free port) for the protocol's
+    gRPC service on ``host``, and ``image_input``: serve the image-input IR (u8 ``[1, H, W, 3]`` images of any size,
+    resized inside; converted on first use) instead of the standard IR."""
 
     host: str = "127.0.0.1"
     port: int = 8080
@@ -69,6 +70,7 @@ class ServeOptions:
     offline: bool | None = None
     grace_seconds: float = 10.0
     grpc_port: int | None = None
+    image_input: bool = False
 
 
 def check_options(options: ServeOptions) -> None:
@@ -259,7 +261,7 @@ def start_server(entry: ModelEntry, cache: Cache, options: ServeOptions | None =
 
     requested = parse(options.inference_precision)
     model_file = artifacts.model_file(entry, cache, Backend.OPENVINO, options.precision, offline=options.offline,
-                                      progress=progress)
+                                      progress=progress, image_input=options.image_input)
     plan = artifacts.precision_plan(model_file, requested, options.device)
     name = options.model_name or entry.name
 
@@ -269,13 +271,13 @@ def start_server(entry: ModelEntry, cache: Cache, options: ServeOptions | None =
 
     served = ServedEngine(entry, engine, form=model_file.form, max_pixels=options.max_pixels,
                           decode_memory=options.decode_memory)
-    served.load()
+    served.load(model_file.path)
     assert served.engine is not None
     models = [IRModel(name, served), DetectionModel(detections_model(name), served)]
     for model in models:
         model.load()
     info = {"model": entry.name, "served_as": name, "detections_model": detections_model(name),
-            "precision": model_file.precision, "device": options.device,
+            "precision": model_file.precision, "image_input": options.image_input, "device": options.device,
             "inference_precision": served.engine.inference_precision,
             "inference_precision_requested": requested.value, "inference_precision_reason": plan.reason,
             "model_path": str(model_file.path),
