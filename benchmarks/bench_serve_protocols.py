@@ -8,7 +8,10 @@
   on the wire per image (request and response bodies; HTTP headers not counted):
   - *served JPEG*: the file to ``NAME-detections``; the server decodes, resizes, runs and postprocesses;
   - *served tensor*: the client decodes and resizes the image into the IR's tensor (ssdtool's preprocessing), sends
-    it in the binary extension to ``NAME`` and postprocesses the outputs (what ``detect --server`` does).
+    it in the binary extension to ``NAME`` and postprocesses the outputs (what ``detect --server`` does);
+  - *served JPEG to the image-input IR* (``serve --image-input``): the file as one BYTES element of the IR's input,
+    as OVMS takes it; the server decodes, the IR resizes, the client postprocesses (it reads the size from the
+    file's header).
   Both through the same HTTP client (``requests``, one session per thread), the bodies as docs/serve.md shows them.
 
 Everything at ``--inference-precision f32``. tritonclient's gRPC client cannot share a process with kserve, so this
@@ -52,9 +55,9 @@ HEADER = "Inference-Header-Content-Length"
 class _Server:
     """``ssdtool serve MODEL --grpc-port 0`` in a child process."""
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, *extra: str) -> None:
         command = ssdtool_command("--cache-dir", str(CACHE), "serve", model, "--port", "0", "--grpc-port", "0",
-                                  "--json", "--inference-precision", "f32", "--progress", "none")
+                                  "--json", "--inference-precision", "f32", "--progress", "none", *extra)
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                                         env=ENV)
         assert self.process.stdout is not None
@@ -199,26 +202,55 @@ def _tensor_request(path: Path, client: _Client, model: str, entry: Any) -> int:
     return len(postprocess(outputs, entry, (rgb.shape[1], rgb.shape[0]), form="ir"))
 
 
+def _image_input_request(path: Path, client: _Client, model: str, entry: Any) -> int:
+    from PIL import Image
+
+    from ssdtool.detections import postprocess
+
+    data = path.read_bytes()
+    with Image.open(path) as image:
+        size = image.size
+    raw = len(data).to_bytes(4, "little") + data
+    header = json.dumps({"inputs": [{"name": entry.input.name, "shape": [1], "datatype": "BYTES",
+                                     "parameters": {"binary_data_size": len(raw)}}],
+                         "parameters": {"binary_data_output": True}}).encode()
+    answer = client.post(model, header + raw, len(header))
+    outputs = _binary_outputs(answer.content, int(answer.headers[HEADER]))
+    return len(postprocess(outputs, entry, size, form="ir"))
+
+
+def _measure(url: str, run: Any, paths: list[Path], concurrency: int) -> dict[str, Any]:
+    run(paths[0], _Client(url))  # warm up this path
+    client = _Client(url)
+    started = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        found = list(pool.map(lambda path: run(path, client), paths))
+    seconds = time.perf_counter() - started
+    return {"images_per_s": round(len(paths) / seconds, 3), "detections": sum(found),
+            "request_bytes_per_image": round(client.sent / len(paths)),
+            "response_bytes_per_image": round(client.received / len(paths))}
+
+
 def jpeg_vs_tensor(model: str, count: int, concurrency: int) -> dict[str, Any]:
-    """Served JPEG against served tensor: images/s and bytes per image, same server, same images."""
+    """Served JPEG against served tensor: images/s and bytes per image, same images; the first two on one server,
+    the third on a server of the image-input IR."""
     entry = _entry(model)
     paths = _images(count)
-    server = _Server(model)
     figures: dict[str, Any] = {"model": model, "images": count, "concurrency": concurrency,
                                "sizes": sorted({p.stem.split("-", 1)[1] for p in paths})}
+    server = _Server(model)
     try:
-        runs = {"jpeg": lambda path, client: _jpeg_request(path, client, server.model),
-                "tensor": lambda path, client: _tensor_request(path, client, server.model, entry)}
-        for name, run in runs.items():
-            run(paths[0], _Client(server.url))  # warm up this path
-            client = _Client(server.url)
-            started = time.perf_counter()
-            with ThreadPoolExecutor(concurrency) as pool:
-                found = list(pool.map(lambda path, run=run, client=client: run(path, client), paths))
-            seconds = time.perf_counter() - started
-            figures[name] = {"images_per_s": round(count / seconds, 3), "detections": sum(found),
-                             "request_bytes_per_image": round(client.sent / count),
-                             "response_bytes_per_image": round(client.received / count)}
+        figures["jpeg"] = _measure(server.url, lambda path, client: _jpeg_request(path, client, server.model),
+                                   paths, concurrency)
+        figures["tensor"] = _measure(server.url, lambda path, client: _tensor_request(path, client, server.model,
+                                                                                      entry), paths, concurrency)
+    finally:
+        server.stop()
+    server = _Server(model, "--image-input")
+    try:
+        figures["image_input"] = _measure(
+            server.url, lambda path, client: _image_input_request(path, client, server.model, entry), paths,
+            concurrency)
     finally:
         server.stop()
     figures["jpeg_over_tensor_images_per_s"] = round(figures["jpeg"]["images_per_s"]
@@ -240,7 +272,7 @@ def run(quick: bool, concurrency: int = 4) -> dict[str, Any]:
 def markdown(figures: dict[str, Any]) -> str:
     quick = " (--quick: tiny twin, few requests; not the real figures)" if figures["quick"] else ""
     protocol, images = figures["protocols"], figures["jpeg_vs_tensor"]
-    jpeg, tensor = images["jpeg"], images["tensor"]
+    jpeg, tensor, image = images["jpeg"], images["tensor"], images["image_input"]
     return (f"`python benchmarks/bench_serve_protocols.py`{quick}; f32, server and clients on the same machine "
             f"(load average {figures['load_average_before']} before, {figures['load_average_after']} after).\n\n"
             f"Per request, `{protocol['model']}`, {protocol['requests']} sequential requests, REST and gRPC taking "
@@ -255,7 +287,9 @@ def markdown(figures: dict[str, Any]) -> str:
             f"| JPEG to the detections model | {jpeg['images_per_s']} | {jpeg['request_bytes_per_image']:,} | "
             f"{jpeg['response_bytes_per_image']:,} |\n"
             f"| tensor (client decodes and resizes) to the IR model | {tensor['images_per_s']} | "
-            f"{tensor['request_bytes_per_image']:,} | {tensor['response_bytes_per_image']:,} |\n\n"
+            f"{tensor['request_bytes_per_image']:,} | {tensor['response_bytes_per_image']:,} |\n"
+            f"| JPEG to the image-input IR model (`--image-input`, as OVMS takes it) | {image['images_per_s']} | "
+            f"{image['request_bytes_per_image']:,} | {image['response_bytes_per_image']:,} |\n\n"
             f"JPEG over tensor: {images['jpeg_over_tensor_images_per_s']}x the images/s, "
             f"1/{images['tensor_over_jpeg_request_bytes']} of the request bytes.\n")
 
