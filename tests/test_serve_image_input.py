@@ -47,7 +47,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> ServeWorld:
 
 @pytest.fixture(scope="module")
 def server(world: ServeWorld) -> Iterator[ServeProcess]:
-    process = ServeProcess(world, 0, "--image-input", "--max-pixels", str(MAX_PIXELS))
+    process = ServeProcess(world, 0, "--image-input", "--max-pixels", str(MAX_PIXELS), "--grpc-port", "0")
     yield process
     assert process.terminate() == 0
 
@@ -144,6 +144,32 @@ def test_an_encoded_image_in_place_of_the_tensor_as_ovms_takes_it(server: ServeP
     finally:
         client.close()
     _same({name: result.as_numpy(name) for name in OUTPUTS}, local_engine.infer(image))
+
+
+def test_kserve_grpc_client_sends_pixels_and_files(server: ServeProcess, local_engine: Any) -> None:
+    """Over gRPC too: the pixels as a u8 tensor, and a PNG as one BYTES element of the same input."""
+    import asyncio
+
+    from kserve import InferenceGRPCClient, InferInput, InferRequest
+
+    image = _bgr((320, 240))
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image[0, ..., ::-1])).save(buffer, format="PNG")
+
+    async def run() -> list[dict[str, np.ndarray]]:
+        client = InferenceGRPCClient(server.info["grpc_address"], retries=0)
+        try:
+            pixels = InferInput("image", list(image.shape), "UINT8")
+            pixels.set_data_from_numpy(image, binary_data=True)
+            encoded = InferInput("image", [1], "BYTES")
+            encoded.set_data_from_numpy(np.array([buffer.getvalue()], dtype=np.object_), binary_data=True)
+            answers = [await client.infer(InferRequest("tiny", [given])) for given in (pixels, encoded)]
+            return [{output.name: output.as_numpy() for output in answer.outputs} for answer in answers]
+        finally:
+            await client.close()
+
+    for got in asyncio.run(run()):
+        _same(got, local_engine.infer(image))
 
 
 def test_the_detections_model_runs_the_image_input_ir(server: ServeProcess, world: ServeWorld) -> None:
