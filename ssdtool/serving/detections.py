@@ -10,6 +10,7 @@ threshold.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -52,8 +53,7 @@ class DetectionModel(Model):
             raise InvalidInput(f"unknown input {given.name!r:.60}; expected {IMAGE_INPUT!r} (BYTES: one encoded "
                                f"image)")
         data, threshold = encoded_image(given, WHERE), _threshold(payload.parameters or {})
-        prepared = await self.served.decode(data, WHERE)
-        outputs = await self.served.run(self._detect, prepared, threshold)
+        outputs = await self.served.decode_and_run(data, WHERE, functools.partial(self._detect, threshold=threshold))
         return respond(self.name, payload, outputs, engine.inference_precision)
 
     def _detect(self, prepared: Prepared, threshold: float) -> dict[str, np.ndarray]:

@@ -87,7 +87,9 @@ class ServedEngine:
         engine = self._make_engine()
         self._pool = ThreadPoolExecutor(max_workers=max(1, engine.optimal_requests),
                                         thread_name_prefix="ssdtool-serve")
-        self._decoders = ThreadPoolExecutor(max_workers=DECODE_THREADS, thread_name_prefix="ssdtool-serve-decode")
+        # The image-input IR's decode pool also runs inference (see decode_and_run): as many threads as requests.
+        decoders = max(DECODE_THREADS, engine.optimal_requests) if self.form == "image" else DECODE_THREADS
+        self._decoders = ThreadPoolExecutor(max_workers=decoders, thread_name_prefix="ssdtool-serve-decode")
         if self.form == "image":
             width, height = self.entry.input.resize
             warm_input = np.zeros((1, height, width, 3), dtype=np.uint8)
@@ -120,11 +122,21 @@ class ServedEngine:
         assert self._pool is not None
         return await asyncio.get_running_loop().run_in_executor(self._pool, work, *args)
 
-    async def decode(self, data: bytes, where: str) -> Prepared:
-        """An encoded image -> the network tensor and the image's size, within the pixel limit and decode budget,
-        on the decode pool; ``where`` names the input in messages."""
+    async def decode_and_run(self, data: bytes, where: str, work: Callable[[Prepared], T]) -> T:
+        """Decode an encoded image (within the pixel limit and decode budget; ``where`` names the input in
+        messages) and ``work(prepared)`` on it.
+
+        The standard IR's tensor is network-sized: the image decodes on the decode pool and the work runs on the
+        inference pool. The image-input IR's tensor is the whole image (3 bytes a pixel, up to 268 MB at the
+        default pixel limit), kept until its inference ends: both run on the decode pool, one image per thread,
+        so whole images do not pile up waiting for the engine (a 11 KB PNG can declare 88 million pixels).
+        """
         assert self._decoders is not None
-        return await asyncio.get_running_loop().run_in_executor(self._decoders, self._decode, data, where)
+        loop = asyncio.get_running_loop()
+        if self.form == "image":
+            return await loop.run_in_executor(self._decoders, lambda: work(self._decode(data, where)))
+        prepared = await loop.run_in_executor(self._decoders, self._decode, data, where)
+        return await self.run(work, prepared)
 
     def _decode(self, data: bytes, where: str) -> Prepared:
         from PIL import Image
@@ -187,10 +199,10 @@ class IRModel(Model):
         if given.name == spec["name"] and given.datatype == "BYTES" and self.served.form == "image":
             # As OVMS takes an encoded image for an NHWC input: decoded here into the IR's u8 BGR pixels.
             where = f"input {given.name!r}"
-            tensor = (await self.served.decode(encoded_image(given, where), where)).tensor
+            outputs = await self.served.decode_and_run(encoded_image(given, where), where,
+                                                       lambda prepared: engine.infer(prepared.tensor))
         else:
-            tensor = self._tensor(given, spec, self.served.max_pixels)
-        outputs = await self.served.run(engine.infer, tensor)
+            outputs = await self.served.run(engine.infer, self._tensor(given, spec, self.served.max_pixels))
         return respond(self.name, payload, outputs, engine.inference_precision)
 
     @staticmethod
