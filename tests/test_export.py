@@ -455,11 +455,11 @@ RECORD = f"{MODEL}/ssdtool-export.json"
                             "levels)); it cannot be updated"),
     ("record not a record", "ovms", f"error: {{out}}/{RECORD} is not an ssdtool export record (expected an object "
                                     "with a versions object)"),
-    ("record with NaN", "ovms", f"error: {{out}}/{RECORD} is not valid JSON (NaN is not a JSON number (non-finite "
-                                "values are refused))"),
+    ("record with NaN", "ovms", f"error: {{out}}/{RECORD} is not valid JSON (versions[\"1\"].x: NaN is not a "
+                                "JSON number (non-finite values are refused))"),
     ("deep config.json", "ovms", "error: {out}/config.json is not valid JSON (nested too deeply"),
-    ("config.json with 1e400", "ovms", "error: {out}/config.json is not valid JSON (the number 1e400 is too large for "
-                                       "a 64-bit float)"),
+    ("config.json with 1e400", "ovms", "error: {out}/config.json is not valid JSON (timeout: the number 1e400 is too "
+                                       "large for a 64-bit float)"),
     ("manifest alias bomb", "kserve", "error: {out}/inferenceservice.yaml cannot be read (the document expands to "
                                       "more than 200,000 values (through YAML aliases, it seems"),
     ("manifest not yaml", "kserve", "error: {out}/inferenceservice.yaml cannot be read (not valid YAML:"),

@@ -71,13 +71,14 @@ def make_engine(model: ModelFile, *, device: str = "CPU", hint: str = "latency",
     """The engine that runs ``model``: OpenVINO for an IR (``hint`` "latency" or "throughput", ``inference_precision``
     pinned or None for the device's default, compiled-model ``cache_dir``), onnxruntime for the source ONNX
     (``requests`` parallel runs for throughput, one otherwise), or :class:`~ssdtool.backends.remote.RemoteEngine`
-    when the model is on a server (``model.server``; the other arguments are the server's business). The source ONNX
+    when the model is on a server (``model.server``, its answers checked against ``model.entry``; the other arguments
+    are the server's business). The source ONNX
     of a heads model (``ModelFile.host_decode``) gets an engine that decodes its heads on the host
     (:func:`ssdtool.heads.host_decoder`), so it returns the full model's three outputs."""
     if model.server is not None:
         from ssdtool.backends.remote import RemoteEngine
 
-        return RemoteEngine(model.server, model.model)
+        return RemoteEngine(model.server, model.model, model.entry)
     if model.backend == "openvino":
         from ssdtool.backends.openvino import OpenVinoEngine
 

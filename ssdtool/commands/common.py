@@ -6,7 +6,6 @@ Imports nothing from :mod:`ssdtool.cli` (which imports the command modules) and 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -14,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ssdtool.errors import SsdtoolError
+from ssdtool.redact import printable
 
 if TYPE_CHECKING:  # imported on use: `ssdtool --help` needs neither (nor PyYAML)
     from ssdtool.cache import Cache
@@ -77,18 +77,6 @@ def human_size(size: int) -> str:
             return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     raise AssertionError("unreachable")
-
-
-# Characters that would break a line of human output or drive the terminal: C0/C1 controls (newline, escape),
-# line and paragraph separators, and bidirectional overrides.
-_CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-
-
-def printable(value: object) -> str:
-    """``value`` as text for people: control characters escaped (a file name with a newline stays on one line
-    and cannot fake another row; escape sequences do not reach the terminal). JSON output escapes by itself."""
-    text = str(value)
-    return _CONTROL_CHARACTERS.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
