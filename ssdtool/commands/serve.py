@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -14,6 +14,7 @@ from ssdtool.commands.detect import DEFAULT_MAX_PIXELS, allow_pixels
 from ssdtool.commands.options import (
     FiniteFloatRange,
     device_option,
+    engine_options,
     inference_precision_option,
     ir_precision_option,
     json_option,
@@ -22,6 +23,9 @@ from ssdtool.commands.options import (
     progress_option,
 )
 from ssdtool.commands.progress import app_download_progress
+
+if TYPE_CHECKING:
+    from ssdtool.backends.spec import EngineSpec
 
 # The library's defaults, not imported (keeps --help light); tests/test_serve.py holds them equal.
 DEFAULT_MAX_REQUEST_BYTES = 64 * 2**20  # ssdtool.serving.protocol.DEFAULT_MAX_REQUEST_BYTES
@@ -42,9 +46,8 @@ LOOPBACK = ("127.0.0.1", "::1", "localhost")
 @click.option("--model-name", metavar="NAME",
               help="Serve the model under this name, the NAME in /v2/models/NAME: letters, digits, '.', '_' and '-' "
                    "[default: the registry name].")
-@ir_precision_option()
-@inference_precision_option()
-@device_option()
+@engine_options(ir_precision_option(), inference_precision_option(), device_option(
+    "OpenVINO device (CPU, GPU, GPU.1, NPU, AUTO, AUTO:GPU,CPU, HETERO:GPU,CPU, ...)."), backend="openvino")
 @click.option("--max-request-bytes", type=click.IntRange(min=1), default=DEFAULT_MAX_REQUEST_BYTES,
               show_default=True, metavar="BYTES",
               help="Refuse request bodies larger than this with 413 (the default holds a 1200 px FP32 tensor in "
@@ -72,7 +75,7 @@ LOOPBACK = ("127.0.0.1", "::1", "localhost")
 @json_option("When the server is ready, print its URL and what it runs as one JSON document on stdout.")
 @click.pass_context
 def serve_command(ctx: click.Context, name: str | None, host: str, port: int, model_name: str | None,
-                  precision: str | None, inference_precision: str, device: str, max_request_bytes: int,
+                  engine: EngineSpec, max_request_bytes: int,
                   max_pixels: int, decode_memory: int, header_timeout: float, body_timeout: float,
                   max_connections: int, grace_seconds: float, offline: bool, progress_mode: str,
                   as_json: bool) -> None:
@@ -95,8 +98,8 @@ def serve_command(ctx: click.Context, name: str | None, host: str, port: int, mo
     app = app_context(ctx)
     limits = ConnectionLimits(header_timeout=header_timeout, body_timeout=body_timeout,
                               max_connections=max_connections)
-    options = ServeOptions(host=host, port=port, precision=precision, inference_precision=inference_precision,
-                           device=device, model_name=model_name, max_request_bytes=max_request_bytes,
+    options = ServeOptions(host=host, port=port, engine=engine, model_name=model_name,
+                           max_request_bytes=max_request_bytes,
                            max_pixels=max_pixels, decode_memory=decode_memory, limits=limits, offline=offline,
                            grace_seconds=grace_seconds)
     allow_pixels(max_pixels)

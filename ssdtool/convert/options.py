@@ -35,7 +35,9 @@ class ConvertOptions:
     ``calibration_size`` images calibrate; ``guard_images`` held-out images feed the accuracy guard;
     ``accept_accuracy_drop`` installs an INT8 IR that fails the guard. ``int8_recipe``: "portable" or "vnni"
     (:class:`ssdtool.constants.Int8Recipe`); None builds portable and accepts any installed recipe.
-    ``verify=False`` skips the parity gate (FP32/FP16) or the guard (INT8).
+    ``verify=False`` skips the parity gate (FP32/FP16) or the guard (INT8). ``check_devices``: the OpenVINO
+    devices the runtime check measures on (a virtual device: each device it may pick), recorded per device kind and
+    model so ``--inference-precision auto`` may use each one's default; not part of what identifies the IR.
     """
 
     precision: str = "FP32"
@@ -50,6 +52,7 @@ class ConvertOptions:
     accept_accuracy_drop: bool = False
     guard_images: int = GUARD_IMAGES
     int8_recipe: str | None = None
+    check_devices: tuple[str, ...] = ("CPU",)
 
     @property
     def variant(self) -> str:

@@ -20,17 +20,21 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ssdtool import artifacts
+from ssdtool.backends.spec import EngineSpec, RunInfo, takes_engine
 from ssdtool.cache import Cache
 from ssdtool.checked import is_finite_number, is_int
-from ssdtool.constants import Backend
+from ssdtool.constants import Backend, PerformanceHint
 from ssdtool.errors import BackendError, DependencyError, UsageError
 from ssdtool.imaging import DEFAULT_MAX_PIXELS
 from ssdtool.registry import ModelEntry
 from ssdtool.serving.limits import DEFAULT_DECODE_MEMORY, ConnectionLimits, guarded_protocol
 from ssdtool.serving.protocol import DEFAULT_MAX_REQUEST_BYTES
+
+if TYPE_CHECKING:
+    from ssdtool.backends import Engine
 
 log = logging.getLogger("ssdtool.serving")
 START_TIMEOUT = 120.0
@@ -40,20 +44,23 @@ START_TIMEOUT = 120.0
 SERVED_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
+#: What serve runs unless told otherwise: the IR with OpenVINO, throughput hint (requests arrive in parallel).
+SERVE_ENGINE = EngineSpec(backend=Backend.OPENVINO.value, hint=PerformanceHint.THROUGHPUT.value)
+
+
+@takes_engine
 @dataclass(frozen=True)
 class ServeOptions:
-    """How to serve: ``host`` and ``port`` to bind (port 0: any free one, see :attr:`Server.port`), the IR's
-    ``precision`` (None: the registry's), ``inference_precision`` and ``device`` as for detection, the served
-    ``model_name`` (None: the registry name; else :data:`SERVED_NAME`), ``max_request_bytes`` (larger bodies get
-    413), ``max_pixels`` per encoded image and ``decode_memory`` for all decoding at once (larger images get 413),
-    ``limits`` on connections and on how long headers and bodies may take, ``offline``, and ``grace_seconds``
-    for requests in flight at shutdown."""
+    """How to serve: ``host`` and ``port`` to bind (port 0: any free one, see :attr:`Server.port`), the
+    ``engine`` (OpenVINO on the IR; its ``precision``, None: the registry's, ``inference_precision`` and ``device``
+    as for detection; the spec's fields may be given as keywords), the served ``model_name`` (None: the registry
+    name; else :data:`SERVED_NAME`), ``max_request_bytes`` (larger bodies get 413), ``max_pixels`` per encoded
+    image and ``decode_memory`` for all decoding at once (larger images get 413), ``limits`` on connections and on
+    how long headers and bodies may take, ``offline``, and ``grace_seconds`` for requests in flight at shutdown."""
 
     host: str = "127.0.0.1"
     port: int = 8080
-    precision: str | None = None
-    inference_precision: str = "auto"
-    device: str = "CPU"
+    engine: EngineSpec = SERVE_ENGINE
     model_name: str | None = None
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     max_pixels: int | None = DEFAULT_MAX_PIXELS
@@ -63,8 +70,15 @@ class ServeOptions:
     grace_seconds: float = 10.0
 
 
-def check_options(options: ServeOptions) -> None:
-    """Refuse what cannot be served (UsageError), before anything is loaded."""
+def check_options(options: ServeOptions) -> EngineSpec:
+    """Refuse what cannot be served (UsageError; an engine that cannot run: 31), before anything is loaded; the
+    engine spec, checked (:func:`ssdtool.backends.prepare`)."""
+    from ssdtool.backends import backend_rules, prepare
+
+    spec = prepare(options.engine.replace(hint=options.engine.hint_or(PerformanceHint.THROUGHPUT.value)))
+    if backend_rules(spec).model_form != "ir":
+        raise UsageError(f"serve runs ssdtool's IR (OpenVINO); the engine asked for runs the "
+                         f"{backend_rules(spec).model_form} model", hint="serve with the openvino backend")
     served = options.model_name
     if served is not None and not SERVED_NAME.fullmatch(served):
         raise UsageError(f"served model name {served!r:.80} is not one URL path segment (the NAME in "
@@ -85,6 +99,7 @@ def check_options(options: ServeOptions) -> None:
         if not is_finite_number(value) or value < 0 or (value == 0 and not zero):
             raise UsageError(f"{name} must be a finite number of seconds {'>= 0' if zero else 'above 0'}, got "
                              f"{value!r}")
+    return spec
 
 
 def _import_kserve() -> Any:
@@ -194,33 +209,34 @@ def start_server(entry: ModelEntry, cache: Cache, options: ServeOptions | None =
                  progress: Callable[[Any], None] | None = None) -> Server:
     """Serve ``entry``'s IR (converted first when needed) and return once the server answers; stop it with
     :meth:`Server.stop`. ``progress`` receives download events when the model is fetched."""
-    from ssdtool.backends import make_engine
-    from ssdtool.precision import parse
+    from ssdtool.backends import open_engine, plan_engine
 
     options = options or ServeOptions()
-    check_options(options)
+    spec = check_options(options)
     _import_kserve()
     import uvicorn
 
     from ssdtool.serving.app import AnsweredOnce, application
     from ssdtool.serving.model import EngineModel
 
-    requested = parse(options.inference_precision)
-    model_file = artifacts.model_file(entry, cache, Backend.OPENVINO, options.precision, offline=options.offline,
-                                      progress=progress)
-    plan = artifacts.precision_plan(model_file, requested, options.device)
+    model_file = artifacts.model_file(entry, cache, spec, offline=options.offline, progress=progress)
+    decided = plan_engine(model_file, spec)
     name = options.model_name or entry.name
+    opened: list[RunInfo] = []
 
-    def engine() -> Any:
-        return make_engine(model_file, device=options.device, hint="throughput", inference_precision=plan.pin,
-                           cache_dir=cache.usable_compiled_model_dir(model_file.model))
+    def engine() -> Engine:
+        made, what = open_engine(model_file, spec, cache, plan=decided)
+        opened.append(what)
+        return made
 
     model = EngineModel(name, entry, engine, max_pixels=options.max_pixels, decode_memory=options.decode_memory)
     model.load()
     assert model.engine is not None
-    info = {"model": entry.name, "served_as": name, "precision": model_file.precision, "device": options.device,
+    ran = opened[-1]
+    info = {"model": entry.name, "served_as": name, "precision": model_file.precision, "device": ran.device,
             "inference_precision": model.engine.inference_precision,
-            "inference_precision_requested": requested.value, "inference_precision_reason": plan.reason,
+            "inference_precision_requested": ran.inference_precision_requested,
+            "inference_precision_reason": ran.inference_precision_reason,
             "model_path": str(model_file.path),
             "limits": {"max_request_bytes": options.max_request_bytes, "max_pixels": options.max_pixels,
                        "decode_memory": options.decode_memory, "header_timeout": options.limits.header_timeout,
