@@ -5,7 +5,8 @@ serve and export ask for. The backend says which form it runs (``BackendRules.mo
 * ``ir`` (OpenVINO): an IR of the requested weights (FP32, FP16, INT8): the installed one when it is current (same
   source checksum and conversion parameters, weights of the recorded size - one small XML read, no lock, so a
   warm start is cheap and a read-only cache works), else converted on first use, with its runtime check measured
-  on the spec's device;
+  on the spec's device; ``image_input`` picks the image-input IR instead (whole images in, resized inside; form
+  ``"image"``);
 * ``served`` (a ``--server``): the IR as the server runs it; nothing is fetched.
 
 With ``offline`` nothing is downloaded; a missing file is an :class:`OfflineError` naming the command to run.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -83,28 +85,35 @@ def installed_ir(entry: ModelEntry, cache: Cache, options: ConvertOptions) -> Pa
     read, and an installed IR works even when the source ONNX was removed from the cache.
     """
     from ssdtool.convert import conversion_parameters, ir_path, same_parameters
+    from ssdtool.convert.options import model_info_intact
     from ssdtool.provenance import ir_problem, read_provenance
 
     xml = ir_path(entry, cache, options)
     if not (entry.primary_file.sha256 and xml.is_file() and xml.with_suffix(".bin").is_file()):
         return None
     record = read_provenance(xml) or {}
+    wanted = conversion_parameters(entry, options)
     if (record.get("source_sha256") == entry.primary_file.sha256
-            and same_parameters(record.get("parameters"), conversion_parameters(entry, options))
-            and ir_problem(xml, record) is None):  # weights of the recorded size: a truncated .bin is rebuilt
+            and same_parameters(record.get("parameters"), wanted)
+            and ir_problem(xml, record) is None  # weights of the recorded size: a truncated .bin is rebuilt
+            and model_info_intact(xml, wanted)):  # Model API's metadata as recorded, else convert amends it
         return xml
     return None
 
 
 def model_file(entry: ModelEntry, cache: Cache, engine: EngineSpec | Backend | str, precision: str | None = None, *,
-               offline: bool | None = None, progress: Callable[[Any], None] | None = None) -> ModelFile:
+               offline: bool | None = None, progress: Callable[[Any], None] | None = None,
+               image_input: bool = False) -> ModelFile:
     """The file ``engine`` runs for ``entry`` (a spec from :func:`ssdtool.backends.prepare`, or a backend name with
-    ``precision``, the IR's weights, default the registry's), made ready: downloaded or converted when missing
-    (``offline``: never download; None reads ``$SSDTOOL_OFFLINE``). ``progress`` receives download events."""
+    ``precision``, the IR's weights, default the registry's, and ``image_input``, the image-input IR), made ready:
+    downloaded or converted when missing (``offline``: never download; None reads ``$SSDTOOL_OFFLINE``).
+    ``progress`` receives download events."""
     from ssdtool.backends import backend_rules
 
-    spec = engine if isinstance(engine, EngineSpec) else EngineSpec(backend=Backend.parse(engine, "backend").value,
-                                                                       precision=precision)
+    spec = engine
+    if not isinstance(spec, EngineSpec):  # a backend named: its rules check the rest (as prepare does for a spec)
+        named = EngineSpec(backend=Backend.parse(spec, "backend").value, precision=precision, image_input=image_input)
+        spec = backend_rules(named).check(named)
     form = backend_rules(spec).model_form
     if form == "served":
         return remote_model_file(entry, spec.server)  # type: ignore[arg-type]  # a served form has one
@@ -125,13 +134,14 @@ def _ir_file(entry: ModelEntry, cache: Cache, spec: EngineSpec, offline: bool,
     from ssdtool.convert import ConvertOptions, convert
 
     weights = ir_precision(spec.precision or entry.convert.precision)
-    path = installed_ir(entry, cache, ConvertOptions(precision=weights))
+    options = ConvertOptions(precision=weights, image_input=spec.image_input)
+    path = installed_ir(entry, cache, options)
     if path is None:
-        options = ConvertOptions(precision=weights, check_devices=(spec.device,))
+        options = replace(options, check_devices=(spec.device,))
         path = convert(entry, cache, options, offline=offline, progress=progress).xml
     if weights == IRPrecision.INT8:
         _warn_about_recipe(entry, path)
-    return ModelFile(entry.name, Backend(spec.backend), path, "ir", weights)
+    return ModelFile(entry.name, Backend(spec.backend), path, "image" if spec.image_input else "ir", weights)
 
 
 def _warn_about_recipe(entry: ModelEntry, xml: Path) -> None:

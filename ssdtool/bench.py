@@ -76,6 +76,8 @@ class BenchOptions:
     its ``concurrency``, and throughput when that is more than one); latency mode always uses one. ``precision``
     picks the IR (OpenVINO; default the registry's); onnxruntime runs the source ONNX, which is FP32.
     ``inference_precision``: the arithmetic, as for detection; the report gives what was read back.
+    ``image_input``: the image-input IR, fed the generated images whole (640x480), so its inner resize is part of
+    every timed inference.
     """
 
     engine: EngineSpec = BENCH_ENGINE
@@ -114,6 +116,8 @@ class BenchReport:
     inference_precision: str | None = None
     inference_precision_requested: str = "auto"
     inference_precision_reason: str = ""
+    #: The image-input IR ran, fed whole images (its inner resize is in the timings).
+    image_input: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -127,7 +131,11 @@ class BenchReport:
 def check_options(options: BenchOptions) -> EngineSpec:
     """Refuse what cannot be measured, before anything is fetched; the engine spec, checked
     (:func:`ssdtool.backends.prepare`)."""
-    spec = prepare(options.engine, backends=BACKENDS)
+    asked = options.engine
+    if asked.image_input and asked.backend in BACKENDS and backend_rules(asked).model_form != "ir":
+        raise UsageError("--image-input measures the local image-input IR with OpenVINO",
+                         hint="drop --image-input, or use --backend openvino without --server")
+    spec = prepare(asked, backends=BACKENDS)
     if options.iterations is not None and options.seconds is not None:
         raise UsageError("give either a number of iterations or a time, not both")
     if options.iterations is not None and options.iterations < 1:
@@ -223,11 +231,14 @@ def _measure(engine: Engine, tensors: Sequence[np.ndarray], options: BenchOption
 
 # ------------------------------------------------------------------------------------------------ entry point
 def input_tensors(entry: ModelEntry, form: str, count: int = BENCH_IMAGES, input_type: str = "f32",
-                  layout: str = "NCHW") -> list[np.ndarray]:
+                  layout: str = "NCHW", image_input: bool = False) -> list[np.ndarray]:
     """``count`` generated images preprocessed for a model file of ``form`` ("onnx": normalized RGB, the source
-    model; "ir": raw BGR pixels, an ssdtool IR, served or not), or for the file a backend named runs."""
-    if form not in ("ir", "onnx"):
+    model; "ir": raw BGR pixels, an ssdtool IR, served or not; "image", or ``image_input``: the whole 640x480
+    images, for the image-input IR), or for the file a backend named runs."""
+    if form not in ("ir", "onnx", "image"):
         form = "onnx" if backend_rules(form).model_form == "onnx" else "ir"
+    if image_input and form == "ir":
+        form = "image"
     return [preprocess(rgb, entry, form=form, input_type=input_type, input_layout=layout)
             for rgb in generated_images(count, seed=BENCH_SEED, size=IMAGE_SIZE)]
 
@@ -300,4 +311,4 @@ def benchmark_model(model: ModelFile, tensors: Sequence[np.ndarray], options: Be
         versions=_versions(backend_rules(spec).distribution, info.weights),
         inference_precision=engine.inference_precision,  # a server reports it with its answers
         inference_precision_requested=info.inference_precision_requested,
-        inference_precision_reason=info.inference_precision_reason)
+        inference_precision_reason=info.inference_precision_reason, image_input=info.image_input)

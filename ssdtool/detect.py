@@ -139,7 +139,8 @@ class Detector:
     first use, from the compiled-model cache after the first run). ``workers``: threads decoding images ahead of
     inference. ``max_pixels``: see :func:`~ssdtool.imaging.load_image`. ``decode_memory``: bytes that image files
     being decoded at once may take (see :class:`~ssdtool.pipeline.ImagePreparer`). ``progress`` receives download
-    events when the model is fetched.
+    events when the model is fetched. ``image_input`` (a spec field too): run the image-input IR (OpenVINO only),
+    which takes each whole image and resizes it inside (docs/convert.md).
     """
 
     def __init__(self, model: str | ModelEntry | None = None, engine: EngineSpec | str = AUTO_BACKEND, *,

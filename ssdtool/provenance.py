@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import xml.etree.ElementTree as ElementTree
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -47,20 +48,40 @@ def read_provenance(xml: Path) -> dict[str, Any] | None:
     return record
 
 
-def rewrite_provenance(xml: Path, record: dict[str, Any]) -> bool:
+def read_section(xml: Path, name: str) -> dict[str, str] | None:
+    """Another runtime-info section of the IR as written (Model API's ``model_info``): ``{key: value}``, or None
+    when the file is unreadable or has no such section."""
+    try:
+        node = ElementTree.parse(xml).getroot().find(f"rt_info/{name}")
+    except (OSError, ElementTree.ParseError):
+        return None
+    return None if node is None else {child.tag: child.get("value", "") for child in node}
+
+
+def rewrite_provenance(xml: Path, record: dict[str, Any],
+                       sections: Mapping[str, Mapping[str, str]] | None = None) -> bool:
     """Update the provenance block (the weights file is untouched); False if the IR has none.
 
+    ``sections``: other runtime-info sections to write whole, replacing any of the same name (Model API's
+    ``model_info``), as OpenVINO writes them: ``<rt_info><NAME><KEY value="..."/></NAME></rt_info>``, keys sorted.
     The new XML replaces the old by rename, so a reader (or a crash) never meets half a file.
     """
     tree = ElementTree.parse(xml)
-    node = tree.getroot().find(f"rt_info/{RT_INFO_ROOT}")
-    if node is None:
+    rt_info = tree.getroot().find("rt_info")
+    node = None if rt_info is None else rt_info.find(RT_INFO_ROOT)
+    if rt_info is None or node is None:
         return False
     for key, value in record.items():
         child = node.find(key)
         if child is None:
             child = ElementTree.SubElement(node, key)
         child.set("value", encode(value))
+    for name, values in (sections or {}).items():
+        for old in rt_info.findall(name):
+            rt_info.remove(old)
+        section = ElementTree.SubElement(rt_info, name)
+        for key in sorted(values):
+            ElementTree.SubElement(section, key).set("value", values[key])
     from ssdtool.fsutil import atomic_write
 
     text = ElementTree.tostring(tree.getroot(), encoding="unicode", xml_declaration=False)

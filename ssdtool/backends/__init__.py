@@ -104,8 +104,8 @@ class BackendRules(Protocol):
     #: What opening its engine does, for bench's load figure ("read + compile").
     load_step: str
 
-    def weights(self, precision: str) -> str:
-        """The model it runs, for people: ``FP32 IR``, ``source ONNX``, ``served model``."""
+    def weights(self, precision: str, image_input: bool = False) -> str:
+        """The model it runs, for people: ``FP32 IR``, ``FP32 image-input IR``, ``source ONNX``, ``served model``."""
         ...
 
     def check(self, spec: EngineSpec) -> EngineSpec:

@@ -163,12 +163,15 @@ class OnnxRuntimeRules:
     distribution = "onnxruntime"
     load_step = "session creation"
 
-    def weights(self, precision: str) -> str:
+    def weights(self, precision: str, image_input: bool = False) -> str:
         return "source ONNX"
     model_form = "onnx"
     one_engine = True
 
     def check(self, spec: EngineSpec) -> EngineSpec:
+        if spec.image_input:
+            raise UsageError("the image-input IR is an OpenVINO IR; onnxruntime runs the source ONNX, which takes "
+                             "network-size tensors", hint="drop --image-input or use --backend openvino")
         if spec.precision not in (None, IRPrecision.FP32.value):
             raise UsageError(f"precision selects an OpenVINO IR; onnxruntime runs the source ONNX as it is (the "
                              f"source ONNX, which is FP32); got --precision {spec.precision}",
@@ -205,7 +208,7 @@ class OnnxRuntimeEngine:
     distribution = "onnxruntime"
     load_step = "session creation"
 
-    def weights(self, precision: str) -> str:
+    def weights(self, precision: str, image_input: bool = False) -> str:
         return "source ONNX"
 
     def __init__(self, model_path: str | os.PathLike[str], requests: int | None = None,

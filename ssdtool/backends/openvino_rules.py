@@ -231,8 +231,8 @@ class OpenVinoRules:
     distribution = "openvino"
     load_step = "read + compile"
 
-    def weights(self, precision: str) -> str:
-        return f"{precision} IR"
+    def weights(self, precision: str, image_input: bool = False) -> str:
+        return f"{precision} {'image-input ' if image_input else ''}IR"
     model_form = "ir"
     one_engine = False
 

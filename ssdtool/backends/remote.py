@@ -303,15 +303,16 @@ class RemoteRules:
     distribution = None
     load_step = "server metadata"
 
-    def weights(self, precision: str) -> str:
+    def weights(self, precision: str, image_input: bool = False) -> str:
         return "served model"
 
     def check(self, spec: EngineSpec) -> EngineSpec:
         """Nothing local to choose; the server's ``concurrency`` is the requests in flight, and more than one
         makes throughput the default hint."""
-        if spec.precision is not None or spec.inference_precision != InferencePrecision.AUTO or spec.device != "CPU":
-            raise UsageError("--precision, --inference-precision and --device choose how a local engine runs; with "
-                             "--server the server has chosen them",
+        if (spec.precision is not None or spec.inference_precision != InferencePrecision.AUTO or spec.device != "CPU"
+                or spec.image_input):
+            raise UsageError("--precision, --inference-precision, --device and --image-input choose how a local engine "
+                             "runs; with --server the server has chosen them",
                              hint="pass them to 'ssdtool serve' (or the server's own configuration) instead")
         assert spec.server is not None
         if spec.hint is None and spec.server.concurrency > 1:

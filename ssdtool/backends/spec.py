@@ -43,8 +43,9 @@ class EngineSpec:
     ``inference_precision``: the arithmetic (``auto``, ``f32``, ``bf16``, ``f16``; see :mod:`ssdtool.precision`).
     ``hint``: ``latency`` or ``throughput`` (None: the caller's default: latency for one image, throughput for
     streams). ``requests``: runs in flight in throughput mode (None: the engine's optimum; onnxruntime: one per
-    core). ``server``: run the model on this Open Inference Protocol server instead; precision and device are then
-    the server's.
+    core). ``image_input``: the image-input IR (OpenVINO: whole images in, resized inside; docs/convert.md).
+    ``server``: run the model on this Open Inference Protocol server instead; precision and device are then the
+    server's.
 
     ``compiled_cache``: whether OpenVINO keeps compiled models in the ssdtool cache (``<model>/.ssdtool/ov-cache``,
     safe to delete). Decided once, for every engine: yes, because a warm start then loads the compiled blob instead
@@ -59,6 +60,7 @@ class EngineSpec:
     hint: str | None = None
     requests: int | None = None
     compiled_cache: bool = True
+    image_input: bool = False
     server: ServerTarget | None = None
 
     def replace(self, **changes: Any) -> EngineSpec:
@@ -133,8 +135,9 @@ def check_fields(spec: EngineSpec, backends: Sequence[str] = BACKEND_CHOICES) ->
 
 @dataclass(frozen=True)
 class ModelFile:
-    """The file an engine runs: ``form`` "ir" (raw BGR input, normalization inside) or "onnx" (the source model);
-    ``precision`` the IR's weights, None for the source ONNX. ``server``: the model runs on an Open Inference
+    """The file an engine runs: ``form`` "ir" (raw BGR input, normalization inside), "image" (the image-input IR:
+    whole BGR images of any size, resize inside too) or "onnx" (the source model); ``precision`` the IR's weights,
+    None for the source ONNX. ``server``: the model runs on an Open Inference
     Protocol server instead (``artifacts.remote_model_file``); ``path`` is then only a name."""
 
     model: str
@@ -152,7 +155,7 @@ class ModelFile:
         """The files an engine reads: an IR's ``.xml`` and ``.bin``, or the ONNX; none for a server's model."""
         if self.server is not None:
             return ()
-        return (self.path, self.path.with_suffix(".bin")) if self.form == "ir" else (self.path,)
+        return (self.path, self.path.with_suffix(".bin")) if self.form in ("ir", "image") else (self.path,)
 
     @property
     def host_decode(self) -> bool:
@@ -191,13 +194,15 @@ class RunInfo:
     inference_precision_reason: str
     model_path: str
     performance: str
+    #: The image-input IR ran (whole images in, resized inside the IR).
+    image_input: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
     def describe(self) -> str:
         """For people: ``openvino CPU FP32 IR, bf16`` or ``onnxruntime CPU, f32``."""
-        weights = f" {self.precision} IR" if self.precision else ""
+        weights = f" {self.precision} {'image-input ' if self.image_input else ''}IR" if self.precision else ""
         return f"{self.backend} {self.device}{weights}, {self.inference_precision or 'unreported precision'}"
 
     @property
@@ -221,4 +226,4 @@ def run_info(model: ModelFile, engine: Engine, spec: EngineSpec, reason: str, *,
                    precision=model.precision, inference_precision=engine.inference_precision,
                    inference_precision_requested=parse_inference_precision(spec.inference_precision).value,
                    inference_precision_reason=reason, model_path=model_path or str(model.path),
-                   performance=spec.hint_or(PerformanceHint.LATENCY.value))
+                   performance=spec.hint_or(PerformanceHint.LATENCY.value), image_input=model.form == "image")

@@ -16,6 +16,7 @@ from ssdtool.commands.options import (
     device_option,
     engine_options,
     hint_option,
+    image_input_option,
     inference_precision_option,
     ir_precision_option,
     json_option,
@@ -42,7 +43,7 @@ def format_report(data: dict[str, Any]) -> str:
     detail = ", ".join(part for part in (requests, engine, threads) if part)
     rules = backend_rules(data["backend"])
     peak = human_size(int(data["peak_rss_mb"] * 2**20)) if data.get("peak_rss_mb") is not None else "unknown"
-    weights = rules.weights(data["precision"])
+    weights = rules.weights(data["precision"], bool(data.get("image_input")))
     lines = [
         f"{data['model']}: {data['backend']} {weights} on {data['device']}, {data['hint']} hint ({detail})",
         f"  model:           {data['model_path']}",
@@ -65,6 +66,8 @@ def format_report(data: dict[str, Any]) -> str:
 @engine_options(
     backend_option(allow_auto=False, default="openvino"),
     ir_precision_option("Which IR (OpenVINO only; converted on first use) [default: the registry's, FP32]."),
+    image_input_option("Measure the image-input IR (OpenVINO), fed the generated 640x480 images whole: its inner "
+                       "resize is timed with every inference."),
     inference_precision_option(), hint_option(),
     requests_option("Parallel requests in throughput mode [default: OpenVINO's optimal number; onnxruntime: one "
                     "per core; a server: --concurrency]."),
@@ -97,6 +100,9 @@ def bench_command(ctx: click.Context, name: str | None, engine: EngineSpec, iter
 
     want_json(ctx, as_json)
     if loadgen["scenario"] is not None:
+        if engine.image_input:
+            raise UsageError("--image-input and --scenario do not go together: LoadGen runs feed the standard IR its "
+                             "network-size tensors", hint="drop --image-input, or drop --scenario")
         if server_url is not None:
             raise UsageError("--server and --scenario do not go together: LoadGen runs drive a local engine",
                              hint="drop --server to run the scenario here, or drop --scenario to measure the server")

@@ -16,7 +16,12 @@ import click
 from ssdtool.commands.common import app_context, printable, want_json
 from ssdtool.commands.options import (
     FiniteFloatRange,
+    backend_option,
+    device_option,
     engine_options,
+    image_input_option,
+    inference_precision_option,
+    ir_precision_option,
     model_option,
     offline_option,
     progress_option,
@@ -36,7 +41,8 @@ DEFAULT_MAX_PIXELS = 89_478_485  # = ssdtool.imaging.DEFAULT_MAX_PIXELS (not imp
 @click.command("detect")
 @click.argument("sources", nargs=-1, required=True, metavar="SOURCES...")
 @model_option
-@engine_options()
+@engine_options(backend_option(), ir_precision_option(), inference_precision_option(), device_option(),
+                image_input_option())
 @click.option("-t", "--threshold", type=FiniteFloatRange(0.0, 1.0), default=0.5, show_default=True,
               help="Minimum score of a detection.")
 @click.option("-c", "--classes", metavar="NAMES",

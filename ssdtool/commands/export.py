@@ -12,6 +12,7 @@ from ssdtool.commands.options import (
     device_option,
     engine_options,
     hint_option,
+    image_input_option,
     inference_precision_option,
     ir_precision_option,
     json_option,
@@ -63,6 +64,8 @@ def format_result(data: dict[str, Any]) -> str:
 @engine_options(
     ir_precision_option("Which IR to export (FP32, FP16 or INT8; converted on first use) [default: the registry's, "
                         "FP32]."),
+    image_input_option("Export the image-input IR: u8 [1,?,?,3] NHWC BGR images of any size, resized inside, so "
+                       "OVMS can feed it JPEG/PNG inputs and Model API's OVMS adapter can drive it."),
     inference_precision_option(help_text=(
         "The precision the server runs: f32, bf16 or f16 are pinned; auto is written as f32, because the server's "
         "device is not known here and f32 is what the IR was proven at. Triton pins only bf16: with triton, auto "

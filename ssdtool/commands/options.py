@@ -92,6 +92,12 @@ def inference_precision_option(default: str = InferencePrecision.AUTO.value,
                           "device cannot run it). onnxruntime runs f32.")
 
 
+def image_input_option(help_text: str = "Run the image-input IR (OpenVINO): whole images in, resized inside the IR "
+                                        "(converted on first use, beside the standard IR).") -> Callable[[F], F]:
+    """``--image-input``: the image-input IR (u8 NHWC images of any size, resize inside; docs/convert.md)."""
+    return click.option("--image-input", is_flag=True, help=help_text)
+
+
 DEVICE_HELP = ("Where the model runs. OpenVINO: any device it accepts (CPU, GPU, GPU.1, NPU, AUTO, AUTO:GPU,CPU, "
                "HETERO:GPU,CPU, ...). onnxruntime: the execution provider (CPU, CUDA, CUDA:1, TensorRT, OpenVINO, "
                "DirectML, CoreML, or any it lists).")
@@ -119,7 +125,7 @@ def json_option(help_text: str = "Print JSON on stdout instead of a table.") -> 
 
 
 #: The command parameters :func:`engine_options` folds into one ``engine`` (an EngineSpec).
-ENGINE_PARAMETERS = ("backend", "precision", "inference_precision", "device", "hint", "requests")
+ENGINE_PARAMETERS = ("backend", "precision", "inference_precision", "device", "hint", "requests", "image_input")
 
 
 def engine_options(*decorators: Callable[[F], F], **fixed: Any) -> Callable[[F], F]:

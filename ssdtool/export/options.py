@@ -47,10 +47,11 @@ EXPORT_ENGINE = EngineSpec(backend=Backend.OPENVINO.value)
 class ExportOptions:
     """One export: ``format`` into the repository ``output_dir``.
 
-    ``engine``: what the server is told to run: the IR's ``precision`` (None: the registry's), the ``device`` (any
-    OpenVINO device name; checked for its form only, the server's devices are not known here), the ``hint``
-    (default latency) and the ``inference_precision`` (see the module docstring for ``auto``); its fields may be
-    given as keywords. ``version``: the version folder to write (None: the next one; with ``force`` and no
+    ``engine``: what the server is told to run: the IR's ``precision`` (None: the registry's), ``image_input``
+    (the image-input IR: u8 ``[1, ?, ?, 3]`` NHWC images of any size, resized inside; docs/convert.md), the
+    ``device`` (any OpenVINO device name; checked for its form only, the server's devices are not known here), the
+    ``hint`` (default latency) and the ``inference_precision`` (see the module docstring for ``auto``); its fields
+    may be given as keywords. ``version``: the version folder to write (None: the next one; with ``force`` and no
     version, the latest is replaced; from 1 to :data:`MAX_VERSION`). ``served_name``: the model's name on the
     server (None: the registry name; an empty name is refused). ``storage_uri``: where a KServe user uploads the
     model folder (required for kserve, refused for the others; see :func:`check_storage_uri`).

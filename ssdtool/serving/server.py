@@ -76,9 +76,9 @@ def check_options(options: ServeOptions) -> EngineSpec:
     from ssdtool.backends import backend_rules, prepare
 
     spec = prepare(options.engine.replace(hint=options.engine.hint_or(PerformanceHint.THROUGHPUT.value)))
-    if backend_rules(spec).model_form != "ir":
-        raise UsageError(f"serve runs ssdtool's IR (OpenVINO); the engine asked for runs the "
-                         f"{backend_rules(spec).model_form} model", hint="serve with the openvino backend")
+    if backend_rules(spec).model_form != "ir" or spec.image_input:
+        raise UsageError("serve runs ssdtool's standard IR with OpenVINO (its tensor input, or encoded images it "
+                         "decodes itself)", hint="serve with the openvino backend, without image_input")
     served = options.model_name
     if served is not None and not SERVED_NAME.fullmatch(served):
         raise UsageError(f"served model name {served!r:.80} is not one URL path segment (the NAME in "
