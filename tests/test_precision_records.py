@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from ssdtool import precision
-from ssdtool.backends import openvino, openvino_rules
+from ssdtool.backends import openvino_rules
 from ssdtool.cache import Cache
 from ssdtool.cli import cli
 from ssdtool.convert import convert
