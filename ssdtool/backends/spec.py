@@ -94,15 +94,19 @@ def takes_engine(cls: type[R]) -> type[R]:
     """Let an options record with an ``engine`` field take :class:`EngineSpec`'s fields as keywords too
     (``BenchOptions(backend="onnxruntime", iterations=2)``), folded into ``engine`` (the record's default spec
     when none is given). The fields are declared once, in :class:`EngineSpec`."""
-    own = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    names = [f.name for f in fields(cls) if f.init]  # type: ignore[arg-type]
+    at = names.index("engine")
     default = cls.__dataclass_fields__["engine"].default  # type: ignore[attr-defined]
     init = cls.__init__
 
     @functools.wraps(init)
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        settings = {key: kwargs.pop(key) for key in list(kwargs) if key in SPEC_FIELDS and key not in own}
+        settings = {key: kwargs.pop(key) for key in list(kwargs) if key in SPEC_FIELDS and key not in names}
         if settings:
-            kwargs["engine"] = engine_spec(kwargs.get("engine") or default, **settings)
+            if len(args) > at:  # the spec given by position
+                args = (*args[:at], engine_spec(args[at], **settings), *args[at + 1:])
+            else:
+                kwargs["engine"] = engine_spec(kwargs.get("engine") or default, **settings)
         init(self, *args, **kwargs)
 
     cls.__init__ = __init__  # type: ignore[method-assign]

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ssdtool.artifacts import registry_inputs
+from ssdtool.backends import prepare
 from ssdtool.backends.spec import AUTO_BACKEND, EngineSpec, engine_spec
 from ssdtool.cache import Cache
 from ssdtool.errors import UsageError
@@ -86,6 +87,8 @@ def evaluate(annotations: str | os.PathLike[str], images: str | os.PathLike[str]
         raise UsageError("nothing to evaluate: no images folder, detections file or MLPerf log",
                          hint="pass --images DIR (or --detections FILE, or --mlperf-log FILE)")
     spec = engine_spec(engine, **settings)
+    if images is not None and compare is None:
+        prepare(spec)  # a backend or device that cannot run fails before the annotation file is read
     if spec.server is not None and compare is not None:
         raise UsageError("--compare runs several local configurations; with --server the server has chosen its one",
                          hint="drop --compare, or drop --server to compare configurations here")
