@@ -8,15 +8,16 @@
 Sections: engines (compute floor, onnxruntime, plain OpenVINO peers, ssdtool FP32/FP16/INT8; bench_engines.py),
 detect (end to end vs engine only, cold start; bench_detect.py), startup (``ssdtool --help`` and ``ssdtool models``
 process time), download (vs curl on loopback; bench_download.py), convert (time and peak memory; bench_convert.py),
-serve (served vs local throughput, per-request overhead; bench_serve.py), heads (host decode vs the in-graph tail of
-the split form; bench_heads.py), loadgen (LoadGen scenarios vs bench; bench_loadgen.py), eval (eval vs engine
-only, COCOeval share, memory; bench_eval.py), image (the image-input IR end to end vs the standard IR with the
-host's resize, over JPEGs of mixed sizes; bench_image_input.py). Each section rewrites its own part of
-docs/performance.md; the Summary is rebuilt from every section's latest figures (kept in
-benchmarks/_work/results.json; rows of sections that file does not hold are kept from the page), so ``--only``
-refreshes one part without losing the others. Timings are only meaningful on a quiet machine: before each section
-the suite waits (up to --wait seconds) until other work uses fewer than --max-busy cores (sampled from /proc/stat
-while the suite is idle) and records that sample and the load average next to every section.
+serve (served vs local throughput, per-request overhead; bench_serve.py; gRPC vs REST, served JPEG vs served tensor;
+bench_serve_protocols.py), heads (host decode vs the in-graph tail of the split form; bench_heads.py), loadgen
+(LoadGen scenarios vs bench; bench_loadgen.py), eval (eval vs engine only, COCOeval share, memory; bench_eval.py),
+image (the image-input IR end to end vs the standard IR with the host's resize, over JPEGs of mixed sizes;
+bench_image_input.py). Each section rewrites its own part of docs/performance.md; the Summary is rebuilt from every
+section's latest figures (kept in benchmarks/_work/results.json; rows of sections that file does not hold are kept
+from the page), so ``--only`` refreshes one part without losing the others. Timings are only meaningful on a quiet
+machine: before each section the suite waits (up to --wait seconds) until other work uses fewer than --max-busy
+cores (sampled from /proc/stat while the suite is idle) and records that sample and the load average next to every
+section.
 """
 
 from __future__ import annotations
@@ -243,9 +244,12 @@ def section_download(quick: bool) -> dict[str, Any]:
 
 def section_serve(quick: bool) -> dict[str, Any]:
     import bench_serve
+    import bench_serve_protocols
 
     figures = bench_serve.run(quick)
-    write_section(HEADINGS["serve"], bench_serve.markdown(figures))
+    figures["protocols"] = bench_serve_protocols.run(quick)
+    write_section(HEADINGS["serve"], bench_serve.markdown(figures) + "\n"
+                  + bench_serve_protocols.markdown(figures["protocols"]))
     return figures
 
 
