@@ -216,6 +216,20 @@ def test_an_absent_openvino_device_is_exit_31_naming_what_is_present(world: Worl
         assert _first_error(result) == message
 
 
+def test_every_engine_path_takes_the_device(world: World) -> None:
+    """LoadGen runs, serve and check read --device as detect does: an absent device is 31 before anything loads;
+    check on AUTO compares the IR at what AUTO's device runs."""
+    for command in (["bench", TINY, "--scenario", "Offline", "--output-dir", str(world.cache.root / "lg")],
+                    ["serve", TINY, "--port", "0"], ["check", TINY]):
+        result = world.run(*command, "--device", "NPU")
+        assert result.exit_code == 31, result.output
+        assert _first_error(result) == "error: OpenVINO device 'NPU' is not available; found: CPU"
+    checked = world.run("check", TINY, "--device", "AUTO", "--json")
+    assert checked.exit_code == 0, checked.output
+    report = json.loads(checked.stdout)
+    assert report["inference_precision"] == "f32" and report["criteria"].endswith("at inference precision f32")
+
+
 def test_device_strings_are_read_against_the_devices_present() -> None:
     present = ["CPU", "GPU.0", "GPU.1", "NPU"]
     read = openvino_rules.parse_device

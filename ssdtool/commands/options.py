@@ -88,8 +88,8 @@ def inference_precision_option(default: str = InferencePrecision.AUTO.value,
         "--inference-precision", type=click.Choice(InferencePrecision.values(), case_sensitive=False),
         default=default, show_default=True, callback=_lower,
         help=help_text or "OpenVINO's arithmetic: auto (the device's default, bf16 on CPUs with native bf16, where "
-                          "this IR was checked at it; else f32), or f32, bf16, f16 pinned (an error if the "
-                          "device cannot run it). onnxruntime runs f32.")
+                          "this IR was checked at it on such a device; else f32), or f32, bf16, f16 pinned (an error "
+                          "if the device cannot run it). onnxruntime: auto or f32 (what its provider computes).")
 
 
 def image_input_option(help_text: str = "Run the image-input IR (OpenVINO): whole images in, resized inside the IR "

@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -31,7 +30,13 @@ from ssdtool.backends.openvino_rules import plan_devices
 from ssdtool.backends.spec import ModelFile
 from ssdtool.cache import Cache
 from ssdtool.constants import Backend, Int8Recipe
-from ssdtool.convert.gate import ParityReport, check_device_parts, parity_check, runtime_check
+from ssdtool.convert.gate import (
+    ParityReport,
+    check_device_parts,
+    parity_check,
+    record_missing_runtime_checks,
+    runtime_check,
+)
 from ssdtool.convert.graph import build_ir_model, check_saved, input_shape, save_model, write_failure
 from ssdtool.convert.model_info import MODEL_INFO_SECTION, model_info
 from ssdtool.convert.options import (
@@ -255,39 +260,10 @@ def _up_to_date(entry: ModelEntry, xml: Path, options: ConvertOptions, existing:
                 quiet: bool = False) -> ConversionResult:
     if not quiet:
         log.info("%s is up to date (same source checksum and parameters); pass --force to rebuild", xml)
-    checks = _record_missing_runtime_checks(xml, entry, options, existing) if options.verify else ()
+    checks = record_missing_runtime_checks(xml, entry, options, existing, _rewrite_provenance) if options.verify \
+        else ()
     return _result(entry, xml, options, read_provenance(xml) or existing if checks else existing, True, None,
                    started, runtime=checks)
-
-
-def _record_missing_runtime_checks(xml: Path, entry: ModelEntry, options: ConvertOptions,
-                                   provenance: dict[str, Any]) -> tuple[precision.RuntimeCheck, ...]:
-    """On the up-to-date path: check and record the IR at the default precision of each device of
-    ``check_devices`` that no record speaks for.
-
-    An IR converted on another CPU class or for another device (or before runtime checks existed) gets its check
-    on the first ``ssdtool convert --device D`` here, so ``--inference-precision auto`` can then use D's faster
-    default. Nothing is measured when a record exists or the default is f32; nothing is recorded when the IR's
-    folder cannot be written.
-    """
-    from ssdtool.backends.openvino import device_facts
-
-    checks: list[precision.RuntimeCheck] = []
-    for device in options.check_devices:
-        facts = device_facts(device)
-        if facts.default_precision in (None, "f32") or any(
-                c.matches(facts) for c in precision.recorded_checks(provenance)):
-            continue
-        if not os.access(xml, os.W_OK) or not os.access(xml.parent, os.W_OK):
-            log.info("%s has no runtime check for %s on %s, and its folder is read-only: not recorded", xml,
-                     facts.default_precision, "this CPU" if device == "CPU" else device)
-            continue
-        check = runtime_check(xml, entry, options, device)
-        if check is not None:
-            provenance = {**provenance, precision.PROVENANCE_KEY: precision.with_check(provenance, check)}
-            _rewrite_provenance(xml, {precision.PROVENANCE_KEY: provenance[precision.PROVENANCE_KEY]})
-            checks.append(check)
-    return tuple(checks)
 
 
 class _Build:
@@ -487,7 +463,8 @@ def check(entry: ModelEntry, cache: Cache, options: ConvertOptions | None = None
     planned = plan_devices(ModelFile(entry.name, Backend.OPENVINO, ir, "ir", options.precision), inference_precision,
                            device)
     report = parity_check(source_path, ir, entry, options, device=device, inference_precision=planned.pin,
-                          device_pins=planned.device_pins)
+                          device_pins=planned.device_pins,
+                          expected_precisions=planned.expected if planned.choice.virtual else None)
     if not report.passed:
         raise ParityError(
             f"{ir} disagrees with onnxruntime on {source_path.name}: {report.matched} of "

@@ -10,6 +10,7 @@ where the recall floor bounds what the two resizes' difference does to the detec
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -67,11 +68,13 @@ def _parity_images(options: ConvertOptions) -> list[np.ndarray]:
 
 def parity_check(source: Path, xml: Path, entry: ModelEntry, options: ConvertOptions,
                  device: str = "CPU", inference_precision: str | None = "f32",
-                 device_pins: dict[str, str] | None = None) -> ParityReport:
+                 device_pins: dict[str, str] | None = None,
+                 expected_precisions: dict[str, str | None] | None = None) -> ParityReport:
     """Run the source ONNX (onnxruntime, host normalization) and the IR (OpenVINO, raw pixels) on generated images.
 
     The IR runs at ``inference_precision`` (pinned; None: the device's default; the gate pins f32, so it proves
-    the IR rather than the CPU's arithmetic; ``device_pins``: pins per device of a virtual one). An FP32 IR at f32
+    the IR rather than the CPU's arithmetic; ``device_pins`` and ``expected_precisions``: per device of a virtual
+    one, see :class:`~ssdtool.backends.openvino.OpenVinoEngine`). An FP32 IR at f32
     passes when every onnxruntime detection is found in the IR output and vice versa, boxes and scores within
     1e-4. Otherwise (FP16 or INT8 weights, or a lower inference precision) at least 90% of onnxruntime detections
     must be found (label match, IoU >= 0.5).
@@ -85,7 +88,8 @@ def parity_check(source: Path, xml: Path, entry: ModelEntry, options: ConvertOpt
 
     # A heads model's reference is its host decode (ssdtool.ssd), the same the onnxruntime backend runs.
     reference_engine = OnnxRuntimeEngine(source, decode=host_decoder(entry) if is_heads(entry) else None)
-    ir_engine = OpenVinoEngine(xml, device=device, inference_precision=inference_precision, device_pins=device_pins)
+    ir_engine = OpenVinoEngine(xml, device=device, inference_precision=inference_precision, device_pins=device_pins,
+                               expected_precisions=expected_precisions)
     ran = ir_engine.inference_precision
     spec = entry.input
     reports: list[tuple[MatchReport, MatchReport]] = []
@@ -203,3 +207,34 @@ def measure(xml: Path, tensors: Sequence[Any], read: Callable[[dict[str, Any]], 
         max_box_diff=max((r.max_box_diff for r in reports), default=0.0),
         max_score_diff=max((r.max_score_diff for r in reports), default=0.0),
         openvino_version=openvino_version(), checked=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+
+
+def record_missing_runtime_checks(xml: Path, entry: ModelEntry, options: ConvertOptions, provenance: dict[str, Any],
+                                  rewrite: Callable[[Path, dict[str, Any]], None]
+                                  ) -> tuple[precision.RuntimeCheck, ...]:
+    """On the up-to-date path: check and record the IR at the default precision of each device of
+    ``check_devices`` that no record speaks for.
+
+    An IR converted on another CPU class or for another device (or before runtime checks existed) gets its check
+    on the first ``ssdtool convert --device D`` here, so ``--inference-precision auto`` can then use D's faster
+    default. Nothing is measured when a record exists or the default is f32; nothing is recorded when the IR's
+    folder cannot be written. ``rewrite(xml, record)`` writes a provenance change.
+    """
+    from ssdtool.backends.openvino import device_facts
+
+    checks: list[precision.RuntimeCheck] = []
+    for device in options.check_devices:
+        facts = device_facts(device)
+        if facts.default_precision in (None, "f32") or any(
+                c.matches(facts) for c in precision.recorded_checks(provenance)):
+            continue
+        if not os.access(xml, os.W_OK) or not os.access(xml.parent, os.W_OK):
+            log.info("%s has no runtime check for %s on %s, and its folder is read-only: not recorded", xml,
+                     facts.default_precision, "this CPU" if device == "CPU" else device)
+            continue
+        check = runtime_check(xml, entry, options, device)
+        if check is not None:
+            provenance = {**provenance, precision.PROVENANCE_KEY: precision.with_check(provenance, check)}
+            rewrite(xml, {precision.PROVENANCE_KEY: provenance[precision.PROVENANCE_KEY]})
+            checks.append(check)
+    return tuple(checks)
