@@ -43,7 +43,9 @@ class ConvertOptions:
     ``calibration_size`` images calibrate; ``guard_images`` held-out images feed the accuracy guard;
     ``accept_accuracy_drop`` installs an INT8 IR that fails the guard. ``int8_recipe``: "portable" or "vnni"
     (:class:`ssdtool.constants.Int8Recipe`); None builds portable and accepts any installed recipe.
-    ``verify=False`` skips the parity gate (FP32/FP16) or the guard (INT8).
+    ``verify=False`` skips the parity gate (FP32/FP16) or the guard (INT8). ``check_devices``: the OpenVINO
+    devices the runtime check measures on (a virtual device: each device it may pick), recorded per device kind and
+    model so ``--inference-precision auto`` may use each one's default; not part of what identifies the IR.
 
     ``image_input``: the image-input IR, which takes whole images (u8 ``[1, ?, ?, 3]`` NHWC, BGR, any height and
     width) and resizes them inside (OpenVINO's linear resize, :data:`IMAGE_RESIZE`); ``input_type`` and
@@ -64,6 +66,7 @@ class ConvertOptions:
     guard_images: int = GUARD_IMAGES
     int8_recipe: str | None = None
     image_input: bool = False
+    check_devices: tuple[str, ...] = ("CPU",)
 
     def __post_init__(self) -> None:
         if self.image_input and (self.input_type, self.input_layout) == ("f32", "NCHW"):  # the defaults
