@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from ssdtool import precision as inference_precisions
 from ssdtool.cache import Cache
 from ssdtool.constants import BACKEND_CHOICES, Backend, InferencePrecision, IRPrecision
-from ssdtool.errors import BackendError, DependencyError, OfflineError, UsageError
+from ssdtool.errors import BackendError, DependencyError, UsageError
 from ssdtool.fsutil import InputPath
 from ssdtool.registry import ModelEntry
 
@@ -85,7 +85,7 @@ def ir_precision(value: str) -> str:
     try:
         return IRPrecision.parse(value, "precision").value
     except ValueError as exc:
-        raise UsageError(str(exc), hint="pass --precision FP32, FP16 or INT8") from None
+        raise UsageError(str(exc), hint=f"pass --precision {IRPrecision.spoken()}") from None
 
 
 def resolve_backend(backend: str, precision: str | None = None,
@@ -116,19 +116,6 @@ def resolve_backend(backend: str, precision: str | None = None,
     return Backend.OPENVINO
 
 
-def source_model(entry: ModelEntry, cache: Cache, *, offline: bool | None = None,
-                 progress: Callable[[Any], None] | None = None) -> Path:
-    """The verified source ONNX of ``entry``, downloaded first when needed (``offline``: None reads
-    ``$SSDTOOL_OFFLINE``)."""
-    from ssdtool.download import FetchOptions, ensure_downloaded
-
-    try:
-        return ensure_downloaded(entry, cache, FetchOptions(offline=offline), progress=progress)
-    except OfflineError as exc:
-        raise OfflineError(exc.message, hint=f"run 'ssdtool download {entry.name}' on a machine with network access "
-                                             "and copy the cache here, or drop --offline") from exc
-
-
 def installed_ir(entry: ModelEntry, cache: Cache, options: ConvertOptions) -> Path | None:
     """The IR for ``options`` when it is installed and current (same source checksum and conversion parameters,
     weights of the recorded size), else None.
@@ -136,7 +123,7 @@ def installed_ir(entry: ModelEntry, cache: Cache, options: ConvertOptions) -> Pa
     The test ``convert`` makes, without its lock, download check or log line, so a warm start costs one small XML
     read, and an installed IR works even when the source ONNX was removed from the cache.
     """
-    from ssdtool.convert import conversion_parameters, ir_path, same_parameters
+    from ssdtool.convert.options import conversion_parameters, ir_path, same_parameters
     from ssdtool.provenance import ir_problem, read_provenance
 
     xml = ir_path(entry, cache, options)
@@ -156,18 +143,22 @@ def model_file(entry: ModelEntry, cache: Cache, backend: Backend | str, precisio
     ready: downloaded or converted when missing (``offline``: never download; None reads ``$SSDTOOL_OFFLINE``).
     ``progress`` receives download events."""
     if offline is None:
-        from ssdtool.download import offline_from_env
+        from ssdtool.download.options import offline_from_env
 
         offline = offline_from_env()
     if Backend.parse(backend, "backend") == Backend.ONNXRUNTIME:
+        from ssdtool.download.api import source_model
+
         return ModelFile(entry.name, Backend.ONNXRUNTIME, source_model(entry, cache, offline=offline,
                                                                        progress=progress), "onnx", None, entry=entry)
-    from ssdtool.convert import ConvertOptions, convert
+    from ssdtool.convert.options import ConvertOptions
 
     weights = ir_precision(precision or entry.convert.precision)
     options = ConvertOptions(precision=weights)
     path = installed_ir(entry, cache, options)
-    if path is None:
+    if path is None:  # the converter (and onnx, NNCF glue) only when there is something to convert
+        from ssdtool.convert.flow import convert
+
         path = convert(entry, cache, options, offline=offline, progress=progress).xml
     return ModelFile(entry.name, Backend.OPENVINO, path, "ir", weights)
 
@@ -181,7 +172,7 @@ def precision_plan(model: ModelFile, requested: str | InferencePrecision, device
 
     provenance = read_provenance(model.path)
     if model.precision == IRPrecision.INT8:
-        from ssdtool.quantize import recipe_warning
+        from ssdtool.int8_recipes import recipe_warning
 
         if warning := recipe_warning(provenance, model.model):
             log.warning("%s", warning)

@@ -39,7 +39,7 @@ import numpy as np
 from ssdtool import artifacts
 from ssdtool import precision as inference_precisions
 from ssdtool.cache import Cache
-from ssdtool.constants import Backend, IRPrecision, PerformanceHint
+from ssdtool.constants import Backend, InputLayout, InputType, IRPrecision, PerformanceHint
 from ssdtool.errors import BackendError, UsageError
 from ssdtool.imaging import generated_images, preprocess
 from ssdtool.registry import ModelEntry
@@ -50,9 +50,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ssdtool.bench")
 
-BACKENDS = Backend.values()
-HINTS = PerformanceHint.values()
-PRECISIONS = IRPrecision.values()
 DEFAULT_SECONDS = 20.0  # when neither iterations nor a time is given (benchmark_app uses 60 s)
 BENCH_IMAGES = 4
 BENCH_SEED = 21
@@ -125,13 +122,14 @@ class BenchReport:
 
 
 def check_options(options: BenchOptions) -> None:
-    if options.backend not in BACKENDS:
-        raise BackendError(f"unknown backend {options.backend!r}; expected one of {', '.join(BACKENDS)}",
+    if options.backend not in Backend.values():
+        raise BackendError(f"unknown backend {options.backend!r}; expected one of {', '.join(Backend.values())}",
                            hint="use --backend openvino or onnxruntime")
-    if options.hint not in HINTS:
-        raise UsageError(f"unknown hint {options.hint!r}; expected one of {', '.join(HINTS)}")
-    if options.precision not in PRECISIONS:
-        raise UsageError(f"precision {options.precision!r} is not supported; expected one of {', '.join(PRECISIONS)}")
+    if options.hint not in PerformanceHint.values():
+        raise UsageError(f"unknown hint {options.hint!r}; expected one of {', '.join(PerformanceHint.values())}")
+    if options.precision not in IRPrecision.values():
+        raise UsageError(f"precision {options.precision!r} is not supported; expected one of "
+                         f"{', '.join(IRPrecision.values())}")
     if options.backend == "onnxruntime" and options.precision != "FP32":
         raise UsageError(f"onnxruntime runs the source ONNX, which is FP32; got --precision {options.precision}",
                          hint="use --backend openvino for FP16 and INT8 IRs")
@@ -235,8 +233,8 @@ def _measure(engine: Engine, tensors: Sequence[np.ndarray], options: BenchOption
 
 
 # ------------------------------------------------------------------------------------------------ entry point
-def input_tensors(entry: ModelEntry, backend: str, count: int = BENCH_IMAGES, input_type: str = "f32",
-                  layout: str = "NCHW") -> list[np.ndarray]:
+def input_tensors(entry: ModelEntry, backend: str, count: int = BENCH_IMAGES, input_type: str = InputType.F32.value,
+                  layout: str = InputLayout.NCHW.value) -> list[np.ndarray]:
     """``count`` generated images preprocessed for ``backend``: normalized RGB for onnxruntime (the source model),
     raw BGR pixels for an ssdtool IR."""
     form = "onnx" if backend == Backend.ONNXRUNTIME else "ir"
@@ -250,7 +248,7 @@ def _versions(backend: str, precision: str) -> dict[str, str]:
     from ssdtool import __version__
 
     versions = {"ssdtool": __version__}
-    for dist in (backend, "nncf") if precision == "INT8" else (backend,):
+    for dist in (backend, "nncf") if precision == IRPrecision.INT8 else (backend,):
         with contextlib.suppress(metadata.PackageNotFoundError):
             versions[dist] = metadata.version(dist)
     return versions

@@ -8,19 +8,18 @@ at module level, so ``ssdtool --help`` stays instant.
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import sys
 import traceback
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from typing import Any
 
 import click
 
 from ssdtool import __version__
-from ssdtool.commands import bench, catalog, convert, detect, download, export, serve
-from ssdtool.commands import eval as evaluation
 from ssdtool.commands.common import AppContext
 from ssdtool.constants import REGISTRY_ENV
 from ssdtool.errors import EXIT_INTERRUPTED, EXIT_UNEXPECTED, SsdtoolError
@@ -201,8 +200,45 @@ def main() -> None:
     cli(prog_name="ssdtool")
 
 
-# The commands, in the order --help lists them. An explicit list: a command module never imports this one, so
-# importing any of them first cannot leave the group without its commands.
-for _command in (*catalog.COMMANDS, *download.COMMANDS, *convert.COMMANDS, *detect.COMMANDS, *evaluation.COMMANDS,
-                 *bench.COMMANDS, *export.COMMANDS, *serve.COMMANDS):
-    cli.add_command(_command)
+# The commands: each name and the module under ssdtool.commands that defines it (its ``COMMANDS``). An explicit
+# table: a command module never imports this one, so importing any of them first cannot leave the group without its
+# commands. A module is imported when one of its commands is used, so ``ssdtool detect`` starts without bench's,
+# eval's or serve's options being built; ``ssdtool --help`` lists them all.
+COMMAND_MODULES = {
+    "models": "catalog", "info": "catalog", "download": "download", "verify": "download", "convert": "convert",
+    "check": "convert", "detect": "detect", "run": "detect", "eval": "eval", "bench": "bench", "export": "export",
+    "serve": "serve",
+}
+
+
+class LazyCommands(MutableMapping[str, click.Command]):
+    """The group's commands by name, each command module imported on first use (click reads ``Group.commands``
+    as a mapping: ``get`` for one command, iteration to list them)."""
+
+    def __init__(self, modules: Mapping[str, str]) -> None:
+        self._modules = dict(modules)
+        self._loaded: dict[str, click.Command] = {}
+
+    def __getitem__(self, name: str) -> click.Command:
+        if name not in self._loaded and name in self._modules:
+            for command in importlib.import_module(f"ssdtool.commands.{self._modules[name]}").COMMANDS:
+                self._loaded.setdefault(command.name or "", command)
+        return self._loaded[name]
+
+    def __setitem__(self, name: str, command: click.Command) -> None:
+        self._loaded[name] = command
+
+    def __delitem__(self, name: str) -> None:
+        if name not in self._loaded and name not in self._modules:
+            raise KeyError(name)
+        self._loaded.pop(name, None)
+        self._modules.pop(name, None)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter({**dict.fromkeys(self._modules), **dict.fromkeys(self._loaded)})
+
+    def __len__(self) -> int:
+        return len(self._modules.keys() | self._loaded.keys())
+
+
+cli.commands = LazyCommands(COMMAND_MODULES)

@@ -11,9 +11,12 @@ import difflib
 import functools
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ssdtool.errors import RegistryError, UsageError
-from ssdtool.registry import ModelEntry
+
+if TYPE_CHECKING:  # the registry's ModelEntry.label_names calls this module: a runtime import would be a cycle
+    from ssdtool.registry import ModelEntry
 
 #: Largest label file read (COCO's is 700 bytes).
 MAX_LABEL_FILE_BYTES = 1 << 20

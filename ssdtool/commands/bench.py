@@ -25,6 +25,7 @@ from ssdtool.commands.options import (
     server_target,
 )
 from ssdtool.commands.progress import app_download_progress
+from ssdtool.constants import IRPrecision, LoadGenScenario, PerformanceHint
 
 
 def format_report(data: dict[str, Any]) -> str:
@@ -56,7 +57,7 @@ def format_report(data: dict[str, Any]) -> str:
 @click.command("bench")
 @model_argument
 @backend_option(allow_auto=False, default="openvino")
-@ir_precision_option("Which IR (OpenVINO only; converted on first use).", default="FP32")
+@ir_precision_option("Which IR (OpenVINO only; converted on first use).", default=IRPrecision.FP32.value)
 @inference_precision_option()
 @hint_option()
 @click.option("--requests", type=click.IntRange(min=1), metavar="N",
@@ -101,13 +102,13 @@ def bench_command(ctx: click.Context, name: str | None, backend: str, precision:
     given = [f"--{key.replace('_', '-')}" for key, value in loadgen.items() if value is not None]
     if given:
         raise UsageError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to LoadGen runs only",
-                         hint="add --scenario SingleStream, MultiStream, Server or Offline")
+                         hint=f"add --scenario {LoadGenScenario.spoken()}")
     if iterations is not None and seconds is not None:
         raise UsageError("--iterations and --time are exclusive", hint="give one of them")
     app = app_context(ctx)
     server = server_target(server_url, server_model, concurrency, wire_protocol, server_timeout, server_retries, 1)
-    if server is not None:
-        hint, requests = ("throughput", server.concurrency) if server.concurrency > 1 else (hint, requests)
+    if server is not None and server.concurrency > 1:
+        hint, requests = PerformanceHint.THROUGHPUT.value, server.concurrency
     options = BenchOptions(backend=backend, precision=precision, inference_precision=inference_precision, hint=hint,
                            requests=requests, iterations=iterations, seconds=seconds, device=device, offline=offline,
                            server=server)

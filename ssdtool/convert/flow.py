@@ -25,14 +25,16 @@ from typing import Any
 from ssdtool import __version__, artifacts, precision
 from ssdtool.backends import import_engine
 from ssdtool.cache import Cache
-from ssdtool.constants import Backend, Int8Recipe
+from ssdtool.constants import DEFAULT_DEVICE, Backend, InputLayout, Int8Recipe, IRPrecision
 from ssdtool.convert.gate import ParityReport, parity_check, runtime_check
 from ssdtool.convert.graph import build_ir_model, check_saved, save_model, write_failure
 from ssdtool.convert.options import ConvertOptions, check_options, conversion_parameters, ir_path, same_parameters
 from ssdtool.convert.workspace import conversion_lock, install, sweep_leftovers, temporary_folders
+from ssdtool.download.api import source_model
 from ssdtool.download.transfer import hash_file
 from ssdtool.errors import AccuracyError, ConversionError, ModelFormatError, ParityError
 from ssdtool.fsutil import InputPath, OutputPath, check_outputs
+from ssdtool.int8_recipes import default_recipe
 from ssdtool.provenance import (
     RT_INFO_ROOT,
     WEIGHTS_KEY,
@@ -48,7 +50,6 @@ from ssdtool.quantize import (
     CalibrationSet,
     ProgressCallback,
     accuracy_guard,
-    default_recipe,
     import_nncf,
     nncf_version,
     quantize_file,
@@ -135,7 +136,7 @@ def _early_calibration(entry: ModelEntry, options: ConvertOptions, xml: Path) ->
     """INT8: the calibration set, resolved before any download when it is chosen or no INT8 IR is installed, so
     an impossible INT8 build (no images for a real model, no NNCF) fails first. Without a choice and with an IR
     installed it stays open: any calibration will do (see ``same_parameters``)."""
-    if options.precision != "INT8":
+    if options.precision != IRPrecision.INT8:
         return None
     chosen = options.calibration is not None or options.calibration_size != DEFAULT_CALIBRATION_SIZE
     calibration = None
@@ -149,7 +150,7 @@ def _early_calibration(entry: ModelEntry, options: ConvertOptions, xml: Path) ->
 def _source_path(entry: ModelEntry, cache: Cache, source: Path | None, offline: bool,
                  progress: Callable[[Any], None] | None) -> Path:
     if source is None:
-        return artifacts.source_model(entry, cache, offline=offline, progress=progress)
+        return source_model(entry, cache, offline=offline, progress=progress)
     if not Path(source).is_file():
         raise ModelFormatError(f"source model {source} does not exist", hint="check the path")
     return Path(source)
@@ -190,7 +191,7 @@ def _record_missing_runtime_check(xml: Path, entry: ModelEntry, options: Convert
     """
     from ssdtool.backends.openvino import device_facts
 
-    facts = device_facts("CPU")
+    facts = device_facts(DEFAULT_DEVICE)
     if facts.default_precision in (None, "f32") or any(
             c.matches(facts) for c in precision.recorded_checks(provenance)):
         return None
@@ -228,7 +229,7 @@ class _Build:
             temporary = new_folder()
             temp_xml = temporary / xml.name
             reference_xml = temp_xml
-            if options.precision == "INT8" and self.calibration is not None:
+            if options.precision == IRPrecision.INT8 and self.calibration is not None:
                 # The FP32 IR of the same graph is NNCF's input and the guard's reference; it lives apart, so it
                 # is never installed.
                 reference_xml = new_folder() / xml.name
@@ -240,7 +241,7 @@ class _Build:
             else:
                 for key, value in self._provenance().items():
                     model.set_rt_info(encode(value), [RT_INFO_ROOT, key])
-                save_model(ov, model, temp_xml, compress_to_fp16=options.precision == "FP16")
+                save_model(ov, model, temp_xml, compress_to_fp16=options.precision == IRPrecision.FP16)
                 del model
             check_saved(ov, temp_xml, self.entry, options)
             if options.verify:
@@ -252,7 +253,7 @@ class _Build:
 
     def _settle_int8_choices(self) -> None:
         """INT8: the calibration set and the recipe this build uses, so provenance records what was built."""
-        if self.options.precision != "INT8":
+        if self.options.precision != IRPrecision.INT8:
             return
         if self.calibration is None:
             self.calibration = resolve_calibration(self.entry, None, self.options.calibration_size,
@@ -268,7 +269,7 @@ class _Build:
     def _prove(self, temp_xml: Path, reference_xml: Path) -> None:
         """The gate (INT8: the guard), both at f32, then the runtime check; a failure raises, installing nothing."""
         options, entry = self.options, self.entry
-        if options.precision == "INT8" and self.calibration is not None:
+        if options.precision == IRPrecision.INT8 and self.calibration is not None:
             log.info("accuracy guard: INT8 vs FP32 IR on held-out images (%s) ...",
                      self.calibration.held_out_description)
             accuracy = accuracy_guard(reference_xml, temp_xml, entry, self.calibration, input_type=options.input_type,
@@ -311,7 +312,7 @@ class _Build:
             precision.PROVENANCE_KEY: [self.check.to_dict()] if self.check is not None else [],
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        if options.precision == "INT8":
+        if options.precision == IRPrecision.INT8:
             record["parity"] = "not run for INT8: accuracy_guard compares it with the FP32 IR"
             record["int8_recipe"] = {"recipe": options.int8_recipe, "reason": self.recipe_reason}
             record["calibration"] = self.calibration.to_dict() if self.calibration is not None else None
@@ -351,19 +352,19 @@ def _result(entry: ModelEntry, xml: Path, options: ConvertOptions, provenance: d
             ) -> ConversionResult:
     count = entry.convert.output_count
     width, height = entry.input.resize
-    shape = (1, 3, height, width) if options.input_layout == "NCHW" else (1, height, width, 3)
+    shape = (1, 3, height, width) if options.input_layout == InputLayout.NCHW else (1, height, width, 3)
     return ConversionResult(
         model=entry.name, xml=xml, bin=xml.with_suffix(".bin"), precision=options.precision,
         input_type=options.input_type, input_layout=options.input_layout, input_shape=shape,
         outputs={entry.outputs.boxes: (1, count, 4), entry.outputs.labels: (1, count),
                  entry.outputs.scores: (1, count)},
         up_to_date=up_to_date, parity=parity, seconds=time.perf_counter() - started, provenance=provenance,
-        accuracy=accuracy, calibration=provenance.get("calibration") if options.precision == "INT8" else None,
+        accuracy=accuracy, calibration=provenance.get("calibration") if options.precision == IRPrecision.INT8 else None,
         runtime_check=runtime)
 
 
 def check(entry: ModelEntry, cache: Cache, options: ConvertOptions | None = None, *, source: Path | None = None,
-          xml: Path | None = None, offline: bool = False, device: str = "CPU",
+          xml: Path | None = None, offline: bool = False, device: str = DEFAULT_DEVICE,
           inference_precision: str = "f32") -> ParityReport:
     """The parity gate on its own, for an installed IR; raises :class:`ParityError` when it fails.
 

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from ssdtool import precision
+from ssdtool.constants import DEFAULT_DEVICE, IRPrecision
 from ssdtool.convert.options import ConvertOptions
 from ssdtool.detections import network_detections
 from ssdtool.imaging import generated_images, normalized_input, raw_input, resize_rgb
@@ -52,7 +53,7 @@ def _parity_images(options: ConvertOptions) -> list[np.ndarray]:
     return generated_images(options.parity_images, seed=PARITY_SEED, size=(640, 480))
 
 def parity_check(source: Path, xml: Path, entry: ModelEntry, options: ConvertOptions,
-                 device: str = "CPU", inference_precision: str | None = "f32") -> ParityReport:
+                 device: str = DEFAULT_DEVICE, inference_precision: str | None = "f32") -> ParityReport:
     """Run the source ONNX (onnxruntime, host normalization) and the IR (OpenVINO, raw pixels) on generated images.
 
     The IR runs at ``inference_precision`` (pinned; None: the device's default; the gate pins f32, so it proves
@@ -87,7 +88,7 @@ def parity_check(source: Path, xml: Path, entry: ModelEntry, options: ConvertOpt
     score_diff = max((r.max_score_diff for r in forward), default=0.0)
     recall = 1.0 if ref_total == 0 else matched / ref_total
     at = f" at inference precision {ran or 'unknown'}"
-    if options.precision == "FP32" and ran == "f32":
+    if options.precision == IRPrecision.FP32 and ran == "f32":
         passed = all(f.matched == f.reference_count and b.matched == b.reference_count for f, b in reports) \
             and box_diff <= FP32_TOLERANCE and score_diff <= FP32_TOLERANCE
         criteria = (f"every detection matched both ways (same label, IoU >= {PARITY_IOU}), boxes and scores within "
@@ -101,7 +102,7 @@ def parity_check(source: Path, xml: Path, entry: ModelEntry, options: ConvertOpt
                         recall=recall, max_box_diff=box_diff, max_score_diff=score_diff, criteria=criteria,
                         per_image=tuple(f.to_dict() for f in forward), inference_precision=ran)
 
-def runtime_check(xml: Path, entry: ModelEntry, options: ConvertOptions, device: str = "CPU"
+def runtime_check(xml: Path, entry: ModelEntry, options: ConvertOptions, device: str = DEFAULT_DEVICE
                   ) -> precision.RuntimeCheck | None:
     """The IR at ``device``'s default inference precision against the IR at f32, on the gate's images.
 

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from ssdtool.backends import import_engine
+from ssdtool.constants import ColorOrder, InputLayout, InputType
 from ssdtool.convert.options import ConvertOptions
 from ssdtool.errors import CacheError, ConversionError, ModelFormatError
 from ssdtool.registry import ModelEntry
@@ -95,14 +96,14 @@ def _apply_input_preprocessing(ov: Any, model: Any, entry: ModelEntry, options: 
         raise ModelFormatError(
             f"input {spec.name!r} has shape {port.get_partial_shape()}, the registry expects {list(spec.shape)}",
             hint="check models.yml 'input.shape'")
-    colors = {"RGB": ColorFormat.RGB, "BGR": ColorFormat.BGR}
+    colors = {ColorOrder.RGB: ColorFormat.RGB, ColorOrder.BGR: ColorFormat.BGR}
     ppp = PrePostProcessor(model)
     step = ppp.input(spec.name)
-    step.tensor().set_element_type(ov.Type.u8 if options.input_type == "u8" else ov.Type.f32) \
+    step.tensor().set_element_type(ov.Type.u8 if options.input_type == InputType.U8 else ov.Type.f32) \
         .set_layout(ov.Layout(options.input_layout)).set_color_format(colors[entry.convert.color_order])
     step.model().set_layout(ov.Layout(spec.layout))
     pre = step.preprocess()
-    if options.input_type == "u8":
+    if options.input_type == InputType.U8:
         pre.convert_element_type(ov.Type.f32)
     if entry.convert.color_order != spec.color_order:
         pre.convert_color(colors[spec.color_order])
@@ -128,7 +129,7 @@ def check_saved(ov: Any, xml: Path, entry: ModelEntry, options: ConvertOptions) 
     model = ov.Core().read_model(str(xml))
     count = entry.convert.output_count
     width, height = entry.input.resize
-    expected_input = [1, 3, height, width] if options.input_layout == "NCHW" else [1, height, width, 3]
+    expected_input = [1, 3, height, width] if options.input_layout == InputLayout.NCHW else [1, height, width, 3]
     problems = []
     port = _find_port(model.inputs, entry.input.name)
     if port is None:
@@ -136,7 +137,7 @@ def check_saved(ov: Any, xml: Path, entry: ModelEntry, options: ConvertOptions) 
     else:
         if list(port.get_shape()) != expected_input:
             problems.append(f"input shape {list(port.get_shape())}, expected {expected_input}")
-        wanted_type = "u8" if options.input_type == "u8" else "f32"
+        wanted_type = (InputType.U8 if options.input_type == InputType.U8 else InputType.F32).value  # OpenVINO's names
         if port.get_element_type().get_type_name() != wanted_type:
             problems.append(f"input type {port.get_element_type().get_type_name()}, expected {wanted_type}")
     for name, shape in ((entry.outputs.boxes, [1, count, 4]), (entry.outputs.labels, [1, count]),

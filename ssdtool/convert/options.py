@@ -5,18 +5,17 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ssdtool.cache import Cache
-from ssdtool.calibration import DEFAULT_CALIBRATION_SIZE, GUARD_IMAGES, CalibrationSet
-from ssdtool.constants import Int8Recipe, IRPrecision
+from ssdtool.constants import InputLayout, InputType, Int8Recipe, IRPrecision
 from ssdtool.errors import UsageError
-from ssdtool.quantize import quantization_settings
-from ssdtool.registry import ModelEntry
+from ssdtool.int8_recipes import DEFAULT_CALIBRATION_SIZE, GUARD_IMAGES, quantization_settings
 
-PRECISIONS = IRPrecision.values()
-INPUT_TYPES = ("f32", "u8")
-INPUT_LAYOUTS = ("NCHW", "NHWC")
+if TYPE_CHECKING:  # what identifies an IR is read on every warm start: no calibration code (numpy, images) for it
+    from ssdtool.cache import Cache
+    from ssdtool.calibration import CalibrationSet
+    from ssdtool.registry import ModelEntry
+
 # Bump when the graph rewrite changes, so existing IRs are rebuilt instead of reported as up to date.
 RECIPE_VERSION = 1
 PARITY_IMAGES = 3
@@ -38,9 +37,9 @@ class ConvertOptions:
     ``verify=False`` skips the parity gate (FP32/FP16) or the guard (INT8).
     """
 
-    precision: str = "FP32"
-    input_type: str = "f32"
-    input_layout: str = "NCHW"
+    precision: str = IRPrecision.FP32.value
+    input_type: str = InputType.F32.value
+    input_layout: str = InputLayout.NCHW.value
     verify: bool = True
     force: bool = False
     output_dir: Path | None = None
@@ -54,18 +53,19 @@ class ConvertOptions:
     @property
     def variant(self) -> str:
         """Folder suffix for non-default inputs, so an f32 NCHW IR and a u8 NHWC IR can live side by side."""
-        if (self.input_type, self.input_layout) == ("f32", "NCHW"):
+        if (self.input_type, self.input_layout) == (InputType.F32, InputLayout.NCHW):
             return ""
         return f"{self.input_type}-{self.input_layout.lower()}"
 
 def check_options(options: ConvertOptions) -> None:
-    if options.precision not in PRECISIONS:
-        raise UsageError(f"precision {options.precision!r} is not supported; expected one of {', '.join(PRECISIONS)}")
-    if options.input_type not in INPUT_TYPES:
-        raise UsageError(f"input type {options.input_type!r}: expected one of {', '.join(INPUT_TYPES)}")
-    if options.input_layout not in INPUT_LAYOUTS:
-        raise UsageError(f"input layout {options.input_layout!r}: expected one of {', '.join(INPUT_LAYOUTS)}")
-    if options.precision != "INT8" and (options.calibration is not None or options.accept_accuracy_drop
+    if options.precision not in IRPrecision.values():
+        raise UsageError(f"precision {options.precision!r} is not supported; expected one of "
+                         f"{', '.join(IRPrecision.values())}")
+    if options.input_type not in InputType.values():
+        raise UsageError(f"input type {options.input_type!r}: expected one of {', '.join(InputType.values())}")
+    if options.input_layout not in InputLayout.values():
+        raise UsageError(f"input layout {options.input_layout!r}: expected one of {', '.join(InputLayout.values())}")
+    if options.precision != IRPrecision.INT8 and (options.calibration is not None or options.accept_accuracy_drop
                                         or options.int8_recipe is not None):
         raise UsageError(f"calibration, the INT8 recipe and the accuracy guard apply to INT8 only, got precision "
                          f"{options.precision}",
@@ -110,7 +110,7 @@ def conversion_parameters(entry: ModelEntry, options: ConvertOptions,
     if entry.outputs.heads is not None:  # only for heads models, so the full form's key (and its IRs) stay valid
         # as JSON gives it back from the provenance: lists, not tuples
         parameters["heads"] = json.loads(json.dumps(asdict(entry.outputs.heads)))
-    if options.precision == "INT8":
+    if options.precision == IRPrecision.INT8:
         if options.int8_recipe is not None:  # None: only to compare with an installed IR (see same_parameters)
             parameters["quantization"] = quantization_settings(options.int8_recipe)
         if calibration is not None:  # None: only to compare with an installed IR (see same_parameters)
@@ -126,7 +126,7 @@ def same_parameters(existing: Any, wanted: dict[str, Any]) -> bool:
     """
     if not isinstance(existing, dict):
         return False
-    if wanted.get("precision") == "INT8":
+    if wanted.get("precision") == IRPrecision.INT8:
         open_keys = [key for key in OPEN_INT8_KEYS if key not in wanted]
         return {k: v for k, v in existing.items() if k not in open_keys} == wanted
     return existing == wanted
