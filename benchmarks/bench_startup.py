@@ -13,9 +13,14 @@ the ratio of the overheads, CPU seconds, the machine's load before and after, an
 the script does not (``python -X importtime``). ssdtool's own modules are byte-compiled first, as ``pip install``
 leaves them (the ``PYTHONDONTWRITEBYTECODE`` many CI images set would otherwise compile them on every run).
 
+``--baseline-tree DIR`` adds a third process to each round: ``ssdtool detect`` from another source tree (for
+example ``git archive REV ssdtool models.yml | tar -x -C DIR``), byte-compiled the same way, so a change is measured
+against the code before it on the same machine at the same time.
+
 Target: ssdtool's overhead within 0.05 s of the minimal script's.
 
-    python benchmarks/bench_startup.py [--runs 11] [--model ssd-resnet34-1200-synthetic] [--json] [--no-write]
+    python benchmarks/bench_startup.py [--runs 11] [--model ssd-resnet34-1200-synthetic] [--baseline-tree DIR]
+                                       [--json] [--no-write]
 """
 
 from __future__ import annotations
@@ -85,10 +90,21 @@ def prepare(model: str) -> dict[str, Any]:
             "compiled_cache": cache.compiled_model_dir(entry)}
 
 
+def detect_arguments(model: str, setup: dict[str, Any]) -> list[str]:
+    return ["--cache-dir", str(CACHE), "-vv", "detect", str(setup["image"]), "--model", model, "--backend", "openvino",
+            "--format", "json"]
+
+
+def from_tree(tree: Path, arguments: list[str]) -> list[str]:
+    """``python -m ssdtool ARGUMENTS`` with ``tree`` first on the path (its registry: the tree's models.yml)."""
+    code = (f"import sys; sys.path.insert(0, {str(tree)!r}); sys.argv[0] = 'ssdtool'; "
+            "from ssdtool.cli import main; main()")
+    return [sys.executable, "-c", code, *arguments]
+
+
 def commands(model: str, setup: dict[str, Any]) -> tuple[list[str], list[str], str]:
     """The ssdtool command, the minimal script's command (same precision as ssdtool runs), and that precision."""
-    ssdtool = ssdtool_command("--cache-dir", str(CACHE), "-vv", "detect", str(setup["image"]), "--model", model,
-                              "--backend", "openvino", "--format", "json")
+    ssdtool = ssdtool_command(*detect_arguments(model, setup))
     first = run_child(ssdtool)  # fills the LATENCY blob of the compiled-model cache and the page cache
     if first["code"] != 0:
         raise SystemExit(f"ssdtool detect failed ({first['code']}): {first['stderr']}")
@@ -103,10 +119,10 @@ def _one(kind: str, command: list[str]) -> dict[str, float]:
     child = run_child(command)
     if child["code"] != 0:
         raise SystemExit(f"{kind} failed ({child['code']}): {child['stderr']}")
-    if kind == "ssdtool":
+    if kind != "minimal":
         found = BUSY.search(child["stderr"])
         if not found:
-            raise SystemExit(f"ssdtool logged no engine time: {child['stderr']}")
+            raise SystemExit(f"{kind} logged no engine time: {child['stderr']}")
         engine = float(found.group(1))
     else:
         engine = float(child["stdout"].split()[-1])
@@ -128,18 +144,24 @@ def imported(command: list[str]) -> dict[str, float]:
     return found
 
 
-def run(model: str = MODEL, runs: int = 11) -> dict[str, Any]:
+def run(model: str = MODEL, runs: int = 11, baseline_tree: Path | None = None) -> dict[str, Any]:
     setup = prepare(model)
     ssdtool, minimal, precision = commands(model, setup)
-    _one("minimal", minimal)  # its first run warms what is its own (the interpreter's, Pillow's plugins)
+    kinds = {"ssdtool": ssdtool, "minimal": minimal}
+    if baseline_tree is not None:
+        compileall.compile_dir(str(baseline_tree / "ssdtool"), quiet=1)
+        kinds["baseline"] = from_tree(baseline_tree, detect_arguments(model, setup))
+    for kind, command in kinds.items():  # each warms what is its own (bytecode, Pillow's plugins, the page cache)
+        _one(kind, command)
     load_before, busy_before = load_average(), busy_cores(2.0)
-    data: dict[str, list[dict[str, float]]] = {"ssdtool": [], "minimal": []}
+    data: dict[str, list[dict[str, float]]] = {kind: [] for kind in kinds}
+    names = list(kinds)
     for number in range(runs):
-        order = (("ssdtool", ssdtool), ("minimal", minimal))
-        for kind, command in order if number % 2 == 0 else reversed(order):
-            data[kind].append(_one(kind, command))
-        print(f"run {number + 1}/{runs}: ssdtool overhead {data['ssdtool'][-1]['overhead']:.3f} s, minimal "
-              f"{data['minimal'][-1]['overhead']:.3f} s", file=sys.stderr)
+        order = names[number % len(names):] + names[:number % len(names)]  # rotate: none always first or last
+        for kind in order:
+            data[kind].append(_one(kind, kinds[kind]))
+        print(f"run {number + 1}/{runs}: " + ", ".join(f"{kind} overhead {data[kind][-1]['overhead']:.3f} s"
+                                                      for kind in names), file=sys.stderr)
     load_after = load_average()
     ours, floor = imported(ssdtool), imported(minimal)
     extra = {name: seconds for name, seconds in ours.items() if name not in floor}
@@ -160,16 +182,25 @@ def run(model: str = MODEL, runs: int = 11) -> dict[str, Any]:
     figures["difference_s"] = median(differences)  # pairwise: each pair ran back to back
     figures["ratio"] = figures["ssdtool_overhead_s"] / figures["minimal_overhead_s"]
     figures["met"] = figures["difference_s"] <= TARGET_S
+    if "baseline" in data:
+        figures["baseline_tree"] = str(baseline_tree)
+        figures["baseline_difference_s"] = median([a["overhead"] - b["overhead"] for a, b
+                                                   in zip(data["baseline"], data["minimal"], strict=True)])
     return figures
 
 
 def table(f: dict[str, Any]) -> str:
     lines = [f"{'':<34} {'wall (s)':>9} {'engine (s)':>10} {'overhead (s)':>12} {'CPU (s)':>8}"]
-    for kind, label in (("ssdtool", "ssdtool detect IMAGE --format json"), ("minimal", "minimal script")):
+    for kind, label in (("ssdtool", "ssdtool detect IMAGE --format json"), ("minimal", "minimal script"),
+                        ("baseline", "the same, baseline tree")):
+        if f"{kind}_wall_s" not in f:
+            continue
         lines.append(f"{label:<34} {f[f'{kind}_wall_s']:>9.3f} {f[f'{kind}_engine_s']:>10.3f} "
                      f"{f[f'{kind}_overhead_s']:>12.3f} {f[f'{kind}_cpu_s']:>8.3f}")
     lines.append(f"difference of the overheads (median of pairs): {f['difference_s'] * 1000:.0f} ms; ratio "
                  f"{f['ratio']:.3f}x; target <= {TARGET_S * 1000:.0f} ms: {'met' if f['met'] else 'NOT met'}")
+    if "baseline_difference_s" in f:
+        lines.append(f"baseline tree's difference from the minimal script: {f['baseline_difference_s'] * 1000:.0f} ms")
     imports = f["imports"]
     lines.append(f"modules imported: ssdtool {imports['ssdtool']}, minimal script {imports['minimal']}; "
                  f"{imports['extra']} more ({imports['extra_ssdtool_modules']} of them ssdtool's), "
@@ -200,10 +231,12 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=11, help="alternating pairs of cold processes (median)")
     parser.add_argument("--model", default=MODEL, help=f"registry model (default {MODEL}; the tiny twin for a "
                                                         "quick look)")
+    parser.add_argument("--baseline-tree", type=Path, metavar="DIR",
+                        help="also run ssdtool from this source tree (ssdtool/ and models.yml), interleaved")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON on stdout")
     parser.add_argument("--no-write", action="store_true", help="do not update docs/performance.md")
     args = parser.parse_args()
-    figures = run(args.model, args.runs)
+    figures = run(args.model, args.runs, args.baseline_tree)
     print(table(figures), file=sys.stderr if args.json else sys.stdout)
     if not args.no_write and args.model == MODEL:
         print(f"wrote {write_section(HEADING, markdown(figures))}", file=sys.stderr)

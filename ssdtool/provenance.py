@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import xml.etree.ElementTree as ElementTree
 import xml.parsers.expat as expat
 from pathlib import Path
 from typing import Any
@@ -90,6 +89,8 @@ def rewrite_provenance(xml: Path, record: dict[str, Any]) -> bool:
 
     The new XML replaces the old by rename, so a reader (or a crash) never meets half a file.
     """
+    import xml.etree.ElementTree as ElementTree  # writing only: reading needs no tree
+
     tree = ElementTree.parse(xml)
     node = tree.getroot().find(f"rt_info/{RT_INFO_ROOT}")
     if node is None:
