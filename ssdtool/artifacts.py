@@ -4,7 +4,8 @@ anything later ask for.
 * onnxruntime runs the registry's source ONNX: downloaded (and verified) on first use;
 * OpenVINO runs an IR of the requested weights (FP32, FP16, INT8): the installed one when it is current (same
   source checksum and conversion parameters, weights of the recorded size - one small XML read, no lock, so a
-  warm start is cheap and a read-only cache works), else converted on first use.
+  warm start is cheap and a read-only cache works), else converted on first use. ``image_input`` picks the
+  image-input IR instead (whole images in, resized inside; form ``"image"``).
 
 With ``offline`` nothing is downloaded; a missing file is an :class:`OfflineError` naming the command to run.
 """
@@ -34,7 +35,8 @@ log = logging.getLogger("ssdtool.artifacts")
 
 @dataclass(frozen=True)
 class ModelFile:
-    """The file an engine runs: ``form`` "ir" (raw BGR input, normalization inside) or "onnx" (the source model);
+    """The file an engine runs: ``form`` "ir" (raw BGR input, normalization inside), "image" (the image-input IR:
+    whole BGR images of any size, resize inside too) or "onnx" (the source model);
     ``precision`` the IR's weights, None for the source ONNX. ``server``: the model runs on an Open Inference
     Protocol server instead (:func:`remote_model_file`); ``path`` is then only a name."""
 
@@ -123,30 +125,36 @@ def installed_ir(entry: ModelEntry, cache: Cache, options: ConvertOptions) -> Pa
     The test ``convert`` makes, without its lock, download check or log line, so a warm start costs one small XML
     read, and an installed IR works even when the source ONNX was removed from the cache.
     """
-    from ssdtool.convert.options import conversion_parameters, ir_path, same_parameters
+    from ssdtool.convert.options import conversion_parameters, ir_path, model_info_intact, same_parameters
     from ssdtool.provenance import ir_problem, read_provenance
 
     xml = ir_path(entry, cache, options)
     if not (entry.primary_file.sha256 and xml.is_file() and xml.with_suffix(".bin").is_file()):
         return None
     record = read_provenance(xml) or {}
+    wanted = conversion_parameters(entry, options)
     if (record.get("source_sha256") == entry.primary_file.sha256
-            and same_parameters(record.get("parameters"), conversion_parameters(entry, options))
-            and ir_problem(xml, record) is None):  # weights of the recorded size: a truncated .bin is rebuilt
+            and same_parameters(record.get("parameters"), wanted)
+            and ir_problem(xml, record) is None  # weights of the recorded size: a truncated .bin is rebuilt
+            and model_info_intact(xml, wanted)):  # Model API's metadata as recorded, else convert amends it
         return xml
     return None
 
 
 def model_file(entry: ModelEntry, cache: Cache, backend: Backend | str, precision: str | None = None, *,
-               offline: bool | None = None, progress: Callable[[Any], None] | None = None) -> ModelFile:
-    """The file ``backend`` runs for ``entry`` (OpenVINO: the IR of ``precision``, default the registry's), made
-    ready: downloaded or converted when missing (``offline``: never download; None reads ``$SSDTOOL_OFFLINE``).
-    ``progress`` receives download events."""
+               offline: bool | None = None, progress: Callable[[Any], None] | None = None,
+               image_input: bool = False) -> ModelFile:
+    """The file ``backend`` runs for ``entry`` (OpenVINO: the IR of ``precision``, default the registry's; with
+    ``image_input`` the image-input IR), made ready: downloaded or converted when missing (``offline``: never
+    download; None reads ``$SSDTOOL_OFFLINE``). ``progress`` receives download events."""
     if offline is None:
         from ssdtool.download.options import offline_from_env
 
         offline = offline_from_env()
     if Backend.parse(backend, "backend") == Backend.ONNXRUNTIME:
+        if image_input:
+            raise UsageError("the image-input IR is an OpenVINO IR; onnxruntime runs the source ONNX, which takes "
+                             "network-size tensors", hint="drop --image-input or use --backend openvino")
         from ssdtool.download.api import source_model
 
         return ModelFile(entry.name, Backend.ONNXRUNTIME, source_model(entry, cache, offline=offline,
@@ -154,13 +162,13 @@ def model_file(entry: ModelEntry, cache: Cache, backend: Backend | str, precisio
     from ssdtool.convert.options import ConvertOptions
 
     weights = ir_precision(precision or entry.convert.precision)
-    options = ConvertOptions(precision=weights)
+    options = ConvertOptions(precision=weights, image_input=image_input)
     path = installed_ir(entry, cache, options)
     if path is None:  # the converter (and onnx, NNCF glue) only when there is something to convert
         from ssdtool.convert.flow import convert
 
         path = convert(entry, cache, options, offline=offline, progress=progress).xml
-    return ModelFile(entry.name, Backend.OPENVINO, path, "ir", weights)
+    return ModelFile(entry.name, Backend.OPENVINO, path, "image" if image_input else "ir", weights)
 
 
 def precision_plan(model: ModelFile, requested: str | InferencePrecision, device: str

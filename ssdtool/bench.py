@@ -64,7 +64,8 @@ class BenchOptions:
     optimal number; onnxruntime: threads, default one per core); latency mode always uses one. ``precision``
     picks the IR (OpenVINO); onnxruntime runs the source ONNX, which is FP32. ``inference_precision``: OpenVINO's
     arithmetic, as for detection (``auto``, ``f32``, ``bf16``, ``f16``; see :mod:`ssdtool.precision`); the report
-    gives what was read back. ``images``: distinct inputs cycled.
+    gives what was read back. ``images``: distinct inputs cycled. ``image_input``: the image-input IR, fed the
+    generated images whole (640x480), so its inner resize is part of every timed inference.
     """
 
     backend: str = "openvino"
@@ -80,6 +81,7 @@ class BenchOptions:
     #: ``requests`` in flight, default the target's ``concurrency``).
     server: ServerTarget | None = None
     offline: bool = False
+    image_input: bool = False
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,8 @@ class BenchReport:
     inference_precision: str | None = None
     inference_precision_requested: str = "auto"
     inference_precision_reason: str = ""
+    #: The image-input IR ran, fed whole images (its inner resize is in the timings).
+    image_input: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -135,6 +139,9 @@ def check_options(options: BenchOptions) -> None:
                          hint="use --backend openvino for FP16 and INT8 IRs")
     if options.backend == "onnxruntime" and options.device.upper() != "CPU":
         raise UsageError(f"the onnxruntime backend runs on the CPU only, got --device {options.device}")
+    if options.image_input and (options.backend == "onnxruntime" or options.server is not None):
+        raise UsageError("--image-input measures the local image-input IR with OpenVINO",
+                         hint="drop --image-input, or use --backend openvino without --server")
     inference_precisions.parse(options.inference_precision)
     if options.backend == "onnxruntime":
         inference_precisions.onnxruntime_precision(options.inference_precision)
@@ -234,10 +241,10 @@ def _measure(engine: Engine, tensors: Sequence[np.ndarray], options: BenchOption
 
 # ------------------------------------------------------------------------------------------------ entry point
 def input_tensors(entry: ModelEntry, backend: str, count: int = BENCH_IMAGES, input_type: str = InputType.F32.value,
-                  layout: str = InputLayout.NCHW.value) -> list[np.ndarray]:
+                  layout: str = InputLayout.NCHW.value, image_input: bool = False) -> list[np.ndarray]:
     """``count`` generated images preprocessed for ``backend``: normalized RGB for onnxruntime (the source model),
-    raw BGR pixels for an ssdtool IR."""
-    form = "onnx" if backend == Backend.ONNXRUNTIME else "ir"
+    raw BGR pixels for an ssdtool IR (``image_input``: the whole 640x480 images, for the image-input IR)."""
+    form = "onnx" if backend == Backend.ONNXRUNTIME else "image" if image_input else "ir"
     return [preprocess(rgb, entry, form=form, input_type=input_type, input_layout=layout)
             for rgb in generated_images(count, seed=BENCH_SEED, size=IMAGE_SIZE)]
 
@@ -269,8 +276,9 @@ def benchmark(entry: ModelEntry, cache: Cache, options: BenchOptions | None = No
                                input_tensors(entry, Backend.OPENVINO.value, options.images), options)
     model = artifacts.model_file(entry, cache, options.backend,
                                  options.precision if options.backend == Backend.OPENVINO else None,
-                                 offline=options.offline, progress=progress)
-    return benchmark_model(model, input_tensors(entry, options.backend, options.images), options)
+                                 offline=options.offline, progress=progress, image_input=options.image_input)
+    return benchmark_model(model, input_tensors(entry, options.backend, options.images,
+                                                image_input=options.image_input), options)
 
 
 def benchmark_file(path: Path, tensors: Sequence[np.ndarray], options: BenchOptions, *, model: str = ""
@@ -330,4 +338,4 @@ def benchmark_model(model: artifacts.ModelFile, tensors: Sequence[np.ndarray], o
         inference_precision=engine.inference_precision,
         inference_precision_requested="auto" if remote
         else inference_precisions.parse(options.inference_precision).value,
-        inference_precision_reason=reason)
+        inference_precision_reason=reason, image_input=model.form == "image")

@@ -61,13 +61,15 @@ class RunInfo:
     inference_precision_reason: str
     model_path: str
     performance: str
+    #: The image-input IR ran (whole images in, resized inside the IR).
+    image_input: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
     def describe(self) -> str:
         """For people: ``openvino CPU FP32 IR, bf16`` or ``onnxruntime CPU, f32``."""
-        weights = f" {self.precision} IR" if self.precision else ""
+        weights = f" {self.precision} {'image-input ' if self.image_input else ''}IR" if self.precision else ""
         return f"{self.backend} {self.device}{weights}, {self.inference_precision or 'unreported precision'}"
 
 
@@ -91,11 +93,12 @@ def _check_device(backend: str, device: str) -> None:
                            hint="use --backend openvino for other devices")
 
 
-def _check_remote(precision: str | None, requested: InferencePrecision, device: str) -> None:
-    """Precisions and device are chosen where the model runs: on the server."""
-    if precision is not None or requested != InferencePrecision.AUTO or device != "CPU":
-        raise UsageError("--precision, --inference-precision and --device choose how a local engine runs; with "
-                         "--server the server has chosen them",
+def _check_remote(precision: str | None, requested: InferencePrecision, device: str, image_input: bool = False
+                  ) -> None:
+    """Precisions, device and IR are chosen where the model runs: on the server."""
+    if precision is not None or requested != InferencePrecision.AUTO or device != "CPU" or image_input:
+        raise UsageError("--precision, --inference-precision, --device and --image-input choose how a local engine "
+                         "runs; with --server the server has chosen them",
                          hint="pass them to 'ssdtool serve' (or the server's own configuration) instead")
 
 
@@ -155,7 +158,7 @@ class _Engines:
         info = RunInfo(model=model.model, backend=model.backend.value, device=engine.device,
                        precision=model.precision, inference_precision=engine.inference_precision,
                        inference_precision_requested=self.requested.value, inference_precision_reason=reason,
-                       model_path=str(model.path), performance=performance)
+                       model_path=str(model.path), performance=performance, image_input=model.form == "image")
         self._run_infos[performance] = info
         log.debug("%s engine (%s hint) ready in %.2f s: %s", model.backend.value, performance,
                   time.perf_counter() - started, info.describe())
@@ -205,7 +208,8 @@ class Detector:
     :func:`~ssdtool.imaging.load_image`. ``decode_memory``: bytes that image files being decoded at once may take
     (see :class:`~ssdtool.pipeline.ImagePreparer`). ``progress`` receives download events when the model is fetched.
     ``server``: run the model on an Open Inference Protocol server (:class:`~ssdtool.serving.ServerTarget`)
-    instead of here; nothing is downloaded, and precision and device are the server's.
+    instead of here; nothing is downloaded, and precision and device are the server's. ``image_input``: run the
+    image-input IR (OpenVINO only), which takes each whole image and resizes it inside (docs/convert.md).
     """
 
     def __init__(self, model: str | ModelEntry | None = None, backend: str = "auto", *,
@@ -215,7 +219,7 @@ class Detector:
                  registry: str | os.PathLike[str] | Registry | None = None, offline: bool | None = None,
                  performance: str = "auto", workers: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                  progress: Callable[[Any], None] | None = None, decode_memory: int = DEFAULT_DECODE_MEMORY,
-                 server: ServerTarget | None = None) -> None:
+                 server: ServerTarget | None = None, image_input: bool = False) -> None:
         _check_arguments(performance, workers, decode_memory)
         self.entry: ModelEntry = model if isinstance(model, ModelEntry) else (
             registry if isinstance(registry, Registry) else load_registry(registry)).model(model)
@@ -228,14 +232,14 @@ class Detector:
         self.workers = workers or _default_workers()
         requested = inference_precisions.parse(inference_precision)
         if server is not None:
-            _check_remote(precision, requested, device)
+            _check_remote(precision, requested, device, image_input)
             self.backend = "remote"
             self.model_file = artifacts.remote_model_file(self.entry, server)
         else:
             self.backend = artifacts.resolve_backend(backend, precision, requested).value
             _check_device(self.backend, device)
             self.model_file = artifacts.model_file(self.entry, self.cache, self.backend, precision,
-                                                   offline=offline, progress=progress)
+                                                   offline=offline, progress=progress, image_input=image_input)
         self.model_path, self.form, self.precision = self.model_file.path, self.model_file.form, \
             self.model_file.precision
         self._prepare = ImagePreparer(self.entry, self.form, max_pixels=max_pixels, decode_memory=decode_memory)

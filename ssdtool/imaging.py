@@ -4,7 +4,7 @@
   grayscale, palette, alpha, CMYK and 16-bit images converted; size limits checked before decoding), with
   :func:`decode_file` for callers that decode a file their own way (detection's bounded-memory path);
 * :func:`preprocess` - RGB pixels -> the network input tensor (``form="onnx"``: the source model's normalized RGB;
-  ``form="ir"``: a converted IR's raw BGR pixels);
+  ``form="ir"``: a converted IR's raw BGR pixels; ``form="image"``: the image-input IR's whole image, BGR);
 * :class:`DecodeBudget` - bounds the memory of concurrent decodes; :func:`generated_images` - test images.
 
 Shared by detection, the conversion parity gate, INT8 calibration and benchmarks, so every path feeds the network
@@ -31,8 +31,9 @@ from ssdtool.registry import InputSpec, ModelEntry
 if TYPE_CHECKING:
     from PIL import Image as PILImage
 
-#: The two network inputs: the source ONNX's (normalized RGB floats) and a converted IR's (raw BGR pixels).
-FORMS = ("onnx", "ir")
+#: The network inputs: the source ONNX's (normalized RGB floats), a converted IR's (raw BGR pixels at the network
+#: size) and the image-input IR's (the whole image as raw 8-bit BGR pixels, resized inside the IR).
+FORMS = ("onnx", "ir", "image")
 ImageSource = Union[str, "os.PathLike[str]", "PILImage.Image", np.ndarray]
 T = TypeVar("T")
 
@@ -112,6 +113,24 @@ def resized_for_network(image: PILImage.Image, spec: InputSpec) -> np.ndarray | 
     if rgb.size != size:
         rgb = rgb.resize(size, resample=resample)
     return np.asarray(rgb)
+
+
+def whole_for_network(image: PILImage.Image, color_order: str) -> np.ndarray | None:
+    """The upright ``image`` as the image-input IR's input, u8 ``[1, H, W, 3]`` in ``color_order``, straight from
+    Pillow's buffer in that order.
+
+    The same pixels as ``preprocess(load_image(...), entry, form="image")``, bit for bit (``tests/test_images.py``
+    holds them equal), without numpy's full-size RGB copy and its channel reversal (a strided copy): at 12 MP those
+    two cost more than the decode. None for modes that need numpy's own conversion (16-bit, 32-bit, float).
+    """
+    mode = image.mode
+    if mode.startswith("I") or mode == "F":
+        return None
+    if mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")  # as load_image does: Pillow's route for palette transparency
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    pixels = np.frombuffer(rgb.tobytes("raw", color_order), dtype=np.uint8)
+    return pixels.reshape(1, rgb.height, rgb.width, 3)
 
 
 def resize_rgb(rgb: np.ndarray, spec: InputSpec) -> np.ndarray:
@@ -313,8 +332,13 @@ def preprocess(rgb: np.ndarray, entry: ModelEntry, *, form: str = "onnx", input_
     model's input (``input.color_order``, ``(pixel - mean) / scale``, ``input.layout``, float32).
     ``form="ir"``: an ssdtool-converted IR's input, raw 0-255 pixels in ``convert.color_order`` (BGR) with
     ``input_type`` ("f32" or "u8") and ``input_layout`` ("NCHW" or "NHWC"); normalization happens inside the IR.
+    ``form="image"``: the image-input IR's input, the whole image unresized: u8 ``[1, H, W, 3]`` in
+    ``convert.color_order`` (resize and normalization happen inside the IR; ``input_type`` and ``input_layout`` do
+    not apply).
     """
     check_form(form)
+    if form == "image":
+        return raw_input(rgb, entry.convert.color_order, InputLayout.NHWC, InputType.U8)
     resized = resize_rgb(rgb, entry.input)
     if form == "onnx":
         return normalized_input(resized, entry.input)

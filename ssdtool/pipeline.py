@@ -39,6 +39,7 @@ from ssdtool.imaging import (
     preprocess,
     resize_rgb,
     resized_for_network,
+    whole_for_network,
 )
 from ssdtool.registry import ModelEntry
 
@@ -92,7 +93,8 @@ def _malloc_trim() -> Callable[[int], int] | None:
 
 
 class ImagePreparer:
-    """Decodes one image source and makes the network tensor for ``form`` ("onnx" or "ir"), or, for ``form=None``,
+    """Decodes one image source and makes the network tensor for ``form`` ("onnx", "ir" or "image": the whole
+    image, for the image-input IR, which resizes inside), or, for ``form=None``,
     the network-sized 8-bit RGB pixels that every form's tensor is made from (decode once, feed several engines:
     ``preprocess(prepared.tensor, entry, form=...)``).
 
@@ -121,7 +123,8 @@ class ImagePreparer:
         """An opened image (its size already checked) -> :class:`Prepared`, within the decode budget: waits while
         other decodes hold it. The image is closed on return (its full-size pixels are gone before the budget is
         released). Pillow's errors for broken data pass through (:func:`decode_file` names them for files)."""
-        cost = decode_cost(image.width, image.height, image.mode, keep_image)
+        whole = keep_image or self.form == "image"  # full-size pixels leave the decode
+        cost = decode_cost(image.width, image.height, image.mode, whole)
         if cost > LARGE_DECODE_BYTES:
             return self._large_decoder().submit(self._decode_large, image, cost, keep_image).result()
         return self._decode_within_budget(image, cost, keep_image)
@@ -133,14 +136,19 @@ class ImagePreparer:
             release_freed_memory()
 
     def _decode_within_budget(self, image: PILImage.Image, cost: int, keep_image: bool) -> Prepared:
-        # The full-size pixels live only inside the budget's hold; what leaves it is network-sized.
+        # The full-size pixels live only inside the budget's hold; what leaves it is network-sized, except the kept
+        # image and the image-input IR's tensor (each bounded by max_pixels, one per image in flight).
         with self.budget.hold(cost):
             from PIL import ImageOps
 
             try:
                 ImageOps.exif_transpose(image, in_place=True)  # upright without a full-size copy
                 width, height = image.size
-                resized = None if keep_image else resized_for_network(image, self.entry.input)
+                if self.form == "image" and not keep_image:
+                    whole_tensor = whole_for_network(image, self.entry.convert.color_order)
+                    if whole_tensor is not None:
+                        return Prepared(None, width, height, whole_tensor)
+                resized = None if keep_image or self.form == "image" else resized_for_network(image, self.entry.input)
                 rgb = pil_to_rgb(image) if resized is None else None
                 tensor = self._tensor(rgb if resized is None else resized)
             finally:

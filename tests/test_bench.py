@@ -24,7 +24,7 @@ REPORT_KEYS = {
     "model", "backend", "precision", "device", "hint", "requests", "model_path", "input_shape", "load_seconds",
     "first_inference_ms", "iterations", "duration_seconds", "latency_median_ms", "latency_p90_ms", "latency_min_ms",
     "latency_max_ms", "latency_mean_ms", "throughput_fps", "peak_rss_mb", "streams", "threads", "versions",
-    "inference_precision", "inference_precision_requested", "inference_precision_reason",
+    "inference_precision", "inference_precision_requested", "inference_precision_reason", "image_input",
 }
 
 

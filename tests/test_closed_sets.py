@@ -34,7 +34,10 @@ WATCHED = {*IRPrecision.values(), DEFAULT_DEVICE, InputType.U8.value, *InputLayo
 OTHER_SETS = {
     # Open Inference Protocol tensor datatypes (KServe v2): what a tensor holds, not an IR's weights.
     "ssdtool/serving/protocol.py": {"FP32", "FP16", "INT8"}, "ssdtool/serving/binary.py": {"FP32", "FP16", "INT8"},
-    "ssdtool/serving/model.py": {"FP32"}, "ssdtool/backends/remote_answers.py": {"FP32", "FP16"},
+    "ssdtool/serving/model.py": {"FP32"}, "ssdtool/serving/detections.py": {"FP32"},
+    "ssdtool/backends/remote_answers.py": {"FP32", "FP16"},
+    # Model API's metadata vocabulary (rt_info/model_info input_dtype): what Model API sends, not --input-type.
+    "ssdtool/convert/model_info.py": {"u8"},
     # OpenVINO's element type names, mapped to Triton's.
     "ssdtool/export/signature.py": {"u8"},
 }

@@ -120,7 +120,8 @@ def test_an_unpinned_engine_reports_the_device_default(world: World) -> None:
 def test_detect_reports_what_ran(world: World) -> None:
     run = _run_record(world.run("detect", str(world.image), "--format", "json"))
     assert set(run) == {"model", "backend", "device", "precision", "inference_precision",
-                        "inference_precision_requested", "inference_precision_reason", "model_path", "performance"}
+                        "inference_precision_requested", "inference_precision_reason", "model_path", "performance",
+                        "image_input"}
     assert (run["model"], run["backend"], run["device"], run["precision"]) == ("tiny", "openvino", "CPU", "FP32")
     assert run["inference_precision_requested"] == "auto"
     # The tiny twin passes its runtime check, so auto runs the device's default (f32 on AVX2-only CPUs).

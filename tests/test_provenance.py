@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ssdtool.checked import JsonValueError, loads
-from ssdtool.provenance import read_provenance
+from ssdtool.provenance import read_provenance, read_section
 
 
 def element_tree_reading(xml: Path) -> dict[str, Any] | None:
@@ -63,11 +63,36 @@ CASES = {
 }
 
 
+def element_tree_section(xml: Path, name: str) -> dict[str, str] | None:
+    try:
+        node = ElementTree.parse(xml).getroot().find(f"rt_info/{name}")
+    except (OSError, ElementTree.ParseError):
+        return None
+    return None if node is None else {child.tag: child.get("value", "") for child in node}
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_read_provenance_reads_what_element_tree_finds(tmp_path: Path, case: str) -> None:
     xml = tmp_path / "model.xml"
     xml.write_bytes(CASES[case].encode("latin-1" if case == "latin-1" else "utf-8"))
     assert read_provenance(xml) == element_tree_reading(xml)
+    for name in ("ssdtool", "model_info", "other", "x", "{urn:x}ssdtool"):
+        assert read_section(xml, name) == element_tree_section(xml, name), name
+
+
+def test_a_rewritten_file_is_read_again(tmp_path: Path) -> None:
+    """Sections are parsed once per document (by a digest of its bytes), so an edit of the same size in the same
+    instant is still seen."""
+    xml = tmp_path / "model.xml"
+    xml.write_text('<net><rt_info><ssdtool><a value="1"/></ssdtool></rt_info></net>')
+    assert read_provenance(xml) == {"a": 1}
+    with open(xml, "r+") as stream:  # in place: same inode, same size, maybe the same timestamp
+        stream.write('<net><rt_info><ssdtool><a value="2"/></ssdtool></rt_info></net>')
+    assert read_provenance(xml) == {"a": 2}
+    first = read_provenance(xml)
+    assert first is not None
+    first["a"] = 3  # a caller's copy: changing it changes nothing cached
+    assert read_provenance(xml) == {"a": 2}
 
 
 def test_a_real_block_is_read(tmp_path: Path) -> None:

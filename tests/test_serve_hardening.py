@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -24,7 +23,7 @@ from ssdtool.errors import UsageError
 from ssdtool.imaging import preprocess
 from ssdtool.registry import load_registry
 from ssdtool.serving.protocol import HEADER_LENGTH, IMAGE_INPUT
-from tests.modelkit import ServeWorld, serve_world
+from tests.modelkit import ServeWorld, Tracebacks, serve_world, watched_tracebacks
 
 pytest.importorskip("kserve")
 
@@ -34,18 +33,6 @@ DECODE_MEMORY = 32 << 20  # an RGB image of 2000 x 1500 is estimated at 36 MB to
 TENSOR_BYTES = 1 * 3 * 300 * 300 * 4
 
 
-class Tracebacks(logging.Handler):
-    """Every log record that carries a traceback, from any logger (kserve, uvicorn, ssdtool)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.exc_info and not any(seen is record for seen in self.records):  # on two loggers: once
-            self.records.append(record)
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> ServeWorld:
     return serve_world(tmp_path_factory.mktemp("serve-hardening"))
@@ -53,13 +40,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> ServeWorld:
 
 @pytest.fixture(scope="module")
 def tracebacks() -> Iterator[Tracebacks]:
-    handler = Tracebacks()
-    loggers = [logging.getLogger(), logging.getLogger("ssdtool")]  # the CLI stops ssdtool's from propagating
-    for logger in loggers:
-        logger.addHandler(handler)
-    yield handler
-    for logger in loggers:
-        logger.removeHandler(handler)
+    with watched_tracebacks() as handler:
+        yield handler
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +63,9 @@ def local_engine(world: ServeWorld) -> Any:
 
 
 def _post(server: Any, body: bytes, headers: dict[str, str]) -> requests.Response:
-    return requests.post(f"{server.url}/v2/models/tiny/infer", data=body, headers=headers, timeout=60)
+    """POST to the model the request is for: the detections model for an encoded image, else the IR model."""
+    model = "tiny-detections" if f'"{IMAGE_INPUT}"'.encode() in body[:300] else "tiny"
+    return requests.post(f"{server.url}/v2/models/{model}/infer", data=body, headers=headers, timeout=60)
 
 
 def _binary(header: dict[str, Any] | bytes, raw: bytes = b"") -> tuple[bytes, dict[str, str]]:
@@ -157,10 +141,16 @@ MALFORMED = {
                                "input 'image' holds NaN or infinite values"),
     "inf in a JSON tensor": (b'{"inputs":[{"name":"image","shape":[1,3,300,300],"datatype":"FP32","data":[Infinity'
                              + b",1" * 269999 + b"]}]}", {"Content-Type": "application/json"},
-                             "input 'image' holds NaN or infinite values"),
+                             "is not valid JSON: inputs[0].data[0]: Infinity is not a JSON number"),
     "threshold NaN": (b'{"inputs":[{"name":"encoded_image","shape":[1],"datatype":"BYTES","data":["x"]}],'
                       b'"parameters":{"threshold":NaN}}', {"Content-Type": "application/json"},
-                      "parameter 'threshold' must be a number from 0 to 1, got nan"),
+                      "is not valid JSON: parameters.threshold: NaN is not a JSON number"),
+    "threshold 7": (b'{"inputs":[{"name":"encoded_image","shape":[1],"datatype":"BYTES","data":["x"]}],'
+                    b'"parameters":{"threshold":7}}', {"Content-Type": "application/json"},
+                    "parameter 'threshold' must be a number from 0 to 1, got 7"),
+    "threshold 'nan'": (b'{"inputs":[{"name":"encoded_image","shape":[1],"datatype":"BYTES","data":["x"]}],'
+                        b'"parameters":{"threshold":"nan"}}', {},
+                        "parameter 'threshold' must be a number from 0 to 1, got 'nan'"),
     "a JSON image that is not one": (
         json.dumps({"inputs": [{"name": IMAGE_INPUT, "shape": [1], "datatype": "BYTES", "data": ["\u20ac"]}]})
         .encode(), {"Content-Type": "application/json"}, "is not an image Pillow can decode (3 bytes)"),
@@ -180,12 +170,12 @@ def test_a_malformed_request_is_400_with_the_reason_and_no_traceback(server: Any
 def test_an_unexpected_error_is_500_with_its_traceback_in_the_log(server: Any, tracebacks: Tracebacks,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """What the traceback checks above would see: a bug (here a planted one) is a 500, logged with its traceback."""
-    from ssdtool.serving.model import EngineModel
+    from ssdtool.serving.model import IRModel
 
     def broken(*_args: Any) -> Any:
         raise RuntimeError("planted")
 
-    monkeypatch.setattr(EngineModel, "_tensor", staticmethod(broken))
+    monkeypatch.setattr(IRModel, "_tensor", staticmethod(broken))
     answer = _post(server, *_binary({"inputs": [_tensor_input([1, 3, 300, 300])]}, ZEROS))
     assert answer.status_code == 500
     assert answer.json() == {"error": "internal error (RuntimeError); the server's log has the details"}
@@ -214,13 +204,19 @@ def test_an_image_over_the_pixel_limit_or_the_decode_budget_is_413(server: Any, 
 
 
 def test_versions_unknown_models_and_the_repository_are_404(server: Any, tracebacks: Tracebacks) -> None:
-    versions = "this server serves one model without versions: leave out /versions/VERSION and model_version"
+    versions = "this server serves its models without versions: leave out /versions/VERSION and model_version"
+    routes = ("this server answers GET /v2, GET /v2/health/live, GET /v2/health/ready, GET /v2/models, "
+              "GET /v2/models/NAME, GET /v2/models/NAME/ready, POST /v2/models/NAME/infer, GET /metrics")
     for method, path, error in (
             ("GET", "/v2/models/tiny?model_version=2", versions),
             ("GET", "/v2/models/tiny/versions/1/ready", versions),
             ("POST", "/v2/models/tiny/versions/1/infer", versions),
+            ("POST", "/v2/models/tiny-detections/versions/1/infer", versions),
             ("GET", "/v2/models/nope", "Model with name nope does not exist."),
-            ("POST", "/v2/repository/models/tiny/unload", "not found")):
+            ("POST", "/v2/models/nope/infer", "Model with name nope does not exist."),
+            ("POST", "/v2/repository/models/tiny/unload",
+             f"not found: POST /v2/repository/models/tiny/unload; {routes}"),
+            ("GET", "/v2/models/tiny/metadata", f"not found: GET /v2/models/tiny/metadata; {routes}")):
         answer = requests.request(method, f"{server.url}{path}", timeout=30)
         assert (answer.status_code, answer.json()) == (404, {"error": error})
     assert requests.get(f"{server.url}/v2/models/tiny?model_version=", timeout=30).status_code == 200

@@ -15,6 +15,7 @@ from ssdtool.commands.options import (
     backend_option,
     device_option,
     hint_option,
+    image_input_option,
     inference_precision_option,
     ir_precision_option,
     json_option,
@@ -36,7 +37,8 @@ def format_report(data: dict[str, Any]) -> str:
     detail = ", ".join(part for part in (requests, engine, threads) if part)
     load = {"openvino": "read + compile", "remote": "server metadata"}.get(data["backend"], "session creation")
     peak = human_size(int(data["peak_rss_mb"] * 2**20)) if data.get("peak_rss_mb") is not None else "unknown"
-    weights = {"openvino": f"{data['precision']} IR", "remote": "served model"}.get(data["backend"], "source ONNX")
+    weights = {"openvino": f"{data['precision']} {'image-input ' if data.get('image_input') else ''}IR",
+               "remote": "served model"}.get(data["backend"], "source ONNX")
     lines = [
         f"{data['model']}: {data['backend']} {weights} on {data['device']}, {data['hint']} hint ({detail})",
         f"  model:           {data['model_path']}",
@@ -58,6 +60,8 @@ def format_report(data: dict[str, Any]) -> str:
 @model_argument
 @backend_option(allow_auto=False, default="openvino")
 @ir_precision_option("Which IR (OpenVINO only; converted on first use).", default=IRPrecision.FP32.value)
+@image_input_option("Measure the image-input IR (OpenVINO), fed the generated 640x480 images whole: its inner "
+                    "resize is timed with every inference.")
 @inference_precision_option()
 @hint_option()
 @click.option("--requests", type=click.IntRange(min=1), metavar="N",
@@ -74,11 +78,11 @@ def format_report(data: dict[str, Any]) -> str:
 @server_options
 @json_option("Print the report as JSON on stdout.")
 @click.pass_context
-def bench_command(ctx: click.Context, name: str | None, backend: str, precision: str, inference_precision: str,
-                  hint: str, requests: int | None, iterations: int | None, seconds: float | None, device: str,
-                  offline: bool, progress_mode: str, server_url: str | None, server_model: str | None,
-                  concurrency: int | None, wire_protocol: str, server_timeout: float, server_retries: int,
-                  as_json: bool, **loadgen: Any) -> None:
+def bench_command(ctx: click.Context, name: str | None, backend: str, precision: str, image_input: bool,
+                  inference_precision: str, hint: str, requests: int | None, iterations: int | None,
+                  seconds: float | None, device: str, offline: bool, progress_mode: str, server_url: str | None,
+                  server_model: str | None, concurrency: int | None, wire_protocol: str, server_timeout: float,
+                  server_retries: int, as_json: bool, **loadgen: Any) -> None:
     """Measure inference speed of NAME (default model): latency percentiles, throughput, load time, memory.
 
     Inputs are generated images, preprocessed before timing; the first inference is reported apart and
@@ -92,6 +96,9 @@ def bench_command(ctx: click.Context, name: str | None, backend: str, precision:
 
     want_json(ctx, as_json)
     if loadgen["scenario"] is not None:
+        if image_input:
+            raise UsageError("--image-input and --scenario do not go together: LoadGen runs feed the standard IR its "
+                             "network-size tensors", hint="drop --image-input, or drop --scenario")
         if server_url is not None:
             raise UsageError("--server and --scenario do not go together: LoadGen runs drive a local engine",
                              hint="drop --server to run the scenario here, or drop --scenario to measure the server")
@@ -111,7 +118,7 @@ def bench_command(ctx: click.Context, name: str | None, backend: str, precision:
         hint, requests = PerformanceHint.THROUGHPUT.value, server.concurrency
     options = BenchOptions(backend=backend, precision=precision, inference_precision=inference_precision, hint=hint,
                            requests=requests, iterations=iterations, seconds=seconds, device=device, offline=offline,
-                           server=server)
+                           server=server, image_input=image_input)
     downloads = app_download_progress(app, progress_mode)
     report = benchmark(app.registry().model(name), app.cache(), options, progress=downloads)
     if as_json:

@@ -16,6 +16,7 @@ from ssdtool.commands.common import app_context, exit_codes, printable, want_jso
 from ssdtool.commands.options import (
     FiniteFloatRange,
     engine_options,
+    image_input_option,
     model_option,
     offline_option,
     progress_option,
@@ -32,6 +33,7 @@ from ssdtool.errors import InputError, UsageError
 @click.argument("sources", nargs=-1, required=True, metavar="SOURCES...")
 @model_option
 @engine_options
+@image_input_option()
 @click.option("-t", "--threshold", type=FiniteFloatRange(0.0, 1.0), default=0.5, show_default=True,
               help="Minimum score of a detection.")
 @click.option("-c", "--classes", metavar="NAMES",
@@ -56,7 +58,7 @@ from ssdtool.errors import InputError, UsageError
 @progress_option
 @click.pass_context
 def detect_command(ctx: click.Context, sources: tuple[str, ...], model_name: str | None, backend: str,
-                   precision: str | None, inference_precision: str, device: str, threshold: float,
+                   precision: str | None, inference_precision: str, device: str, image_input: bool, threshold: float,
                    classes: str | None, max_detections: int | None, output_format: str | None, as_json: bool,
                    output: str | None, save_dir: str | None, recursive: bool, max_pixels: int, workers: int | None,
                    offline: bool, server_url: str | None, server_model: str | None, concurrency: int | None,
@@ -109,6 +111,7 @@ def detect_command(ctx: click.Context, sources: tuple[str, ...], model_name: str
                       performance=(PerformanceHint.LATENCY if len(files) == 1 else PerformanceHint.THROUGHPUT).value,
                       workers=workers,
                       max_pixels=max_pixels, progress=app_download_progress(app, progress_mode),
+                      image_input=image_input,
                       server=server_target(server_url, server_model, concurrency, wire_protocol, server_timeout,
                                            server_retries, 1 if len(files) == 1 else 4)) as detector:
             model = model_inputs([detector.model_file])

@@ -11,6 +11,7 @@ from ssdtool.commands.options import (
     FiniteFloatRange,
     device_option,
     hint_option,
+    image_input_option,
     inference_precision_option,
     ir_precision_option,
     json_option,
@@ -60,6 +61,8 @@ def format_result(data: dict[str, Any]) -> str:
               help="The model repository (created when missing; a link or file there is refused).")
 @ir_precision_option("Which IR to export (FP32, FP16 or INT8; converted on first use) [default: the registry's, "
                      "FP32].")
+@image_input_option("Export the image-input IR: u8 [1,?,?,3] NHWC BGR images of any size, resized inside, so OVMS "
+                    "can feed it JPEG/PNG inputs and Model API's OVMS adapter can drive it.")
 @inference_precision_option(help_text=(
     "The precision the server runs: f32, bf16 or f16 are pinned; auto is written as f32, because the server's "
     "device is not known here and f32 is what the IR was proven at. Triton pins only bf16: with triton, auto "
@@ -84,8 +87,8 @@ def format_result(data: dict[str, Any]) -> str:
 @json_option("Print a JSON summary on stdout.")
 @click.pass_context
 def export_command(ctx: click.Context, name: str | None, export_format: str, output_dir: str, precision: str | None,
-                   inference_precision: str, device: str, hint: str, version: int | None, force: bool,
-                   storage_uri: str | None, served_name: str | None, lock_timeout: float, offline: bool,
+                   image_input: bool, inference_precision: str, device: str, hint: str, version: int | None,
+                   force: bool, storage_uri: str | None, served_name: str | None, lock_timeout: float, offline: bool,
                    progress_mode: str, as_json: bool) -> None:
     """Export NAME (default model) as a versioned repository for OVMS, Triton or KServe.
 
@@ -101,7 +104,8 @@ def export_command(ctx: click.Context, name: str | None, export_format: str, out
     app = app_context(ctx)
     options = ExportOptions(format=export_format, output_dir=Path(output_dir), precision=precision,
                             inference_precision=inference_precision, device=device, hint=hint, version=version,
-                            force=force, storage_uri=storage_uri, served_name=served_name, lock_timeout=lock_timeout)
+                            force=force, storage_uri=storage_uri, served_name=served_name, lock_timeout=lock_timeout,
+                            image_input=image_input)
     result = export_model(app.registry().model(name), app.cache(), options, offline=offline,
                           progress=app_download_progress(app, progress_mode))
     if as_json:

@@ -109,6 +109,12 @@ def inference_precision_option(default: str = InferencePrecision.AUTO.value,
                           "device cannot run it). onnxruntime runs f32.")
 
 
+def image_input_option(help_text: str = "Run the image-input IR (OpenVINO): whole images in, resized inside the IR "
+                                        "(converted on first use, beside the standard IR).") -> Callable[[F], F]:
+    """``--image-input``: the image-input IR (u8 NHWC images of any size, resize inside; docs/convert.md)."""
+    return click.option("--image-input", is_flag=True, help=help_text)
+
+
 def device_option(help_text: str = "OpenVINO device (CPU, GPU, AUTO, ...).") -> Callable[[F], F]:
     return click.option("--device", default=DEFAULT_DEVICE, show_default=True, help=help_text)
 

@@ -4,7 +4,9 @@
    date: nothing is built (only a missing runtime check for this CPU is measured and recorded). Reading needs no
    lock, since an IR only ever appears by renaming a complete folder into place.
 2. **Locked**: one converter per destination, across processes; it re-checks, then removes what dead
-   conversions left (:mod:`ssdtool.convert.workspace`).
+   conversions left (:mod:`ssdtool.convert.workspace`). An IR that differs only in its Model API metadata
+   (:mod:`ssdtool.convert.model_info`; an IR of an older ssdtool has none) is **amended**: its XML gets the
+   metadata and the new parameters, by rename; graph and weights stay as they are, and nothing is built.
 3. **Build**: the graph (:mod:`ssdtool.convert.graph`), saved in a temporary folder beside the destination; INT8
    quantizes it with NNCF (:mod:`ssdtool.quantize`), keeping the FP32 graph apart as the guard's reference.
 4. **Prove**: the parity gate against onnxruntime (INT8: the accuracy guard against FP32), both at f32; then the
@@ -25,14 +27,24 @@ from typing import Any
 from ssdtool import __version__, artifacts, precision
 from ssdtool.backends import import_engine
 from ssdtool.cache import Cache
-from ssdtool.constants import DEFAULT_DEVICE, Backend, InputLayout, Int8Recipe, IRPrecision
+from ssdtool.constants import DEFAULT_DEVICE, Backend, Int8Recipe, IRPrecision
 from ssdtool.convert.gate import ParityReport, parity_check, runtime_check
-from ssdtool.convert.graph import build_ir_model, check_saved, save_model, write_failure
-from ssdtool.convert.options import ConvertOptions, check_options, conversion_parameters, ir_path, same_parameters
+from ssdtool.convert.graph import build_ir_model, check_saved, input_shape, save_model, write_failure
+from ssdtool.convert.model_info import MODEL_INFO_SECTION, model_info
+from ssdtool.convert.options import (
+    MODEL_INFO_KEY,
+    ConvertOptions,
+    check_options,
+    conversion_parameters,
+    ir_path,
+    model_info_intact,
+    same_but_model_info,
+    same_parameters,
+)
 from ssdtool.convert.workspace import conversion_lock, install, sweep_leftovers, temporary_folders
 from ssdtool.download.api import source_model
 from ssdtool.download.transfer import hash_file
-from ssdtool.errors import AccuracyError, ConversionError, ModelFormatError, ParityError
+from ssdtool.errors import AccuracyError, CacheError, ConversionError, ModelFormatError, ParityError
 from ssdtool.fsutil import InputPath, OutputPath, check_outputs
 from ssdtool.int8_recipes import default_recipe
 from ssdtool.provenance import (
@@ -78,6 +90,9 @@ class ConversionResult:
     calibration: dict[str, Any] | None = None  # INT8: the calibration set, as recorded in provenance
     #: This run's check of the IR at the CPU's default inference precision (None: not run, e.g. the default is f32)
     runtime_check: precision.RuntimeCheck | None = None
+    #: The installed IR lacked the current Model API metadata and got it (graph and weights unchanged, nothing built)
+    amended: bool = False
+    image_input: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -88,6 +103,7 @@ class ConversionResult:
             "provenance": self.provenance,
             "accuracy": self.accuracy.to_dict() if self.accuracy else None, "calibration": self.calibration,
             "runtime_check": self.runtime_check.to_dict() if self.runtime_check else None,
+            "amended": self.amended, "image_input": self.image_input,
         }
 
 
@@ -103,18 +119,23 @@ def convert(entry: ModelEntry, cache: Cache, options: ConvertOptions | None = No
     started = time.perf_counter()
     xml = ir_path(entry, cache, options)
     calibration = _early_calibration(entry, options, xml)
+    wanted = conversion_parameters(entry, options, calibration)
+    if source is None and entry.primary_file.sha256 \
+            and (amended := _amend_installed(cache, entry, options, xml, wanted, started)) is not None:
+        return amended  # only the Model API metadata was missing: the source is not needed, nor downloaded
     source_path = _source_path(entry, cache, source, offline, progress)
     if options.output_dir is not None:
         _check_output_files(xml, source_path)
     source_sha256 = (entry.primary_file.sha256 if source is None and entry.primary_file.sha256
                      else hash_file(source_path, ("sha256",))[1]["sha256"])
-    wanted = conversion_parameters(entry, options, calibration)
     if (existing := _current_ir(xml, source_sha256, wanted, options)) is not None:
         sweep_leftovers(cache, entry, options, xml)
         return _up_to_date(entry, xml, options, existing, started)
     with conversion_lock(cache, entry, options, xml):
         if (existing := _current_ir(xml, source_sha256, wanted, options, recheck=True)) is not None:
             return _up_to_date(entry, xml, options, existing, started)  # converted while this one waited
+        if (existing := _amendable_ir(xml, source_sha256, wanted, options)) is not None:
+            return _amend(entry, xml, options, existing, wanted, started)
         build = _Build(entry, options, source_path, source_sha256, calibration, quantize_progress)
         build.run(xml)
     return _result(entry, xml, build.options, read_provenance(xml) or build.final, False, build.parity, started,
@@ -170,12 +191,60 @@ def _current_ir(xml: Path, source_sha256: str, wanted: dict[str, Any], options: 
         # Said once: the check under the lock (``recheck``) finds the same problem unless another process fixed it.
         log.log(logging.DEBUG if recheck else logging.INFO, "rebuilding %s: %s", xml, problem)
         return None
-    return existing
+    return existing if model_info_intact(xml, wanted) else None
 
 
-def _up_to_date(entry: ModelEntry, xml: Path, options: ConvertOptions, existing: dict[str, Any], started: float
-                ) -> ConversionResult:
-    log.info("%s is up to date (same source checksum and parameters); pass --force to rebuild", xml)
+def _amendable_ir(xml: Path, source_sha256: str, wanted: dict[str, Any], options: ConvertOptions
+                  ) -> dict[str, Any] | None:
+    """The provenance of the IR at ``xml`` when it differs from ``wanted`` only in its Model API metadata (and is
+    intact: same source, weights of the recorded size and sha256); None otherwise."""
+    if options.force or not xml.is_file():
+        return None
+    existing = read_provenance(xml)
+    if not existing or existing.get("source_sha256") != source_sha256 \
+            or not same_but_model_info(existing.get("parameters"), wanted):
+        return None
+    return existing if ir_problem(xml, existing, hash_weights=True) is None else None
+
+
+def _amend_installed(cache: Cache, entry: ModelEntry, options: ConvertOptions, xml: Path, wanted: dict[str, Any],
+                     started: float) -> ConversionResult | None:
+    """The installed IR amended with the current Model API metadata, when that is all it lacks (else None: the
+    caller converts as usual). Where the IR cannot be written (a cache mounted read-only) it is used as it is,
+    with a warning: ssdtool runs it the same, only Model API needs the metadata."""
+    sha256 = entry.primary_file.sha256
+    if (stale := _amendable_ir(xml, sha256, wanted, options)) is None:
+        return None
+    try:
+        with conversion_lock(cache, entry, options, xml):
+            if (existing := _current_ir(xml, sha256, wanted, options, recheck=True)) is not None:
+                return _up_to_date(entry, xml, options, existing, started)  # amended while this one waited
+            if (existing := _amendable_ir(xml, sha256, wanted, options)) is not None:
+                return _amend(entry, xml, options, existing, wanted, started)
+    except CacheError as exc:
+        log.warning("%s lacks the current Model API metadata (rt_info/%s) and cannot be amended here: %s; using it "
+                    "as it is (ssdtool runs it the same; for Model API, run 'ssdtool convert %s' where the cache "
+                    "is writable)", xml, MODEL_INFO_SECTION, exc.message, entry.name)
+        return _result(entry, xml, options, stale, True, None, started)  # nothing can be recorded here either
+    return None
+
+
+def _amend(entry: ModelEntry, xml: Path, options: ConvertOptions, existing: dict[str, Any], wanted: dict[str, Any],
+           started: float) -> ConversionResult:
+    """Write the current Model API metadata (and the parameters that record it) into the installed IR's XML; the
+    graph and the weights are unchanged, so nothing is built or proven again."""
+    log.info("%s: writing Model API metadata (rt_info/%s), which the IR lacks or has out of date (made by another "
+             "ssdtool or with another label file); graph and weights unchanged", xml, MODEL_INFO_SECTION)
+    parameters = {**existing["parameters"], MODEL_INFO_KEY: wanted[MODEL_INFO_KEY]}
+    _rewrite_provenance(xml, {"parameters": parameters}, model_info(entry, options))
+    result = _up_to_date(entry, xml, options, read_provenance(xml) or existing, started, quiet=True)
+    return replace(result, up_to_date=False, amended=True)
+
+
+def _up_to_date(entry: ModelEntry, xml: Path, options: ConvertOptions, existing: dict[str, Any], started: float,
+                quiet: bool = False) -> ConversionResult:
+    if not quiet:
+        log.info("%s is up to date (same source checksum and parameters); pass --force to rebuild", xml)
     check = _record_missing_runtime_check(xml, entry, options, existing) if options.verify else None
     return _result(entry, xml, options, read_provenance(xml) or existing if check else existing, True, None,
                    started, runtime=check)
@@ -221,8 +290,8 @@ class _Build:
     def run(self, xml: Path) -> None:
         self._settle_int8_choices()
         options = self.options
-        log.info("converting %s (%s, %s %s input) ...", self.source.name, options.precision, options.input_type,
-                 options.input_layout)
+        log.info("converting %s (%s, %s %s %sinput) ...", self.source.name, options.precision, options.input_type,
+                 options.input_layout, "image " if options.image_input else "")
         ov = import_engine("openvino")
         model = build_ir_model(self.source, self.entry, options)
         with temporary_folders(xml, self.options) as new_folder:
@@ -248,7 +317,7 @@ class _Build:
                 self._prove(temp_xml, reference_xml)
             # Last, once the weights are final: their size and sha256, checked on the up-to-date path.
             self.final = {**self._provenance(), WEIGHTS_KEY: weights_record(temp_xml)}
-            _rewrite_provenance(temp_xml, self.final)
+            _rewrite_provenance(temp_xml, self.final, model_info(self.entry, options))
             install(temporary, xml, options)
 
     def _settle_int8_choices(self) -> None:
@@ -285,8 +354,8 @@ class _Build:
                 raise ParityError(
                     f"the {options.precision} IR disagrees with onnxruntime: {parity.matched} of "
                     f"{parity.reference_detections} detections matched (recall {parity.recall:.4f}), max box "
-                    f"difference {parity.max_box_diff:.3g}, max score difference {parity.max_score_diff:.3g}; "
-                    f"required: {parity.criteria}. Nothing was installed.",
+                    f"difference {parity.max_box_diff:.3g}, max score difference {parity.max_score_diff:.3g}"
+                    f"{_resize_figures(parity)}; required: {parity.criteria}. Nothing was installed.",
                     # detect and bench convert on first use too: the hint names the command the flag is on.
                     hint=f"report this with 'ssdtool --version'; 'ssdtool convert {entry.name} --precision "
                          f"{options.precision} --no-verify' installs it anyway (not advised)")
@@ -308,7 +377,8 @@ class _Build:
             "parity": "skipped (--no-verify)" if parity is None else {
                 "passed": parity.passed, "images": parity.images, "recall": parity.recall,
                 "max_box_diff": parity.max_box_diff, "max_score_diff": parity.max_score_diff,
-                "inference_precision": parity.inference_precision},
+                "inference_precision": parity.inference_precision,
+                **({"resize": _parity_figures(parity.resize)} if parity.resize is not None else {})},
             precision.PROVENANCE_KEY: [self.check.to_dict()] if self.check is not None else [],
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
@@ -319,6 +389,21 @@ class _Build:
             record["nncf_version"] = nncf_version()
             record["accuracy_guard"] = self.accuracy.summary() if self.accuracy is not None else "skipped (--no-verify)"
         return record
+
+
+def _parity_figures(report: ParityReport) -> dict[str, Any]:
+    """The provenance record of the image-input IR's second gate (whole images resized inside the IR)."""
+    return {"passed": report.passed, "images": report.images, "recall": report.recall,
+            "matched": report.matched, "reference_detections": report.reference_detections,
+            "max_box_diff": report.max_box_diff, "max_score_diff": report.max_score_diff}
+
+
+def _resize_figures(report: ParityReport) -> str:
+    """For a failure message: the image-input IR's whole-image figures ("" for the other IRs)."""
+    if report.resize is None:
+        return ""
+    return (f"; on the same images at their own size, resized inside the IR: {report.resize.matched} of "
+            f"{report.resize.reference_detections} matched (recall {report.resize.recall:.4f})")
 
 
 def _refuse_or_accept(accuracy: AccuracyReport, entry: ModelEntry, options: ConvertOptions) -> None:
@@ -337,9 +422,10 @@ def _refuse_or_accept(accuracy: AccuracyReport, entry: ModelEntry, options: Conv
              f"{entry.name} --precision INT8 --accept-accuracy-drop'")
 
 
-def _rewrite_provenance(xml: Path, record: dict[str, Any]) -> None:
+def _rewrite_provenance(xml: Path, record: dict[str, Any], info: dict[str, str] | None = None) -> None:
+    """Update the provenance in ``xml`` (and with ``info``, write Model API's ``model_info`` section whole)."""
     try:
-        rewritten = rewrite_provenance(xml, record)
+        rewritten = rewrite_provenance(xml, record, {MODEL_INFO_SECTION: info} if info is not None else None)
     except OSError as exc:
         raise write_failure(xml.parent, exc) from exc
     if not rewritten:
@@ -351,16 +437,14 @@ def _result(entry: ModelEntry, xml: Path, options: ConvertOptions, provenance: d
             accuracy: AccuracyReport | None = None, runtime: precision.RuntimeCheck | None = None
             ) -> ConversionResult:
     count = entry.convert.output_count
-    width, height = entry.input.resize
-    shape = (1, 3, height, width) if options.input_layout == InputLayout.NCHW else (1, height, width, 3)
     return ConversionResult(
         model=entry.name, xml=xml, bin=xml.with_suffix(".bin"), precision=options.precision,
-        input_type=options.input_type, input_layout=options.input_layout, input_shape=shape,
+        input_type=options.input_type, input_layout=options.input_layout, input_shape=input_shape(entry, options),
         outputs={entry.outputs.boxes: (1, count, 4), entry.outputs.labels: (1, count),
                  entry.outputs.scores: (1, count)},
         up_to_date=up_to_date, parity=parity, seconds=time.perf_counter() - started, provenance=provenance,
         accuracy=accuracy, calibration=provenance.get("calibration") if options.precision == IRPrecision.INT8 else None,
-        runtime_check=runtime)
+        runtime_check=runtime, image_input=options.image_input)
 
 
 def check(entry: ModelEntry, cache: Cache, options: ConvertOptions | None = None, *, source: Path | None = None,
@@ -376,10 +460,12 @@ def check(entry: ModelEntry, cache: Cache, options: ConvertOptions | None = None
     ir = Path(xml) if xml is not None else ir_path(entry, cache, options)
     if not ir.is_file():
         raise ModelFormatError(f"no IR at {ir}",
-                               hint=f"run 'ssdtool convert {entry.name} --precision {options.precision}' first")
+                               hint=f"run 'ssdtool convert {entry.name} --precision {options.precision}"
+                                    f"{' --image-input' if options.image_input else ''}' first")
     parameters = (read_provenance(ir) or {}).get("parameters") or {}
     options = replace(options, input_type=parameters.get("input_type", options.input_type),
-                      input_layout=parameters.get("input_layout", options.input_layout))
+                      input_layout=parameters.get("input_layout", options.input_layout),
+                      image_input="image_input" in parameters if parameters else options.image_input)
     source_path = _source_path(entry, cache, source, offline, None)
     plan = artifacts.precision_plan(artifacts.ModelFile(entry.name, Backend.OPENVINO, ir, "ir", options.precision),
                                     inference_precision, device)
@@ -388,7 +474,7 @@ def check(entry: ModelEntry, cache: Cache, options: ConvertOptions | None = None
         raise ParityError(
             f"{ir} disagrees with onnxruntime on {source_path.name}: {report.matched} of "
             f"{report.reference_detections} detections matched, max box difference {report.max_box_diff:.3g}, "
-            f"max score difference {report.max_score_diff:.3g}; required: {report.criteria}",
+            f"max score difference {report.max_score_diff:.3g}{_resize_figures(report)}; required: {report.criteria}",
             hint=f"reconvert with 'ssdtool convert {entry.name} --force'" if report.inference_precision == "f32"
             else f"at {report.inference_precision} this IR loses accuracy on this device; run it with "
                  "--inference-precision f32")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ssdtool.constants import InputLayout, InputType, Int8Recipe, IRPrecision
+from ssdtool.convert.model_info import model_info, model_info_digest
 from ssdtool.errors import UsageError
 from ssdtool.int8_recipes import DEFAULT_CALIBRATION_SIZE, GUARD_IMAGES, quantization_settings
 
@@ -22,6 +23,13 @@ PARITY_IMAGES = 3
 # INT8 parameters a request may leave open: without a calibration choice any calibration will do, without a
 # recipe any recipe (see same_parameters).
 OPEN_INT8_KEYS = ("calibration", "calibration_count", "quantization")
+#: The image-input IR: its folder suffix, its input element type and layout, and the resize inside it (OpenVINO's
+#: PrePostProcessor algorithm; docs/convert.md measures it against Pillow's bilinear, which ssdtool's host uses).
+IMAGE_VARIANT = "image"
+IMAGE_INPUT = (InputType.U8.value, InputLayout.NHWC.value)
+IMAGE_RESIZE = "RESIZE_LINEAR"
+#: The parameter that records the Model API metadata (a digest); an IR that differs only there is amended.
+MODEL_INFO_KEY = "model_info"
 
 
 @dataclass(frozen=True)
@@ -35,6 +43,11 @@ class ConvertOptions:
     ``accept_accuracy_drop`` installs an INT8 IR that fails the guard. ``int8_recipe``: "portable" or "vnni"
     (:class:`ssdtool.constants.Int8Recipe`); None builds portable and accepts any installed recipe.
     ``verify=False`` skips the parity gate (FP32/FP16) or the guard (INT8).
+
+    ``image_input``: the image-input IR, which takes whole images (u8 ``[1, ?, ?, 3]`` NHWC, BGR, any height and
+    width) and resizes them inside (OpenVINO's linear resize, :data:`IMAGE_RESIZE`); ``input_type`` and
+    ``input_layout`` are then ``u8`` and ``NHWC`` (left at their defaults, they are set so). It lives in its own
+    folder (``<precision>-image``) beside the standard IR.
     """
 
     precision: str = IRPrecision.FP32.value
@@ -49,10 +62,19 @@ class ConvertOptions:
     accept_accuracy_drop: bool = False
     guard_images: int = GUARD_IMAGES
     int8_recipe: str | None = None
+    image_input: bool = False
+
+    def __post_init__(self) -> None:
+        if self.image_input and (self.input_type, self.input_layout) == (InputType.F32, InputLayout.NCHW):  # defaults
+            object.__setattr__(self, "input_type", IMAGE_INPUT[0])
+            object.__setattr__(self, "input_layout", IMAGE_INPUT[1])
 
     @property
     def variant(self) -> str:
-        """Folder suffix for non-default inputs, so an f32 NCHW IR and a u8 NHWC IR can live side by side."""
+        """Folder suffix for non-default inputs, so an f32 NCHW IR, a u8 NHWC IR and the image-input IR can live
+        side by side."""
+        if self.image_input:
+            return IMAGE_VARIANT
         if (self.input_type, self.input_layout) == (InputType.F32, InputLayout.NCHW):
             return ""
         return f"{self.input_type}-{self.input_layout.lower()}"
@@ -65,6 +87,10 @@ def check_options(options: ConvertOptions) -> None:
         raise UsageError(f"input type {options.input_type!r}: expected one of {', '.join(InputType.values())}")
     if options.input_layout not in InputLayout.values():
         raise UsageError(f"input layout {options.input_layout!r}: expected one of {', '.join(InputLayout.values())}")
+    if options.image_input and (options.input_type, options.input_layout) != IMAGE_INPUT:
+        raise UsageError(f"the image-input IR takes u8 NHWC images; input type {options.input_type} and layout "
+                         f"{options.input_layout} do not apply to it",
+                         hint="drop --input-type and --input-layout with --image-input")
     if options.precision != IRPrecision.INT8 and (options.calibration is not None or options.accept_accuracy_drop
                                         or options.int8_recipe is not None):
         raise UsageError(f"calibration, the INT8 recipe and the accuracy guard apply to INT8 only, got precision "
@@ -107,6 +133,8 @@ def conversion_parameters(entry: ModelEntry, options: ConvertOptions,
         "box_units": entry.outputs.box_units,
         "label_offset": entry.outputs.label_offset,
     }
+    if options.image_input:  # only for the image-input IR, so the standard IRs' key stays as it was
+        parameters["image_input"] = {"resize": IMAGE_RESIZE, "to": list(entry.input.resize)}
     if entry.outputs.heads is not None:  # only for heads models, so the full form's key (and its IRs) stay valid
         # as JSON gives it back from the provenance: lists, not tuples
         parameters["heads"] = json.loads(json.dumps(asdict(entry.outputs.heads)))
@@ -115,6 +143,7 @@ def conversion_parameters(entry: ModelEntry, options: ConvertOptions,
             parameters["quantization"] = quantization_settings(options.int8_recipe)
         if calibration is not None:  # None: only to compare with an installed IR (see same_parameters)
             parameters.update({"calibration": calibration.identity, "calibration_count": calibration.count})
+    parameters[MODEL_INFO_KEY] = model_info_digest(model_info(entry, options))
     return parameters
 
 def same_parameters(existing: Any, wanted: dict[str, Any]) -> bool:
@@ -130,3 +159,22 @@ def same_parameters(existing: Any, wanted: dict[str, Any]) -> bool:
         open_keys = [key for key in OPEN_INT8_KEYS if key not in wanted]
         return {k: v for k, v in existing.items() if k not in open_keys} == wanted
     return existing == wanted
+
+
+def same_but_model_info(existing: Any, wanted: dict[str, Any]) -> bool:
+    """Whether an installed IR's ``parameters`` match ``wanted`` apart from the Model API metadata (missing, as in
+    IRs of ssdtool before it wrote them, or other values): such an IR needs at most an amendment, because the
+    metadata is not part of the graph or the weights."""
+    return isinstance(existing, dict) and same_parameters(
+        {k: v for k, v in existing.items() if k != MODEL_INFO_KEY},
+        {k: v for k, v in wanted.items() if k != MODEL_INFO_KEY})
+
+
+def model_info_intact(xml: Path, wanted: dict[str, Any]) -> bool:
+    """Whether the IR at ``xml`` carries the Model API metadata ``wanted`` records (its section as written, not
+    only the parameter that records it: a section removed or edited by hand is found and amended)."""
+    from ssdtool.convert.model_info import MODEL_INFO_SECTION
+    from ssdtool.provenance import read_section
+
+    section = read_section(xml, MODEL_INFO_SECTION)
+    return section is not None and model_info_digest(section) == wanted.get(MODEL_INFO_KEY)

@@ -44,7 +44,8 @@ class ExportOptions:
     ``version``: the version folder to write (None: the next one; with ``force`` and no version, the latest is
     replaced; from 1 to :data:`MAX_VERSION`). ``served_name``: the model's name on the server (None: the registry
     name; an empty name is refused). ``storage_uri``: where a KServe user uploads the model folder (required for
-    kserve, refused for the others; see :func:`check_storage_uri`).
+    kserve, refused for the others; see :func:`check_storage_uri`). ``image_input``: export the image-input IR (u8
+    ``[1, ?, ?, 3]`` NHWC images of any size, resized inside; docs/convert.md).
     """
 
     format: ExportFormat | str
@@ -58,6 +59,7 @@ class ExportOptions:
     storage_uri: str | None = None
     served_name: str | None = None
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT
+    image_input: bool = False
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,19 @@
-"""Reading the binary tensor extension: every field checked, tensors as numpy views of the request's bytes.
+"""Reading v2 request bodies: the binary tensor extension with every field checked and tensors as numpy views of
+the request's bytes, and JSON.
+
+The protocol marks a binary body by its ``Inference-Header-Content-Length`` header alone: a body without it is
+JSON, whatever its ``Content-Type`` (tritonclient sends none; kserve and FastAPI read such a body as bytes and
+refused it with "the 'inference-header-content-length' header is missing"). :func:`json_request` reads it with
+:func:`ssdtool.checked.loads` and the protocol's data model (kserve's ``InferenceRequest``); whatever is wrong is a
+400 naming where.
 
 kserve 0.21's ``InferRequest.from_bytes`` turns every binary input into a Python list of numbers
 (``set_data_from_numpy(..., binary_data=False)``): 0.45 s for the tiny twin's 1 MB tensor, seconds for the
 1200 px one, and encoded images (BYTES) that are not UTF-8 are refused. It also trusts the JSON header: a
 ``binary_data_size`` of ``1e400``, a BYTES length prefix past the end, ``"outputs": 5`` or ``"id": {}`` end in a
 500 and a traceback. :func:`binary_request` reads the same format strictly (:func:`ssdtool.checked.loads`, whole
-numbers, sizes that add up to the body) and refuses anything else with kserve's ``InvalidInput`` (400); JSON
-requests still go through kserve (FastAPI validates them against the protocol's data model).
+numbers, sizes that add up to the body) and refuses anything else with kserve's ``InvalidInput`` (400).
+:func:`raw_tensor` is the part the gRPC server shares (``raw_input_contents``).
 """
 
 from __future__ import annotations
@@ -20,14 +27,46 @@ from kserve.constants.constants import INFERENCE_CONTENT_LENGTH_HEADER
 from kserve.errors import InvalidInput
 from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.infer_type import RequestedOutput
+from kserve.protocol.rest.v2_datamodels import InferenceRequest
 
 from ssdtool import checked
-from ssdtool.serving.protocol import numpy_dtype
+from ssdtool.serving.protocol import HEADER_LENGTH, numpy_dtype
 
 #: More dimensions than any tensor of this model has; bounds the work of checking a shape.
 MAX_DIMENSIONS = 8
 #: Every tensor datatype of the protocol that has a numpy type (BYTES is read by :func:`bytes_elements`).
 DATATYPES = ("BOOL", "UINT8", "INT8", "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES")
+
+
+def json_request(body: bytes, model_name: str) -> InferRequest:
+    """A v2 request whose body is all JSON (no binary tensor extension), checked against the protocol's data model."""
+    from pydantic import ValidationError
+
+    try:
+        document = checked.loads(body)
+    except checked.JsonValueError as exc:
+        raise InvalidInput(f"the request body ({len(body)} bytes, no {HEADER_LENGTH} header) is not valid JSON: "
+                           f"{exc}") from None
+    if not isinstance(document, dict):
+        raise InvalidInput(f"the request body must be a JSON object with 'inputs', got {_kind(document)}")
+    try:
+        request = InferenceRequest.model_validate(document)
+    except ValidationError as exc:
+        raise InvalidInput(f"the request does not follow the protocol: {located(exc.errors())}") from None
+    return InferRequest.from_inference_request(request, model_name)
+
+
+def located(errors: list[Any]) -> str:
+    """pydantic's (or FastAPI's) validation errors as ``inputs[0].shape: Input should be a valid list``, the first
+    three of them."""
+    parts = []
+    for error in errors[:3]:
+        where = ""
+        for step in error.get("loc", ()):
+            where += f"[{step}]" if isinstance(step, int) else f".{step}" if where else str(step)
+        parts.append(f"{where or 'the body'}: {error.get('msg', 'invalid')}")
+    more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+    return "; ".join(parts) + more
 
 
 def binary_request(body: bytes, header_length: int, model_name: str) -> InferRequest:
@@ -76,7 +115,6 @@ def _read_input(spec: Any, where: str, body: memoryview, offset: int) -> tuple[I
         raise InvalidInput(f"{where}: shape must be a list of at most {MAX_DIMENSIONS} whole numbers >= 0, got "
                            f"{_short(shape)}")
     parameters = _parameters(spec.get("parameters"), f"{where}: parameters") or {}
-    count = math.prod(shape)
     if "data" in spec:
         if "binary_data_size" in parameters:
             raise InvalidInput(f"{where} has both 'data' and a binary_data_size; send one of them")
@@ -91,16 +129,21 @@ def _read_input(spec: Any, where: str, body: memoryview, offset: int) -> tuple[I
     if size > left:
         raise InvalidInput(f"{where}: binary_data_size {size} runs past the end of the body: {left} bytes are "
                            f"left after the header and earlier inputs")
-    raw = body[offset:offset + size]
-    if datatype == "BYTES":
-        data: np.ndarray = bytes_elements(raw, count, where)
-    else:
-        dtype = numpy_dtype(datatype)
-        if size != count * dtype.itemsize:
-            raise InvalidInput(f"{where}: binary_data_size is {size} bytes; shape {shape} of {datatype} takes "
-                               f"{count * dtype.itemsize}")
-        data = np.frombuffer(raw, dtype=dtype.newbyteorder("<")).reshape(shape)
+    data = raw_tensor(datatype, shape, body[offset:offset + size], where, "binary_data_size")
     return InferInput(name, shape, datatype, data=data, parameters=parameters), offset + size
+
+
+def raw_tensor(datatype: str, shape: list[int], raw: memoryview | bytes, where: str, size_name: str) -> np.ndarray:
+    """A tensor's raw little-endian bytes as a numpy view of ``shape`` (BYTES: its elements); ``size_name`` says in
+    messages what gave the size (``binary_data_size``, or gRPC's ``raw_input_contents``)."""
+    count = math.prod(shape)
+    if datatype == "BYTES":
+        return bytes_elements(raw, count, where)
+    dtype = numpy_dtype(datatype)
+    if len(raw) != count * dtype.itemsize:
+        raise InvalidInput(f"{where}: {size_name} is {len(raw)} bytes; shape {shape} of {datatype} takes "
+                           f"{count * dtype.itemsize}")
+    return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).reshape(shape)
 
 
 def bytes_elements(raw: memoryview | bytes, count: int, where: str) -> np.ndarray:
@@ -161,12 +204,31 @@ def _short(value: Any) -> str:
 
 
 class BinaryDataPlane(DataPlane):
-    """kserve's data plane with :func:`binary_request` for bodies in the binary tensor extension."""
+    """kserve's data plane reading request bodies with :func:`binary_request` (the binary tensor extension) and
+    :func:`json_request` (everything else), naming this server and the extensions it serves in its metadata, and
+    adding a model's ``rt_info`` to its metadata."""
+
+    def metadata(self) -> dict[str, Any]:
+        from ssdtool import __version__
+        from ssdtool.serving.protocol import EXTENSIONS
+
+        return {"name": "ssdtool", "version": __version__, "extensions": list(EXTENSIONS)}
+
+    async def model_metadata(self, model_name: str) -> dict[str, Any]:
+        """kserve's model metadata, with the IR's runtime info (``rt_info``) when the model has some: OVMS answers
+        it, and OpenVINO Model API's OVMS adapter reads the model's type, labels and preprocessing from it."""
+        metadata: dict[str, Any] = await super().model_metadata(model_name)
+        rt_info = getattr(self.get_model_from_registry(model_name), "rt_info", None)
+        if rt_info:
+            metadata["rt_info"] = rt_info
+        return metadata
 
     def decode_inference_request(self, body: Any, headers: dict[str, str], model_name: str) -> InferRequest:
-        length = headers.get(INFERENCE_CONTENT_LENGTH_HEADER) if isinstance(body, bytes) else None
-        if length is None:
+        if not isinstance(body, bytes):
             return super().decode_inference_request(body, headers, model_name)
+        length = headers.get(INFERENCE_CONTENT_LENGTH_HEADER)
+        if length is None:
+            return json_request(body, model_name)
         if not (length.isascii() and length.isdigit() and len(length) <= 12):
             raise InvalidInput(f"{INFERENCE_CONTENT_LENGTH_HEADER} must be a whole number of bytes, got "
                                f"{_short(length)}")

@@ -1,11 +1,12 @@
 """What the Open Inference Protocol client and ``ssdtool serve`` share. Imports nothing heavy.
 
-Two kinds of request reach ``/v2/models/<name>/infer``:
+``ssdtool serve`` serves two models, each with the metadata of exactly what it takes and answers:
 
-* the IR's own input (its name, ``[1, 3, H, W]``, ``FP32`` raw BGR pixels): the response holds the IR's outputs,
-  as any OpenVINO server would answer (OVMS, Triton);
-* one ``BYTES`` input named :data:`IMAGE_INPUT` holding an encoded image (JPEG, PNG, ...): the server decodes,
-  resizes and runs it, and answers with pixel-space detections in :data:`DETECTION_OUTPUTS`.
+* ``NAME``: the IR itself. Its metadata lists the IR's own input (``[1, 3, H, W]``, ``FP32`` raw BGR pixels) and
+  outputs, as any OpenVINO server would list them (OVMS, Triton), and a request holds that tensor;
+* ``NAME-detections`` (:func:`detections_model`): one ``BYTES`` input named :data:`IMAGE_INPUT` holding an
+  encoded image (JPEG, PNG, ...), which the server decodes, resizes and runs; it answers with pixel-space
+  detections in :data:`DETECTION_OUTPUTS`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ from ssdtool.redact import printable, redact_url
 
 #: The BYTES input that carries an encoded image file (not "image": that is the IR's own input's name).
 IMAGE_INPUT = "encoded_image"
+#: What the detections model's name adds to the IR model's: ``NAME-detections``.
+DETECTIONS_SUFFIX = "-detections"
+#: The protocol extensions ``ssdtool serve`` serves (``GET /v2`` lists them): the binary tensor data extension.
+EXTENSIONS = ("binary_tensor_data",)
 #: Outputs answering an image: boxes ``[N, 4]`` (x_min, y_min, x_max, y_max in pixels of the image), label ids
 #: ``[N]``, scores ``[N]``, best first.
 DETECTION_OUTPUTS = ("detection_boxes", "detection_labels", "detection_scores")
@@ -36,6 +41,11 @@ DEFAULT_MAX_REQUEST_BYTES = 64 * 2**20
 
 _DATATYPES = {"FP32": np.float32, "FP16": np.float16, "FP64": np.float64, "UINT8": np.uint8, "INT8": np.int8,
               "INT32": np.int32, "INT64": np.int64, "BOOL": np.bool_}
+
+
+def detections_model(name: str) -> str:
+    """The name of the model that answers encoded images with detections, beside the IR model ``name``."""
+    return name + DETECTIONS_SUFFIX
 
 
 def numpy_dtype(datatype: str) -> np.dtype:

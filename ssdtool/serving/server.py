@@ -1,16 +1,22 @@
-"""``ssdtool serve`` as a library: an Open Inference Protocol (KServe v2) REST server on kserve's data plane.
+"""``ssdtool serve`` as a library: an Open Inference Protocol (KServe v2) server on kserve's data plane, REST and,
+when asked, gRPC.
 
-kserve provides the protocol: its v2 endpoints (``/v2/health/live``, ``/v2/health/ready``, ``/v2/models/<name>``,
-``/v2/models/<name>/infer``, ``/v2``), request decoding (JSON and the binary tensor extension), error handlers
-(JSON ``{"error": ...}``) and Prometheus metrics (``/metrics``). Not kserve's ``ModelServer`` itself: it binds
-0.0.0.0 with no way to choose, parses the process's command line, installs signal handlers and keeps one global
-app per process. Here the same parts are put on a fresh FastAPI app per server, on uvicorn, on a socket bound to
-the host asked (127.0.0.1 by default), behind the limits of :mod:`ssdtool.serving.limits` (connections, header
-and body deadlines, body size), in a thread: the caller owns signals and decides when to :meth:`Server.stop`.
+kserve provides the protocol: its v2 endpoint handlers (``/v2/health/live``, ``/v2/health/ready``,
+``/v2/models/<name>``, ``/v2/models/<name>/infer``, ``/v2``), its data plane, its gRPC servicer and messages, and
+Prometheus metrics (``/metrics``). Not kserve's ``ModelServer`` itself: it binds 0.0.0.0 with no way to choose,
+parses the process's command line, installs signal handlers and keeps one global app per process. Here the same
+parts are put on a fresh FastAPI app per server, on uvicorn, on a socket bound to the host asked (127.0.0.1 by
+default), behind the limits of :mod:`ssdtool.serving.limits` (connections, header and body deadlines, body size),
+with the gRPC service (:mod:`ssdtool.serving.grpc_server`) on the same host in the same event loop, in a thread:
+the caller owns signals and decides when to :meth:`Server.stop`.
+
+Two models are served on one engine: the IR under its name, with exactly the IR's tensors, and the detections
+model (``NAME-detections``: an encoded image in, detections in pixels out).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import re
@@ -30,7 +36,7 @@ from ssdtool.errors import BackendError, DependencyError, UsageError
 from ssdtool.imaging import DEFAULT_MAX_PIXELS
 from ssdtool.registry import ModelEntry
 from ssdtool.serving.limits import DEFAULT_DECODE_MEMORY, ConnectionLimits, guarded_protocol
-from ssdtool.serving.protocol import DEFAULT_MAX_REQUEST_BYTES
+from ssdtool.serving.protocol import DEFAULT_MAX_REQUEST_BYTES, detections_model
 
 log = logging.getLogger("ssdtool.serving")
 START_TIMEOUT = 120.0
@@ -46,8 +52,10 @@ class ServeOptions:
     ``precision`` (None: the registry's), ``inference_precision`` and ``device`` as for detection, the served
     ``model_name`` (None: the registry name; else :data:`SERVED_NAME`), ``max_request_bytes`` (larger bodies get
     413), ``max_pixels`` per encoded image and ``decode_memory`` for all decoding at once (larger images get 413),
-    ``limits`` on connections and on how long headers and bodies may take, ``offline``, and ``grace_seconds``
-    for requests in flight at shutdown."""
+    ``limits`` on connections and on how long headers and bodies may take, ``offline``, ``grace_seconds``
+    for requests in flight at shutdown, ``grpc_port`` (None: no gRPC; 0: any free port) for the protocol's
+    gRPC service on ``host``, and ``image_input``: serve the image-input IR (u8 ``[1, H, W, 3]`` images of any size,
+    resized inside; converted on first use) instead of the standard IR."""
 
     host: str = "127.0.0.1"
     port: int = 8080
@@ -61,11 +69,19 @@ class ServeOptions:
     limits: ConnectionLimits = field(default_factory=ConnectionLimits)
     offline: bool | None = None
     grace_seconds: float = 10.0
+    grpc_port: int | None = None
+    image_input: bool = False
 
 
 def check_options(options: ServeOptions) -> None:
     """Refuse what cannot be served (UsageError), before anything is loaded."""
     served = options.model_name
+    grpc_port = options.grpc_port
+    if grpc_port is not None and (not is_int(grpc_port) or not 0 <= grpc_port <= 65535):
+        raise UsageError(f"grpc_port must be None or a port number from 0 to 65535, got {grpc_port!r}")
+    if grpc_port is not None and grpc_port == options.port != 0:
+        raise UsageError(f"REST and gRPC cannot share port {grpc_port}",
+                         hint="pass --grpc-port another port (0: any free one)")
     if served is not None and not SERVED_NAME.fullmatch(served):
         raise UsageError(f"served model name {served!r:.80} is not one URL path segment (the NAME in "
                          f"/v2/models/NAME/infer)",
@@ -104,15 +120,21 @@ def _import_kserve() -> Any:
 
 
 class Server:
-    """A running server (from :func:`start_server`): :attr:`url`, :meth:`stop`, :meth:`wait`; a context manager."""
+    """A running server (from :func:`start_server`): :attr:`url`, :attr:`grpc_address`, :meth:`stop`,
+    :meth:`wait`; a context manager."""
 
-    def __init__(self, uvicorn_server: Any, sock: socket.socket, app: Any, model: Any, model_name: str,
-                 info: dict[str, Any]) -> None:
-        self._server, self._socket, self._app, self._model = uvicorn_server, sock, app, model
+    def __init__(self, uvicorn_server: Any, sock: socket.socket, app: Any, plane: Any, served: Any,
+                 model_name: str, info: dict[str, Any], grpc: Callable[[], tuple[Any, int]] | None = None) -> None:
+        self._server, self._socket, self._app, self._plane, self._served = uvicorn_server, sock, app, plane, served
         host, port = sock.getsockname()[:2]
         self.host, self.port, self.model_name = host, int(port), model_name
+        #: The detections model's name (``NAME-detections``).
+        self.detections_model = detections_model(model_name)
+        #: The gRPC port (None: no gRPC service).
+        self.grpc_port: int | None = None
         #: What runs: model, IR precision, device, inference precision read back from the engine.
         self.info = info
+        self._make_grpc = grpc
         self._thread = threading.Thread(target=self._run, name="ssdtool-serve", daemon=True)
         self._error: BaseException | None = None
 
@@ -121,11 +143,38 @@ class Server:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
 
+    @property
+    def grpc_address(self) -> str | None:
+        """``host:port`` of the gRPC service (a gRPC target has no scheme), None without one."""
+        if self.grpc_port is None:
+            return None
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.grpc_port}"
+
     def _run(self) -> None:
         try:
-            self._server.run(sockets=[self._socket])
-        except BaseException as exc:  # reported by wait()
+            asyncio.run(self._serve())
+        except BaseException as exc:  # reported by _start() or wait()
             self._error = exc
+
+    async def _serve(self) -> None:
+        """uvicorn and, when asked, the gRPC server in this thread's event loop; both stop together (each lets its
+        requests in flight finish, up to the grace period)."""
+        grpc = None
+        if self._make_grpc is not None:
+            grpc, self.grpc_port = self._make_grpc()
+            await grpc.start()
+        try:
+            rest = asyncio.ensure_future(self._server.serve(sockets=[self._socket]))
+            while not rest.done() and not self._server.should_exit:
+                await asyncio.sleep(0.05)
+            if grpc is not None:
+                stopping, grpc = grpc, None
+                await stopping.stop(self._server.config.timeout_graceful_shutdown)
+            await rest
+        finally:
+            if grpc is not None:
+                await grpc.stop(0)
 
     def _start(self) -> None:
         self._thread.start()
@@ -134,14 +183,18 @@ class Server:
             time.sleep(0.02)
         if not self._server.started:
             self.stop()
+            if isinstance(self._error, UsageError):
+                raise self._error
             raise BackendError(f"the server did not start: {self._error or 'timed out'}")
 
     def openapi(self) -> dict[str, Any]:
         """The OpenAPI document of this server's routes (:func:`ssdtool.serving.app.openapi_document`); not served
         over HTTP."""
         from ssdtool.serving.app import openapi_document
+        from ssdtool.serving.detections import DetectionModel
 
-        return openapi_document(self._app, self.model_name, self._model.get_input_types())
+        inputs = [*self._served.inputs, *DetectionModel(self.detections_model, self._served).get_input_types()]
+        return openapi_document(self._app, [self.model_name, self.detections_model], inputs)
 
     def stop(self) -> None:
         """Stop accepting connections, let requests in flight finish (up to ``grace_seconds``), release the
@@ -150,7 +203,7 @@ class Server:
         self._thread.join()
         with contextlib.suppress(OSError):
             self._socket.close()
-        self._model.stop()
+        self._served.stop()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait for the server to end (after :meth:`stop` from another thread); True when it has."""
@@ -202,12 +255,13 @@ def start_server(entry: ModelEntry, cache: Cache, options: ServeOptions | None =
     _import_kserve()
     import uvicorn
 
-    from ssdtool.serving.app import AnsweredOnce, application
-    from ssdtool.serving.model import EngineModel
+    from ssdtool.serving.app import AnsweredOnce, application, data_plane
+    from ssdtool.serving.detections import DetectionModel
+    from ssdtool.serving.model import IRModel, ServedEngine
 
     requested = parse(options.inference_precision)
     model_file = artifacts.model_file(entry, cache, Backend.OPENVINO, options.precision, offline=options.offline,
-                                      progress=progress)
+                                      progress=progress, image_input=options.image_input)
     plan = artifacts.precision_plan(model_file, requested, options.device)
     name = options.model_name or entry.name
 
@@ -215,11 +269,16 @@ def start_server(entry: ModelEntry, cache: Cache, options: ServeOptions | None =
         return make_engine(model_file, device=options.device, hint="throughput", inference_precision=plan.pin,
                            cache_dir=cache.usable_compiled_model_dir(model_file.model))
 
-    model = EngineModel(name, entry, engine, max_pixels=options.max_pixels, decode_memory=options.decode_memory)
-    model.load()
-    assert model.engine is not None
-    info = {"model": entry.name, "served_as": name, "precision": model_file.precision, "device": options.device,
-            "inference_precision": model.engine.inference_precision,
+    served = ServedEngine(entry, engine, form=model_file.form, max_pixels=options.max_pixels,
+                          decode_memory=options.decode_memory)
+    served.load(model_file.path)
+    assert served.engine is not None
+    models = [IRModel(name, served), DetectionModel(detections_model(name), served)]
+    for model in models:
+        model.load()
+    info = {"model": entry.name, "served_as": name, "detections_model": detections_model(name),
+            "precision": model_file.precision, "image_input": options.image_input, "device": options.device,
+            "inference_precision": served.engine.inference_precision,
             "inference_precision_requested": requested.value, "inference_precision_reason": plan.reason,
             "model_path": str(model_file.path),
             "limits": {"max_request_bytes": options.max_request_bytes, "max_pixels": options.max_pixels,
@@ -229,13 +288,24 @@ def start_server(entry: ModelEntry, cache: Cache, options: ServeOptions | None =
     try:
         sock = _bind(options.host, options.port)
     except BaseException:
-        model.stop()
+        served.stop()
         raise
-    app = application(model, options.max_request_bytes, options.limits.body_timeout)
+    plane = data_plane(models)
+    app = application(plane, options.max_request_bytes, options.limits.body_timeout)
     config = uvicorn.Config(AnsweredOnce(app), log_config=None, loop="asyncio", access_log=False,
                             timeout_graceful_shutdown=int(max(1, options.grace_seconds)), lifespan="off",
                             http=guarded_protocol(_http_protocol(), options.limits))
-    server = Server(uvicorn.Server(config), sock, app, model, name, info)
+    make_grpc = None
+    if options.grpc_port is not None:
+        from ssdtool.serving.grpc_server import start_grpc
+
+        grpc_port = int(options.grpc_port)
+
+        def make_grpc() -> tuple[Any, int]:
+            return start_grpc(plane, options.host, grpc_port, options.max_request_bytes, options.limits)
+
+    server = Server(uvicorn.Server(config), sock, app, plane, served, name, info, make_grpc)
     server._start()
-    log.debug("serving %s at %s", name, server.url)
+    server.info["grpc_address"] = server.grpc_address
+    log.debug("serving %s at %s (gRPC: %s)", name, server.url, server.grpc_address or "off")
     return server
