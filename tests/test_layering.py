@@ -129,6 +129,19 @@ def test_no_import_cycles() -> None:
             visit(module, [module])
 
 
+def test_no_module_over_500_lines_and_no_class_over_250() -> None:
+    """The project's size rule (docs/architecture.md, "Sizes"): past it, a module or class is split along a seam."""
+    too_long = []
+    for path in sorted((ROOT / "ssdtool").rglob("*.py")):
+        text = path.read_text()
+        if text.count("\n") > 500:
+            too_long.append(f"{path.relative_to(ROOT)}: {text.count(chr(10))} lines")
+        too_long += [f"{path.relative_to(ROOT)}: class {node.name}, {node.end_lineno - node.lineno + 1} lines"
+                     for node in ast.walk(ast.parse(text)) if isinstance(node, ast.ClassDef)
+                     and (node.end_lineno or node.lineno) - node.lineno + 1 > 250]
+    assert not too_long, too_long
+
+
 def _loaded_after(statement: str) -> set[str]:
     code = f"import sys\n{statement}\nimport json; print(json.dumps(sorted(sys.modules)))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
