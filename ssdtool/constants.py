@@ -10,8 +10,10 @@ from enum import Enum
 
 #: The environment variable naming a registry file to use instead of the packaged one.
 REGISTRY_ENV = "SSDTOOL_REGISTRY"
+#: The CPU, as ``--device`` names it: OpenVINO's CPU device, onnxruntime's CPU execution provider.
+CPU_DEVICE = "CPU"
 #: The device an engine runs on unless told otherwise (``--device``).
-DEFAULT_DEVICE = "CPU"
+DEFAULT_DEVICE = CPU_DEVICE
 
 # Downloads (ssdtool.download.options.FetchOptions): what the command line shows as defaults, without importing it.
 MIRROR_ENV = "SSDTOOL_MIRROR"

@@ -14,6 +14,7 @@ import click
 
 from ssdtool.cli import cli
 from ssdtool.constants import (
+    CPU_DEVICE,
     DEFAULT_DEVICE,
     DEFAULT_MAX_PIXELS,
     InferencePrecision,
@@ -28,7 +29,7 @@ from ssdtool.constants import (
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Members whose spelling would be a second definition of the set they belong to.
-WATCHED = {*IRPrecision.values(), DEFAULT_DEVICE, InputType.U8.value, *InputLayout.values(),
+WATCHED = {*IRPrecision.values(), CPU_DEVICE, InputType.U8.value, *InputLayout.values(),
            *PerformanceHint.values(), *(hint.upper() for hint in PerformanceHint.values())}
 #: The same spelling in another closed set, defined where it belongs.
 OTHER_SETS = {
@@ -38,21 +39,14 @@ OTHER_SETS = {
     "ssdtool/backends/remote_answers.py": {"FP32", "FP16"},
     # Model API's metadata vocabulary (rt_info/model_info input_dtype): what Model API sends, not --input-type.
     "ssdtool/convert/model_info.py": {"u8"},
-    # OpenVINO's element type names, mapped to Triton's.
-    "ssdtool/export/signature.py": {"u8"},
+    # OpenVINO's element type names, mapped to Triton's; its OPTIMIZATION_CAPABILITIES names; the precision option
+    # of onnxruntime's OpenVINO execution provider.
+    "ssdtool/export/signature.py": {"u8"}, "ssdtool/backends/openvino_rules.py": {"FP16"},
+    "ssdtool/backends/onnxruntime.py": {"FP32"},
 }
-#: Code other branches rewrite (issue 22's engine layer: one EngineSpec, backends owning device and hint rules;
-#: issue 23's evaluation); struck off as each merges. Every entry must still hold its literal.
-PENDING = {
-    "ssdtool/backends/__init__.py": {"CPU", "latency"}, "ssdtool/backends/onnxruntime.py": {"CPU"},
-    "ssdtool/backends/openvino.py": {"CPU", "LATENCY", "THROUGHPUT"},
-    "ssdtool/bench.py": {"FP32", "CPU", "latency"},
-    "ssdtool/detect.py": {"CPU", "latency", "throughput"}, "ssdtool/loadgen/run.py": {"FP32", "CPU", "latency",
-                                                                                      "throughput"},
-    "ssdtool/serving/server.py": {"CPU", "throughput"}, "ssdtool/export/options.py": {"CPU"},
-    "ssdtool/evaluation/api.py": {"CPU"}, "ssdtool/evaluation/model_run.py": {"throughput"},
-    "ssdtool/evaluation/runner.py": {"throughput"},
-}
+#: Code another branch in flight rewrites (issue 23's evaluation); struck off when it merges. Every entry must still
+#: hold its literal.
+PENDING = {"ssdtool/evaluation/model_run.py": {"throughput"}, "ssdtool/evaluation/runner.py": {"throughput"}}
 
 
 def _spelled_out(path: Path) -> set[str]:

@@ -463,8 +463,8 @@ def test_offline_json_error_reaches_scripts(detect_world: World, tmp_path: Path)
     (["--backend", "tensorflow"], 31, "error: unknown backend 'tensorflow'; expected one of auto, openvino, "
                                       "onnxruntime"),
     (["--backend", "openvino", "--device", "NPU"], 31, "error: OpenVINO device 'NPU' is not available; found: CPU"),
-    (["--backend", "onnxruntime", "--device", "GPU"], 31, "error: the onnxruntime backend runs on the CPU only, got "
-                                                          "--device GPU"),
+    (["--backend", "onnxruntime", "--device", "GPU"], 31, "error: onnxruntime has no execution provider 'GPU'; "
+                                                          "expected one of CPU, CUDA[:N], TensorRT[:N]"),
     (["--backend", "onnxruntime", "--precision", "FP16"], 2, "error: precision selects an OpenVINO IR; onnxruntime "
                                                              "runs the source ONNX as it is"),
     (["--format", "coco", "--model", "nonexistent"], 4, "error: unknown model 'nonexistent'"),

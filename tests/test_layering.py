@@ -44,15 +44,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("ssdtool.commands", "ssdtool.cli", "ssdtool.__main__"),
 )
 #: Known runtime cycles, as the edges that close them; each must still exist (so a fixed one is struck off here).
-KNOWN_CYCLE_EDGES = {
-    # h22-engine (issue 22, "one engine layer"): precision.measure runs engines, and the backend modules import
-    # import_engine from their package's __init__, which imports them in make_engine.
-    ("ssdtool.precision", "ssdtool.backends.openvino"), ("ssdtool.backends.openvino", "ssdtool.backends"),
-    ("ssdtool.backends.onnxruntime", "ssdtool.backends"),
-    # h22-engine: convert.check plans the inference precision through artifacts.precision_plan, which moves into
-    # backends/openvino.py there.
-    ("ssdtool.convert.flow", "ssdtool.artifacts"),
-}
+KNOWN_CYCLE_EDGES: set[tuple[str, str]] = set()
 
 
 def _module_name(path: Path) -> str:

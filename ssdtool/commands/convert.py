@@ -38,7 +38,7 @@ def _input_options(type_help: str | None = None, layout_help: str | None = None)
 def _options(precision: str | None, input_type: str | None, input_layout: str | None, force: bool, verify: bool,
              output_dir: str | None, default_precision: str, calibration: str | None = None,
              calibration_size: int | None = None, accept_accuracy_drop: bool = False,
-             int8_recipe: str | None = None, image_input: bool = False) -> Any:
+             int8_recipe: str | None = None, image_input: bool = False, devices: tuple[str, ...] = ()) -> Any:
     from ssdtool.convert import ConvertOptions
     from ssdtool.errors import UsageError
 
@@ -52,6 +52,8 @@ def _options(precision: str | None, input_type: str | None, input_layout: str | 
     extra: dict[str, Any] = {}
     if calibration_size is not None:
         extra["calibration_size"] = calibration_size
+    if devices:
+        extra["check_devices"] = tuple(devices)
     return ConvertOptions(precision=precision, input_type=input_type or InputType.F32.value,
                           input_layout=(input_layout or InputLayout.NCHW.value).upper(), force=force,
                           verify=verify, output_dir=Path(output_dir) if output_dir else None,
@@ -112,11 +114,10 @@ def format_runtime_checks(result: Any) -> list[str]:
     """The IR's runtime checks (this run's first), one line each: how it fares at a device's default precision."""
     from ssdtool.precision import recorded_checks
 
-    checks = recorded_checks(result.provenance)
-    if result.runtime_check is not None:
-        checks = [result.runtime_check, *[c for c in checks if c != result.runtime_check]]
-    return [f"  runtime: {check.summary()}" + ("" if check is result.runtime_check or not result.up_to_date
-                                                else " (recorded)") for check in checks]
+    ran = list(result.runtime_checks)
+    checks = [*ran, *[c for c in recorded_checks(result.provenance) if c not in ran]]
+    return [f"  runtime: {check.summary()}" + ("" if check in ran or not result.up_to_date else " (recorded)")
+            for check in checks]
 
 
 @exit_codes
@@ -145,6 +146,10 @@ def format_runtime_checks(result: Any) -> list[str]:
 @click.option("--force", is_flag=True, help="Rebuild even when an up-to-date IR exists.")
 @click.option("--no-verify", "no_verify", is_flag=True,
               help="Skip the parity gate against onnxruntime (INT8: the accuracy guard).")
+@click.option("--device", "devices", multiple=True, metavar="DEVICE",
+              help="OpenVINO device to run the runtime check on, so --inference-precision auto may use its default "
+                   "precision there (repeat for several; a virtual device such as AUTO: every device it may pick) "
+                   "[default: CPU]. An up-to-date IR gets the checks it lacks.")
 @offline_option("Never touch the network: the source ONNX must already be in the cache.")
 @progress_option
 @json_option("Print a JSON summary on stdout.")
@@ -152,7 +157,8 @@ def format_runtime_checks(result: Any) -> list[str]:
 def convert_command(ctx: click.Context, name: str | None, precision: str | None, output_dir: str | None,
                     input_type: str | None, input_layout: str | None, image_input: bool, calibration: str | None,
                     calibration_size: int | None, int8_recipe: str | None, accept_accuracy_drop: bool, force: bool,
-                    no_verify: bool, offline: bool, progress_mode: str, as_json: bool) -> None:
+                    no_verify: bool, devices: tuple[str, ...], offline: bool, progress_mode: str,
+                    as_json: bool) -> None:
     """Convert NAME (default model) to an OpenVINO IR with BGR raw-pixel input and fixed-size outputs.
 
     The source ONNX is downloaded first if missing (unless --offline). Normalization is folded into the IR;
@@ -171,7 +177,7 @@ def convert_command(ctx: click.Context, name: str | None, precision: str | None,
     entry = app.registry().model(name)
     options = _options(precision, input_type, input_layout, force, not no_verify, output_dir,
                        entry.convert.precision, calibration, calibration_size, accept_accuracy_drop, int8_recipe,
-                       image_input)
+                       image_input, devices)
     result = convert(entry, app.cache(), options, offline=offline, progress=app_download_progress(app, progress_mode),
                      quantize_progress=quantize_progress(app, progress_mode))
     data = result.to_dict()

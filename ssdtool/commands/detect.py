@@ -9,14 +9,19 @@ written.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from ssdtool.commands.common import app_context, exit_codes, printable, want_json
 from ssdtool.commands.options import (
     FiniteFloatRange,
+    backend_option,
+    device_option,
     engine_options,
     image_input_option,
+    inference_precision_option,
+    ir_precision_option,
     model_option,
     offline_option,
     progress_option,
@@ -27,13 +32,16 @@ from ssdtool.commands.progress import app_download_progress
 from ssdtool.constants import DEFAULT_MAX_PIXELS, OutputFormat, PerformanceHint
 from ssdtool.errors import InputError, UsageError
 
+if TYPE_CHECKING:
+    from ssdtool.backends.spec import EngineSpec
+
 
 @exit_codes
 @click.command("detect")
 @click.argument("sources", nargs=-1, required=True, metavar="SOURCES...")
 @model_option
-@engine_options
-@image_input_option()
+@engine_options(backend_option(), ir_precision_option(), inference_precision_option(), device_option(),
+                image_input_option())
 @click.option("-t", "--threshold", type=FiniteFloatRange(0.0, 1.0), default=0.5, show_default=True,
               help="Minimum score of a detection.")
 @click.option("-c", "--classes", metavar="NAMES",
@@ -57,8 +65,8 @@ from ssdtool.errors import InputError, UsageError
 @server_options
 @progress_option
 @click.pass_context
-def detect_command(ctx: click.Context, sources: tuple[str, ...], model_name: str | None, backend: str,
-                   precision: str | None, inference_precision: str, device: str, image_input: bool, threshold: float,
+def detect_command(ctx: click.Context, sources: tuple[str, ...], model_name: str | None, engine: EngineSpec,
+                   threshold: float,
                    classes: str | None, max_detections: int | None, output_format: str | None, as_json: bool,
                    output: str | None, save_dir: str | None, recursive: bool, max_pixels: int, workers: int | None,
                    offline: bool, server_url: str | None, server_model: str | None, concurrency: int | None,
@@ -105,15 +113,13 @@ def detect_command(ctx: click.Context, sources: tuple[str, ...], model_name: str
     inputs = [InputPath(Path(f.path), "an input image") for f in files] + registry_inputs(app.registry().source)
     out = Output(output, inputs)  # a bad --output fails now, before the model is loaded
     try:
-        with Detector(entry, backend, precision=precision, inference_precision=inference_precision, device=device,
-                      threshold=threshold, classes=classes, max_detections=max_detections, cache_dir=app.cache(),
-                      registry=app.registry(), offline=offline,
+        server = server_target(server_url, server_model, concurrency, wire_protocol, server_timeout, server_retries,
+                               1 if len(files) == 1 else 4)
+        with Detector(entry, engine.replace(server=server), threshold=threshold, classes=classes,
+                      max_detections=max_detections, cache_dir=app.cache(), registry=app.registry(), offline=offline,
                       performance=(PerformanceHint.LATENCY if len(files) == 1 else PerformanceHint.THROUGHPUT).value,
-                      workers=workers,
-                      max_pixels=max_pixels, progress=app_download_progress(app, progress_mode),
-                      image_input=image_input,
-                      server=server_target(server_url, server_model, concurrency, wire_protocol, server_timeout,
-                                           server_retries, 1 if len(files) == 1 else 4)) as detector:
+                      workers=workers, max_pixels=max_pixels,
+                      progress=app_download_progress(app, progress_mode)) as detector:
             model = model_inputs([detector.model_file])
             out.open(model)  # checked again with the model files, before the first image runs
             copies = plan_copies(Path(save_dir), files, [i.path for i in (*inputs, *model)] + (

@@ -5,7 +5,7 @@ stdout carries the metrics table (or ``--json``); stderr the progress, the image
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -22,6 +22,9 @@ from ssdtool.commands.options import (
 )
 from ssdtool.commands.progress import app_download_progress, phase_progress
 from ssdtool.errors import InputError
+
+if TYPE_CHECKING:
+    from ssdtool.backends.spec import EngineSpec
 
 LISTED = 10
 
@@ -80,7 +83,7 @@ def format_report(data: dict[str, Any], stat_meanings: dict[str, str]) -> str:
               help="COCO annotation file (instances_val2017.json or any COCO instances file).")
 @click.option("--images", "images_dir", type=click.Path(file_okay=False), metavar="DIR",
               help="Folder holding the images the annotation file lists (file_name below DIR).")
-@engine_options
+@engine_options()
 @click.option("--compare", metavar="CONFIGS",
               help="Several configurations side by side, images decoded once: comma-separated, each onnxruntime, "
                    "openvino[:ARITH] or [openvino:]FP32|FP16|INT8[:auto|f32|bf16|f16], e.g. "
@@ -114,8 +117,8 @@ def format_report(data: dict[str, Any], stat_meanings: dict[str, str]) -> str:
 @progress_option
 @json_option("Print the report as JSON on stdout.")
 @click.pass_context
-def eval_command(ctx: click.Context, name: str | None, annotations: str, images_dir: str | None, backend: str,
-                 precision: str | None, inference_precision: str, device: str, compare: str | None,
+def eval_command(ctx: click.Context, name: str | None, annotations: str, images_dir: str | None, engine: EngineSpec,
+                 compare: str | None,
                  detections: str | None, mlperf_log: str | None, per_class: bool, limit: int | None,
                  sample: int | None, seed: int, save_detections: str | None, results_path: str | None, resume: bool,
                  checkpoint_every: int, strict: bool, max_pixels: int, workers: int | None, offline: bool,
@@ -142,14 +145,13 @@ def eval_command(ctx: click.Context, name: str | None, annotations: str, images_
     allow_pixels(max_pixels)
     progress = phase_progress({"evaluate": "evaluating", "score": "COCOeval"},
                               unit={"evaluate": "img", "score": "configuration"}, mode=progress_mode, quiet=app.quiet)
-    report = evaluate(annotations, images_dir, name, compare=compare, backend=backend, precision=precision,
-                      inference_precision=inference_precision, device=device, detections=detections,
-                      mlperf_log=mlperf_log, limit=limit, sample=sample, seed=seed, resume=resume,
-                      results=results_path, checkpoint_every=checkpoint_every, workers=workers,
+    server = server_target(server_url, server_model, concurrency, wire_protocol, server_timeout, server_retries)
+    report = evaluate(annotations, images_dir, name, engine=engine.replace(server=server), compare=compare,
+                      detections=detections, mlperf_log=mlperf_log, limit=limit, sample=sample, seed=seed,
+                      resume=resume, results=results_path, checkpoint_every=checkpoint_every, workers=workers,
                       max_pixels=max_pixels, cache_dir=app.cache(), registry=app.registry(), offline=offline,
                       progress=progress, download_progress=app_download_progress(app, progress_mode),
-                      server=server_target(server_url, server_model, concurrency, wire_protocol, server_timeout,
-                                           server_retries), save_detections=save_detections)
+                      save_detections=save_detections)
     for path, count in report.saved_detections:
         click.echo(f"wrote {count} detections to {printable(path)}", err=True)
     data = report.to_dict(per_class=per_class)

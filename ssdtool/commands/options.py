@@ -5,6 +5,7 @@ Imports nothing heavy and nothing from :mod:`ssdtool.cli` (which imports the com
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -105,8 +106,8 @@ def inference_precision_option(default: str = InferencePrecision.AUTO.value,
         "--inference-precision", type=click.Choice(InferencePrecision.values(), case_sensitive=False),
         default=default, show_default=True, callback=_lower,
         help=help_text or "OpenVINO's arithmetic: auto (the device's default, bf16 on CPUs with native bf16, where "
-                          "this IR was checked at it; else f32), or f32, bf16, f16 pinned (an error if the "
-                          "device cannot run it). onnxruntime runs f32.")
+                          "this IR was checked at it on such a device; else f32), or f32, bf16, f16 pinned (an error "
+                          "if the device cannot run it). onnxruntime: auto or f32 (what its provider computes).")
 
 
 def image_input_option(help_text: str = "Run the image-input IR (OpenVINO): whole images in, resized inside the IR "
@@ -115,15 +116,21 @@ def image_input_option(help_text: str = "Run the image-input IR (OpenVINO): whol
     return click.option("--image-input", is_flag=True, help=help_text)
 
 
-def device_option(help_text: str = "OpenVINO device (CPU, GPU, AUTO, ...).") -> Callable[[F], F]:
+DEVICE_HELP = ("Where the model runs. OpenVINO: any device it accepts (CPU, GPU, GPU.1, NPU, AUTO, AUTO:GPU,CPU, "
+               "HETERO:GPU,CPU, ...). onnxruntime: the execution provider (CPU, CUDA, CUDA:1, TensorRT, OpenVINO, "
+               "DirectML, CoreML, or any it lists).")
+
+
+def device_option(help_text: str = DEVICE_HELP) -> Callable[[F], F]:
     return click.option("--device", default=DEFAULT_DEVICE, show_default=True, help=help_text)
 
 
-def hint_option(help_text: str = "latency: one request at a time; throughput: N requests in parallel."
-                ) -> Callable[[F], F]:
-    """``--hint latency|throughput``: OpenVINO's performance hint (the value reaches the command lower-case)."""
+def hint_option(help_text: str = f"{PerformanceHint.LATENCY}: one request at a time; {PerformanceHint.THROUGHPUT}: N "
+                                 f"requests in parallel [default: {PerformanceHint.LATENCY}].") -> Callable[[F], F]:
+    """``--hint latency|throughput``: the performance hint (the value reaches the command lower-case; None when not
+    given, so the library's default applies: latency, or throughput for a server taking several requests)."""
     return click.option("--hint", type=click.Choice(PerformanceHint.values(), case_sensitive=False),
-                        default=PerformanceHint.LATENCY.value, show_default=True, callback=_lower, help=help_text)
+                        default=None, callback=_lower, help=help_text)
 
 
 def offline_option(help_text: str = "Never use the network: the model must already be in the cache."
@@ -135,9 +142,34 @@ def json_option(help_text: str = "Print JSON on stdout instead of a table.") -> 
     return click.option("--json", "as_json", is_flag=True, help=help_text)
 
 
-def engine_options(func: F) -> F:
-    """The engine a command runs: backend (with auto), IR precision, inference precision, device."""
-    return _stack(backend_option(), ir_precision_option(), inference_precision_option(), device_option())(func)
+#: The command parameters :func:`engine_options` folds into one ``engine`` (an EngineSpec).
+ENGINE_PARAMETERS = ("backend", "precision", "inference_precision", "device", "hint", "requests", "image_input")
+
+
+def engine_options(*decorators: Callable[[F], F], **fixed: Any) -> Callable[[F], F]:
+    """The engine a command runs, as one ``engine`` parameter (an :class:`~ssdtool.backends.spec.EngineSpec`) built
+    from its options: ``decorators`` (default: backend with auto, IR precision, inference precision, device; a
+    command passes its own variants, and hint or requests where it has them). ``fixed``: spec fields the command
+    sets itself (bench: no compiled-model cache). The library checks the spec, so a bad value is the same error
+    from the command line as from Python."""
+    chosen = decorators or (backend_option(), ir_precision_option(), inference_precision_option(), device_option())
+
+    def apply(func: F) -> F:
+        @functools.wraps(func)
+        def fold(*args: Any, **kwargs: Any) -> Any:
+            from ssdtool.backends.spec import EngineSpec
+
+            settings = {key: kwargs.pop(key) for key in ENGINE_PARAMETERS if key in kwargs}
+            return func(*args, engine=EngineSpec(**{**settings, **fixed}), **kwargs)
+
+        return _stack(*chosen)(fold)  # type: ignore[arg-type]
+
+    return apply
+
+
+def requests_option(help_text: str) -> Callable[[F], F]:
+    """``--requests N``: runs in flight in throughput mode."""
+    return click.option("--requests", type=click.IntRange(min=1), metavar="N", help=help_text)
 
 
 def progress_option(func: F) -> F:

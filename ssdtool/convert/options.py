@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ssdtool.constants import InputLayout, InputType, Int8Recipe, IRPrecision
+from ssdtool.constants import DEFAULT_DEVICE, InputLayout, InputType, Int8Recipe, IRPrecision
 from ssdtool.convert.model_info import model_info, model_info_digest
 from ssdtool.errors import UsageError
 from ssdtool.int8_recipes import DEFAULT_CALIBRATION_SIZE, GUARD_IMAGES, quantization_settings
@@ -42,7 +42,9 @@ class ConvertOptions:
     ``calibration_size`` images calibrate; ``guard_images`` held-out images feed the accuracy guard;
     ``accept_accuracy_drop`` installs an INT8 IR that fails the guard. ``int8_recipe``: "portable" or "vnni"
     (:class:`ssdtool.constants.Int8Recipe`); None builds portable and accepts any installed recipe.
-    ``verify=False`` skips the parity gate (FP32/FP16) or the guard (INT8).
+    ``verify=False`` skips the parity gate (FP32/FP16) or the guard (INT8). ``check_devices``: the OpenVINO
+    devices the runtime check measures on (a virtual device: each device it may pick), recorded per device kind and
+    model so ``--inference-precision auto`` may use each one's default; not part of what identifies the IR.
 
     ``image_input``: the image-input IR, which takes whole images (u8 ``[1, ?, ?, 3]`` NHWC, BGR, any height and
     width) and resizes them inside (OpenVINO's linear resize, :data:`IMAGE_RESIZE`); ``input_type`` and
@@ -63,6 +65,7 @@ class ConvertOptions:
     guard_images: int = GUARD_IMAGES
     int8_recipe: str | None = None
     image_input: bool = False
+    check_devices: tuple[str, ...] = (DEFAULT_DEVICE,)
 
     def __post_init__(self) -> None:
         if self.image_input and (self.input_type, self.input_layout) == (InputType.F32, InputLayout.NCHW):  # defaults

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from ssdtool.artifacts import registry_inputs
+from ssdtool.backends import prepare
+from ssdtool.backends.spec import AUTO_BACKEND, EngineSpec, engine_spec
 from ssdtool.cache import Cache
 from ssdtool.errors import UsageError
 from ssdtool.evaluation.configurations import Configuration, parse_configurations
@@ -23,7 +25,6 @@ from ssdtool.evaluation.report import EvalReport, RunResult
 from ssdtool.evaluation.runner import EvalProgress
 from ssdtool.imaging import DEFAULT_MAX_PIXELS
 from ssdtool.registry import ModelEntry, Registry, load_registry
-from ssdtool.serving.protocol import ServerTarget
 
 log = logging.getLogger("ssdtool.evaluation")
 
@@ -49,9 +50,8 @@ def select_images(dataset: CocoDataset, limit: int | None, sample: int | None, s
 
 
 def evaluate(annotations: str | os.PathLike[str], images: str | os.PathLike[str] | None = None,
-             model: str | ModelEntry | None = None, *, compare: str | Sequence[Configuration] | None = None,
-             backend: str = "auto", precision: str | None = None, inference_precision: str = "auto",
-             device: str = "CPU", detections: str | os.PathLike[str] | None = None,
+             model: str | ModelEntry | None = None, *, engine: EngineSpec | str = AUTO_BACKEND,
+             compare: str | Sequence[Configuration] | None = None, detections: str | os.PathLike[str] | None = None,
              mlperf_log: str | os.PathLike[str] | None = None, limit: int | None = None,
              sample: int | None = None, seed: int = 0, resume: bool = False,
              results: str | os.PathLike[str] | None = None, checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
@@ -60,14 +60,15 @@ def evaluate(annotations: str | os.PathLike[str], images: str | os.PathLike[str]
              registry: str | os.PathLike[str] | Registry | None = None, offline: bool | None = None,
              progress: Callable[[EvalProgress], None] | None = None,
              download_progress: Callable[[Any], None] | None = None,
-             server: ServerTarget | None = None,
-             save_detections: str | os.PathLike[str] | None = None) -> EvalReport:
+             save_detections: str | os.PathLike[str] | None = None, **settings: Any) -> EvalReport:
     """Evaluate on the COCO annotation file ``annotations``; see docs/eval.md and docs/python-api.md.
 
-    Three sources of detections: a model run over the images folder ``images`` (one configuration from
-    ``backend``/``precision``/``inference_precision``, or several from ``compare``), an existing COCO results file
-    ``detections``, or an MLPerf accuracy log ``mlperf_log``. ``server``: the model runs on that Open Inference
-    Protocol server (precision and device are the server's; images are decoded and scored here).
+    Three sources of detections: a model run over the images folder ``images`` (one configuration: ``engine``, an
+    :class:`~ssdtool.backends.spec.EngineSpec` or a backend name, with ``settings`` changing its fields by name -
+    ``backend``, ``precision``, ``inference_precision``, ``device``, ``server``; or several from ``compare``, each
+    over ``engine``'s device), an existing COCO results file ``detections``, or an MLPerf accuracy log
+    ``mlperf_log``. ``server``: the model runs on that Open Inference Protocol server (precision and device are the
+    server's; images are decoded and scored here).
     ``progress`` receives :class:`EvalProgress` events.
     Missing images are skipped and listed in the report; the caller decides whether that is an error.
     ``save_detections``: write the COCO results records there too (with several configurations, one file each:
@@ -85,7 +86,10 @@ def evaluate(annotations: str | os.PathLike[str], images: str | os.PathLike[str]
     if not given:
         raise UsageError("nothing to evaluate: no images folder, detections file or MLPerf log",
                          hint="pass --images DIR (or --detections FILE, or --mlperf-log FILE)")
-    if server is not None and compare is not None:
+    spec = engine_spec(engine, **settings)
+    if images is not None and compare is None:
+        prepare(spec)  # a backend or device that cannot run fails before the annotation file is read
+    if spec.server is not None and compare is not None:
         raise UsageError("--compare runs several local configurations; with --server the server has chosen its one",
                          hint="drop --compare, or drop --server to compare configurations here")
     if checkpoint_every < 1:
@@ -97,15 +101,15 @@ def evaluate(annotations: str | os.PathLike[str], images: str | os.PathLike[str]
     labels = ["detections"]
     if images is not None:
         loaded = registry if isinstance(registry, Registry) else load_registry(registry)
-        configurations = _configurations(compare, backend, precision, inference_precision)
+        configurations = _configurations(compare, spec)
         labels = [c.label for c in configurations]
         outputs_inputs += registry_inputs(loaded.source)
         options = ModelRun(
             entry=model if isinstance(model, ModelEntry) else loaded.model(model), registry=loaded,
             cache=cache_dir if isinstance(cache_dir, Cache) else Cache.at(cache_dir), configurations=configurations,
-            device=device, offline=offline, resume=resume, results=Path(results) if results is not None else None,
+            engine=spec, offline=offline, resume=resume, results=Path(results) if results is not None else None,
             checkpoint_every=checkpoint_every, workers=workers, max_pixels=max_pixels, progress=progress,
-            download_progress=download_progress, server=server)
+            download_progress=download_progress)
     outputs = EvalOutputs(outputs_inputs, options.results if options is not None else None, save_detections,
                           labels)
     try:
@@ -156,15 +160,14 @@ def _evaluate(dataset: CocoDataset, selected: list[EvalImage], images: str | os.
     return run_model(dataset, gt, selected, Path(images), options, common)
 
 
-def _configurations(compare: str | Sequence[Configuration] | None, backend: str, precision: str | None,
-                    inference_precision: str) -> list[Configuration]:
+def _configurations(compare: str | Sequence[Configuration] | None, spec: EngineSpec) -> list[Configuration]:
     if compare is None:
-        return [Configuration(backend, precision, inference_precision)]
-    if backend != "auto" or precision is not None:
+        return [Configuration(spec.backend, spec.precision, spec.inference_precision)]
+    if spec.backend != AUTO_BACKEND or spec.precision is not None:
         raise UsageError("--compare names each configuration's backend and precision itself",
                          hint="drop --backend/--precision, or drop --compare")
     if isinstance(compare, str):
-        return parse_configurations(compare, inference_precision)
+        return parse_configurations(compare, spec.inference_precision)
     return list(compare)
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ssdtool.artifacts import model_inputs
+from ssdtool.backends.spec import EngineSpec
 from ssdtool.cache import Cache
 from ssdtool.errors import UsageError
 from ssdtool.evaluation.configurations import Configuration
@@ -25,7 +26,6 @@ from ssdtool.evaluation.report import EvalReport, RunResult
 from ssdtool.evaluation.results import ResultsFile
 from ssdtool.evaluation.runner import ConfigurationRun, EvalProgress, Runner
 from ssdtool.registry import ModelEntry, Registry
-from ssdtool.serving.protocol import ServerTarget
 
 log = logging.getLogger("ssdtool.evaluation")
 
@@ -38,7 +38,9 @@ class ModelRun:
     registry: Registry
     cache: Cache
     configurations: Sequence[Configuration]
-    device: str
+    #: The engine every configuration runs on (its device, or its server); each configuration sets its backend and
+    #: precisions on it.
+    engine: EngineSpec
     offline: bool | None
     resume: bool
     results: Path | None
@@ -47,7 +49,6 @@ class ModelRun:
     max_pixels: int | None
     progress: Callable[[EvalProgress], None] | None
     download_progress: Callable[[Any], None] | None
-    server: ServerTarget | None = None
     #: The outputs, checked before the model loads; checked again here with the model files, before any image.
     outputs: EvalOutputs | None = None
 
@@ -69,12 +70,12 @@ def run_model(dataset: CocoDataset, gt: Any, selected: list[EvalImage], images_d
     runs: list[ConfigurationRun] = []
     try:
         for configuration in options.configurations:
-            detector = Detector(options.entry, configuration.backend, precision=configuration.precision,
-                                inference_precision=configuration.inference_precision, device=options.device,
-                                threshold=0.0, cache_dir=options.cache, registry=options.registry,
-                                offline=options.offline, performance="throughput", workers=options.workers,
-                                max_pixels=options.max_pixels, progress=options.download_progress,
-                                server=options.server)
+            spec = options.engine.replace(backend=configuration.backend, precision=configuration.precision,
+                                          inference_precision=configuration.inference_precision)
+            detector = Detector(options.entry, spec, threshold=0.0, cache_dir=options.cache,
+                                registry=options.registry, offline=options.offline, performance="throughput",
+                                workers=options.workers, max_pixels=options.max_pixels,
+                                progress=options.download_progress)
             runs.append(ConfigurationRun(configuration, detector, detector.run_info("throughput")))
         key = _run_key(dataset, images_dir, present, runs)
         results_path = options.results or _default_results(options.cache, key)

@@ -6,8 +6,8 @@
 * Several: each image is decoded and resized once (network-sized RGB), a chunk of images at a time; every
   configuration builds its own tensors from those pixels and streams the chunk through its engine. Memory holds one
   chunk of network-sized images, whatever the number of images.
-* Every engine comes from :class:`~ssdtool.detect.Detector` (``artifacts.model_file`` -> ``precision_plan`` ->
-  ``backends.make_engine``), and outputs become detections through ``Detector.detections_from_outputs``
+* Every engine comes from :class:`~ssdtool.detect.Detector` (``backends.prepare`` -> ``artifacts.model_file`` ->
+  ``backends.open_engine``), and outputs become detections through ``Detector.detections_from_outputs``
   (:mod:`ssdtool.detections`) at threshold 0: every row the model outputs except padding (score 0).
 * Results stream to a JSON-lines file (:mod:`ssdtool.evaluation.results`); a checkpoint written atomically every
   ``checkpoint_every`` images (and when the run stops on an exception) records how much of it is complete, so a
@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ssdtool.detect import Detector, RunInfo
+from ssdtool.backends.spec import RunInfo
+from ssdtool.detect import Detector
 from ssdtool.errors import ImageError
 from ssdtool.evaluation.configurations import Configuration
 from ssdtool.evaluation.dataset import EvalImage, image_path
