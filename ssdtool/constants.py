@@ -25,6 +25,8 @@ BACKOFF_CAP = 30.0
 #: A waiting process gives up only after this long without any sign of progress from the lock holder.
 DEFAULT_LOCK_TIMEOUT = 600.0
 DEFAULT_PROGRESS_INTERVAL = 0.25
+#: How long an exporter waits for another one writing into the same repository (``export --lock-timeout``).
+EXPORT_LOCK_TIMEOUT = 600.0
 #: The stall rule: in every --timeout window a transfer must receive at least this much (or the rest of the file).
 STALL_MIN_BYTES = 64 << 10
 
