@@ -18,6 +18,10 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+# Imported now, not on first use: the function shares its submodule's name, and a submodule once imported is an
+# attribute of its package, which a lazy name would never replace (it is light: labels and hashing).
+from ssdtool.convert.model_info import MODEL_INFO_SECTION, model_info
+
 if TYPE_CHECKING:
     from ssdtool.convert.flow import ConversionResult, check, convert
     from ssdtool.convert.gate import (
@@ -29,7 +33,6 @@ if TYPE_CHECKING:
         runtime_check,
     )
     from ssdtool.convert.graph import build_ir_model
-    from ssdtool.convert.model_info import MODEL_INFO_SECTION, model_info
     from ssdtool.convert.options import (
         IMAGE_RESIZE,
         OPEN_INT8_KEYS,
@@ -49,7 +52,6 @@ _LAZY = {
     **dict.fromkeys(("FP16_MIN_RECALL", "FP32_TOLERANCE", "PARITY_IOU", "ParityReport", "parity_check",
                      "runtime_check"), "ssdtool.convert.gate"),
     "build_ir_model": "ssdtool.convert.graph",
-    **dict.fromkeys(("MODEL_INFO_SECTION", "model_info"), "ssdtool.convert.model_info"),
     **dict.fromkeys(("IMAGE_RESIZE", "OPEN_INT8_KEYS", "PARITY_IMAGES", "RECIPE_VERSION", "ConvertOptions",
                      "check_options", "conversion_parameters", "ir_path", "same_parameters"),
                     "ssdtool.convert.options"),
