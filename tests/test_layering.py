@@ -121,6 +121,18 @@ def test_no_import_cycles() -> None:
             visit(module, [module])
 
 
+def test_no_lazily_exported_name_is_a_submodule_name() -> None:
+    """A package's submodule, once imported, is an attribute of the package: a lazy name of the same spelling
+    (resolved by the package's __getattr__) would never be reached. Such a name is imported eagerly instead."""
+    import importlib
+
+    for init in sorted((ROOT / "ssdtool").rglob("__init__.py")):
+        package = importlib.import_module(_module_name(init))
+        submodules = {path.stem for path in init.parent.glob("*.py")} | {
+            path.name for path in init.parent.iterdir() if (path / "__init__.py").is_file()}
+        assert not set(getattr(package, "_LAZY", {})) & submodules, package.__name__
+
+
 def test_no_module_over_500_lines_and_no_class_over_250() -> None:
     """The project's size rule (docs/architecture.md, "Sizes"): past it, a module or class is split along a seam."""
     too_long = []
