@@ -217,7 +217,8 @@ def markdown(f: dict[str, Any]) -> str:
         f"{machine['cores']} cores, {machine['flags']}; load average {f['load_before']} -> {f['load_after']}, other "
         f"work {f['other_work_cores_before']} cores before the runs; inference at {f['inference_precision']}; "
         f"ssdtool byte-compiled: {f['bytecode_compiled']}). Overhead = process wall time minus its engine's time on "
-        "the one inference.\n\n```\n" + table(f) + "\n```\n\n"
+        "the one inference." + (f" The baseline tree is {f.get('baseline_label') or f['baseline_tree']}."
+                                 if "baseline_tree" in f else "") + "\n\n```\n" + table(f) + "\n```\n\n"
         f"| target | measured | met |\n| --- | --- | --- |\n"
         f"| cold `ssdtool detect` overhead within {TARGET_S * 1000:.0f} ms of the minimal script's | "
         f"{f['difference_s'] * 1000:.0f} ms ({f['ssdtool_overhead_s']:.3f} vs {f['minimal_overhead_s']:.3f} s, "
@@ -233,10 +234,14 @@ def main() -> None:
                                                         "quick look)")
     parser.add_argument("--baseline-tree", type=Path, metavar="DIR",
                         help="also run ssdtool from this source tree (ssdtool/ and models.yml), interleaved")
+    parser.add_argument("--baseline-label", metavar="TEXT", help="what the baseline tree is, for the report "
+                                                                  "(e.g. 'main at 7acda6c')")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON on stdout")
     parser.add_argument("--no-write", action="store_true", help="do not update docs/performance.md")
     args = parser.parse_args()
     figures = run(args.model, args.runs, args.baseline_tree)
+    if args.baseline_label:
+        figures["baseline_label"] = args.baseline_label
     print(table(figures), file=sys.stderr if args.json else sys.stdout)
     if not args.no_write and args.model == MODEL:
         print(f"wrote {write_section(HEADING, markdown(figures))}", file=sys.stderr)
