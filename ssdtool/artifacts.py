@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from ssdtool.backends.spec import EngineSpec, ModelFile
 from ssdtool.cache import Cache
 from ssdtool.constants import Backend, IRPrecision
-from ssdtool.errors import OfflineError, UsageError
+from ssdtool.errors import UsageError
 from ssdtool.fsutil import InputPath
 from ssdtool.registry import ModelEntry
 
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("ssdtool.artifacts")
 
 __all__ = ["ModelFile", "installed_ir", "ir_precision", "model_file", "model_inputs", "registry_inputs",
-           "remote_model_file", "source_model"]
+           "remote_model_file"]
 
 
 def model_inputs(model_files: Iterable[ModelFile]) -> list[InputPath]:
@@ -61,20 +61,7 @@ def ir_precision(value: str) -> str:
     try:
         return IRPrecision.parse(value, "precision").value
     except ValueError as exc:
-        raise UsageError(str(exc), hint="pass --precision FP32, FP16 or INT8") from None
-
-
-def source_model(entry: ModelEntry, cache: Cache, *, offline: bool | None = None,
-                 progress: Callable[[Any], None] | None = None) -> Path:
-    """The verified source ONNX of ``entry``, downloaded first when needed (``offline``: None reads
-    ``$SSDTOOL_OFFLINE``)."""
-    from ssdtool.download import FetchOptions, ensure_downloaded
-
-    try:
-        return ensure_downloaded(entry, cache, FetchOptions(offline=offline), progress=progress)
-    except OfflineError as exc:
-        raise OfflineError(exc.message, hint=f"run 'ssdtool download {entry.name}' on a machine with network access "
-                                             "and copy the cache here, or drop --offline") from exc
+        raise UsageError(str(exc), hint=f"pass --precision {IRPrecision.spoken()}") from None
 
 
 def installed_ir(entry: ModelEntry, cache: Cache, options: ConvertOptions) -> Path | None:
@@ -84,8 +71,7 @@ def installed_ir(entry: ModelEntry, cache: Cache, options: ConvertOptions) -> Pa
     The test ``convert`` makes, without its lock, download check or log line, so a warm start costs one small XML
     read, and an installed IR works even when the source ONNX was removed from the cache.
     """
-    from ssdtool.convert import conversion_parameters, ir_path, same_parameters
-    from ssdtool.convert.options import model_info_intact
+    from ssdtool.convert.options import conversion_parameters, ir_path, model_info_intact, same_parameters
     from ssdtool.provenance import ir_problem, read_provenance
 
     xml = ir_path(entry, cache, options)
@@ -118,10 +104,12 @@ def model_file(entry: ModelEntry, cache: Cache, engine: EngineSpec | Backend | s
     if form == "served":
         return remote_model_file(entry, spec.server)  # type: ignore[arg-type]  # a served form has one
     if offline is None:
-        from ssdtool.download import offline_from_env
+        from ssdtool.download.options import offline_from_env
 
         offline = offline_from_env()
     if form == "onnx":
+        from ssdtool.download.api import source_model
+
         return ModelFile(entry.name, Backend(spec.backend), source_model(entry, cache, offline=offline,
                                                                          progress=progress), "onnx", None, entry=entry)
     return _ir_file(entry, cache, spec, offline, progress)
@@ -131,12 +119,14 @@ def _ir_file(entry: ModelEntry, cache: Cache, spec: EngineSpec, offline: bool,
              progress: Callable[[Any], None] | None) -> ModelFile:
     """The installed IR when current, else converted now (its runtime check measured on the spec's device, so
     ``auto`` can use that device's default from the first run)."""
-    from ssdtool.convert import ConvertOptions, convert
+    from ssdtool.convert.options import ConvertOptions
 
     weights = ir_precision(spec.precision or entry.convert.precision)
     options = ConvertOptions(precision=weights, image_input=spec.image_input)
     path = installed_ir(entry, cache, options)
-    if path is None:
+    if path is None:  # the converter (and onnx, NNCF glue) only when there is something to convert
+        from ssdtool.convert.flow import convert
+
         options = replace(options, check_devices=(spec.device,))
         path = convert(entry, cache, options, offline=offline, progress=progress).xml
     if weights == IRPrecision.INT8:
@@ -146,8 +136,8 @@ def _ir_file(entry: ModelEntry, cache: Cache, spec: EngineSpec, offline: bool,
 
 def _warn_about_recipe(entry: ModelEntry, xml: Path) -> None:
     """An INT8 IR quantized for CPUs with VNNI, handed to a run on a CPU without it: say so."""
+    from ssdtool.int8_recipes import recipe_warning
     from ssdtool.provenance import read_provenance
-    from ssdtool.quantize import recipe_warning
 
     if warning := recipe_warning(read_provenance(xml), entry.name):
         log.warning("%s", warning)

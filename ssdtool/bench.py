@@ -39,7 +39,7 @@ from ssdtool import artifacts
 from ssdtool.backends import backend_rules, open_engine, plan_engine, prepare
 from ssdtool.backends.spec import EngineSpec, ModelFile, takes_engine
 from ssdtool.cache import Cache
-from ssdtool.constants import Backend, IRPrecision, PerformanceHint
+from ssdtool.constants import Backend, InputLayout, InputType, IRPrecision, PerformanceHint
 from ssdtool.errors import UsageError
 from ssdtool.imaging import generated_images, preprocess
 from ssdtool.registry import ModelEntry
@@ -51,8 +51,6 @@ log = logging.getLogger("ssdtool.bench")
 
 #: The backends bench takes (``auto`` would measure whichever imports: bench names what it measures).
 BACKENDS = Backend.values()
-HINTS = PerformanceHint.values()
-PRECISIONS = IRPrecision.values()
 DEFAULT_SECONDS = 20.0  # when neither iterations nor a time is given (benchmark_app uses 60 s)
 BENCH_IMAGES = 4
 BENCH_SEED = 21
@@ -230,8 +228,8 @@ def _measure(engine: Engine, tensors: Sequence[np.ndarray], options: BenchOption
 
 
 # ------------------------------------------------------------------------------------------------ entry point
-def input_tensors(entry: ModelEntry, form: str, count: int = BENCH_IMAGES, input_type: str = "f32",
-                  layout: str = "NCHW", image_input: bool = False) -> list[np.ndarray]:
+def input_tensors(entry: ModelEntry, form: str, count: int = BENCH_IMAGES, input_type: str = InputType.F32.value,
+                  layout: str = InputLayout.NCHW.value, image_input: bool = False) -> list[np.ndarray]:
     """``count`` generated images preprocessed for a model file of ``form`` ("onnx": normalized RGB, the source
     model; "ir": raw BGR pixels, an ssdtool IR, served or not; "image", or ``image_input``: the whole 640x480
     images, for the image-input IR), or for the file a backend named runs."""

@@ -183,15 +183,18 @@ class Detector:
         """OpenVINO's compiled-model cache for this model (blobs per device and hint; safe to delete)."""
         return self.cache.compiled_model_dir(self.entry)
 
-    def engine(self, performance: str = "latency") -> Engine:
+    def engine(self, performance: str = PerformanceHint.LATENCY.value) -> Engine:
         """The engine for ``performance`` ("latency" or "throughput"), created on first use and kept."""
         return self._engines.start(performance).result()
 
     def run_info(self, performance: str | None = None) -> RunInfo:
         """What runs for ``performance`` ("latency" or "throughput"; default: the engine made last), making the
         engine first if needed: the inference precision is read back from it."""
-        return self._engines.run_info(performance or self._engines.last()
-                                      or ("latency" if self.performance == "auto" else self.performance))
+        return self._engines.run_info(performance or self._engines.last() or self._single_image_hint())
+
+    def _single_image_hint(self) -> str:
+        """The hint for one image at a time: latency, unless the detector was made for one hint."""
+        return PerformanceHint.LATENCY.value if self.performance == "auto" else self.performance
 
     def close(self) -> None:
         """Release the engines (compiled models and sessions hold the weights) and the helper threads."""
@@ -223,7 +226,7 @@ class Detector:
 
         Raises :class:`ImageError` when the image cannot be used.
         """
-        engine = self._engines.start("latency" if self.performance == "auto" else self.performance)
+        engine = self._engines.start(self._single_image_hint())
         prepared = self._prepare(image, channel_order)  # the first call compiles meanwhile
         assert prepared.tensor is not None
         return self._detections(engine.result().infer(prepared.tensor), prepared.width, prepared.height)
@@ -239,7 +242,8 @@ class Detector:
         """
         mode = self.performance
         if mode == "auto":
-            mode = "latency" if isinstance(images, Sequence) and len(images) <= 1 else "throughput"
+            mode = (PerformanceHint.LATENCY if isinstance(images, Sequence) and len(images) <= 1
+                    else PerformanceHint.THROUGHPUT).value
         engine_future = self._engines.start(mode)
         prefetch = Prefetch(self._prepare, images, channel_order=channel_order, keep_images=keep_images,
                             workers=self.workers)

@@ -29,7 +29,7 @@ import numpy as np
 
 from ssdtool.backends import import_engine
 from ssdtool.backends.spec import EnginePlan, EngineSpec, ModelFile, OpenedEngine, run_info
-from ssdtool.constants import InferencePrecision, IRPrecision, PerformanceHint
+from ssdtool.constants import CPU_DEVICE, InferencePrecision, IRPrecision, PerformanceHint
 from ssdtool.errors import BackendError, ModelFormatError, UsageError
 
 if TYPE_CHECKING:
@@ -60,7 +60,7 @@ class Provider:
 _F32 = InferencePrecision.F32.value
 #: The providers ssdtool knows how to set up; any other the installed onnxruntime lists is used as it comes.
 PROVIDERS: tuple[Provider, ...] = (
-    Provider("CPU", "CPUExecutionProvider", "onnxruntime", _F32),
+    Provider(CPU_DEVICE, "CPUExecutionProvider", "onnxruntime", _F32),
     Provider("CUDA", "CUDAExecutionProvider", "onnxruntime-gpu", _F32, numbered=True, options={"use_tf32": 0},
              note="TF32 off (use_tf32=0)"),
     Provider("TensorRT", "TensorrtExecutionProvider", "onnxruntime-gpu", _F32, numbered=True,
@@ -176,15 +176,15 @@ class OnnxRuntimeRules:
             raise UsageError(f"precision selects an OpenVINO IR; onnxruntime runs the source ONNX as it is (the "
                              f"source ONNX, which is FP32); got --precision {spec.precision}",
                              hint="drop --precision, or use --backend openvino for FP16 and INT8 IRs")
-        _check_arithmetic(ProviderChoice("CPU", PROVIDERS[0], None), spec.inference_precision)  # before any import
+        _check_arithmetic(ProviderChoice(CPU_DEVICE, PROVIDERS[0], None), spec.inference_precision)  # before any import
         choice = self.choice(spec.device)
         _check_arithmetic(choice, spec.inference_precision)
         return spec.replace(device=choice.device)
 
     @staticmethod
     def choice(device: str) -> ProviderChoice:
-        if device.strip().upper() == "CPU":  # no import needed: onnxruntime always has its CPU provider
-            return ProviderChoice("CPU", PROVIDERS[0], None)
+        if device.strip().upper() == CPU_DEVICE:  # no import needed: onnxruntime always has its CPU provider
+            return ProviderChoice(CPU_DEVICE, PROVIDERS[0], None)
         return choose_provider(device, import_engine("onnxruntime").get_available_providers())
 
     def plan(self, model: ModelFile, spec: EngineSpec) -> EnginePlan:
@@ -218,7 +218,7 @@ class OnnxRuntimeEngine:
         :attr:`busy_seconds`): a heads model's host decode (:func:`ssdtool.heads.host_decoder`). ``provider``: the
         execution provider (default the CPU's; :func:`choose_provider`)."""
         ort = import_engine("onnxruntime")
-        choice = provider or ProviderChoice("CPU", PROVIDERS[0], None)
+        choice = provider or ProviderChoice(CPU_DEVICE, PROVIDERS[0], None)
         options = ort.SessionOptions()
         options.log_severity_level = 3  # warnings about unused initializers are noise for users
         cores = os.cpu_count() or 1

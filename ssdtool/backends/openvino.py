@@ -21,12 +21,15 @@ from typing import Any, TypeVar
 import numpy as np
 
 from ssdtool.backends import import_engine
+from ssdtool.constants import DEFAULT_DEVICE, PerformanceHint
 from ssdtool.errors import BackendError, ModelFormatError
 from ssdtool.precision import DeviceFacts
 
 K = TypeVar("K")
 
-HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
+#: OpenVINO's performance hints: ssdtool's (:class:`~ssdtool.constants.PerformanceHint`) as OpenVINO spells them,
+#: and CUMULATIVE_THROUGHPUT, which only a direct user of :class:`OpenVinoEngine` asks for.
+HINTS = (*(hint.upper() for hint in PerformanceHint.values()), "CUMULATIVE_THROUGHPUT")
 #: OpenVINO's names for "no precision set" (ACCURACY mode reads back as dynamic).
 _UNSET = ("dynamic", "undefined", "")
 
@@ -47,7 +50,7 @@ def device_type(device: str) -> str:
 
 
 @functools.lru_cache(maxsize=16)
-def device_facts(device: str = "CPU") -> DeviceFacts:
+def device_facts(device: str = DEFAULT_DEVICE) -> DeviceFacts:
     """The device's name (``FULL_DEVICE_NAME``: the CPU or GPU model) and default inference precision, asked without
     compiling; ``device`` is recorded by its kind (``GPU`` for ``GPU.1``).
 
@@ -97,8 +100,8 @@ def confirm(pin: str | None, read_back: str | None, device: str) -> None:
 class OpenVinoEngine:
     name = "openvino"
 
-    def __init__(self, model_path: str | os.PathLike[str], device: str = "CPU", cache_dir: str | None = None,
-                 hint: str = "LATENCY", inference_precision: str | None = None,
+    def __init__(self, model_path: str | os.PathLike[str], device: str = DEFAULT_DEVICE, cache_dir: str | None = None,
+                 hint: str = HINTS[0], inference_precision: str | None = None,
                  device_pins: Mapping[str, str] | None = None,
                  expected_precisions: Mapping[str, str | None] | None = None) -> None:
         """Compile ``model_path`` for ``device`` (any device string the runtime accepts; the rules module checks

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from ssdtool.backends import import_engine
 from ssdtool.backends import openvino as runtime
 from ssdtool.backends.spec import EnginePlan, EngineSpec, ModelFile, OpenedEngine, run_info
-from ssdtool.constants import InferencePrecision, IRPrecision, PerformanceHint
+from ssdtool.constants import CPU_DEVICE, DEFAULT_DEVICE, InferencePrecision, IRPrecision, PerformanceHint
 from ssdtool.errors import BackendError, UsageError
 from ssdtool.precision import DeviceFacts, PrecisionPlan, RuntimeCheck, UnusableCheck, read_checks
 
@@ -40,7 +40,7 @@ VIRTUAL_DEVICES = ("AUTO", "MULTI", "HETERO", "BATCH")
 DEVICE_NAME = re.compile(r"[A-Za-z0-9_.:,()-]+")
 #: ``OPTIMIZATION_CAPABILITIES`` naming native arithmetic for a precision that can be pinned.
 _CAPABILITY = {InferencePrecision.BF16.value: "BF16", InferencePrecision.F16.value: "FP16"}
-_PICK = "pass --device with one of those (default CPU)"
+_PICK = f"pass --device with one of those (default {DEFAULT_DEVICE})"
 
 
 def check_device_name(device: str) -> str:
@@ -99,7 +99,7 @@ def parse_device(device: str, available: Sequence[str]) -> DeviceChoice:
 def read_device(device: str) -> DeviceChoice:
     """``device`` checked against this machine. ``CPU`` needs no listing (the CPU plugin is always there, and
     listing devices loads every plugin, ~40 ms)."""
-    if device == "CPU":
+    if device == CPU_DEVICE:
         return DeviceChoice(device, None, (device,))
     return parse_device(device, runtime.available_devices())
 
@@ -107,7 +107,7 @@ def read_device(device: str) -> DeviceChoice:
 def convert_command(model: str, weights: str | None, device: str) -> str:
     """The command that records a runtime check of ``model``'s IR of ``weights`` on ``device``."""
     precision = f" --precision {weights}" if weights and weights != IRPrecision.FP32 else ""
-    where = f" --device {device}" if device != "CPU" else ""
+    where = f" --device {device}" if device != DEFAULT_DEVICE else ""
     return f"ssdtool convert {model}{precision}{where}"
 
 

@@ -55,7 +55,7 @@ from ssdtool.backends.remote_answers import (
     split_binary,
 )
 from ssdtool.backends.spec import REMOTE, EnginePlan, EngineSpec, ModelFile, OpenedEngine, RunInfo
-from ssdtool.constants import InferencePrecision, PerformanceHint, WireProtocol
+from ssdtool.constants import DEFAULT_DEVICE, InferencePrecision, PerformanceHint, WireProtocol
 from ssdtool.errors import NetworkError, ServerError, UsageError
 from ssdtool.redact import printable, redact_text, redact_url
 from ssdtool.serving.protocol import HEADER_LENGTH, PRECISION_PARAMETER, ServerTarget, numpy_dtype, v2_datatype
@@ -309,8 +309,8 @@ class RemoteRules:
     def check(self, spec: EngineSpec) -> EngineSpec:
         """Nothing local to choose; the server's ``concurrency`` is the requests in flight, and more than one
         makes throughput the default hint."""
-        if (spec.precision is not None or spec.inference_precision != InferencePrecision.AUTO or spec.device != "CPU"
-                or spec.image_input):
+        if (spec.precision is not None or spec.inference_precision != InferencePrecision.AUTO
+                or spec.device != DEFAULT_DEVICE or spec.image_input):
             raise UsageError("--precision, --inference-precision, --device and --image-input choose how a local engine "
                              "runs; with --server the server has chosen them",
                              hint="pass them to 'ssdtool serve' (or the server's own configuration) instead")

@@ -15,7 +15,14 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
-from ssdtool.constants import BACKEND_CHOICES, Backend, InferencePrecision, IRPrecision, PerformanceHint
+from ssdtool.constants import (
+    BACKEND_CHOICES,
+    DEFAULT_DEVICE,
+    Backend,
+    InferencePrecision,
+    IRPrecision,
+    PerformanceHint,
+)
 from ssdtool.errors import BackendError, UsageError
 from ssdtool.precision import parse as parse_inference_precision
 
@@ -54,7 +61,7 @@ class EngineSpec:
     """
 
     backend: str = AUTO_BACKEND
-    device: str = "CPU"
+    device: str = DEFAULT_DEVICE
     precision: str | None = None
     inference_precision: str = InferencePrecision.AUTO.value
     hint: str | None = None
@@ -213,7 +220,7 @@ class RunInfo:
     def weights(self) -> str:
         """The weights, for reports: the IR's precision, ``FP32`` for the source ONNX, ``served`` for a server's
         model (whose weights the server knows)."""
-        return self.precision or ("served" if self.backend == REMOTE else "FP32")
+        return self.precision or ("served" if self.backend == REMOTE else IRPrecision.FP32.value)
 
 
 class OpenedEngine(NamedTuple):

@@ -28,6 +28,7 @@ from ssdtool.commands.options import (
     server_target,
 )
 from ssdtool.commands.progress import app_download_progress
+from ssdtool.constants import IRPrecision, LoadGenScenario
 
 if TYPE_CHECKING:
     from ssdtool.backends.spec import EngineSpec
@@ -65,7 +66,8 @@ def format_report(data: dict[str, Any]) -> str:
 @model_argument
 @engine_options(
     backend_option(allow_auto=False, default="openvino"),
-    ir_precision_option("Which IR (OpenVINO only; converted on first use) [default: the registry's, FP32]."),
+    ir_precision_option(f"Which IR (OpenVINO only; converted on first use) [default: the registry's, "
+                        f"{IRPrecision.FP32}]."),
     image_input_option("Measure the image-input IR (OpenVINO), fed the generated 640x480 images whole: its inner "
                        "resize is timed with every inference."),
     inference_precision_option(), hint_option(),
@@ -112,7 +114,7 @@ def bench_command(ctx: click.Context, name: str | None, engine: EngineSpec, iter
     given = [f"--{key.replace('_', '-')}" for key, value in loadgen.items() if value is not None]
     if given:
         raise UsageError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to LoadGen runs only",
-                         hint="add --scenario SingleStream, MultiStream, Server or Offline")
+                         hint=f"add --scenario {LoadGenScenario.spoken()}")
     if iterations is not None and seconds is not None:
         raise UsageError("--iterations and --time are exclusive", hint="give one of them")
     app = app_context(ctx)

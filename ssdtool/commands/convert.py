@@ -7,20 +7,32 @@ from typing import Any
 
 import click
 
-from ssdtool.commands.common import app_context, echo_json, human_size, want_json
+from ssdtool.commands.common import app_context, echo_json, exit_codes, human_size, want_json
 from ssdtool.commands.options import (
     device_option,
     image_input_option,
     inference_precision_option,
+    ir_precision_option,
     json_option,
     model_argument,
     offline_option,
     progress_option,
 )
 from ssdtool.commands.progress import app_download_progress, quantize_progress
-from ssdtool.constants import Int8Recipe, IRPrecision
+from ssdtool.constants import InferencePrecision, InputLayout, InputType, Int8Recipe, IRPrecision
+from ssdtool.errors import AccuracyError
+from ssdtool.int8_recipes import DEFAULT_CALIBRATION_SIZE
 
-PRECISION_CHOICES = IRPrecision.values()
+
+def _input_options(type_help: str | None = None, layout_help: str | None = None) -> Any:
+    """``--input-type`` and ``--input-layout``: the IR's input (convert), or which IR it is (check). Left unset
+    (None) they are f32 and NCHW, except for the image-input IR, which takes neither."""
+    def apply(func: Any) -> Any:
+        func = click.option("--input-layout", type=click.Choice(InputLayout.values(), case_sensitive=False),
+                            default=None, help=f"{layout_help} [default: {InputLayout.NCHW}].")(func)
+        return click.option("--input-type", type=click.Choice(InputType.values()), default=None,
+                            help=f"{type_help} [default: {InputType.F32}].")(func)
+    return apply
 
 
 def _options(precision: str | None, input_type: str | None, input_layout: str | None, force: bool, verify: bool,
@@ -31,7 +43,7 @@ def _options(precision: str | None, input_type: str | None, input_layout: str | 
     from ssdtool.errors import UsageError
 
     precision = (precision or default_precision).upper()
-    if calibration_size is not None and precision != "INT8":
+    if calibration_size is not None and precision != IRPrecision.INT8:
         raise UsageError(f"--calibration-size applies to --precision INT8 only, got {precision}",
                          hint="add --precision INT8 or drop --calibration-size")
     if image_input and (input_type is not None or input_layout is not None):
@@ -42,8 +54,8 @@ def _options(precision: str | None, input_type: str | None, input_layout: str | 
         extra["calibration_size"] = calibration_size
     if devices:
         extra["check_devices"] = tuple(devices)
-    return ConvertOptions(precision=precision, input_type=input_type or "f32",
-                          input_layout=(input_layout or "NCHW").upper(), force=force,
+    return ConvertOptions(precision=precision, input_type=input_type or InputType.F32.value,
+                          input_layout=(input_layout or InputLayout.NCHW.value).upper(), force=force,
                           verify=verify, output_dir=Path(output_dir) if output_dir else None,
                           calibration=_calibration_value(calibration), accept_accuracy_drop=accept_accuracy_drop,
                           int8_recipe=int8_recipe, image_input=image_input, **extra)
@@ -108,16 +120,14 @@ def format_runtime_checks(result: Any) -> list[str]:
             for check in checks]
 
 
+@exit_codes
 @click.command("convert")
 @model_argument
-@click.option("--precision", type=click.Choice(PRECISION_CHOICES, case_sensitive=False),
-              help="Weights precision of the IR [default: the registry's, FP32].")
+@ir_precision_option(f"Weights precision of the IR [default: the registry's, {IRPrecision.FP32}].")
 @click.option("--output-dir", type=click.Path(file_okay=False),
               help="Write the IR here instead of <cache>/<model>/openvino/<precision>/.")
-@click.option("--input-type", type=click.Choice(["f32", "u8"]), default=None,
-              help="Element type of the IR input; u8 takes decoded pixels without a float copy [default: f32].")
-@click.option("--input-layout", type=click.Choice(["NCHW", "NHWC"], case_sensitive=False), default=None,
-              help="Layout of the IR input [default: NCHW].")
+@_input_options(f"Element type of the IR input; {InputType.U8} takes decoded pixels without a float copy",
+                "Layout of the IR input")
 @image_input_option("The image-input IR: u8 NHWC images of any height and width, resized inside (what OVMS "
                     "feeds JPEG/PNG inputs to, and Model API sends); installed beside the standard IR "
                     "(<precision>-image/).")
@@ -125,12 +135,14 @@ def format_runtime_checks(result: Any) -> list[str]:
               help="INT8: folder of representative images (searched recursively), or 'generated' for "
                    "deterministic generated images [default for synthetic models: generated].")
 @click.option("--calibration-size", type=click.IntRange(min=1), metavar="N",
-              help="INT8: how many calibration images NNCF collects statistics on [default: 300].")
+              help=f"INT8: how many calibration images NNCF collects statistics on [default: "
+                   f"{DEFAULT_CALIBRATION_SIZE}].")
 @click.option("--int8-recipe", type=click.Choice(Int8Recipe.values()), default=None,
               help="INT8: portable (7-bit weights, exact on CPUs without VNNI) or vnni (8-bit weights but the first "
                    "layer's, for CPUs with VNNI/AMX) [default: portable; an installed IR of either is kept].")
 @click.option("--accept-accuracy-drop", is_flag=True,
-              help="INT8: install the IR even when it fails the accuracy guard (exit 24 otherwise).")
+              help=f"INT8: install the IR even when it fails the accuracy guard (exit {AccuracyError.exit_code} "
+                   "otherwise).")
 @click.option("--force", is_flag=True, help="Rebuild even when an up-to-date IR exists.")
 @click.option("--no-verify", "no_verify", is_flag=True,
               help="Skip the parity gate against onnxruntime (INT8: the accuracy guard).")
@@ -155,7 +167,8 @@ def convert_command(ctx: click.Context, name: str | None, precision: str | None,
     only the current Model API metadata (rt_info/model_info) is amended in place.
 
     INT8 quantizes the FP32 IR with NNCF (pip install 'ssdtool[int8]') on --calibration images, then compares
-    it with FP32 on held-out images: below 90% of FP32 detections found it installs nothing and exits 24.
+    it with FP32 on held-out images: below 90% of FP32 detections found it installs nothing and exits
+    {exit:AccuracyError}.
     """
     from ssdtool.convert import convert
 
@@ -181,8 +194,8 @@ def convert_command(ctx: click.Context, name: str | None, precision: str | None,
         f"  input:   {format_input(result, entry.convert.color_order)}",
         "  outputs: " + ", ".join(f"{k} {list(v)}" for k, v in result.outputs.items()),
     ]
-    if result.precision == "INT8":
-        from ssdtool.quantize import recipe_of
+    if result.precision == IRPrecision.INT8:
+        from ssdtool.int8_recipes import recipe_of
 
         settings = (result.provenance.get("parameters") or {}).get("quantization")
         reason = (result.provenance.get("int8_recipe") or {}).get("reason")
@@ -205,21 +218,18 @@ def convert_command(ctx: click.Context, name: str | None, precision: str | None,
     click.echo("\n".join(lines))
 
 
+@exit_codes
 @click.command("check")
 @model_argument
-@click.option("--precision", type=click.Choice(PRECISION_CHOICES, case_sensitive=False),
-              help="Which installed IR to check [default: the registry's, FP32].")
+@ir_precision_option(f"Which installed IR to check [default: the registry's, {IRPrecision.FP32}].")
 @click.option("--xml", "xml_path", type=click.Path(dir_okay=False, exists=True),
               help="Check this IR file instead of the installed one.")
 @click.option("--source", "source_path", type=click.Path(dir_okay=False, exists=True),
               help="Compare against this ONNX file instead of the cached download.")
-@click.option("--input-type", type=click.Choice(["f32", "u8"]), default=None,
-              help="Which installed IR variant: its input type [default: f32].")
-@click.option("--input-layout", type=click.Choice(["NCHW", "NHWC"], case_sensitive=False), default=None,
-              help="Which installed IR variant: its input layout [default: NCHW].")
+@_input_options("Which installed IR variant: its input type", "Which installed IR variant: its input layout")
 @image_input_option("Check the installed image-input IR (<precision>-image/).")
 @device_option("OpenVINO device to run the IR on.")
-@inference_precision_option(default="f32", help_text=(
+@inference_precision_option(default=InferencePrecision.F32.value, help_text=(
     "The arithmetic the IR runs in. f32 (the default) proves the IR with the gate's strict criteria; auto, bf16 "
     "or f16 check how it fares at that precision (the recall floor applies)."))
 @offline_option("Never touch the network.")
@@ -230,8 +240,8 @@ def check_command(ctx: click.Context, name: str | None, precision: str | None, x
                   device: str, inference_precision: str, offline: bool, as_json: bool) -> None:
     """Prove an IR against onnxruntime on its source ONNX (the parity gate on its own).
 
-    Exits 0 when the IR passes, 21 when it disagrees. Anyone holding the real model file can run this to check
-    ssdtool's conversion on it.
+    Exits 0 when the IR passes, {exit:ParityError} when it disagrees. Anyone holding the real model file can run
+    this to check ssdtool's conversion on it.
     """
     from ssdtool.convert import check
 

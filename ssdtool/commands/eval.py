@@ -106,7 +106,8 @@ def format_report(data: dict[str, Any], stat_meanings: dict[str, str]) -> str:
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=64, show_default=True, metavar="N",
               help="Checkpoint the results file every N images.")
 @click.option("--strict", is_flag=True,
-              help="Exit 30 when images listed in the annotation file are missing [default: skip them, warn].")
+              help=f"Exit {InputError.exit_code} when images listed in the annotation file are missing [default: "
+                   "skip them, warn].")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True,
               help="Reject images larger than this (width x height) before decoding them.")
 @click.option("--workers", type=click.IntRange(1, 64), metavar="N",

@@ -21,7 +21,8 @@ from ssdtool.commands.options import (
     progress_option,
 )
 from ssdtool.commands.progress import app_download_progress
-from ssdtool.constants import ExportFormat
+from ssdtool.constants import EXPORT_LOCK_TIMEOUT, ExportFormat
+from ssdtool.errors import LockTimeoutError
 
 if TYPE_CHECKING:
     from ssdtool.backends.spec import EngineSpec
@@ -83,8 +84,9 @@ def format_result(data: dict[str, Any]) -> str:
                    "credentials). Required for kserve.")
 @click.option("--served-name", metavar="NAME",
               help="The model's name on the server (a DNS-1035 label) [default: the registry name].")
-@click.option("--lock-timeout", type=FiniteFloatRange(0, 86_400), default=600.0, show_default=True, metavar="SECONDS",
-              help="How long to wait for another export into the same DIR (exit 13 after that).")
+@click.option("--lock-timeout", type=FiniteFloatRange(0, 86_400), default=EXPORT_LOCK_TIMEOUT, show_default=True,
+              metavar="SECONDS", help="How long to wait for another export into the same DIR (exit "
+                                      f"{LockTimeoutError.exit_code} after that).")
 @offline_option("Never touch the network: the model must already be downloaded (or converted).")
 @progress_option
 @json_option("Print a JSON summary on stdout.")

@@ -24,12 +24,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ssdtool import __version__, artifacts, precision
+from ssdtool import __version__, precision
 from ssdtool.backends import import_engine
 from ssdtool.backends.openvino_rules import plan_devices
 from ssdtool.backends.spec import ModelFile
 from ssdtool.cache import Cache
-from ssdtool.constants import Backend, Int8Recipe
+from ssdtool.constants import DEFAULT_DEVICE, Backend, InferencePrecision, Int8Recipe, IRPrecision
 from ssdtool.convert.gate import (
     ParityReport,
     check_device_parts,
@@ -50,9 +50,11 @@ from ssdtool.convert.options import (
     same_parameters,
 )
 from ssdtool.convert.workspace import conversion_lock, install, sweep_leftovers, temporary_folders
+from ssdtool.download.api import source_model
 from ssdtool.download.transfer import hash_file
 from ssdtool.errors import AccuracyError, CacheError, ConversionError, ModelFormatError, ParityError
 from ssdtool.fsutil import InputPath, OutputPath, check_outputs
+from ssdtool.int8_recipes import default_recipe
 from ssdtool.provenance import (
     RT_INFO_ROOT,
     WEIGHTS_KEY,
@@ -68,7 +70,6 @@ from ssdtool.quantize import (
     CalibrationSet,
     ProgressCallback,
     accuracy_guard,
-    default_recipe,
     import_nncf,
     nncf_version,
     quantize_file,
@@ -172,7 +173,7 @@ def _early_calibration(entry: ModelEntry, options: ConvertOptions, xml: Path) ->
     """INT8: the calibration set, resolved before any download when it is chosen or no INT8 IR is installed, so
     an impossible INT8 build (no images for a real model, no NNCF) fails first. Without a choice and with an IR
     installed it stays open: any calibration will do (see ``same_parameters``)."""
-    if options.precision != "INT8":
+    if options.precision != IRPrecision.INT8:
         return None
     chosen = options.calibration is not None or options.calibration_size != DEFAULT_CALIBRATION_SIZE
     calibration = None
@@ -186,7 +187,7 @@ def _early_calibration(entry: ModelEntry, options: ConvertOptions, xml: Path) ->
 def _source_path(entry: ModelEntry, cache: Cache, source: Path | None, offline: bool,
                  progress: Callable[[Any], None] | None) -> Path:
     if source is None:
-        return artifacts.source_model(entry, cache, offline=offline, progress=progress)
+        return source_model(entry, cache, offline=offline, progress=progress)
     if not Path(source).is_file():
         raise ModelFormatError(f"source model {source} does not exist", hint="check the path")
     return Path(source)
@@ -290,7 +291,7 @@ class _Build:
             temporary = new_folder()
             temp_xml = temporary / xml.name
             reference_xml = temp_xml
-            if options.precision == "INT8" and self.calibration is not None:
+            if options.precision == IRPrecision.INT8 and self.calibration is not None:
                 # The FP32 IR of the same graph is NNCF's input and the guard's reference; it lives apart, so it
                 # is never installed.
                 reference_xml = new_folder() / xml.name
@@ -302,7 +303,7 @@ class _Build:
             else:
                 for key, value in self._provenance().items():
                     model.set_rt_info(encode(value), [RT_INFO_ROOT, key])
-                save_model(ov, model, temp_xml, compress_to_fp16=options.precision == "FP16")
+                save_model(ov, model, temp_xml, compress_to_fp16=options.precision == IRPrecision.FP16)
                 del model
             check_saved(ov, temp_xml, self.entry, options)
             if options.verify:
@@ -314,7 +315,7 @@ class _Build:
 
     def _settle_int8_choices(self) -> None:
         """INT8: the calibration set and the recipe this build uses, so provenance records what was built."""
-        if self.options.precision != "INT8":
+        if self.options.precision != IRPrecision.INT8:
             return
         if self.calibration is None:
             self.calibration = resolve_calibration(self.entry, None, self.options.calibration_size,
@@ -330,7 +331,7 @@ class _Build:
     def _prove(self, temp_xml: Path, reference_xml: Path) -> None:
         """The gate (INT8: the guard), both at f32, then the runtime check; a failure raises, installing nothing."""
         options, entry = self.options, self.entry
-        if options.precision == "INT8" and self.calibration is not None:
+        if options.precision == IRPrecision.INT8 and self.calibration is not None:
             log.info("accuracy guard: INT8 vs FP32 IR on held-out images (%s) ...",
                      self.calibration.held_out_description)
             accuracy = accuracy_guard(reference_xml, temp_xml, entry, self.calibration, input_type=options.input_type,
@@ -375,7 +376,7 @@ class _Build:
             precision.PROVENANCE_KEY: [check.to_dict() for check in self.checks],
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        if options.precision == "INT8":
+        if options.precision == IRPrecision.INT8:
             record["parity"] = "not run for INT8: accuracy_guard compares it with the FP32 IR"
             record["int8_recipe"] = {"recipe": options.int8_recipe, "reason": self.recipe_reason}
             record["calibration"] = self.calibration.to_dict() if self.calibration is not None else None
@@ -436,13 +437,13 @@ def _result(entry: ModelEntry, xml: Path, options: ConvertOptions, provenance: d
         outputs={entry.outputs.boxes: (1, count, 4), entry.outputs.labels: (1, count),
                  entry.outputs.scores: (1, count)},
         up_to_date=up_to_date, parity=parity, seconds=time.perf_counter() - started, provenance=provenance,
-        accuracy=accuracy, calibration=provenance.get("calibration") if options.precision == "INT8" else None,
+        accuracy=accuracy, calibration=provenance.get("calibration") if options.precision == IRPrecision.INT8 else None,
         runtime_checks=runtime, image_input=options.image_input)
 
 
 def check(entry: ModelEntry, cache: Cache, options: ConvertOptions | None = None, *, source: Path | None = None,
-          xml: Path | None = None, offline: bool = False, device: str = "CPU",
-          inference_precision: str = "f32") -> ParityReport:
+          xml: Path | None = None, offline: bool = False, device: str = DEFAULT_DEVICE,
+          inference_precision: str = InferencePrecision.F32.value) -> ParityReport:
     """The parity gate on its own, for an installed IR; raises :class:`ParityError` when it fails.
 
     ``inference_precision`` as for detection (``auto`` resolves the same way, from the IR's runtime checks); at f32

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ssdtool import precision
-from ssdtool.constants import InferencePrecision
+from ssdtool.constants import CPU_DEVICE, DEFAULT_DEVICE, InferencePrecision, IRPrecision
 from ssdtool.convert.options import ConvertOptions
 from ssdtool.detections import network_detections
 from ssdtool.errors import UsageError
@@ -67,7 +67,7 @@ def _parity_images(options: ConvertOptions) -> list[np.ndarray]:
     return generated_images(options.parity_images, seed=PARITY_SEED, size=(640, 480))
 
 def parity_check(source: Path, xml: Path, entry: ModelEntry, options: ConvertOptions,
-                 device: str = "CPU", inference_precision: str | None = "f32",
+                 device: str = DEFAULT_DEVICE, inference_precision: str | None = "f32",
                  device_pins: dict[str, str] | None = None,
                  expected_precisions: dict[str, str | None] | None = None) -> ParityReport:
     """Run the source ONNX (onnxruntime, host normalization) and the IR (OpenVINO, raw pixels) on generated images.
@@ -106,7 +106,7 @@ def parity_check(source: Path, xml: Path, entry: ModelEntry, options: ConvertOpt
             resized_inside = network_detections(ir_engine.infer(preprocess(rgb, entry, form="image")), entry, "image")
             whole.append((match_detections(reference, resized_inside, PARITY_IOU),
                           match_detections(resized_inside, reference, PARITY_IOU)))
-    report = _report(reports, options, ran, strict=options.precision == "FP32" and ran == "f32")
+    report = _report(reports, options, ran, strict=options.precision == IRPrecision.FP32 and ran == "f32")
     if not options.image_input:
         return report
     resize = _report(whole, options, ran, strict=False)
@@ -152,7 +152,7 @@ def check_device_parts(devices: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(parts)
 
 
-def runtime_check(xml: Path, entry: ModelEntry, options: ConvertOptions, device: str = "CPU"
+def runtime_check(xml: Path, entry: ModelEntry, options: ConvertOptions, device: str = DEFAULT_DEVICE
                   ) -> precision.RuntimeCheck | None:
     """The IR at ``device``'s default inference precision against the IR at f32, on the gate's images.
 
@@ -230,7 +230,7 @@ def record_missing_runtime_checks(xml: Path, entry: ModelEntry, options: Convert
             continue
         if not os.access(xml, os.W_OK) or not os.access(xml.parent, os.W_OK):
             log.info("%s has no runtime check for %s on %s, and its folder is read-only: not recorded", xml,
-                     facts.default_precision, "this CPU" if device == "CPU" else device)
+                     facts.default_precision, "this CPU" if device == CPU_DEVICE else device)
             continue
         check = runtime_check(xml, entry, options, device)
         if check is not None:

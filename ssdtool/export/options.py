@@ -21,12 +21,13 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from ssdtool.backends.spec import EngineSpec, takes_engine
-from ssdtool.constants import Backend, ExportFormat, InferencePrecision, PerformanceHint
+from ssdtool.constants import EXPORT_LOCK_TIMEOUT, Backend, ExportFormat, InferencePrecision, PerformanceHint
 from ssdtool.errors import UsageError
 from ssdtool.redact import redact_url
 
-#: How long an exporter waits for another one writing into the same repository.
-DEFAULT_LOCK_TIMEOUT = 600.0
+#: How long an exporter waits for another one writing into the same repository (its value is in constants.py, which
+#: the command line reads without importing this module's engine records).
+DEFAULT_LOCK_TIMEOUT = EXPORT_LOCK_TIMEOUT
 #: Schemes KServe's storage initializer downloads from (``pvc://`` mounts a volume claim instead).
 STORAGE_SCHEMES = ("s3", "gs", "pvc", "https", "http", "hdfs", "webhdfs", "oci")
 #: A served model name: a DNS-1035 label, which KServe needs for the InferenceService and which is a safe folder
