@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from ssdtool.detect import Detector, RunInfo
+    from ssdtool.backends.spec import EngineSpec, RunInfo
+    from ssdtool.detect import Detector
     from ssdtool.detections import Detection, ImageResult, postprocess, postprocess_heads
     from ssdtool.errors import ImageError
     from ssdtool.evaluation import EvalReport, evaluate
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     from ssdtool.loadgen import LoadGenOptions, LoadGenReport, SettingsOverrides, run_loadgen
 
 _LAZY = {
-    "Detector": "ssdtool.detect", "RunInfo": "ssdtool.detect",
+    "Detector": "ssdtool.detect", "RunInfo": "ssdtool.backends.spec", "EngineSpec": "ssdtool.backends.spec",
     "Detection": "ssdtool.detections", "ImageResult": "ssdtool.detections", "postprocess": "ssdtool.detections",
     "postprocess_heads": "ssdtool.detections",
     "load_image": "ssdtool.imaging", "preprocess": "ssdtool.imaging",
@@ -38,8 +39,8 @@ _LAZY = {
     "evaluate": "ssdtool.evaluation", "EvalReport": "ssdtool.evaluation",
 }
 
-__all__ = ["Detection", "Detector", "EvalReport", "ExportOptions", "ExportResult", "ImageError", "ImageResult",
-           "LoadGenOptions", "LoadGenReport", "RemoteEngine", "RunInfo", "ServeOptions", "ServerTarget",
+__all__ = ["Detection", "Detector", "EngineSpec", "EvalReport", "ExportOptions", "ExportResult", "ImageError",
+           "ImageResult", "LoadGenOptions", "LoadGenReport", "RemoteEngine", "RunInfo", "ServeOptions", "ServerTarget",
            "SettingsOverrides", "__version__", "evaluate", "export_model", "find_images", "load_image", "postprocess",
            "postprocess_heads", "preprocess", "run_loadgen", "start_server"]
 

@@ -24,24 +24,20 @@ from typing import TYPE_CHECKING, BinaryIO, TypeVar, Union
 import numpy as np
 
 from ssdtool import fsutil
+from ssdtool.constants import DEFAULT_MAX_PIXELS, ColorOrder, InputLayout, InputType, Interpolation
 from ssdtool.errors import ImageError, UsageError
 from ssdtool.registry import InputSpec, ModelEntry
 
 if TYPE_CHECKING:
     from PIL import Image as PILImage
 
-#: Largest image (width x height) accepted, checked from the header before any pixel is decoded. The same number as
-#: Pillow's own decompression-bomb limit (about 9459 x 9459); a PNG or GIF of this size can be a few KB on disk
-#: and hundreds of MB in memory.
-DEFAULT_MAX_PIXELS = 89_478_485
-CHANNEL_ORDERS = ("RGB", "BGR")
 #: The network inputs: the source ONNX's (normalized RGB floats), a converted IR's (raw BGR pixels at the network
 #: size) and the image-input IR's (the whole image as raw 8-bit BGR pixels, resized inside the IR).
 FORMS = ("onnx", "ir", "image")
 ImageSource = Union[str, "os.PathLike[str]", "PILImage.Image", np.ndarray]
 T = TypeVar("T")
 
-PIL_FILTERS = {"bilinear": 2, "nearest": 0, "bicubic": 3}  # PIL.Image.Resampling values
+PIL_FILTERS = {Interpolation.BILINEAR: 2, Interpolation.NEAREST: 0, Interpolation.BICUBIC: 3}  # Image.Resampling
 #: Memory that images being decoded at the same time may take (see :class:`DecodeBudget`).
 DEFAULT_DECODE_MEMORY = 512 << 20
 #: Decodes estimated above this run on one thread of their own: the C allocator keeps memory a thread freed for
@@ -150,11 +146,11 @@ def resize_rgb(rgb: np.ndarray, spec: InputSpec) -> np.ndarray:
 
 def normalized_input(rgb_resized: np.ndarray, spec: InputSpec) -> np.ndarray:
     """The source model's input: channel order, mean and scale from the registry, float32, spec layout."""
-    return _tensor(rgb_resized, spec.color_order, spec.layout, "f32", spec.mean, spec.scale)
+    return _tensor(rgb_resized, spec.color_order, spec.layout, InputType.F32, spec.mean, spec.scale)
 
 
-def raw_input(rgb_resized: np.ndarray, color_order: str = "BGR", layout: str = "NCHW",
-              dtype: str = "f32") -> np.ndarray:
+def raw_input(rgb_resized: np.ndarray, color_order: str = ColorOrder.BGR.value, layout: str = InputLayout.NCHW.value,
+              dtype: str = InputType.F32.value) -> np.ndarray:
     """A converted IR's input: raw 0-255 pixels in its channel order and layout (normalization is inside)."""
     return _tensor(rgb_resized, color_order, layout, dtype)
 
@@ -173,8 +169,8 @@ def _looks_like_text(stream: BinaryIO) -> bool:
     return False
 
 
-def load_image(source: ImageSource, *, channel_order: str = "RGB", max_pixels: int | None = DEFAULT_MAX_PIXELS
-               ) -> np.ndarray:
+def load_image(source: ImageSource, *, channel_order: str = ColorOrder.RGB.value,
+               max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode ``source`` into an 8-bit RGB ``HxWx3`` array, upright.
 
     ``source`` is a path, a PIL image or a numpy array. Files and PIL images get their EXIF orientation applied;
@@ -186,8 +182,8 @@ def load_image(source: ImageSource, *, channel_order: str = "RGB", max_pixels: i
     or one with more than ``max_pixels`` pixels (checked from the header, before decoding; None: no limit of
     ours, Pillow's own ``Image.MAX_IMAGE_PIXELS`` still applies).
     """
-    if channel_order not in CHANNEL_ORDERS:
-        raise UsageError(f"channel_order must be one of {', '.join(CHANNEL_ORDERS)}, got {channel_order!r}")
+    if channel_order not in ColorOrder.values():
+        raise UsageError(f"channel_order must be one of {', '.join(ColorOrder.values())}, got {channel_order!r}")
     if isinstance(source, np.ndarray):
         return _array_to_rgb(source, channel_order, max_pixels)
     from PIL import Image
@@ -321,14 +317,14 @@ def _array_to_rgb(array: np.ndarray, channel_order: str, max_pixels: int | None)
         gray = array.reshape(array.shape[0], array.shape[1])
         return np.repeat(gray[..., None], 3, axis=2)
     pixels = array[..., :3]
-    if channel_order == "BGR":
+    if channel_order == ColorOrder.BGR:
         pixels = pixels[..., ::-1]
     return np.ascontiguousarray(pixels)
 
 
 # ------------------------------------------------------------------------------------------------ tensors
-def preprocess(rgb: np.ndarray, entry: ModelEntry, *, form: str = "onnx", input_type: str = "f32",
-               input_layout: str = "NCHW") -> np.ndarray:
+def preprocess(rgb: np.ndarray, entry: ModelEntry, *, form: str = "onnx", input_type: str = InputType.F32.value,
+               input_layout: str = InputLayout.NCHW.value) -> np.ndarray:
     """8-bit RGB ``HxWx3`` pixels -> the network input of batch 1, as the registry entry describes it.
 
     The whole image is resized to the network size with the registry's Pillow filter (bilinear for SSD-ResNet34;
@@ -342,13 +338,13 @@ def preprocess(rgb: np.ndarray, entry: ModelEntry, *, form: str = "onnx", input_
     """
     check_form(form)
     if form == "image":
-        return raw_input(rgb, entry.convert.color_order, "NHWC", "u8")
+        return raw_input(rgb, entry.convert.color_order, InputLayout.NHWC, InputType.U8)
     resized = resize_rgb(rgb, entry.input)
     if form == "onnx":
         return normalized_input(resized, entry.input)
-    if input_type not in ("f32", "u8") or input_layout not in ("NCHW", "NHWC"):
-        raise UsageError(f"input_type must be f32 or u8 and input_layout NCHW or NHWC, got {input_type!r}, "
-                         f"{input_layout!r}")
+    if input_type not in InputType.values() or input_layout not in InputLayout.values():
+        raise UsageError(f"input_type must be {InputType.spoken()} and input_layout {InputLayout.spoken()}, got "
+                         f"{input_type!r}, {input_layout!r}")
     return raw_input(resized, entry.convert.color_order, input_layout, input_type)
 
 
@@ -362,12 +358,12 @@ def _tensor(resized: np.ndarray, color_order: str, layout: str, dtype: str,
     cache-unfriendly pass over 17 MB at 1200 px), with the same float32 operations in the same order, so the same
     bits (``tests/test_python_api.py`` holds them equal to that formula).
     """
-    channels = resized if color_order == "RGB" else resized[..., ::-1]
-    if dtype == "u8" and mean is None:
-        planar = channels.transpose(2, 0, 1) if layout == "NCHW" else channels
+    channels = resized if color_order == ColorOrder.RGB else resized[..., ::-1]
+    if dtype == InputType.U8 and mean is None:
+        planar = channels.transpose(2, 0, 1) if layout == InputLayout.NCHW else channels
         return np.ascontiguousarray(planar[np.newaxis])
     height, width = resized.shape[:2]
-    if layout == "NCHW":
+    if layout == InputLayout.NCHW:
         out = np.empty((1, 3, height, width), dtype=np.float32)
         for channel in range(3):
             out[0, channel] = channels[..., channel]

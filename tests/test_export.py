@@ -633,3 +633,23 @@ def test_python_api_returns_the_result(world: World, tmp_path: Path) -> None:
                                                                                               "THROUGHPUT", "FP32")
     assert result.version_dir == tmp_path / "repo" / MODEL / "1"
     assert result.files[0] == tmp_path / "repo" / "config.json"
+
+
+def test_exporting_loads_neither_the_converter_nor_nncf(world: World, tmp_path: Path) -> None:
+    """An export copies the installed IR: the converter (the flow, the graph rewrite, the parity gate, quantize) and
+    NNCF stay unloaded, in a fresh interpreter (docs/architecture.md, "Layers"). What identifies an installed IR
+    (convert.options) is read."""
+    code = ("import json, sys\n"
+            "from ssdtool.cache import Cache\nfrom ssdtool.export import ExportOptions, export_model\n"
+            "from ssdtool.registry import load_registry\n"
+            f"entry = load_registry({str(world.registry)!r}).model({MODEL!r})\n"
+            f"options = ExportOptions(format='triton', output_dir={str(tmp_path / 'repo')!r})\n"
+            f"result = export_model(entry, Cache.at({str(world.cache)!r}), options, offline=True)\n"
+            "print(json.dumps([result.version, sorted(sys.modules)]))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    version, modules = json.loads(run.stdout)
+    assert version == 1 and "ssdtool.export.repository" in modules and "openvino" in modules  # it did export
+    converter = ("ssdtool.convert.flow", "ssdtool.convert.graph", "ssdtool.convert.gate", "ssdtool.convert.workspace",
+                 "ssdtool.quantize", "nncf", "onnx", "onnxruntime")
+    assert not [m for m in modules if m.startswith(converter)]

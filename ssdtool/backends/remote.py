@@ -54,12 +54,14 @@ from ssdtool.backends.remote_answers import (
     shown,
     split_binary,
 )
-from ssdtool.constants import WireProtocol
-from ssdtool.errors import NetworkError, ServerError
+from ssdtool.backends.spec import REMOTE, EnginePlan, EngineSpec, ModelFile, OpenedEngine, RunInfo
+from ssdtool.constants import DEFAULT_DEVICE, InferencePrecision, PerformanceHint, WireProtocol
+from ssdtool.errors import NetworkError, ServerError, UsageError
 from ssdtool.redact import printable, redact_text, redact_url
 from ssdtool.serving.protocol import HEADER_LENGTH, PRECISION_PARAMETER, ServerTarget, numpy_dtype, v2_datatype
 
 if TYPE_CHECKING:
+    from ssdtool.cache import Cache
     from ssdtool.registry import ModelEntry
 
 K = TypeVar("K")
@@ -290,3 +292,44 @@ def _error_text(answer: Answer) -> str:
             if key in data:
                 return printable(redact_text(str(data[key])[:500]))
     return printable(redact_text(str(data)[:300]))
+
+
+class RemoteRules:
+    """A server's model in the backend table (``EngineSpec.server``): precisions and device are the server's."""
+
+    name = REMOTE
+    model_form = "served"
+    one_engine = True
+    distribution = None
+    load_step = "server metadata"
+
+    def weights(self, precision: str, image_input: bool = False) -> str:
+        return "served model"
+
+    def check(self, spec: EngineSpec) -> EngineSpec:
+        """Nothing local to choose; the server's ``concurrency`` is the requests in flight, and more than one
+        makes throughput the default hint."""
+        if (spec.precision is not None or spec.inference_precision != InferencePrecision.AUTO
+                or spec.device != DEFAULT_DEVICE or spec.image_input):
+            raise UsageError("--precision, --inference-precision, --device and --image-input choose how a local engine "
+                             "runs; with --server the server has chosen them",
+                             hint="pass them to 'ssdtool serve' (or the server's own configuration) instead")
+        assert spec.server is not None
+        if spec.hint is None and spec.server.concurrency > 1:
+            return spec.replace(hint=PerformanceHint.THROUGHPUT.value,
+                                requests=spec.requests or spec.server.concurrency)
+        return spec
+
+    def plan(self, model: ModelFile, spec: EngineSpec) -> EnginePlan:
+        return EnginePlan(self.name, "chosen by the server")
+
+    def open(self, model: ModelFile, spec: EngineSpec, plan: EnginePlan, cache: Cache | None) -> OpenedEngine:
+        assert spec.server is not None
+        engine = RemoteEngine(spec.server, model.model, model.entry)  # reads the model's metadata from the server
+        info = RunInfo(model=model.model, backend=self.name, device=engine.device, precision=None,
+                       inference_precision=engine.inference_precision,
+                       inference_precision_requested=InferencePrecision.AUTO.value,
+                       inference_precision_reason=plan.reason,
+                       model_path=f"{engine.device}/v2/models/{model.path}",
+                       performance=spec.hint_or(PerformanceHint.LATENCY.value))
+        return OpenedEngine(engine, info)

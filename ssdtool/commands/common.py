@@ -6,13 +6,14 @@ Imports nothing from :mod:`ssdtool.cli` (which imports the command modules) and 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from ssdtool.errors import SsdtoolError
+from ssdtool.errors import EXIT_INTERRUPTED, SsdtoolError, all_error_classes
 from ssdtool.redact import printable
 
 if TYPE_CHECKING:  # imported on use: `ssdtool --help` needs neither (nor PyYAML)
@@ -51,6 +52,19 @@ class AppContext:
 def app_context(ctx: click.Context) -> AppContext:
     """The group's options (a bare command invoked on its own gets the defaults)."""
     return ctx.ensure_object(AppContext)
+
+
+C = TypeVar("C", bound=click.Command)
+_EXIT_PLACEHOLDER = re.compile(r"\{exit:(\w+)\}")
+
+
+def exit_codes(command: C) -> C:
+    """Fill ``{exit:ErrorClass}`` in a command's help (its docstring, which cannot be an f-string) with that class's
+    exit code, so every exit code a help text quotes comes from :mod:`ssdtool.errors`; ``{exit:KeyboardInterrupt}``
+    is Ctrl-C's. Options say theirs with f-strings (``f"(exit {OfflineError.exit_code})"``)."""
+    codes = {cls.__name__: cls.exit_code for cls in all_error_classes()} | {"KeyboardInterrupt": EXIT_INTERRUPTED}
+    command.help = _EXIT_PLACEHOLDER.sub(lambda match: str(codes[match[1]]), command.help or "")
+    return command
 
 
 def want_json(ctx: click.Context, as_json: bool) -> None:

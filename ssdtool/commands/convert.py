@@ -7,31 +7,43 @@ from typing import Any
 
 import click
 
-from ssdtool.commands.common import app_context, echo_json, human_size, want_json
+from ssdtool.commands.common import app_context, echo_json, exit_codes, human_size, want_json
 from ssdtool.commands.options import (
     device_option,
     image_input_option,
     inference_precision_option,
+    ir_precision_option,
     json_option,
     model_argument,
     offline_option,
     progress_option,
 )
 from ssdtool.commands.progress import app_download_progress, quantize_progress
-from ssdtool.constants import Int8Recipe, IRPrecision
+from ssdtool.constants import InferencePrecision, InputLayout, InputType, Int8Recipe, IRPrecision
+from ssdtool.errors import AccuracyError
+from ssdtool.int8_recipes import DEFAULT_CALIBRATION_SIZE
 
-PRECISION_CHOICES = IRPrecision.values()
+
+def _input_options(type_help: str | None = None, layout_help: str | None = None) -> Any:
+    """``--input-type`` and ``--input-layout``: the IR's input (convert), or which IR it is (check). Left unset
+    (None) they are f32 and NCHW, except for the image-input IR, which takes neither."""
+    def apply(func: Any) -> Any:
+        func = click.option("--input-layout", type=click.Choice(InputLayout.values(), case_sensitive=False),
+                            default=None, help=f"{layout_help} [default: {InputLayout.NCHW}].")(func)
+        return click.option("--input-type", type=click.Choice(InputType.values()), default=None,
+                            help=f"{type_help} [default: {InputType.F32}].")(func)
+    return apply
 
 
 def _options(precision: str | None, input_type: str | None, input_layout: str | None, force: bool, verify: bool,
              output_dir: str | None, default_precision: str, calibration: str | None = None,
              calibration_size: int | None = None, accept_accuracy_drop: bool = False,
-             int8_recipe: str | None = None, image_input: bool = False) -> Any:
+             int8_recipe: str | None = None, image_input: bool = False, devices: tuple[str, ...] = ()) -> Any:
     from ssdtool.convert import ConvertOptions
     from ssdtool.errors import UsageError
 
     precision = (precision or default_precision).upper()
-    if calibration_size is not None and precision != "INT8":
+    if calibration_size is not None and precision != IRPrecision.INT8:
         raise UsageError(f"--calibration-size applies to --precision INT8 only, got {precision}",
                          hint="add --precision INT8 or drop --calibration-size")
     if image_input and (input_type is not None or input_layout is not None):
@@ -40,8 +52,10 @@ def _options(precision: str | None, input_type: str | None, input_layout: str | 
     extra: dict[str, Any] = {}
     if calibration_size is not None:
         extra["calibration_size"] = calibration_size
-    return ConvertOptions(precision=precision, input_type=input_type or "f32",
-                          input_layout=(input_layout or "NCHW").upper(), force=force,
+    if devices:
+        extra["check_devices"] = tuple(devices)
+    return ConvertOptions(precision=precision, input_type=input_type or InputType.F32.value,
+                          input_layout=(input_layout or InputLayout.NCHW.value).upper(), force=force,
                           verify=verify, output_dir=Path(output_dir) if output_dir else None,
                           calibration=_calibration_value(calibration), accept_accuracy_drop=accept_accuracy_drop,
                           int8_recipe=int8_recipe, image_input=image_input, **extra)
@@ -100,23 +114,20 @@ def format_runtime_checks(result: Any) -> list[str]:
     """The IR's runtime checks (this run's first), one line each: how it fares at a device's default precision."""
     from ssdtool.precision import recorded_checks
 
-    checks = recorded_checks(result.provenance)
-    if result.runtime_check is not None:
-        checks = [result.runtime_check, *[c for c in checks if c != result.runtime_check]]
-    return [f"  runtime: {check.summary()}" + ("" if check is result.runtime_check or not result.up_to_date
-                                                else " (recorded)") for check in checks]
+    ran = list(result.runtime_checks)
+    checks = [*ran, *[c for c in recorded_checks(result.provenance) if c not in ran]]
+    return [f"  runtime: {check.summary()}" + ("" if check in ran or not result.up_to_date else " (recorded)")
+            for check in checks]
 
 
+@exit_codes
 @click.command("convert")
 @model_argument
-@click.option("--precision", type=click.Choice(PRECISION_CHOICES, case_sensitive=False),
-              help="Weights precision of the IR [default: the registry's, FP32].")
+@ir_precision_option(f"Weights precision of the IR [default: the registry's, {IRPrecision.FP32}].")
 @click.option("--output-dir", type=click.Path(file_okay=False),
               help="Write the IR here instead of <cache>/<model>/openvino/<precision>/.")
-@click.option("--input-type", type=click.Choice(["f32", "u8"]), default=None,
-              help="Element type of the IR input; u8 takes decoded pixels without a float copy [default: f32].")
-@click.option("--input-layout", type=click.Choice(["NCHW", "NHWC"], case_sensitive=False), default=None,
-              help="Layout of the IR input [default: NCHW].")
+@_input_options(f"Element type of the IR input; {InputType.U8} takes decoded pixels without a float copy",
+                "Layout of the IR input")
 @image_input_option("The image-input IR: u8 NHWC images of any height and width, resized inside (what OVMS "
                     "feeds JPEG/PNG inputs to, and Model API sends); installed beside the standard IR "
                     "(<precision>-image/).")
@@ -124,15 +135,21 @@ def format_runtime_checks(result: Any) -> list[str]:
               help="INT8: folder of representative images (searched recursively), or 'generated' for "
                    "deterministic generated images [default for synthetic models: generated].")
 @click.option("--calibration-size", type=click.IntRange(min=1), metavar="N",
-              help="INT8: how many calibration images NNCF collects statistics on [default: 300].")
+              help=f"INT8: how many calibration images NNCF collects statistics on [default: "
+                   f"{DEFAULT_CALIBRATION_SIZE}].")
 @click.option("--int8-recipe", type=click.Choice(Int8Recipe.values()), default=None,
               help="INT8: portable (7-bit weights, exact on CPUs without VNNI) or vnni (8-bit weights but the first "
                    "layer's, for CPUs with VNNI/AMX) [default: portable; an installed IR of either is kept].")
 @click.option("--accept-accuracy-drop", is_flag=True,
-              help="INT8: install the IR even when it fails the accuracy guard (exit 24 otherwise).")
+              help=f"INT8: install the IR even when it fails the accuracy guard (exit {AccuracyError.exit_code} "
+                   "otherwise).")
 @click.option("--force", is_flag=True, help="Rebuild even when an up-to-date IR exists.")
 @click.option("--no-verify", "no_verify", is_flag=True,
               help="Skip the parity gate against onnxruntime (INT8: the accuracy guard).")
+@click.option("--device", "devices", multiple=True, metavar="DEVICE",
+              help="OpenVINO device to run the runtime check on, so --inference-precision auto may use its default "
+                   "precision there (repeat for several; a virtual device such as AUTO: every device it may pick) "
+                   "[default: CPU]. An up-to-date IR gets the checks it lacks.")
 @offline_option("Never touch the network: the source ONNX must already be in the cache.")
 @progress_option
 @json_option("Print a JSON summary on stdout.")
@@ -140,7 +157,8 @@ def format_runtime_checks(result: Any) -> list[str]:
 def convert_command(ctx: click.Context, name: str | None, precision: str | None, output_dir: str | None,
                     input_type: str | None, input_layout: str | None, image_input: bool, calibration: str | None,
                     calibration_size: int | None, int8_recipe: str | None, accept_accuracy_drop: bool, force: bool,
-                    no_verify: bool, offline: bool, progress_mode: str, as_json: bool) -> None:
+                    no_verify: bool, devices: tuple[str, ...], offline: bool, progress_mode: str,
+                    as_json: bool) -> None:
     """Convert NAME (default model) to an OpenVINO IR with BGR raw-pixel input and fixed-size outputs.
 
     The source ONNX is downloaded first if missing (unless --offline). Normalization is folded into the IR;
@@ -149,7 +167,8 @@ def convert_command(ctx: click.Context, name: str | None, precision: str | None,
     only the current Model API metadata (rt_info/model_info) is amended in place.
 
     INT8 quantizes the FP32 IR with NNCF (pip install 'ssdtool[int8]') on --calibration images, then compares
-    it with FP32 on held-out images: below 90% of FP32 detections found it installs nothing and exits 24.
+    it with FP32 on held-out images: below 90% of FP32 detections found it installs nothing and exits
+    {exit:AccuracyError}.
     """
     from ssdtool.convert import convert
 
@@ -158,7 +177,7 @@ def convert_command(ctx: click.Context, name: str | None, precision: str | None,
     entry = app.registry().model(name)
     options = _options(precision, input_type, input_layout, force, not no_verify, output_dir,
                        entry.convert.precision, calibration, calibration_size, accept_accuracy_drop, int8_recipe,
-                       image_input)
+                       image_input, devices)
     result = convert(entry, app.cache(), options, offline=offline, progress=app_download_progress(app, progress_mode),
                      quantize_progress=quantize_progress(app, progress_mode))
     data = result.to_dict()
@@ -175,8 +194,8 @@ def convert_command(ctx: click.Context, name: str | None, precision: str | None,
         f"  input:   {format_input(result, entry.convert.color_order)}",
         "  outputs: " + ", ".join(f"{k} {list(v)}" for k, v in result.outputs.items()),
     ]
-    if result.precision == "INT8":
-        from ssdtool.quantize import recipe_of
+    if result.precision == IRPrecision.INT8:
+        from ssdtool.int8_recipes import recipe_of
 
         settings = (result.provenance.get("parameters") or {}).get("quantization")
         reason = (result.provenance.get("int8_recipe") or {}).get("reason")
@@ -199,21 +218,18 @@ def convert_command(ctx: click.Context, name: str | None, precision: str | None,
     click.echo("\n".join(lines))
 
 
+@exit_codes
 @click.command("check")
 @model_argument
-@click.option("--precision", type=click.Choice(PRECISION_CHOICES, case_sensitive=False),
-              help="Which installed IR to check [default: the registry's, FP32].")
+@ir_precision_option(f"Which installed IR to check [default: the registry's, {IRPrecision.FP32}].")
 @click.option("--xml", "xml_path", type=click.Path(dir_okay=False, exists=True),
               help="Check this IR file instead of the installed one.")
 @click.option("--source", "source_path", type=click.Path(dir_okay=False, exists=True),
               help="Compare against this ONNX file instead of the cached download.")
-@click.option("--input-type", type=click.Choice(["f32", "u8"]), default=None,
-              help="Which installed IR variant: its input type [default: f32].")
-@click.option("--input-layout", type=click.Choice(["NCHW", "NHWC"], case_sensitive=False), default=None,
-              help="Which installed IR variant: its input layout [default: NCHW].")
+@_input_options("Which installed IR variant: its input type", "Which installed IR variant: its input layout")
 @image_input_option("Check the installed image-input IR (<precision>-image/).")
 @device_option("OpenVINO device to run the IR on.")
-@inference_precision_option(default="f32", help_text=(
+@inference_precision_option(default=InferencePrecision.F32.value, help_text=(
     "The arithmetic the IR runs in. f32 (the default) proves the IR with the gate's strict criteria; auto, bf16 "
     "or f16 check how it fares at that precision (the recall floor applies)."))
 @offline_option("Never touch the network.")
@@ -224,8 +240,8 @@ def check_command(ctx: click.Context, name: str | None, precision: str | None, x
                   device: str, inference_precision: str, offline: bool, as_json: bool) -> None:
     """Prove an IR against onnxruntime on its source ONNX (the parity gate on its own).
 
-    Exits 0 when the IR passes, 21 when it disagrees. Anyone holding the real model file can run this to check
-    ssdtool's conversion on it.
+    Exits 0 when the IR passes, {exit:ParityError} when it disagrees. Anyone holding the real model file can run
+    this to check ssdtool's conversion on it.
     """
     from ssdtool.convert import check
 

@@ -6,7 +6,7 @@ stdout carries the metrics table (or ``--json``); stderr the progress, the image
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -22,8 +22,11 @@ from ssdtool.commands.options import (
     server_target,
 )
 from ssdtool.commands.progress import app_download_progress, phase_progress
-from ssdtool.constants import CocoScorer
+from ssdtool.constants import DEFAULT_CHECKPOINT_EVERY, DEFAULT_REFERENCE_SCORE, CocoScorer
 from ssdtool.errors import InputError
+
+if TYPE_CHECKING:
+    from ssdtool.backends.spec import EngineSpec
 
 LISTED = 10
 
@@ -101,7 +104,7 @@ def format_report(data: dict[str, Any], stat_meanings: dict[str, str]) -> str:
               help="COCO annotation file (instances_val2017.json or any COCO instances file); not with --reference.")
 @click.option("--images", "images_dir", type=click.Path(file_okay=False), metavar="DIR",
               help="Folder holding the images the annotation file lists (file_name below DIR).")
-@engine_options
+@engine_options()
 @click.option("--compare", metavar="CONFIGS",
               help="Several configurations side by side, images decoded once: comma-separated, each onnxruntime, "
                    "openvino[:ARITH] or [openvino:]FP32|FP16|INT8[:auto|f32|bf16|f16], e.g. "
@@ -113,16 +116,18 @@ def format_report(data: dict[str, Any], stat_meanings: dict[str, str]) -> str:
 @click.option("--reference", metavar="CONFIG",
               help="Agreement AP without annotations: score every --compare configuration against this one's "
                    "detections (those at or above --reference-score) over the images of --images DIR.")
-@click.option("--reference-score", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.5, show_default=True,
-              metavar="S", help="With --reference: the reference's detections scored at least S are the ground truth.")
+@click.option("--reference-score", type=click.FloatRange(0.0, 1.0, min_open=True), default=DEFAULT_REFERENCE_SCORE,
+              show_default=True, metavar="S",
+              help="With --reference: the reference's detections scored at least S are the ground truth.")
 @click.option("--plots", "plots_dir", type=click.Path(dir_okay=True, file_okay=False), metavar="DIR",
               help="Write the plots (PR curves, per-class AP and ΔAP, precision/recall/F1 against the score "
                    "threshold) as PNG, each with its data as CSV (pip install 'ssdtool[plots]').")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), metavar="FILE",
               help="Write one self-contained HTML report: the run, its tables and plots (opens offline).")
-@click.option("--coco-eval", type=click.Choice(CocoScorer.values(), case_sensitive=False), default="auto",
-              show_default=True, help="The COCOeval implementation: faster-coco-eval when installed (auto), or "
-                                      "pycocotools (always with --plots/--report).")
+@click.option("--coco-eval", type=click.Choice(CocoScorer.values(), case_sensitive=False),
+              default=CocoScorer.AUTO.value, show_default=True,
+              help=f"The COCOeval implementation: {CocoScorer.FASTER} when installed ({CocoScorer.AUTO}), or "
+                   f"{CocoScorer.PYCOCOTOOLS} (always with --plots/--report).")
 @click.option("--per-class", is_flag=True, help="Also print AP per category.")
 @click.option("--limit", type=click.IntRange(min=1), metavar="N", help="Only the first N images of the file.")
 @click.option("--sample", type=click.IntRange(min=1), metavar="N",
@@ -134,10 +139,11 @@ def format_report(data: dict[str, Any], stat_meanings: dict[str, str]) -> str:
               help="The per-image results file that --resume continues [default: one per run in the cache's "
                    "eval/ folder].")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last checkpoint.")
-@click.option("--checkpoint-every", type=click.IntRange(min=1), default=64, show_default=True, metavar="N",
-              help="Checkpoint the results file every N images.")
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=DEFAULT_CHECKPOINT_EVERY, show_default=True,
+              metavar="N", help="Checkpoint the results file every N images.")
 @click.option("--strict", is_flag=True,
-              help="Exit 30 when images listed in the annotation file are missing [default: skip them, warn].")
+              help=f"Exit {InputError.exit_code} when images listed in the annotation file are missing [default: "
+                   "skip them, warn].")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True,
               help="Reject images larger than this (width x height) before decoding them.")
 @click.option("--workers", type=click.IntRange(1, 64), metavar="N",
@@ -148,9 +154,9 @@ def format_report(data: dict[str, Any], stat_meanings: dict[str, str]) -> str:
 @json_option("Print the report as JSON on stdout.")
 @click.pass_context
 def eval_command(ctx: click.Context, name: str | None, annotations: str | None, images_dir: str | None,
-                 backend: str, precision: str | None, inference_precision: str, device: str, compare: str | None,
-                 detections: str | None, mlperf_log: str | None, reference: str | None, reference_score: float,
-                 plots_dir: str | None, report_path: str | None, coco_eval: str, per_class: bool, limit: int | None,
+                 engine: EngineSpec, compare: str | None, detections: str | None, mlperf_log: str | None,
+                 reference: str | None, reference_score: float, plots_dir: str | None, report_path: str | None,
+                 coco_eval: str, per_class: bool, limit: int | None,
                  sample: int | None, seed: int, save_detections: str | None, results_path: str | None, resume: bool,
                  checkpoint_every: int, strict: bool, max_pixels: int, workers: int | None, offline: bool,
                  server_url: str | None, server_model: str | None, concurrency: int | None, wire_protocol: str,
@@ -181,16 +187,14 @@ def eval_command(ctx: click.Context, name: str | None, annotations: str | None, 
         _keep_matplotlib_in_cache(app)
     progress = phase_progress({"evaluate": "evaluating", "score": "COCOeval"},
                               unit={"evaluate": "img", "score": "configuration"}, mode=progress_mode, quiet=app.quiet)
-    report = evaluate(annotations, images_dir, name, compare=compare, backend=backend, precision=precision,
-                      inference_precision=inference_precision, device=device, detections=detections,
-                      mlperf_log=mlperf_log, limit=limit, sample=sample, seed=seed, resume=resume,
-                      results=results_path, checkpoint_every=checkpoint_every, workers=workers,
+    server = server_target(server_url, server_model, concurrency, wire_protocol, server_timeout, server_retries)
+    report = evaluate(annotations, images_dir, name, engine=engine.replace(server=server), compare=compare,
+                      detections=detections, mlperf_log=mlperf_log, limit=limit, sample=sample, seed=seed,
+                      resume=resume, results=results_path, checkpoint_every=checkpoint_every, workers=workers,
                       max_pixels=max_pixels, cache_dir=app.cache(), registry=app.registry(), offline=offline,
                       progress=progress, download_progress=app_download_progress(app, progress_mode),
-                      server=server_target(server_url, server_model, concurrency, wire_protocol, server_timeout,
-                                           server_retries), save_detections=save_detections,
-                      reference=reference, reference_score=reference_score, plots=plots_dir, report=report_path,
-                      coco_eval=coco_eval)
+                      save_detections=save_detections, reference=reference, reference_score=reference_score,
+                      plots=plots_dir, report=report_path, coco_eval=coco_eval)
     for path, count in report.saved_detections:
         click.echo(f"wrote {count} detections to {printable(path)}", err=True)
     if report.plots:

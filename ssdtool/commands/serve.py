@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -14,6 +14,7 @@ from ssdtool.commands.detect import DEFAULT_MAX_PIXELS, allow_pixels
 from ssdtool.commands.options import (
     FiniteFloatRange,
     device_option,
+    engine_options,
     image_input_option,
     inference_precision_option,
     ir_precision_option,
@@ -23,6 +24,9 @@ from ssdtool.commands.options import (
     progress_option,
 )
 from ssdtool.commands.progress import app_download_progress
+
+if TYPE_CHECKING:
+    from ssdtool.backends.spec import EngineSpec
 
 # The library's defaults, not imported (keeps --help light); tests/test_serve.py holds them equal.
 DEFAULT_MAX_REQUEST_BYTES = 64 * 2**20  # ssdtool.serving.protocol.DEFAULT_MAX_REQUEST_BYTES
@@ -46,12 +50,11 @@ LOOPBACK = ("127.0.0.1", "::1", "localhost")
 @click.option("--model-name", metavar="NAME",
               help="Serve the model under this name, the NAME in /v2/models/NAME: letters, digits, '.', '_' and '-' "
                    "[default: the registry name].")
-@ir_precision_option()
-@image_input_option("Serve the image-input IR: u8 [1, H, W, 3] BGR images of any size, resized inside (and, as OVMS "
-                    "takes them, an encoded image as one BYTES element), with Model API's metadata; what OpenVINO "
-                    "Model API's OVMS adapter drives. Converted on first use, beside the standard IR.")
-@inference_precision_option()
-@device_option()
+@engine_options(ir_precision_option(), image_input_option(
+    "Serve the image-input IR: u8 [1, H, W, 3] BGR images of any size, resized inside (and, as OVMS takes them, an "
+    "encoded image as one BYTES element), with Model API's metadata; what OpenVINO Model API's OVMS adapter drives. "
+    "Converted on first use, beside the standard IR."), inference_precision_option(), device_option(
+    "OpenVINO device (CPU, GPU, GPU.1, NPU, AUTO, AUTO:GPU,CPU, HETERO:GPU,CPU, ...)."), backend="openvino")
 @click.option("--max-request-bytes", type=click.IntRange(min=1), default=DEFAULT_MAX_REQUEST_BYTES,
               show_default=True, metavar="BYTES",
               help="Refuse request bodies larger than this with 413 (the default holds a 1200 px FP32 tensor in "
@@ -79,10 +82,9 @@ LOOPBACK = ("127.0.0.1", "::1", "localhost")
 @json_option("When the server is ready, print its URL and what it runs as one JSON document on stdout.")
 @click.pass_context
 def serve_command(ctx: click.Context, name: str | None, host: str, port: int, grpc_port: int | None,
-                  model_name: str | None, precision: str | None, image_input: bool, inference_precision: str,
-                  device: str, max_request_bytes: int, max_pixels: int, decode_memory: int, header_timeout: float,
-                  body_timeout: float, max_connections: int, grace_seconds: float, offline: bool,
-                  progress_mode: str, as_json: bool) -> None:
+                  model_name: str | None, engine: EngineSpec, max_request_bytes: int, max_pixels: int,
+                  decode_memory: int, header_timeout: float, body_timeout: float, max_connections: int,
+                  grace_seconds: float, offline: bool, progress_mode: str, as_json: bool) -> None:
     """Serve NAME (default model) over the Open Inference Protocol (KServe v2 REST; gRPC with --grpc-port) until
     SIGTERM or Ctrl-C.
 
@@ -104,10 +106,9 @@ def serve_command(ctx: click.Context, name: str | None, host: str, port: int, gr
     app = app_context(ctx)
     limits = ConnectionLimits(header_timeout=header_timeout, body_timeout=body_timeout,
                               max_connections=max_connections)
-    options = ServeOptions(host=host, port=port, precision=precision, inference_precision=inference_precision,
-                           device=device, model_name=model_name, max_request_bytes=max_request_bytes,
-                           max_pixels=max_pixels, decode_memory=decode_memory, limits=limits, offline=offline,
-                           grace_seconds=grace_seconds, grpc_port=grpc_port, image_input=image_input)
+    options = ServeOptions(host=host, port=port, engine=engine, model_name=model_name,
+                           max_request_bytes=max_request_bytes, max_pixels=max_pixels, decode_memory=decode_memory,
+                           limits=limits, offline=offline, grace_seconds=grace_seconds, grpc_port=grpc_port)
     allow_pixels(max_pixels)
     if host not in LOOPBACK:
         ports = f"port {port}" + ("" if grpc_port is None else f" (and gRPC port {grpc_port})")

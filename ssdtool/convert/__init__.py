@@ -15,28 +15,61 @@ guard are :mod:`ssdtool.quantize`.
 
 from __future__ import annotations
 
-from ssdtool.convert.flow import ConversionResult, check, convert
-from ssdtool.convert.gate import FP16_MIN_RECALL, FP32_TOLERANCE, PARITY_IOU, ParityReport, parity_check, runtime_check
-from ssdtool.convert.graph import build_ir_model
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Imported now, not on first use: the function shares its submodule's name, and a submodule once imported is an
+# attribute of its package, which a lazy name would never replace (it is light: labels and hashing).
 from ssdtool.convert.model_info import MODEL_INFO_SECTION, model_info
-from ssdtool.convert.options import (
-    IMAGE_RESIZE,
-    INPUT_LAYOUTS,
-    INPUT_TYPES,
-    OPEN_INT8_KEYS,
-    PARITY_IMAGES,
-    PRECISIONS,
-    RECIPE_VERSION,
-    ConvertOptions,
-    check_options,
-    conversion_parameters,
-    ir_path,
-    same_parameters,
-)
+
+if TYPE_CHECKING:
+    from ssdtool.convert.flow import ConversionResult, check, convert
+    from ssdtool.convert.gate import (
+        FP16_MIN_RECALL,
+        FP32_TOLERANCE,
+        PARITY_IOU,
+        ParityReport,
+        parity_check,
+        runtime_check,
+    )
+    from ssdtool.convert.graph import build_ir_model
+    from ssdtool.convert.options import (
+        IMAGE_RESIZE,
+        OPEN_INT8_KEYS,
+        PARITY_IMAGES,
+        RECIPE_VERSION,
+        ConvertOptions,
+        check_options,
+        conversion_parameters,
+        ir_path,
+        same_parameters,
+    )
+
+# Names resolve on first use: what an installed IR is (convert.options) is read by detect and export, which must not
+# load the converter (onnx, the graph rewrite, NNCF glue) for it.
+_LAZY = {
+    **dict.fromkeys(("ConversionResult", "check", "convert"), "ssdtool.convert.flow"),
+    **dict.fromkeys(("FP16_MIN_RECALL", "FP32_TOLERANCE", "PARITY_IOU", "ParityReport", "parity_check",
+                     "runtime_check"), "ssdtool.convert.gate"),
+    "build_ir_model": "ssdtool.convert.graph",
+    **dict.fromkeys(("IMAGE_RESIZE", "OPEN_INT8_KEYS", "PARITY_IMAGES", "RECIPE_VERSION", "ConvertOptions",
+                     "check_options", "conversion_parameters", "ir_path", "same_parameters"),
+                    "ssdtool.convert.options"),
+}
 
 __all__ = [
-    "FP16_MIN_RECALL", "FP32_TOLERANCE", "IMAGE_RESIZE", "INPUT_LAYOUTS", "INPUT_TYPES", "MODEL_INFO_SECTION",
-    "OPEN_INT8_KEYS", "PARITY_IMAGES", "PARITY_IOU", "PRECISIONS", "RECIPE_VERSION", "ConversionResult",
-    "ConvertOptions", "ParityReport", "build_ir_model", "check", "check_options", "conversion_parameters", "convert",
-    "ir_path", "model_info", "parity_check", "runtime_check", "same_parameters",
+    "FP16_MIN_RECALL", "FP32_TOLERANCE", "IMAGE_RESIZE", "MODEL_INFO_SECTION", "OPEN_INT8_KEYS", "PARITY_IMAGES",
+    "PARITY_IOU", "RECIPE_VERSION", "ConversionResult", "ConvertOptions", "ParityReport", "build_ir_model", "check",
+    "check_options", "conversion_parameters", "convert", "ir_path", "model_info", "parity_check", "runtime_check",
+    "same_parameters",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'ssdtool.convert' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])

@@ -1,8 +1,8 @@
 """``convert`` and ``check``: a conversion in named steps, and what it reports.
 
 1. **Current?** An IR whose provenance has the same source checksum and parameters and intact weights is up to
-   date: nothing is built (only a missing runtime check for this CPU is measured and recorded). Reading needs no
-   lock, since an IR only ever appears by renaming a complete folder into place.
+   date: nothing is built (only a missing runtime check for a device of ``check_devices`` is measured and
+   recorded). Reading needs no lock, since an IR only ever appears by renaming a complete folder into place.
 2. **Locked**: one converter per destination, across processes; it re-checks, then removes what dead
    conversions left (:mod:`ssdtool.convert.workspace`). An IR that differs only in its Model API metadata
    (:mod:`ssdtool.convert.model_info`; an IR of an older ssdtool has none) is **amended**: its XML gets the
@@ -10,25 +10,33 @@
 3. **Build**: the graph (:mod:`ssdtool.convert.graph`), saved in a temporary folder beside the destination; INT8
    quantizes it with NNCF (:mod:`ssdtool.quantize`), keeping the FP32 graph apart as the guard's reference.
 4. **Prove**: the parity gate against onnxruntime (INT8: the accuracy guard against FP32), both at f32; then the
-   runtime check at the CPU's default precision (:mod:`ssdtool.convert.gate`). A failure installs nothing.
+   runtime check at each device's default precision, on every device of ``check_devices``
+   (:mod:`ssdtool.convert.gate`). A failure installs nothing.
 5. **Install**: provenance with the weights' size and sha256, then the folder renamed into place.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ssdtool import __version__, artifacts, precision
+from ssdtool import __version__, precision
 from ssdtool.backends import import_engine
+from ssdtool.backends.openvino_rules import plan_devices
+from ssdtool.backends.spec import ModelFile
 from ssdtool.cache import Cache
-from ssdtool.constants import Backend, Int8Recipe
-from ssdtool.convert.gate import ParityReport, parity_check, runtime_check
+from ssdtool.constants import DEFAULT_DEVICE, Backend, InferencePrecision, Int8Recipe, IRPrecision
+from ssdtool.convert.gate import (
+    ParityReport,
+    check_device_parts,
+    parity_check,
+    record_missing_runtime_checks,
+    runtime_check,
+)
 from ssdtool.convert.graph import build_ir_model, check_saved, input_shape, save_model, write_failure
 from ssdtool.convert.model_info import MODEL_INFO_SECTION, model_info
 from ssdtool.convert.options import (
@@ -42,9 +50,11 @@ from ssdtool.convert.options import (
     same_parameters,
 )
 from ssdtool.convert.workspace import conversion_lock, install, sweep_leftovers, temporary_folders
+from ssdtool.download.api import source_model
 from ssdtool.download.transfer import hash_file
 from ssdtool.errors import AccuracyError, CacheError, ConversionError, ModelFormatError, ParityError
 from ssdtool.fsutil import InputPath, OutputPath, check_outputs
+from ssdtool.int8_recipes import default_recipe
 from ssdtool.provenance import (
     RT_INFO_ROOT,
     WEIGHTS_KEY,
@@ -60,7 +70,6 @@ from ssdtool.quantize import (
     CalibrationSet,
     ProgressCallback,
     accuracy_guard,
-    default_recipe,
     import_nncf,
     nncf_version,
     quantize_file,
@@ -87,11 +96,16 @@ class ConversionResult:
     provenance: dict[str, Any]
     accuracy: AccuracyReport | None = None  # INT8: the accuracy guard (None when skipped or up to date)
     calibration: dict[str, Any] | None = None  # INT8: the calibration set, as recorded in provenance
-    #: This run's check of the IR at the CPU's default inference precision (None: not run, e.g. the default is f32)
-    runtime_check: precision.RuntimeCheck | None = None
+    #: This run's checks of the IR at each device's default inference precision (none where the default is f32)
+    runtime_checks: tuple[precision.RuntimeCheck, ...] = ()
     #: The installed IR lacked the current Model API metadata and got it (graph and weights unchanged, nothing built)
     amended: bool = False
     image_input: bool = False
+
+    @property
+    def runtime_check(self) -> precision.RuntimeCheck | None:
+        """This run's first runtime check (the CPU's by default), or None."""
+        return self.runtime_checks[0] if self.runtime_checks else None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -102,6 +116,7 @@ class ConversionResult:
             "provenance": self.provenance,
             "accuracy": self.accuracy.to_dict() if self.accuracy else None, "calibration": self.calibration,
             "runtime_check": self.runtime_check.to_dict() if self.runtime_check else None,
+            "runtime_checks": [check.to_dict() for check in self.runtime_checks],
             "amended": self.amended, "image_input": self.image_input,
         }
 
@@ -116,6 +131,8 @@ def convert(entry: ModelEntry, cache: Cache, options: ConvertOptions | None = No
     options = options or ConvertOptions(precision=entry.convert.precision)
     check_options(options)
     started = time.perf_counter()
+    if options.verify:  # an absent device fails before anything is fetched or built
+        options = replace(options, check_devices=check_device_parts(options.check_devices))
     xml = ir_path(entry, cache, options)
     calibration = _early_calibration(entry, options, xml)
     wanted = conversion_parameters(entry, options, calibration)
@@ -138,7 +155,7 @@ def convert(entry: ModelEntry, cache: Cache, options: ConvertOptions | None = No
         build = _Build(entry, options, source_path, source_sha256, calibration, quantize_progress)
         build.run(xml)
     return _result(entry, xml, build.options, read_provenance(xml) or build.final, False, build.parity, started,
-                   build.accuracy, build.check)
+                   build.accuracy, build.checks)
 
 
 def _check_output_files(xml: Path, source: Path) -> None:
@@ -156,7 +173,7 @@ def _early_calibration(entry: ModelEntry, options: ConvertOptions, xml: Path) ->
     """INT8: the calibration set, resolved before any download when it is chosen or no INT8 IR is installed, so
     an impossible INT8 build (no images for a real model, no NNCF) fails first. Without a choice and with an IR
     installed it stays open: any calibration will do (see ``same_parameters``)."""
-    if options.precision != "INT8":
+    if options.precision != IRPrecision.INT8:
         return None
     chosen = options.calibration is not None or options.calibration_size != DEFAULT_CALIBRATION_SIZE
     calibration = None
@@ -170,7 +187,7 @@ def _early_calibration(entry: ModelEntry, options: ConvertOptions, xml: Path) ->
 def _source_path(entry: ModelEntry, cache: Cache, source: Path | None, offline: bool,
                  progress: Callable[[Any], None] | None) -> Path:
     if source is None:
-        return artifacts.source_model(entry, cache, offline=offline, progress=progress)
+        return source_model(entry, cache, offline=offline, progress=progress)
     if not Path(source).is_file():
         raise ModelFormatError(f"source model {source} does not exist", hint="check the path")
     return Path(source)
@@ -244,33 +261,10 @@ def _up_to_date(entry: ModelEntry, xml: Path, options: ConvertOptions, existing:
                 quiet: bool = False) -> ConversionResult:
     if not quiet:
         log.info("%s is up to date (same source checksum and parameters); pass --force to rebuild", xml)
-    check = _record_missing_runtime_check(xml, entry, options, existing) if options.verify else None
-    return _result(entry, xml, options, read_provenance(xml) or existing if check else existing, True, None,
-                   started, runtime=check)
-
-
-def _record_missing_runtime_check(xml: Path, entry: ModelEntry, options: ConvertOptions,
-                                  provenance: dict[str, Any]) -> precision.RuntimeCheck | None:
-    """On the up-to-date path: check and record the IR at this CPU's default precision if no record speaks for it.
-
-    An IR converted on another CPU class (or before runtime checks existed) gets its check on the first
-    ``ssdtool convert`` here, so ``--inference-precision auto`` can then use the faster default. Nothing is measured
-    when a record exists or the default is f32; nothing is recorded when the IR's folder cannot be written.
-    """
-    from ssdtool.backends.openvino import device_facts
-
-    facts = device_facts("CPU")
-    if facts.default_precision in (None, "f32") or any(
-            c.matches(facts) for c in precision.recorded_checks(provenance)):
-        return None
-    if not os.access(xml, os.W_OK) or not os.access(xml.parent, os.W_OK):
-        log.info("%s has no runtime check for %s on this CPU, and its folder is read-only: not recorded", xml,
-                 facts.default_precision)
-        return None
-    check = runtime_check(xml, entry, options)
-    if check is not None:
-        _rewrite_provenance(xml, {precision.PROVENANCE_KEY: precision.with_check(provenance, check)})
-    return check
+    checks = record_missing_runtime_checks(xml, entry, options, existing, _rewrite_provenance) if options.verify \
+        else ()
+    return _result(entry, xml, options, read_provenance(xml) or existing if checks else existing, True, None,
+                   started, runtime=checks)
 
 
 class _Build:
@@ -283,7 +277,7 @@ class _Build:
         self.recipe_reason: str | None = None
         self.parity: ParityReport | None = None
         self.accuracy: AccuracyReport | None = None
-        self.check: precision.RuntimeCheck | None = None
+        self.checks: tuple[precision.RuntimeCheck, ...] = ()
         self.final: dict[str, Any] = {}
 
     def run(self, xml: Path) -> None:
@@ -297,7 +291,7 @@ class _Build:
             temporary = new_folder()
             temp_xml = temporary / xml.name
             reference_xml = temp_xml
-            if options.precision == "INT8" and self.calibration is not None:
+            if options.precision == IRPrecision.INT8 and self.calibration is not None:
                 # The FP32 IR of the same graph is NNCF's input and the guard's reference; it lives apart, so it
                 # is never installed.
                 reference_xml = new_folder() / xml.name
@@ -309,7 +303,7 @@ class _Build:
             else:
                 for key, value in self._provenance().items():
                     model.set_rt_info(encode(value), [RT_INFO_ROOT, key])
-                save_model(ov, model, temp_xml, compress_to_fp16=options.precision == "FP16")
+                save_model(ov, model, temp_xml, compress_to_fp16=options.precision == IRPrecision.FP16)
                 del model
             check_saved(ov, temp_xml, self.entry, options)
             if options.verify:
@@ -321,7 +315,7 @@ class _Build:
 
     def _settle_int8_choices(self) -> None:
         """INT8: the calibration set and the recipe this build uses, so provenance records what was built."""
-        if self.options.precision != "INT8":
+        if self.options.precision != IRPrecision.INT8:
             return
         if self.calibration is None:
             self.calibration = resolve_calibration(self.entry, None, self.options.calibration_size,
@@ -337,7 +331,7 @@ class _Build:
     def _prove(self, temp_xml: Path, reference_xml: Path) -> None:
         """The gate (INT8: the guard), both at f32, then the runtime check; a failure raises, installing nothing."""
         options, entry = self.options, self.entry
-        if options.precision == "INT8" and self.calibration is not None:
+        if options.precision == IRPrecision.INT8 and self.calibration is not None:
             log.info("accuracy guard: INT8 vs FP32 IR on held-out images (%s) ...",
                      self.calibration.held_out_description)
             accuracy = accuracy_guard(reference_xml, temp_xml, entry, self.calibration, input_type=options.input_type,
@@ -359,7 +353,8 @@ class _Build:
                     hint=f"report this with 'ssdtool --version'; 'ssdtool convert {entry.name} --precision "
                          f"{options.precision} --no-verify' installs it anyway (not advised)")
             self.parity = parity
-        self.check = runtime_check(temp_xml, entry, options)
+        self.checks = tuple(check for device in options.check_devices
+                            if (check := runtime_check(temp_xml, entry, options, device)) is not None)
 
     def _provenance(self) -> dict[str, Any]:
         """What travels with the IR: source, versions, every parameter, labels, the proofs (as far as they ran)."""
@@ -378,10 +373,10 @@ class _Build:
                 "max_box_diff": parity.max_box_diff, "max_score_diff": parity.max_score_diff,
                 "inference_precision": parity.inference_precision,
                 **({"resize": _parity_figures(parity.resize)} if parity.resize is not None else {})},
-            precision.PROVENANCE_KEY: [self.check.to_dict()] if self.check is not None else [],
+            precision.PROVENANCE_KEY: [check.to_dict() for check in self.checks],
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        if options.precision == "INT8":
+        if options.precision == IRPrecision.INT8:
             record["parity"] = "not run for INT8: accuracy_guard compares it with the FP32 IR"
             record["int8_recipe"] = {"recipe": options.int8_recipe, "reason": self.recipe_reason}
             record["calibration"] = self.calibration.to_dict() if self.calibration is not None else None
@@ -433,7 +428,7 @@ def _rewrite_provenance(xml: Path, record: dict[str, Any], info: dict[str, str] 
 
 def _result(entry: ModelEntry, xml: Path, options: ConvertOptions, provenance: dict[str, Any],
             up_to_date: bool, parity: ParityReport | None, started: float,
-            accuracy: AccuracyReport | None = None, runtime: precision.RuntimeCheck | None = None
+            accuracy: AccuracyReport | None = None, runtime: tuple[precision.RuntimeCheck, ...] = ()
             ) -> ConversionResult:
     count = entry.convert.output_count
     return ConversionResult(
@@ -442,13 +437,13 @@ def _result(entry: ModelEntry, xml: Path, options: ConvertOptions, provenance: d
         outputs={entry.outputs.boxes: (1, count, 4), entry.outputs.labels: (1, count),
                  entry.outputs.scores: (1, count)},
         up_to_date=up_to_date, parity=parity, seconds=time.perf_counter() - started, provenance=provenance,
-        accuracy=accuracy, calibration=provenance.get("calibration") if options.precision == "INT8" else None,
-        runtime_check=runtime, image_input=options.image_input)
+        accuracy=accuracy, calibration=provenance.get("calibration") if options.precision == IRPrecision.INT8 else None,
+        runtime_checks=runtime, image_input=options.image_input)
 
 
 def check(entry: ModelEntry, cache: Cache, options: ConvertOptions | None = None, *, source: Path | None = None,
-          xml: Path | None = None, offline: bool = False, device: str = "CPU",
-          inference_precision: str = "f32") -> ParityReport:
+          xml: Path | None = None, offline: bool = False, device: str = DEFAULT_DEVICE,
+          inference_precision: str = InferencePrecision.F32.value) -> ParityReport:
     """The parity gate on its own, for an installed IR; raises :class:`ParityError` when it fails.
 
     ``inference_precision`` as for detection (``auto`` resolves the same way, from the IR's runtime checks); at f32
@@ -466,9 +461,11 @@ def check(entry: ModelEntry, cache: Cache, options: ConvertOptions | None = None
                       input_layout=parameters.get("input_layout", options.input_layout),
                       image_input="image_input" in parameters if parameters else options.image_input)
     source_path = _source_path(entry, cache, source, offline, None)
-    plan = artifacts.precision_plan(artifacts.ModelFile(entry.name, Backend.OPENVINO, ir, "ir", options.precision),
-                                    inference_precision, device)
-    report = parity_check(source_path, ir, entry, options, device=device, inference_precision=plan.pin)
+    planned = plan_devices(ModelFile(entry.name, Backend.OPENVINO, ir, "ir", options.precision), inference_precision,
+                           device)
+    report = parity_check(source_path, ir, entry, options, device=device, inference_precision=planned.pin,
+                          device_pins=planned.device_pins,
+                          expected_precisions=planned.expected if planned.choice.virtual else None)
     if not report.passed:
         raise ParityError(
             f"{ir} disagrees with onnxruntime on {source_path.name}: {report.matched} of "

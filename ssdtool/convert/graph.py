@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from ssdtool.backends import import_engine
+from ssdtool.constants import ColorOrder, InputLayout, InputType
 from ssdtool.convert.options import IMAGE_RESIZE, ConvertOptions
 from ssdtool.errors import CacheError, ConversionError, ModelFormatError
 from ssdtool.registry import ModelEntry
@@ -96,10 +97,10 @@ def _apply_input_preprocessing(ov: Any, model: Any, entry: ModelEntry, options: 
         raise ModelFormatError(
             f"input {spec.name!r} has shape {port.get_partial_shape()}, the registry expects {list(spec.shape)}",
             hint="check models.yml 'input.shape'")
-    colors = {"RGB": ColorFormat.RGB, "BGR": ColorFormat.BGR}
+    colors = {ColorOrder.RGB: ColorFormat.RGB, ColorOrder.BGR: ColorFormat.BGR}
     ppp = PrePostProcessor(model)
     step = ppp.input(spec.name)
-    tensor = step.tensor().set_element_type(ov.Type.u8 if options.input_type == "u8" else ov.Type.f32) \
+    tensor = step.tensor().set_element_type(ov.Type.u8 if options.input_type == InputType.U8 else ov.Type.f32) \
         .set_layout(ov.Layout(options.input_layout)).set_color_format(colors[entry.convert.color_order])
     step.model().set_layout(ov.Layout(spec.layout))
     pre = step.preprocess()
@@ -108,7 +109,7 @@ def _apply_input_preprocessing(ov: Any, model: Any, entry: ModelEntry, options: 
         # gives 8-bit pixels); the difference from Pillow's bilinear is measured in docs/convert.md.
         tensor.set_spatial_dynamic_shape()
         image_resize(pre)
-    if options.input_type == "u8":
+    if options.input_type == InputType.U8:
         pre.convert_element_type(ov.Type.f32)
     if entry.convert.color_order != spec.color_order:
         pre.convert_color(colors[spec.color_order])
@@ -136,8 +137,8 @@ def image_resize_model(width: int, height: int) -> Any:
     model = ov.Model([ops.result(pixels)], [pixels], "image_resize")
     ppp = PrePostProcessor(model)
     step = ppp.input()
-    step.tensor().set_element_type(ov.Type.u8).set_layout(ov.Layout("NHWC")).set_spatial_dynamic_shape()
-    step.model().set_layout(ov.Layout("NHWC"))
+    step.tensor().set_element_type(ov.Type.u8).set_layout(ov.Layout(InputLayout.NHWC.value)).set_spatial_dynamic_shape()
+    step.model().set_layout(ov.Layout(InputLayout.NHWC.value))
     image_resize(step.preprocess())
     return ppp.build()
 
@@ -167,7 +168,7 @@ def check_saved(ov: Any, xml: Path, entry: ModelEntry, options: ConvertOptions) 
         shape = [int(d.get_length()) if d.is_static else -1 for d in port.get_partial_shape()]
         if shape != expected_input:
             problems.append(f"input shape {shape}, expected {expected_input}")
-        wanted_type = "u8" if options.input_type == "u8" else "f32"
+        wanted_type = (InputType.U8 if options.input_type == InputType.U8 else InputType.F32).value  # OpenVINO's names
         if port.get_element_type().get_type_name() != wanted_type:
             problems.append(f"input type {port.get_element_type().get_type_name()}, expected {wanted_type}")
     for name, shape in ((entry.outputs.boxes, [1, count, 4]), (entry.outputs.labels, [1, count]),
@@ -187,7 +188,7 @@ def input_shape(entry: ModelEntry, options: ConvertOptions) -> tuple[int, ...]:
     width, height = entry.input.resize
     if options.image_input:
         return (1, -1, -1, 3)
-    return (1, 3, height, width) if options.input_layout == "NCHW" else (1, height, width, 3)
+    return (1, 3, height, width) if options.input_layout == InputLayout.NCHW else (1, height, width, 3)
 
 def write_failure(folder: Path, exc: BaseException) -> CacheError:
     """A failure to write IR files (OpenVINO says ``basic_ios::clear`` for a full disk) as a CacheError."""

@@ -30,6 +30,7 @@ import hashlib
 import json
 from typing import TYPE_CHECKING
 
+from ssdtool.constants import ColorOrder
 from ssdtool.labels import label_names
 
 if TYPE_CHECKING:
@@ -62,7 +63,7 @@ def model_info(entry: ModelEntry, options: ConvertOptions) -> dict[str, str]:
         "labels": " ".join(_list_item(name) for name in label_names(entry)),
         "confidence_threshold": repr(float(DEFAULT_THRESHOLD)),
         "resize_type": "standard",
-        "reverse_input_channels": _flag(entry.convert.color_order == "RGB"),
+        "reverse_input_channels": _flag(entry.convert.color_order == ColorOrder.RGB),
         "mean_values": "",
         "scale_values": "",
         "input_dtype": "u8",

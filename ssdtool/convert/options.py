@@ -5,19 +5,18 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ssdtool.cache import Cache
-from ssdtool.calibration import DEFAULT_CALIBRATION_SIZE, GUARD_IMAGES, CalibrationSet
-from ssdtool.constants import Int8Recipe, IRPrecision
+from ssdtool.constants import DEFAULT_DEVICE, InputLayout, InputType, Int8Recipe, IRPrecision
 from ssdtool.convert.model_info import model_info, model_info_digest
 from ssdtool.errors import UsageError
-from ssdtool.quantize import quantization_settings
-from ssdtool.registry import ModelEntry
+from ssdtool.int8_recipes import DEFAULT_CALIBRATION_SIZE, GUARD_IMAGES, quantization_settings
 
-PRECISIONS = IRPrecision.values()
-INPUT_TYPES = ("f32", "u8")
-INPUT_LAYOUTS = ("NCHW", "NHWC")
+if TYPE_CHECKING:  # what identifies an IR is read on every warm start: no calibration code (numpy, images) for it
+    from ssdtool.cache import Cache
+    from ssdtool.calibration import CalibrationSet
+    from ssdtool.registry import ModelEntry
+
 # Bump when the graph rewrite changes, so existing IRs are rebuilt instead of reported as up to date.
 RECIPE_VERSION = 1
 PARITY_IMAGES = 3
@@ -27,7 +26,7 @@ OPEN_INT8_KEYS = ("calibration", "calibration_count", "quantization")
 #: The image-input IR: its folder suffix, its input element type and layout, and the resize inside it (OpenVINO's
 #: PrePostProcessor algorithm; docs/convert.md measures it against Pillow's bilinear, which ssdtool's host uses).
 IMAGE_VARIANT = "image"
-IMAGE_INPUT = ("u8", "NHWC")
+IMAGE_INPUT = (InputType.U8.value, InputLayout.NHWC.value)
 IMAGE_RESIZE = "RESIZE_LINEAR"
 #: The parameter that records the Model API metadata (a digest); an IR that differs only there is amended.
 MODEL_INFO_KEY = "model_info"
@@ -43,7 +42,9 @@ class ConvertOptions:
     ``calibration_size`` images calibrate; ``guard_images`` held-out images feed the accuracy guard;
     ``accept_accuracy_drop`` installs an INT8 IR that fails the guard. ``int8_recipe``: "portable" or "vnni"
     (:class:`ssdtool.constants.Int8Recipe`); None builds portable and accepts any installed recipe.
-    ``verify=False`` skips the parity gate (FP32/FP16) or the guard (INT8).
+    ``verify=False`` skips the parity gate (FP32/FP16) or the guard (INT8). ``check_devices``: the OpenVINO
+    devices the runtime check measures on (a virtual device: each device it may pick), recorded per device kind and
+    model so ``--inference-precision auto`` may use each one's default; not part of what identifies the IR.
 
     ``image_input``: the image-input IR, which takes whole images (u8 ``[1, ?, ?, 3]`` NHWC, BGR, any height and
     width) and resizes them inside (OpenVINO's linear resize, :data:`IMAGE_RESIZE`); ``input_type`` and
@@ -51,9 +52,9 @@ class ConvertOptions:
     folder (``<precision>-image``) beside the standard IR.
     """
 
-    precision: str = "FP32"
-    input_type: str = "f32"
-    input_layout: str = "NCHW"
+    precision: str = IRPrecision.FP32.value
+    input_type: str = InputType.F32.value
+    input_layout: str = InputLayout.NCHW.value
     verify: bool = True
     force: bool = False
     output_dir: Path | None = None
@@ -64,11 +65,12 @@ class ConvertOptions:
     guard_images: int = GUARD_IMAGES
     int8_recipe: str | None = None
     image_input: bool = False
+    check_devices: tuple[str, ...] = (DEFAULT_DEVICE,)
 
     def __post_init__(self) -> None:
-        if self.image_input and (self.input_type, self.input_layout) == ("f32", "NCHW"):  # the defaults
-            object.__setattr__(self, "input_type", "u8")
-            object.__setattr__(self, "input_layout", "NHWC")
+        if self.image_input and (self.input_type, self.input_layout) == (InputType.F32, InputLayout.NCHW):  # defaults
+            object.__setattr__(self, "input_type", IMAGE_INPUT[0])
+            object.__setattr__(self, "input_layout", IMAGE_INPUT[1])
 
     @property
     def variant(self) -> str:
@@ -76,22 +78,23 @@ class ConvertOptions:
         side by side."""
         if self.image_input:
             return IMAGE_VARIANT
-        if (self.input_type, self.input_layout) == ("f32", "NCHW"):
+        if (self.input_type, self.input_layout) == (InputType.F32, InputLayout.NCHW):
             return ""
         return f"{self.input_type}-{self.input_layout.lower()}"
 
 def check_options(options: ConvertOptions) -> None:
-    if options.precision not in PRECISIONS:
-        raise UsageError(f"precision {options.precision!r} is not supported; expected one of {', '.join(PRECISIONS)}")
-    if options.input_type not in INPUT_TYPES:
-        raise UsageError(f"input type {options.input_type!r}: expected one of {', '.join(INPUT_TYPES)}")
-    if options.input_layout not in INPUT_LAYOUTS:
-        raise UsageError(f"input layout {options.input_layout!r}: expected one of {', '.join(INPUT_LAYOUTS)}")
+    if options.precision not in IRPrecision.values():
+        raise UsageError(f"precision {options.precision!r} is not supported; expected one of "
+                         f"{', '.join(IRPrecision.values())}")
+    if options.input_type not in InputType.values():
+        raise UsageError(f"input type {options.input_type!r}: expected one of {', '.join(InputType.values())}")
+    if options.input_layout not in InputLayout.values():
+        raise UsageError(f"input layout {options.input_layout!r}: expected one of {', '.join(InputLayout.values())}")
     if options.image_input and (options.input_type, options.input_layout) != IMAGE_INPUT:
         raise UsageError(f"the image-input IR takes u8 NHWC images; input type {options.input_type} and layout "
                          f"{options.input_layout} do not apply to it",
                          hint="drop --input-type and --input-layout with --image-input")
-    if options.precision != "INT8" and (options.calibration is not None or options.accept_accuracy_drop
+    if options.precision != IRPrecision.INT8 and (options.calibration is not None or options.accept_accuracy_drop
                                         or options.int8_recipe is not None):
         raise UsageError(f"calibration, the INT8 recipe and the accuracy guard apply to INT8 only, got precision "
                          f"{options.precision}",
@@ -138,7 +141,7 @@ def conversion_parameters(entry: ModelEntry, options: ConvertOptions,
     if entry.outputs.heads is not None:  # only for heads models, so the full form's key (and its IRs) stay valid
         # as JSON gives it back from the provenance: lists, not tuples
         parameters["heads"] = json.loads(json.dumps(asdict(entry.outputs.heads)))
-    if options.precision == "INT8":
+    if options.precision == IRPrecision.INT8:
         if options.int8_recipe is not None:  # None: only to compare with an installed IR (see same_parameters)
             parameters["quantization"] = quantization_settings(options.int8_recipe)
         if calibration is not None:  # None: only to compare with an installed IR (see same_parameters)
@@ -155,7 +158,7 @@ def same_parameters(existing: Any, wanted: dict[str, Any]) -> bool:
     """
     if not isinstance(existing, dict):
         return False
-    if wanted.get("precision") == "INT8":
+    if wanted.get("precision") == IRPrecision.INT8:
         open_keys = [key for key in OPEN_INT8_KEYS if key not in wanted]
         return {k: v for k, v in existing.items() if k not in open_keys} == wanted
     return existing == wanted

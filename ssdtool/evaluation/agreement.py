@@ -32,14 +32,14 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ssdtool import checked
+from ssdtool.constants import DEFAULT_REFERENCE_SCORE
 from ssdtool.errors import UsageError
 from ssdtool.evaluation.dataset import CocoDataset, check_annotations
 from ssdtool.evaluation.metrics import CocoMetrics, evaluate_detections
 from ssdtool.labels import coco_categories
 
-#: The reference's detections at or above this score are its ground truth: detect's default threshold, and
-#: MLPerf's ONNX post-processing's cut.
-DEFAULT_REFERENCE_SCORE = 0.5
+__all__ = ["DEFAULT_REFERENCE_SCORE", "AgreementImage", "check_reference_score", "detections_agreement",
+           "folder_dataset", "pseudo_ground_truth", "score_against"]
 
 
 class AgreementImage(NamedTuple):
@@ -57,7 +57,7 @@ def check_reference_score(min_score: float) -> float:
     faint box would become ground truth)."""
     if not (checked.is_finite_number(min_score) and 0.0 < min_score <= 1.0):
         raise UsageError(f"the reference score must be a number above 0 and at most 1, got {min_score!r}",
-                         hint="pass --reference-score S with 0 < S <= 1 (default 0.5)")
+                         hint=f"pass --reference-score S with 0 < S <= 1 (default {DEFAULT_REFERENCE_SCORE})")
     return float(min_score)
 
 

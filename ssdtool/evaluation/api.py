@@ -11,7 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from ssdtool.artifacts import registry_inputs
+from ssdtool.backends import prepare
+from ssdtool.backends.spec import AUTO_BACKEND, EngineSpec, engine_spec
 from ssdtool.cache import Cache
+from ssdtool.constants import DEFAULT_CHECKPOINT_EVERY, CocoScorer
 from ssdtool.errors import UsageError
 from ssdtool.evaluation.agreement import DEFAULT_REFERENCE_SCORE, check_reference_score, folder_dataset
 from ssdtool.evaluation.configurations import Configuration, find_configuration, parse_configurations
@@ -24,11 +27,8 @@ from ssdtool.evaluation.report import EvalReport, RunResult
 from ssdtool.evaluation.runner import EvalProgress
 from ssdtool.imaging import DEFAULT_MAX_PIXELS
 from ssdtool.registry import ModelEntry, Registry, load_registry
-from ssdtool.serving.protocol import ServerTarget
 
 log = logging.getLogger("ssdtool.evaluation")
-
-DEFAULT_CHECKPOINT_EVERY = 64
 
 
 def select_images(dataset: CocoDataset, limit: int | None, sample: int | None, seed: int) -> list[EvalImage]:
@@ -50,9 +50,8 @@ def select_images(dataset: CocoDataset, limit: int | None, sample: int | None, s
 
 
 def evaluate(annotations: str | os.PathLike[str] | None, images: str | os.PathLike[str] | None = None,
-             model: str | ModelEntry | None = None, *, compare: str | Sequence[Configuration] | None = None,
-             backend: str = "auto", precision: str | None = None, inference_precision: str = "auto",
-             device: str = "CPU", detections: str | os.PathLike[str] | None = None,
+             model: str | ModelEntry | None = None, *, engine: EngineSpec | str = AUTO_BACKEND,
+             compare: str | Sequence[Configuration] | None = None, detections: str | os.PathLike[str] | None = None,
              mlperf_log: str | os.PathLike[str] | None = None, limit: int | None = None,
              sample: int | None = None, seed: int = 0, resume: bool = False,
              results: str | os.PathLike[str] | None = None, checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
@@ -61,17 +60,18 @@ def evaluate(annotations: str | os.PathLike[str] | None, images: str | os.PathLi
              registry: str | os.PathLike[str] | Registry | None = None, offline: bool | None = None,
              progress: Callable[[EvalProgress], None] | None = None,
              download_progress: Callable[[Any], None] | None = None,
-             server: ServerTarget | None = None,
              save_detections: str | os.PathLike[str] | None = None,
              reference: str | None = None, reference_score: float = DEFAULT_REFERENCE_SCORE,
              plots: str | os.PathLike[str] | None = None, report: str | os.PathLike[str] | None = None,
-             coco_eval: str = "auto") -> EvalReport:
+             coco_eval: str = CocoScorer.AUTO.value, **settings: Any) -> EvalReport:
     """Evaluate on the COCO annotation file ``annotations``; see docs/eval.md and docs/python-api.md.
 
-    Three sources of detections: a model run over the images folder ``images`` (one configuration from
-    ``backend``/``precision``/``inference_precision``, or several from ``compare``), an existing COCO results file
-    ``detections``, or an MLPerf accuracy log ``mlperf_log``. ``server``: the model runs on that Open Inference
-    Protocol server (precision and device are the server's; images are decoded and scored here).
+    Three sources of detections: a model run over the images folder ``images`` (one configuration: ``engine``, an
+    :class:`~ssdtool.backends.spec.EngineSpec` or a backend name, with ``settings`` changing its fields by name -
+    ``backend``, ``precision``, ``inference_precision``, ``device``, ``server``; or several from ``compare``, each
+    over ``engine``'s device), an existing COCO results file ``detections``, or an MLPerf accuracy log
+    ``mlperf_log``. ``server``: the model runs on that Open Inference Protocol server (precision and device are the
+    server's; images are decoded and scored here).
     ``progress`` receives :class:`EvalProgress` events.
     Missing images are skipped and listed in the report; the caller decides whether that is an error.
     ``save_detections``: write the COCO results records there too (with several configurations, one file each:
@@ -97,12 +97,19 @@ def evaluate(annotations: str | os.PathLike[str] | None, images: str | os.PathLi
     if not given:
         raise UsageError("nothing to evaluate: no images folder, detections file or MLPerf log",
                          hint="pass --images DIR (or --detections FILE, or --mlperf-log FILE)")
-    if server is not None and compare is not None:
+    spec = engine_spec(engine, **settings)
+    if images is not None and compare is None:
+        spec = prepare(spec)  # a backend or device that cannot run fails before the annotation file is read
+    if spec.server is not None and compare is not None:
         raise UsageError("--compare runs several local configurations; with --server the server has chosen its one",
                          hint="drop --compare, or drop --server to compare configurations here")
     if checkpoint_every < 1:
         raise UsageError(f"checkpoint_every must be at least 1, got {checkpoint_every}")
     _check_sources(annotations, images, reference, compare)
+    configurations = [] if images is None else _configurations(compare, spec)
+    reference_at = None
+    if reference is not None:  # the reference is one of the configurations: it runs on its engine spec
+        reference_at = find_configuration(reference, configurations, spec.inference_precision)
     wants_curves = plots is not None or report is not None
     if wants_curves:
         from ssdtool.evaluation.plots import require_matplotlib
@@ -123,17 +130,14 @@ def evaluate(annotations: str | os.PathLike[str] | None, images: str | os.PathLi
     labels = ["detections"]
     if images is not None:
         loaded = registry if isinstance(registry, Registry) else load_registry(registry)
-        configurations = _configurations(compare, backend, precision, inference_precision)
         labels = [c.label for c in configurations]
         outputs_inputs += registry_inputs(loaded.source)
         options = ModelRun(
             entry=model if isinstance(model, ModelEntry) else loaded.model(model), registry=loaded,
             cache=cache_dir if isinstance(cache_dir, Cache) else Cache.at(cache_dir), configurations=configurations,
-            device=device, offline=offline, resume=resume, results=Path(results) if results is not None else None,
+            engine=spec, offline=offline, resume=resume, results=Path(results) if results is not None else None,
             checkpoint_every=checkpoint_every, workers=workers, max_pixels=max_pixels, progress=progress,
-            download_progress=download_progress, server=server, scorer=scorer, curves=wants_curves,
-            reference=None if reference is None else find_configuration(reference, configurations,
-                                                                        inference_precision),
+            download_progress=download_progress, scorer=scorer, curves=wants_curves, reference=reference_at,
             reference_score=reference_score)
     outputs = EvalOutputs(outputs_inputs, options.results if options is not None else None, save_detections,
                           labels, plots=plots, report=report, images_dir=Path(images) if images is not None else None)
@@ -213,15 +217,18 @@ def _evaluate(dataset: CocoDataset, selected: list[EvalImage], images: str | os.
     return run_model(dataset, gt, selected, Path(images), options, common)
 
 
-def _configurations(compare: str | Sequence[Configuration] | None, backend: str, precision: str | None,
-                    inference_precision: str) -> list[Configuration]:
+def _configurations(compare: str | Sequence[Configuration] | None, spec: EngineSpec) -> list[Configuration]:
+    """The configurations to run: ``spec``'s own (prepared), or those of ``compare`` on ``spec``'s device, each
+    engine spec checked (backend, device, precisions) before any file is read."""
     if compare is None:
-        return [Configuration(backend, precision, inference_precision)]
-    if backend != "auto" or precision is not None:
+        return [Configuration(spec.backend, spec.precision, spec.inference_precision)]
+    if spec.backend != AUTO_BACKEND or spec.precision is not None:
         raise UsageError("--compare names each configuration's backend and precision itself",
                          hint="drop --backend/--precision, or drop --compare")
-    if isinstance(compare, str):
-        return parse_configurations(compare, inference_precision)
-    return list(compare)
+    configurations = parse_configurations(compare, spec.inference_precision) if isinstance(compare, str) else list(
+        compare)
+    for configuration in configurations:
+        prepare(configuration.engine(spec))
+    return configurations
 
 

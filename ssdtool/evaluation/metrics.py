@@ -129,7 +129,7 @@ def _reference_scorer() -> Scorer:
     from importlib.metadata import PackageNotFoundError, version
 
     try:
-        found = version("pycocotools")
+        found = version(CocoScorer.PYCOCOTOOLS.value)  # the scorer is named after its distribution
     except PackageNotFoundError:  # a source build without metadata
         found = "unknown"
     return Scorer(CocoScorer.PYCOCOTOOLS.value, found, coco_class, eval_class)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ssdtool.artifacts import model_inputs
+from ssdtool.backends.spec import EngineSpec
 from ssdtool.cache import Cache
 from ssdtool.errors import UsageError
 from ssdtool.evaluation.agreement import DEFAULT_REFERENCE_SCORE, AgreementImage, pseudo_ground_truth
@@ -24,9 +25,8 @@ from ssdtool.evaluation.outputs import EvalOutputs
 from ssdtool.evaluation.references import references_for
 from ssdtool.evaluation.report import EvalReport, RunResult
 from ssdtool.evaluation.results import ResultsFile
-from ssdtool.evaluation.runner import ConfigurationRun, EvalProgress, Runner
+from ssdtool.evaluation.runner import THROUGHPUT, ConfigurationRun, EvalProgress, Runner
 from ssdtool.registry import ModelEntry, Registry
-from ssdtool.serving.protocol import ServerTarget
 
 log = logging.getLogger("ssdtool.evaluation")
 
@@ -39,7 +39,9 @@ class ModelRun:
     registry: Registry
     cache: Cache
     configurations: Sequence[Configuration]
-    device: str
+    #: The engine every configuration runs on (its device, or its server); each configuration sets its backend and
+    #: precisions on it.
+    engine: EngineSpec
     offline: bool | None
     resume: bool
     results: Path | None
@@ -48,7 +50,6 @@ class ModelRun:
     max_pixels: int | None
     progress: Callable[[EvalProgress], None] | None
     download_progress: Callable[[Any], None] | None
-    server: ServerTarget | None = None
     #: The outputs, checked before the model loads; checked again here with the model files, before any image.
     outputs: EvalOutputs | None = None
     #: Agreement AP: the position of the reference configuration, whose detections at or above
@@ -77,13 +78,11 @@ def run_model(dataset: CocoDataset, gt: Any, selected: list[EvalImage], images_d
     runs: list[ConfigurationRun] = []
     try:
         for configuration in options.configurations:
-            detector = Detector(options.entry, configuration.backend, precision=configuration.precision,
-                                inference_precision=configuration.inference_precision, device=options.device,
-                                threshold=0.0, cache_dir=options.cache, registry=options.registry,
-                                offline=options.offline, performance="throughput", workers=options.workers,
-                                max_pixels=options.max_pixels, progress=options.download_progress,
-                                server=options.server)
-            runs.append(ConfigurationRun(configuration, detector, detector.run_info("throughput")))
+            detector = Detector(options.entry, configuration.engine(options.engine), threshold=0.0,
+                                cache_dir=options.cache, registry=options.registry, offline=options.offline,
+                                performance=THROUGHPUT, workers=options.workers, max_pixels=options.max_pixels,
+                                progress=options.download_progress)
+            runs.append(ConfigurationRun(configuration, detector, detector.run_info(THROUGHPUT)))
         key = _run_key(dataset, images_dir, present, runs)
         results_path = options.results or _default_results(options.cache, key)
         if options.outputs is not None:
@@ -105,7 +104,7 @@ def run_model(dataset: CocoDataset, gt: Any, selected: list[EvalImage], images_d
         try:
             runner.run(present[done:], done, len(present))
             for run in runs:  # read back again: a server reports its precision with its answers
-                run.run_info = run.detector.run_info("throughput")
+                run.run_info = run.detector.run_info(THROUGHPUT)
         except BaseException:
             log.warning("stopped before the last image; what ran is checkpointed in %s, and a rerun with "
                         "resume (--resume) continues from there", results_path)

@@ -26,17 +26,21 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ssdtool import artifacts
+from ssdtool.backends.spec import EngineSpec, RunInfo, takes_engine
 from ssdtool.cache import Cache
 from ssdtool.checked import is_finite_number, is_int
-from ssdtool.constants import Backend
+from ssdtool.constants import Backend, PerformanceHint
 from ssdtool.errors import BackendError, DependencyError, UsageError
 from ssdtool.imaging import DEFAULT_MAX_PIXELS
 from ssdtool.registry import ModelEntry
 from ssdtool.serving.limits import DEFAULT_DECODE_MEMORY, ConnectionLimits, guarded_protocol
 from ssdtool.serving.protocol import DEFAULT_MAX_REQUEST_BYTES, detections_model
+
+if TYPE_CHECKING:
+    from ssdtool.backends import Engine
 
 log = logging.getLogger("ssdtool.serving")
 START_TIMEOUT = 120.0
@@ -46,22 +50,26 @@ START_TIMEOUT = 120.0
 SERVED_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
+#: What serve runs unless told otherwise: the IR with OpenVINO, throughput hint (requests arrive in parallel).
+SERVE_ENGINE = EngineSpec(backend=Backend.OPENVINO.value, hint=PerformanceHint.THROUGHPUT.value)
+
+
+@takes_engine
 @dataclass(frozen=True)
 class ServeOptions:
-    """How to serve: ``host`` and ``port`` to bind (port 0: any free one, see :attr:`Server.port`), the IR's
-    ``precision`` (None: the registry's), ``inference_precision`` and ``device`` as for detection, the served
-    ``model_name`` (None: the registry name; else :data:`SERVED_NAME`), ``max_request_bytes`` (larger bodies get
-    413), ``max_pixels`` per encoded image and ``decode_memory`` for all decoding at once (larger images get 413),
-    ``limits`` on connections and on how long headers and bodies may take, ``offline``, ``grace_seconds``
-    for requests in flight at shutdown, ``grpc_port`` (None: no gRPC; 0: any free port) for the protocol's
-    gRPC service on ``host``, and ``image_input``: serve the image-input IR (u8 ``[1, H, W, 3]`` images of any size,
-    resized inside; converted on first use) instead of the standard IR."""
+    """How to serve: ``host`` and ``port`` to bind (port 0: any free one, see :attr:`Server.port`), the
+    ``engine`` (OpenVINO on the IR; its ``precision``, None: the registry's, ``inference_precision`` and ``device``
+    as for detection, and ``image_input``: serve the image-input IR, u8 ``[1, H, W, 3]`` images of any size, resized
+    inside, converted on first use, instead of the standard IR; the spec's fields may be given as keywords), the
+    served ``model_name`` (None: the registry name; else :data:`SERVED_NAME`), ``max_request_bytes`` (larger bodies
+    get 413), ``max_pixels`` per encoded image and ``decode_memory`` for all decoding at once (larger images get
+    413), ``limits`` on connections and on how long headers and bodies may take, ``offline``, ``grace_seconds`` for
+    requests in flight at shutdown, and ``grpc_port`` (None: no gRPC; 0: any free port) for the protocol's gRPC
+    service on ``host``."""
 
     host: str = "127.0.0.1"
     port: int = 8080
-    precision: str | None = None
-    inference_precision: str = "auto"
-    device: str = "CPU"
+    engine: EngineSpec = SERVE_ENGINE
     model_name: str | None = None
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     max_pixels: int | None = DEFAULT_MAX_PIXELS
@@ -70,11 +78,17 @@ class ServeOptions:
     offline: bool | None = None
     grace_seconds: float = 10.0
     grpc_port: int | None = None
-    image_input: bool = False
 
 
-def check_options(options: ServeOptions) -> None:
-    """Refuse what cannot be served (UsageError), before anything is loaded."""
+def check_options(options: ServeOptions) -> EngineSpec:
+    """Refuse what cannot be served (UsageError; an engine that cannot run: 31), before anything is loaded; the
+    engine spec, checked (:func:`ssdtool.backends.prepare`)."""
+    from ssdtool.backends import backend_rules, prepare
+
+    spec = prepare(options.engine.replace(hint=options.engine.hint_or(PerformanceHint.THROUGHPUT.value)))
+    if backend_rules(spec).model_form != "ir":
+        raise UsageError(f"serve runs ssdtool's IR with OpenVINO; the engine asked for runs the "
+                         f"{backend_rules(spec).model_form} model", hint="serve with the openvino backend")
     served = options.model_name
     grpc_port = options.grpc_port
     if grpc_port is not None and (not is_int(grpc_port) or not 0 <= grpc_port <= 65535):
@@ -101,6 +115,7 @@ def check_options(options: ServeOptions) -> None:
         if not is_finite_number(value) or value < 0 or (value == 0 and not zero):
             raise UsageError(f"{name} must be a finite number of seconds {'>= 0' if zero else 'above 0'}, got "
                              f"{value!r}")
+    return spec
 
 
 def _import_kserve() -> Any:
@@ -247,11 +262,10 @@ def start_server(entry: ModelEntry, cache: Cache, options: ServeOptions | None =
                  progress: Callable[[Any], None] | None = None) -> Server:
     """Serve ``entry``'s IR (converted first when needed) and return once the server answers; stop it with
     :meth:`Server.stop`. ``progress`` receives download events when the model is fetched."""
-    from ssdtool.backends import make_engine
-    from ssdtool.precision import parse
+    from ssdtool.backends import open_engine, plan_engine
 
     options = options or ServeOptions()
-    check_options(options)
+    spec = check_options(options)
     _import_kserve()
     import uvicorn
 
@@ -259,15 +273,15 @@ def start_server(entry: ModelEntry, cache: Cache, options: ServeOptions | None =
     from ssdtool.serving.detections import DetectionModel
     from ssdtool.serving.model import IRModel, ServedEngine
 
-    requested = parse(options.inference_precision)
-    model_file = artifacts.model_file(entry, cache, Backend.OPENVINO, options.precision, offline=options.offline,
-                                      progress=progress, image_input=options.image_input)
-    plan = artifacts.precision_plan(model_file, requested, options.device)
+    model_file = artifacts.model_file(entry, cache, spec, offline=options.offline, progress=progress)
+    decided = plan_engine(model_file, spec)
     name = options.model_name or entry.name
+    opened: list[RunInfo] = []
 
-    def engine() -> Any:
-        return make_engine(model_file, device=options.device, hint="throughput", inference_precision=plan.pin,
-                           cache_dir=cache.usable_compiled_model_dir(model_file.model))
+    def engine() -> Engine:
+        made, what = open_engine(model_file, spec, cache, plan=decided)
+        opened.append(what)
+        return made
 
     served = ServedEngine(entry, engine, form=model_file.form, max_pixels=options.max_pixels,
                           decode_memory=options.decode_memory)
@@ -276,10 +290,12 @@ def start_server(entry: ModelEntry, cache: Cache, options: ServeOptions | None =
     models = [IRModel(name, served), DetectionModel(detections_model(name), served)]
     for model in models:
         model.load()
+    ran = opened[-1]
     info = {"model": entry.name, "served_as": name, "detections_model": detections_model(name),
-            "precision": model_file.precision, "image_input": options.image_input, "device": options.device,
+            "precision": model_file.precision, "image_input": spec.image_input, "device": ran.device,
             "inference_precision": served.engine.inference_precision,
-            "inference_precision_requested": requested.value, "inference_precision_reason": plan.reason,
+            "inference_precision_requested": ran.inference_precision_requested,
+            "inference_precision_reason": ran.inference_precision_reason,
             "model_path": str(model_file.path),
             "limits": {"max_request_bytes": options.max_request_bytes, "max_pixels": options.max_pixels,
                        "decode_memory": options.decode_memory, "header_timeout": options.limits.header_timeout,
