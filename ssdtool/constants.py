@@ -35,6 +35,13 @@ STALL_MIN_BYTES = 64 << 10
 #: and hundreds of MB in memory.
 DEFAULT_MAX_PIXELS = 89_478_485
 
+# Evaluation (ssdtool.evaluation): what ``eval --help`` shows as defaults, without importing it.
+#: Agreement AP: the reference's detections at or above this score are its ground truth (detect's default
+#: threshold, and MLPerf's ONNX post-processing's cut).
+DEFAULT_REFERENCE_SCORE = 0.5
+#: The results file of a model run is checkpointed every this many images (``eval --checkpoint-every``).
+DEFAULT_CHECKPOINT_EVERY = 64
+
 
 class Choice(str, Enum):
     """A closed set of strings (``enum.StrEnum`` needs Python 3.11; this works on 3.10)."""
@@ -60,6 +67,19 @@ class Choice(str, Enum):
             if member.value.lower() == text.lower():
                 return member
         raise ValueError(f"unknown {what} {text!r}; expected one of {', '.join(cls.values())}")
+
+
+class CocoScorer(Choice):
+    """Which implementation of COCOeval scores ``ssdtool eval`` (docs/eval.md, *Which COCOeval*).
+
+    ``pycocotools`` is the reference (MLCommons' accuracy-coco.py runs it); ``faster-coco-eval`` is its C++ port,
+    whose twelve stats the tests prove equal to pycocotools' on ssdtool's test datasets; ``auto`` takes the port
+    when it is installed and nothing needs pycocotools' per-detection matches (plots, report).
+    """
+
+    AUTO = "auto"
+    PYCOCOTOOLS = "pycocotools"
+    FASTER = "faster-coco-eval"
 
 
 class IRPrecision(Choice):

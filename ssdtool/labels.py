@@ -43,6 +43,13 @@ COCO_NAMES: tuple[str, ...] = (
 assert len(COCO_CATEGORY_IDS) == len(COCO_NAMES) == 80
 
 
+def coco_categories() -> list[dict[str, object]]:
+    """COCO 2017's 80 detection categories, as instances_val2017.json lists them (the ``categories`` of an
+    annotation file ssdtool writes: a generated dataset, or the pseudo ground truth of agreement AP)."""
+    return [{"id": cid, "name": name, "supercategory": ""} for cid, name in zip(COCO_CATEGORY_IDS, COCO_NAMES,
+                                                                              strict=True)]
+
+
 @functools.lru_cache(maxsize=16)
 def _read_label_file(path: str, mtime_ns: int, where: str) -> tuple[str, ...]:
     from ssdtool.fsutil import UnsafePathError, read_regular

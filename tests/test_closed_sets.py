@@ -15,8 +15,11 @@ import click
 from ssdtool.cli import cli
 from ssdtool.constants import (
     CPU_DEVICE,
+    DEFAULT_CHECKPOINT_EVERY,
     DEFAULT_DEVICE,
     DEFAULT_MAX_PIXELS,
+    DEFAULT_REFERENCE_SCORE,
+    CocoScorer,
     InferencePrecision,
     InputLayout,
     InputType,
@@ -30,7 +33,8 @@ from ssdtool.constants import (
 ROOT = Path(__file__).resolve().parent.parent
 #: Members whose spelling would be a second definition of the set they belong to.
 WATCHED = {*IRPrecision.values(), CPU_DEVICE, InputType.U8.value, *InputLayout.values(),
-           *PerformanceHint.values(), *(hint.upper() for hint in PerformanceHint.values())}
+           *PerformanceHint.values(), *(hint.upper() for hint in PerformanceHint.values()),
+           *(scorer.value for scorer in CocoScorer if scorer != CocoScorer.AUTO)}  # auto: a word many sets share
 #: The same spelling in another closed set, defined where it belongs.
 OTHER_SETS = {
     # Open Inference Protocol tensor datatypes (KServe v2): what a tensor holds, not an IR's weights.
@@ -44,9 +48,8 @@ OTHER_SETS = {
     "ssdtool/export/signature.py": {"u8"}, "ssdtool/backends/openvino_rules.py": {"FP16"},
     "ssdtool/backends/onnxruntime.py": {"FP32"},
 }
-#: Code another branch in flight rewrites (issue 23's evaluation); struck off when it merges. Every entry must still
-#: hold its literal.
-PENDING = {"ssdtool/evaluation/model_run.py": {"throughput"}, "ssdtool/evaluation/runner.py": {"throughput"}}
+#: Code another branch in flight rewrites; struck off when it merges. Every entry must still hold its literal.
+PENDING: dict[str, set[str]] = {}
 
 
 def _spelled_out(path: Path) -> set[str]:
@@ -76,9 +79,10 @@ def _option(command: click.Command, flag: str) -> click.Option:
 #: An option's name -> the closed set its choices are, or the one default it shows.
 CHOICES = {"precision": IRPrecision, "inference_precision": InferencePrecision, "input_type": InputType,
            "input_layout": InputLayout, "progress_mode": ProgressMode, "wire_protocol": WireProtocol,
-           "output_format": OutputFormat}
+           "output_format": OutputFormat, "coco_eval": CocoScorer}
 DEFAULTS = {"device": DEFAULT_DEVICE, "max_pixels": DEFAULT_MAX_PIXELS, "wire_protocol": WireProtocol.BINARY,
-            "progress_mode": ProgressMode.AUTO}
+            "progress_mode": ProgressMode.AUTO, "coco_eval": CocoScorer.AUTO,
+            "reference_score": DEFAULT_REFERENCE_SCORE, "checkpoint_every": DEFAULT_CHECKPOINT_EVERY}
 
 
 def test_option_choices_and_defaults_come_from_their_source() -> None:
@@ -101,6 +105,7 @@ def test_option_choices_and_defaults_come_from_their_source() -> None:
     assert seen["device"] >= {"check", "bench", "detect", "export", "eval"}
     assert seen["max_pixels"] == {"detect", "run", "eval", "serve"}
     assert seen["wire_protocol"] >= {"detect", "bench"} and seen["output_format"] == {"detect", "run"}
+    assert seen["coco_eval"] == seen["reference_score"] == seen["checkpoint_every"] == {"eval"}
     library = FetchOptions()
     for name in ("download", "verify"):
         shown = {p.name: p.default for p in cli.commands[name].params if isinstance(p, click.Option)}

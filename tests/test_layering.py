@@ -35,7 +35,11 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # domain: the registry, the cache, images, downloads, detections, engines
     ("ssdtool.registry", "ssdtool.labels", "ssdtool.cache", "ssdtool.imaging", "ssdtool.pipeline",
      "ssdtool.detections", "ssdtool.heads", "ssdtool.coco", "ssdtool.annotate", "ssdtool.download", "ssdtool.synthetic",
-     "ssdtool.backends", "ssdtool.precision", "ssdtool.serving.protocol"),
+     "ssdtool.backends", "ssdtool.precision", "ssdtool.serving.protocol",
+     # the scoring core: COCO annotation files, COCOeval (and the plots' data), agreement AP; a build step scores
+     # with it too (INT8 within an AP budget). The rest of evaluation/ (the model run, plots, the report) is an app.
+     "ssdtool.evaluation.dataset", "ssdtool.evaluation.metrics", "ssdtool.evaluation.curves",
+     "ssdtool.evaluation.agreement"),
     # build: IRs from the source model, and the one answer to "which file runs" (it converts on first use)
     ("ssdtool.convert", "ssdtool.quantize", "ssdtool.calibration", "ssdtool.artifacts"),
     # apps: what a user runs
@@ -162,6 +166,17 @@ def test_the_export_repository_does_not_load_the_converter() -> None:
     loaded = _loaded_after("import ssdtool.export.repository")
     assert not {m for m in loaded if m.startswith(("ssdtool.convert", "ssdtool.quantize", "ssdtool.calibration",
                                                    "nncf", "onnx", "openvino"))}
+
+
+def test_the_scoring_core_does_not_load_the_model_run() -> None:
+    """Agreement AP and COCOeval (what INT8 accuracy control scores with) load neither eval's model run, the
+    engines, the converter nor matplotlib: evaluation/__init__ resolves its names lazily."""
+    loaded = _loaded_after("import ssdtool.evaluation.agreement")
+    assert {m for m in loaded if m.startswith("ssdtool.")} <= {
+        "ssdtool.checked", "ssdtool.constants", "ssdtool.errors", "ssdtool.fsutil", "ssdtool.labels",
+        "ssdtool.evaluation", "ssdtool.evaluation.agreement", "ssdtool.evaluation.dataset",
+        "ssdtool.evaluation.metrics"}
+    assert not {m for m in loaded if m.startswith(("openvino", "onnxruntime", "matplotlib", "nncf"))}
 
 
 # ------------------------------------------------------------------------------------------------- registration

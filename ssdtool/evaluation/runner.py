@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ssdtool.backends.spec import RunInfo
+from ssdtool.constants import PerformanceHint
 from ssdtool.detect import Detector
 from ssdtool.errors import ImageError
 from ssdtool.evaluation.configurations import Configuration
@@ -34,6 +35,8 @@ from ssdtool.pipeline import ImagePreparer, Prefetch, ordered_outputs
 
 log = logging.getLogger("ssdtool.evaluation")
 
+#: The hint every configuration's engine runs with: eval streams images, as detect does for many.
+THROUGHPUT = PerformanceHint.THROUGHPUT.value
 #: Images decoded at a time when several configurations share them (1200 px RGB: 4.3 MB each).
 CHUNK_IMAGES = 16
 
@@ -103,7 +106,7 @@ class Runner:
 
     def _single(self, images: Sequence[EvalImage]) -> Iterator[ImageRecord]:
         run = self.runs[0]
-        engine = run.detector.engine("throughput")
+        engine = run.detector.engine(THROUGHPUT)
         prepare = ImagePreparer(run.detector.entry, run.detector.form, max_pixels=self.max_pixels)
         prefetch = Prefetch(prepare, self._paths(images), workers=self.workers)
         try:
@@ -128,7 +131,7 @@ class Runner:
         entry = self.runs[0].detector.entry
         prepare = ImagePreparer(entry, None, max_pixels=self.max_pixels)
         prefetch = Prefetch(prepare, self._paths(images), workers=self.workers)
-        engines = [run.detector.engine("throughput") for run in self.runs]
+        engines = [run.detector.engine(THROUGHPUT) for run in self.runs]
         try:
             chunk: list[tuple[int, Any]] = []
             for index, _source, prepared in prefetch:

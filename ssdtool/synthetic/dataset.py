@@ -16,16 +16,10 @@ import numpy as np
 
 from ssdtool import fsutil
 from ssdtool.imaging import generated_images
-from ssdtool.labels import COCO_CATEGORY_IDS, COCO_NAMES
+from ssdtool.labels import COCO_CATEGORY_IDS, coco_categories
 
 #: Sizes cycled through, as COCO's mix of landscape and portrait photos.
 SIZES: tuple[tuple[int, int], ...] = ((640, 480), (480, 640), (640, 427), (500, 375))
-
-
-def coco_categories() -> list[dict[str, object]]:
-    """COCO 2017's 80 detection categories, as instances_val2017.json lists them."""
-    return [{"id": cid, "name": name, "supercategory": ""} for cid, name in zip(COCO_CATEGORY_IDS, COCO_NAMES,
-                                                                              strict=True)]
 
 
 def write_dataset(folder: str | Path, count: int, seed: int = 0) -> tuple[Path, Path]:
