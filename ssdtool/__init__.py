@@ -8,8 +8,9 @@ on first use, so ``import ssdtool`` (and ``ssdtool --help``) stays light.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ssdtool.lazy import lazy_attributes
 
 __version__ = "0.1.0"
 
@@ -45,11 +46,4 @@ __all__ = ["Detection", "Detector", "EngineSpec", "EvalReport", "ExportOptions",
            "postprocess_heads", "preprocess", "run_loadgen", "start_server"]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'ssdtool' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_LAZY])
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)

@@ -28,10 +28,11 @@ COMMAND_MODULES = ("bench", "catalog", "convert", "detect", "download", "eval", 
 #: Bottom to top; a module may import its own layer and those below. The longest matching prefix places a module.
 LAYERS: tuple[tuple[str, ...], ...] = (
     # leaves: the standard library, third-party packages and each other only. ``ssdtool`` itself holds __version__
-    # and a table of lazily resolved public names (importlib, on attribute access), so importing it loads nothing.
-    ("ssdtool", "ssdtool.constants", "ssdtool.errors", "ssdtool.fsutil", "ssdtool.staging", "ssdtool.checked",
-     "ssdtool.safe_yaml", "ssdtool.redact", "ssdtool.ssd", "ssdtool.telemetry", "ssdtool.cpu", "ssdtool.matching",
-     "ssdtool.provenance", "ssdtool.inputs", "ssdtool.int8_recipes"),
+    # and a table of lazily resolved public names (ssdtool.lazy, on attribute access), so importing it loads nothing
+    # else.
+    ("ssdtool", "ssdtool.lazy", "ssdtool.constants", "ssdtool.errors", "ssdtool.fsutil", "ssdtool.staging",
+     "ssdtool.checked", "ssdtool.safe_yaml", "ssdtool.redact", "ssdtool.ssd", "ssdtool.telemetry", "ssdtool.cpu",
+     "ssdtool.matching", "ssdtool.provenance", "ssdtool.inputs", "ssdtool.int8_recipes"),
     # domain: the registry, the cache, images, downloads, detections, engines
     ("ssdtool.registry", "ssdtool.labels", "ssdtool.cache", "ssdtool.imaging", "ssdtool.pipeline",
      "ssdtool.detections", "ssdtool.heads", "ssdtool.coco", "ssdtool.annotate", "ssdtool.download", "ssdtool.synthetic",
@@ -158,7 +159,8 @@ def _loaded_after(statement: str) -> set[str]:
 
 
 def test_import_ssdtool_loads_nothing_else() -> None:
-    assert {m for m in _loaded_after("import ssdtool") if m.startswith("ssdtool")} == {"ssdtool"}
+    """Only the lazy-name helper (standard library only) comes with it."""
+    assert {m for m in _loaded_after("import ssdtool") if m.startswith("ssdtool")} == {"ssdtool", "ssdtool.lazy"}
 
 
 def test_the_export_repository_does_not_load_the_converter() -> None:
@@ -173,7 +175,7 @@ def test_the_scoring_core_does_not_load_the_model_run() -> None:
     engines, the converter nor matplotlib: evaluation/__init__ resolves its names lazily."""
     loaded = _loaded_after("import ssdtool.evaluation.agreement")
     assert {m for m in loaded if m.startswith("ssdtool.")} <= {
-        "ssdtool.checked", "ssdtool.constants", "ssdtool.errors", "ssdtool.fsutil", "ssdtool.labels",
+        "ssdtool.checked", "ssdtool.constants", "ssdtool.errors", "ssdtool.fsutil", "ssdtool.labels", "ssdtool.lazy",
         "ssdtool.evaluation", "ssdtool.evaluation.agreement", "ssdtool.evaluation.dataset",
         "ssdtool.evaluation.metrics"}
     assert not {m for m in loaded if m.startswith(("openvino", "onnxruntime", "matplotlib", "nncf"))}

@@ -15,12 +15,12 @@ guard are :mod:`ssdtool.quantize`.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 # Imported now, not on first use: the function shares its submodule's name, and a submodule once imported is an
 # attribute of its package, which a lazy name would never replace (it is light: labels and hashing).
 from ssdtool.convert.model_info import MODEL_INFO_SECTION, model_info
+from ssdtool.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from ssdtool.convert.flow import ConversionResult, check, convert
@@ -65,11 +65,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'ssdtool.convert' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_LAZY])
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)

@@ -6,8 +6,9 @@ The public call is :func:`evaluate` (``ssdtool.evaluate``); docs/eval.md describ
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ssdtool.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from ssdtool.evaluation.api import evaluate, select_images
@@ -35,11 +36,4 @@ __all__ = ["STAT_NAMES", "CocoDataset", "CocoMetrics", "Configuration", "EvalIma
            "parse_configurations", "select_images"]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'ssdtool.evaluation' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_LAZY])
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)

@@ -8,8 +8,9 @@ IR's tensors.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ssdtool.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from ssdtool.export.api import MANIFEST, ExportResult, export_model
@@ -29,11 +30,4 @@ __all__ = ["LAYOUTS", "MANIFEST", "ExportOptions", "ExportResult", "Layout", "Se
            "TensorSpec", "export_model"]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'ssdtool.export' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_LAZY])
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)

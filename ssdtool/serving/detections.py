@@ -14,29 +14,21 @@ import functools
 from typing import Any
 
 import numpy as np
-from kserve import InferRequest, InferResponse, Model
+from kserve import InferRequest, InferResponse
 from kserve.errors import InvalidInput
 
 from ssdtool import checked
 from ssdtool.detections import DEFAULT_THRESHOLD, postprocess
 from ssdtool.pipeline import Prepared
-from ssdtool.serving.model import ServedEngine, encoded_image, respond, single_input
+from ssdtool.serving.model import ServedModel, encoded_image, respond, single_input
 from ssdtool.serving.protocol import DETECTION_OUTPUTS, IMAGE_INPUT
 
 #: Where messages about the input say it is.
 WHERE = f"input {IMAGE_INPUT!r}"
 
 
-class DetectionModel(Model):
+class DetectionModel(ServedModel):
     """Detections of encoded images, served under ``name`` on ``served``'s engine."""
-
-    def __init__(self, name: str, served: ServedEngine) -> None:
-        super().__init__(name)
-        self.served = served
-
-    def load(self) -> bool:
-        self.ready = self.served.engine is not None
-        return self.ready
 
     def get_input_types(self) -> list[dict[str, Any]]:
         return [{"name": IMAGE_INPUT, "datatype": "BYTES", "shape": [1]}]

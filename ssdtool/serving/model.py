@@ -170,8 +170,8 @@ class ServedEngine:
                                 f"(ssdtool serve --decode-memory)")
 
 
-class IRModel(Model):
-    """The IR served under ``name``: metadata and requests are exactly the IR's own tensors."""
+class ServedModel(Model):
+    """A kserve model on ``served``'s engine, ready once that engine is: what both served models share."""
 
     def __init__(self, name: str, served: ServedEngine) -> None:
         super().__init__(name)
@@ -180,6 +180,10 @@ class IRModel(Model):
     def load(self) -> bool:
         self.ready = self.served.engine is not None
         return self.ready
+
+
+class IRModel(ServedModel):
+    """The IR served under ``name``: metadata and requests are exactly the IR's own tensors."""
 
     def get_input_types(self) -> list[dict[str, Any]]:
         return [dict(spec) for spec in self.served.inputs]
