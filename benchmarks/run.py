@@ -9,14 +9,16 @@ Sections: engines (compute floor, onnxruntime, plain OpenVINO peers, ssdtool FP3
 detect (end to end vs engine only, cold start; bench_detect.py), startup (``ssdtool --help`` and ``ssdtool models``
 process time), download (vs curl on loopback; bench_download.py), convert (time and peak memory; bench_convert.py),
 int8 (INT8 convert phase by phase, and an AP budget's cost; bench_int8_convert.py),
-serve (served vs local throughput, per-request overhead; bench_serve.py), heads (host decode vs the in-graph tail of
-the split form; bench_heads.py), loadgen (LoadGen scenarios vs bench; bench_loadgen.py), eval (eval vs engine
-only, COCOeval share, memory; bench_eval.py). Each section rewrites its own part of docs/performance.md; the Summary
-is rebuilt from every section's latest figures (kept in benchmarks/_work/results.json; rows of sections that file
-does not hold are kept from the page), so ``--only`` refreshes one part without losing the others. Timings are only
-meaningful on a quiet machine: before each section the suite waits (up to --wait seconds) until other work uses
-fewer than --max-busy cores (sampled from /proc/stat while the suite is idle) and records that sample and the load
-average next to every section.
+serve (served vs local throughput, per-request overhead; bench_serve.py; gRPC vs REST, served JPEG vs served tensor;
+bench_serve_protocols.py), heads (host decode vs the in-graph tail of the split form; bench_heads.py), loadgen
+(LoadGen scenarios vs bench; bench_loadgen.py), eval (eval vs engine only, COCOeval share, memory; bench_eval.py),
+image (the image-input IR end to end vs the standard IR with the host's resize, over JPEGs of mixed sizes;
+bench_image_input.py). Each section rewrites its own part of docs/performance.md; the Summary is rebuilt from every
+section's latest figures (kept in benchmarks/_work/results.json; rows of sections that file does not hold are kept
+from the page), so ``--only`` refreshes one part without losing the others. Timings are only meaningful on a quiet
+machine: before each section the suite waits (up to --wait seconds) until other work uses fewer than --max-busy
+cores (sampled from /proc/stat while the suite is idle) and records that sample and the load average next to every
+section.
 """
 
 from __future__ import annotations
@@ -48,10 +50,11 @@ from common import (
 
 sys.path.insert(0, str(ROOT))
 
-SECTIONS = ("engines", "detect", "startup", "download", "convert", "int8", "serve", "heads", "loadgen", "eval")
+SECTIONS = ("engines", "detect", "startup", "download", "convert", "int8", "serve", "heads", "loadgen", "eval",
+            "image")
 HEADINGS = {"summary": "Summary", "engines": "Engines", "detect": "Detect", "startup": "Start-up",
             "download": "Download", "convert": "Convert", "int8": "INT8 convert", "serve": "Serving",
-            "heads": "Heads form", "loadgen": "LoadGen", "eval": "Eval"}
+            "heads": "Heads form", "loadgen": "LoadGen", "eval": "Eval", "image": "Image-input IR"}
 RESULTS = WORK / "results.json"
 PERFORMANCE_MD = ROOT / "docs" / "performance.md"
 HELP_TARGET = 0.25
@@ -70,7 +73,7 @@ python benchmarks/run.py            # the full suite, ~20-30 min on 2 cores (it 
                                     # its FP32/FP16/INT8 IRs under benchmarks/_work/ once, then reuses them)
 python benchmarks/run.py --quick    # fewer rounds; good for a smoke check, not for the record
 python benchmarks/run.py --only engines   # one section (engines, detect, startup, download, convert, int8,
-                                          # serve, heads, loadgen, eval)
+                                          # serve, heads, loadgen, eval, image)
 ```
 
 The suite measures on the full synthetic twin (`ssd-resnet34-1200-synthetic`): the real model's graph, size and
@@ -243,9 +246,12 @@ def section_download(quick: bool) -> dict[str, Any]:
 
 def section_serve(quick: bool) -> dict[str, Any]:
     import bench_serve
+    import bench_serve_protocols
 
     figures = bench_serve.run(quick)
-    write_section(HEADINGS["serve"], bench_serve.markdown(figures))
+    figures["protocols"] = bench_serve_protocols.run(quick)
+    write_section(HEADINGS["serve"], bench_serve.markdown(figures) + "\n"
+                  + bench_serve_protocols.markdown(figures["protocols"]))
     return figures
 
 
@@ -295,10 +301,22 @@ def section_loadgen(quick: bool) -> dict[str, Any]:
     return figures
 
 
+def section_image(quick: bool) -> dict[str, Any]:
+    import bench_image_input
+
+    figures = bench_image_input.run(quick=quick)
+    write_section(HEADINGS["image"], bench_image_input.markdown(figures))
+    figures["targets"] = [[f"image-input IR end to end >= {figures['target']}x the standard IR with host resize "
+                           f"(mixed JPEGs, both at {figures['inference_precision']})",
+                           f"{figures['image_input_images_per_second']} vs {figures['standard_images_per_second']} "
+                           "images/s", f"{figures['ratio']}x", figures["passed"]]]
+    return figures
+
+
 RUNNERS: dict[str, Callable[[bool], dict[str, Any]]] = {
     "engines": section_engines, "detect": section_detect, "startup": section_startup,
     "download": section_download, "convert": section_convert, "int8": section_int8, "serve": section_serve,
-    "heads": section_heads, "loadgen": section_loadgen, "eval": section_eval,
+    "heads": section_heads, "loadgen": section_loadgen, "eval": section_eval, "image": section_image,
 }
 
 

@@ -8,13 +8,15 @@ on first use, so ``import ssdtool`` (and ``ssdtool --help``) stays light.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ssdtool.lazy import lazy_attributes
 
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from ssdtool.detect import Detector, RunInfo
+    from ssdtool.backends.spec import EngineSpec, RunInfo
+    from ssdtool.detect import Detector
     from ssdtool.detections import Detection, ImageResult, postprocess, postprocess_heads
     from ssdtool.errors import ImageError
     from ssdtool.evaluation import EvalReport, evaluate
@@ -24,7 +26,7 @@ if TYPE_CHECKING:
     from ssdtool.loadgen import LoadGenOptions, LoadGenReport, SettingsOverrides, run_loadgen
 
 _LAZY = {
-    "Detector": "ssdtool.detect", "RunInfo": "ssdtool.detect",
+    "Detector": "ssdtool.detect", "RunInfo": "ssdtool.backends.spec", "EngineSpec": "ssdtool.backends.spec",
     "Detection": "ssdtool.detections", "ImageResult": "ssdtool.detections", "postprocess": "ssdtool.detections",
     "postprocess_heads": "ssdtool.detections",
     "load_image": "ssdtool.imaging", "preprocess": "ssdtool.imaging",
@@ -38,17 +40,10 @@ _LAZY = {
     "evaluate": "ssdtool.evaluation", "EvalReport": "ssdtool.evaluation",
 }
 
-__all__ = ["Detection", "Detector", "EvalReport", "ExportOptions", "ExportResult", "ImageError", "ImageResult",
-           "LoadGenOptions", "LoadGenReport", "RemoteEngine", "RunInfo", "ServeOptions", "ServerTarget",
+__all__ = ["Detection", "Detector", "EngineSpec", "EvalReport", "ExportOptions", "ExportResult", "ImageError",
+           "ImageResult", "LoadGenOptions", "LoadGenReport", "RemoteEngine", "RunInfo", "ServeOptions", "ServerTarget",
            "SettingsOverrides", "__version__", "evaluate", "export_model", "find_images", "load_image", "postprocess",
            "postprocess_heads", "preprocess", "run_loadgen", "start_server"]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'ssdtool' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_LAZY])
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)

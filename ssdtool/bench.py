@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import sys
 import threading
 import time
@@ -37,51 +36,52 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ssdtool import artifacts
-from ssdtool import precision as inference_precisions
+from ssdtool.backends import backend_rules, open_engine, plan_engine, prepare
+from ssdtool.backends.spec import EngineSpec, ModelFile, takes_engine
 from ssdtool.cache import Cache
-from ssdtool.constants import Backend, IRPrecision, PerformanceHint
-from ssdtool.errors import BackendError, UsageError
+from ssdtool.constants import Backend, InputLayout, InputType, IRPrecision, PerformanceHint
+from ssdtool.errors import UsageError
 from ssdtool.imaging import generated_images, preprocess
 from ssdtool.registry import ModelEntry
 
 if TYPE_CHECKING:
     from ssdtool.backends import Engine
-    from ssdtool.serving.protocol import ServerTarget
 
 log = logging.getLogger("ssdtool.bench")
 
+#: The backends bench takes (``auto`` would measure whichever imports: bench names what it measures).
 BACKENDS = Backend.values()
-HINTS = PerformanceHint.values()
-PRECISIONS = IRPrecision.values()
 DEFAULT_SECONDS = 20.0  # when neither iterations nor a time is given (benchmark_app uses 60 s)
 BENCH_IMAGES = 4
 BENCH_SEED = 21
 IMAGE_SIZE = (640, 480)
 
 
+#: bench's engine unless told otherwise: OpenVINO, and no compiled-model cache, so the load figure is the compile
+#: (as benchmark_app's is) whatever earlier runs left (:attr:`EngineSpec.compiled_cache`).
+BENCH_ENGINE = EngineSpec(backend=Backend.OPENVINO.value, compiled_cache=False)
+
+
+@takes_engine
 @dataclass(frozen=True)
 class BenchOptions:
-    """What to measure. ``iterations`` and ``seconds`` are exclusive; neither means ``DEFAULT_SECONDS``.
+    """What to measure. ``engine``: what runs it (:class:`~ssdtool.backends.spec.EngineSpec`; its fields may be
+    given as keywords instead: ``BenchOptions(backend="onnxruntime", hint="throughput")``). ``iterations`` and
+    ``seconds`` are exclusive; neither means ``DEFAULT_SECONDS``. ``images``: distinct inputs cycled.
 
-    ``requests``: parallel requests in throughput mode (OpenVINO: the queue size, default the compiled model's
-    optimal number; onnxruntime: threads, default one per core); latency mode always uses one. ``precision``
-    picks the IR (OpenVINO); onnxruntime runs the source ONNX, which is FP32. ``inference_precision``: OpenVINO's
-    arithmetic, as for detection (``auto``, ``f32``, ``bf16``, ``f16``; see :mod:`ssdtool.precision`); the report
-    gives what was read back. ``images``: distinct inputs cycled.
+    The engine's ``hint`` (default latency) and ``requests``: parallel requests in throughput mode (OpenVINO: the
+    queue size, default the compiled model's optimal number; onnxruntime: threads, default one per core; a server:
+    its ``concurrency``, and throughput when that is more than one); latency mode always uses one. ``precision``
+    picks the IR (OpenVINO; default the registry's); onnxruntime runs the source ONNX, which is FP32.
+    ``inference_precision``: the arithmetic, as for detection; the report gives what was read back.
+    ``image_input``: the image-input IR, fed the generated images whole (640x480), so its inner resize is part of
+    every timed inference.
     """
 
-    backend: str = "openvino"
-    precision: str = "FP32"
-    inference_precision: str = "auto"
-    hint: str = "latency"
-    requests: int | None = None
+    engine: EngineSpec = BENCH_ENGINE
     iterations: int | None = None
     seconds: float | None = None
-    device: str = "CPU"
     images: int = BENCH_IMAGES
-    #: Measure a model served over the Open Inference Protocol instead (precision and device are the server's;
-    #: ``requests`` in flight, default the target's ``concurrency``).
-    server: ServerTarget | None = None
     offline: bool = False
 
 
@@ -114,6 +114,8 @@ class BenchReport:
     inference_precision: str | None = None
     inference_precision_requested: str = "auto"
     inference_precision_reason: str = ""
+    #: The image-input IR ran, fed whole images (its inner resize is in the timings).
+    image_input: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -124,32 +126,23 @@ class BenchReport:
         return data
 
 
-def check_options(options: BenchOptions) -> None:
-    if options.backend not in BACKENDS:
-        raise BackendError(f"unknown backend {options.backend!r}; expected one of {', '.join(BACKENDS)}",
-                           hint="use --backend openvino or onnxruntime")
-    if options.hint not in HINTS:
-        raise UsageError(f"unknown hint {options.hint!r}; expected one of {', '.join(HINTS)}")
-    if options.precision not in PRECISIONS:
-        raise UsageError(f"precision {options.precision!r} is not supported; expected one of {', '.join(PRECISIONS)}")
-    if options.backend == "onnxruntime" and options.precision != "FP32":
-        raise UsageError(f"onnxruntime runs the source ONNX, which is FP32; got --precision {options.precision}",
-                         hint="use --backend openvino for FP16 and INT8 IRs")
-    if options.backend == "onnxruntime" and options.device.upper() != "CPU":
-        raise UsageError(f"the onnxruntime backend runs on the CPU only, got --device {options.device}")
-    inference_precisions.parse(options.inference_precision)
-    if options.backend == "onnxruntime":
-        inference_precisions.onnxruntime_precision(options.inference_precision)
+def check_options(options: BenchOptions) -> EngineSpec:
+    """Refuse what cannot be measured, before anything is fetched; the engine spec, checked
+    (:func:`ssdtool.backends.prepare`)."""
+    asked = options.engine
+    if asked.image_input and asked.backend in BACKENDS and backend_rules(asked).model_form != "ir":
+        raise UsageError("--image-input measures the local image-input IR with OpenVINO",
+                         hint="drop --image-input, or use --backend openvino without --server")
+    spec = prepare(asked, backends=BACKENDS)
     if options.iterations is not None and options.seconds is not None:
         raise UsageError("give either a number of iterations or a time, not both")
     if options.iterations is not None and options.iterations < 1:
         raise UsageError(f"iterations must be at least 1, got {options.iterations}")
     if options.seconds is not None and options.seconds <= 0:
         raise UsageError(f"the time must be positive, got {options.seconds} s")
-    if options.requests is not None and options.requests < 1:
-        raise UsageError(f"requests must be at least 1, got {options.requests}")
     if options.images < 1:
         raise UsageError(f"images must be at least 1, got {options.images}")
+    return spec
 
 
 # ------------------------------------------------------------------------------------------------ memory
@@ -235,22 +228,27 @@ def _measure(engine: Engine, tensors: Sequence[np.ndarray], options: BenchOption
 
 
 # ------------------------------------------------------------------------------------------------ entry point
-def input_tensors(entry: ModelEntry, backend: str, count: int = BENCH_IMAGES, input_type: str = "f32",
-                  layout: str = "NCHW") -> list[np.ndarray]:
-    """``count`` generated images preprocessed for ``backend``: normalized RGB for onnxruntime (the source model),
-    raw BGR pixels for an ssdtool IR."""
-    form = "onnx" if backend == Backend.ONNXRUNTIME else "ir"
+def input_tensors(entry: ModelEntry, form: str, count: int = BENCH_IMAGES, input_type: str = InputType.F32.value,
+                  layout: str = InputLayout.NCHW.value, image_input: bool = False) -> list[np.ndarray]:
+    """``count`` generated images preprocessed for a model file of ``form`` ("onnx": normalized RGB, the source
+    model; "ir": raw BGR pixels, an ssdtool IR, served or not; "image", or ``image_input``: the whole 640x480
+    images, for the image-input IR), or for the file a backend named runs."""
+    if form not in ("ir", "onnx", "image"):
+        form = "onnx" if backend_rules(form).model_form == "onnx" else "ir"
+    if image_input and form == "ir":
+        form = "image"
     return [preprocess(rgb, entry, form=form, input_type=input_type, input_layout=layout)
             for rgb in generated_images(count, seed=BENCH_SEED, size=IMAGE_SIZE)]
 
 
-def _versions(backend: str, precision: str) -> dict[str, str]:
+def _versions(distribution: str | None, weights: str) -> dict[str, str]:
     from importlib import metadata
 
     from ssdtool import __version__
 
     versions = {"ssdtool": __version__}
-    for dist in (backend, "nncf") if precision == "INT8" else (backend,):
+    wanted = [dist for dist in (distribution, "nncf" if weights == IRPrecision.INT8 else None) if dist]
+    for dist in wanted:
         with contextlib.suppress(metadata.PackageNotFoundError):
             versions[dist] = metadata.version(dist)
     return versions
@@ -261,75 +259,54 @@ def benchmark(entry: ModelEntry, cache: Cache, options: BenchOptions | None = No
     """Benchmark ``entry`` with ``options`` (see :class:`BenchOptions` and the module docstring).
 
     The model is downloaded (onnxruntime) or converted (OpenVINO, including INT8 for models whose calibration can
-    be chosen automatically) when missing (:func:`ssdtool.artifacts.model_file`). ``progress`` receives download
-    events.
+    be chosen automatically) when missing (:func:`ssdtool.artifacts.model_file`); a server's model is measured
+    where it runs. ``progress`` receives download events.
     """
     options = options or BenchOptions()
-    check_options(options)
-    if options.server is not None:
-        return benchmark_model(artifacts.remote_model_file(entry, options.server),
-                               input_tensors(entry, Backend.OPENVINO.value, options.images), options)
-    model = artifacts.model_file(entry, cache, options.backend,
-                                 options.precision if options.backend == Backend.OPENVINO else None,
-                                 offline=options.offline, progress=progress)
-    return benchmark_model(model, input_tensors(entry, options.backend, options.images), options)
+    spec = check_options(options)
+    model = artifacts.model_file(entry, cache, spec, offline=options.offline, progress=progress)
+    return benchmark_model(model, input_tensors(entry, model.form, options.images), options, cache=cache)
 
 
 def benchmark_file(path: Path, tensors: Sequence[np.ndarray], options: BenchOptions, *, model: str = ""
                    ) -> BenchReport:
     """Benchmark one model file (an IR or ONNX for OpenVINO, an ONNX for onnxruntime) on ready input tensors:
     the same loop as :func:`benchmark`, for peer models (a plain ``ovc`` conversion, the source ONNX) in
-    ``benchmarks/``. ``options.precision`` is only reported."""
-    check_options(options)
-    backend = Backend.parse(options.backend, "backend")
-    form = "ir" if backend == Backend.OPENVINO else "onnx"
-    return benchmark_model(artifacts.ModelFile(model or Path(path).stem, backend, Path(path), form,
-                                               options.precision if form == "ir" else None), tensors, options)
+    ``benchmarks/``. The engine's ``precision`` is only reported."""
+    spec = check_options(options)
+    form = backend_rules(spec).model_form
+    weights = (spec.precision or IRPrecision.FP32.value) if form == "ir" else None
+    return benchmark_model(ModelFile(model or Path(path).stem, Backend(spec.backend), Path(path), form, weights),
+                           tensors, options)
 
 
-def benchmark_model(model: artifacts.ModelFile, tensors: Sequence[np.ndarray], options: BenchOptions
-                    ) -> BenchReport:
-    """The measurement itself: make the engine (timed: the load), run :func:`_measure`, report."""
-    from ssdtool.backends import make_engine
-
+def benchmark_model(model: ModelFile, tensors: Sequence[np.ndarray], options: BenchOptions, *,
+                    cache: Cache | None = None) -> BenchReport:
+    """The measurement itself: open the engine (timed: the load), run :func:`_measure`, report."""
     if not tensors:
         raise UsageError("a benchmark needs at least one input tensor")
+    spec = check_options(options)
+    spec = spec.replace(hint=spec.hint_or(PerformanceHint.LATENCY.value))
     _reset_peak_rss()
-    throughput = options.hint == PerformanceHint.THROUGHPUT
-    if model.server is not None:
-        began = time.perf_counter()
-        engine = make_engine(model)  # reads the model's metadata from the server
-        reason = "chosen by the server"
-    elif model.backend == Backend.OPENVINO:
-        plan = artifacts.precision_plan(model, options.inference_precision, options.device)
-        began = time.perf_counter()
-        # Streams are the plugin's choice for the hint (as in benchmark_app); requests only size the queue.
-        engine = make_engine(model, device=options.device, hint=options.hint, inference_precision=plan.pin)
-        reason = plan.reason
-    else:
-        began = time.perf_counter()
-        engine = make_engine(model, requests=(options.requests or os.cpu_count() or 1) if throughput else 1)
-        reason = "onnxruntime computes in f32 on the CPU"
+    decided = plan_engine(model, spec)  # reads the IR's records and logs the decision, outside the load time
+    began = time.perf_counter()
+    engine, info = open_engine(model, spec, cache, plan=decided)
     load_seconds = time.perf_counter() - began
-    requests = (options.requests or engine.optimal_requests) if throughput else 1
+    throughput = spec.hint == PerformanceHint.THROUGHPUT
+    requests = (spec.requests or engine.optimal_requests) if throughput else 1
     timings = _measure(engine, tensors, options, requests)
     peak = peak_rss_bytes()
     latencies = np.asarray(timings.latencies_ms, dtype=np.float64)
-    remote = model.server is not None
     return BenchReport(
-        model=model.model, backend="remote" if remote else model.backend.value,
-        precision="served" if remote else options.precision if model.backend == Backend.OPENVINO else "FP32",
-        device=engine.device if remote else options.device,
-        hint=options.hint, requests=timings.requests,
-        model_path=f"{engine.device}/v2/models/{model.path}" if remote else str(model.path),
+        model=model.model, backend=info.backend, precision=info.weights, device=info.device, hint=spec.hint,
+        requests=timings.requests, model_path=info.model_path,
         input_shape=tuple(engine.input_shape or tensors[0].shape), load_seconds=load_seconds,
         first_inference_ms=timings.first_ms, iterations=len(latencies), duration_seconds=timings.duration,
         latency_median_ms=float(np.median(latencies)), latency_p90_ms=float(np.percentile(latencies, 90)),
         latency_min_ms=float(latencies.min()), latency_max_ms=float(latencies.max()),
         latency_mean_ms=float(latencies.mean()), throughput_fps=len(latencies) / timings.duration,
         peak_rss_mb=peak / 2**20 if peak is not None else None, streams=engine.streams, threads=engine.threads,
-        versions=_versions("requests" if remote else model.backend.value, options.precision),
-        inference_precision=engine.inference_precision,
-        inference_precision_requested="auto" if remote
-        else inference_precisions.parse(options.inference_precision).value,
-        inference_precision_reason=reason)
+        versions=_versions(backend_rules(spec).distribution, info.weights),
+        inference_precision=engine.inference_precision,  # a server reports it with its answers
+        inference_precision_requested=info.inference_precision_requested,
+        inference_precision_reason=info.inference_precision_reason, image_input=info.image_input)

@@ -18,10 +18,10 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from ssdtool.constants import DEFAULT_CALIBRATION_SIZE
 from ssdtool.errors import ImageError, UsageError
 from ssdtool.imaging import generated_images, load_image, preprocess
 from ssdtool.inputs import IMAGE_EXTENSIONS, walk_images
+from ssdtool.int8_recipes import DEFAULT_CALIBRATION_SIZE, GUARD_IMAGES
 from ssdtool.registry import ModelEntry
 
 log = logging.getLogger("ssdtool.quantize")
@@ -31,7 +31,6 @@ GENERATED = "generated"
 CALIBRATION_SEED = 0
 # Held-out generated images come from another seed, so no guard image was seen during calibration.
 GUARD_SEED = 4242
-GUARD_IMAGES = 8
 GENERATED_SIZE = (640, 480)
 
 

@@ -8,19 +8,19 @@ at module level, so ``ssdtool --help`` stays instant.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import json
 import logging
 import sys
 import traceback
 import warnings
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
+from typing import Any, NoReturn
 
 import click
 
 from ssdtool import __version__
-from ssdtool.commands import bench, catalog, convert, detect, download, export, serve
-from ssdtool.commands import eval as evaluation
 from ssdtool.commands.common import AppContext
 from ssdtool.constants import REGISTRY_ENV
 from ssdtool.errors import EXIT_INTERRUPTED, EXIT_UNEXPECTED, SsdtoolError
@@ -193,16 +193,87 @@ def cli(ctx: click.Context, verbose: int, quiet: bool, debug: bool, cache_dir: s
 
 
 def main() -> None:
-    """The ``ssdtool`` command: this process is ssdtool's, so the engines' telemetry is turned off before either
-    engine is imported (:mod:`ssdtool.telemetry`; the library itself never changes process-wide state)."""
+    """The ``ssdtool`` command. This process is ssdtool's (the library itself never changes process-wide state):
+
+    * the engines' telemetry is turned off before either engine is imported (:mod:`ssdtool.telemetry`);
+    * once the command has finished, the exit handlers have run and stdout and stderr are flushed, the process ends
+      without Python's teardown (:func:`end_process`).
+    """
     from ssdtool.telemetry import disable_engine_telemetry
 
     disable_engine_telemetry()
-    cli(prog_name="ssdtool")
+    try:
+        cli(prog_name="ssdtool")  # standalone mode: it always ends in SystemExit
+    except SystemExit as exc:
+        end_process(exc.code)
+    end_process(0)
 
 
-# The commands, in the order --help lists them. An explicit list: a command module never imports this one, so
-# importing any of them first cannot leave the group without its commands.
-for _command in (*catalog.COMMANDS, *download.COMMANDS, *convert.COMMANDS, *detect.COMMANDS, *evaluation.COMMANDS,
-                 *bench.COMMANDS, *export.COMMANDS, *serve.COMMANDS):
-    cli.add_command(_command)
+def end_process(code: object) -> NoReturn:
+    """End the process with ``code`` (``sys.exit``'s meaning: None is 0, a message is printed and is 1) after the
+    ``atexit`` handlers and a flush of stdout and stderr, skipping the interpreter's teardown: freeing every module,
+    object and engine a command used took longer than starting some commands (about 0.1 s after a cold
+    ``detect``), and the operating system reclaims all of it anyway. A flush that fails (a closed pipe) exits 120,
+    as Python does."""
+    import atexit
+    import os
+
+    if code is None:
+        status = 0
+    elif isinstance(code, int):
+        status = code
+    else:
+        with contextlib.suppress(Exception):
+            print(code, file=sys.stderr)
+        status = 1
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            status = status or 120
+    os._exit(status)
+
+
+# The commands: each name and the module under ssdtool.commands that defines it (its ``COMMANDS``). An explicit
+# table: a command module never imports this one, so importing any of them first cannot leave the group without its
+# commands. A module is imported when one of its commands is used, so ``ssdtool detect`` starts without bench's,
+# eval's or serve's options being built; ``ssdtool --help`` lists them all.
+COMMAND_MODULES = {
+    "models": "catalog", "info": "catalog", "download": "download", "verify": "download", "convert": "convert",
+    "check": "convert", "detect": "detect", "run": "detect", "eval": "eval", "bench": "bench", "export": "export",
+    "serve": "serve",
+}
+
+
+class LazyCommands(MutableMapping[str, click.Command]):
+    """The group's commands by name, each command module imported on first use (click reads ``Group.commands``
+    as a mapping: ``get`` for one command, iteration to list them)."""
+
+    def __init__(self, modules: Mapping[str, str]) -> None:
+        self._modules = dict(modules)
+        self._loaded: dict[str, click.Command] = {}
+
+    def __getitem__(self, name: str) -> click.Command:
+        if name not in self._loaded and name in self._modules:
+            for command in importlib.import_module(f"ssdtool.commands.{self._modules[name]}").COMMANDS:
+                self._loaded.setdefault(command.name or "", command)
+        return self._loaded[name]
+
+    def __setitem__(self, name: str, command: click.Command) -> None:
+        self._loaded[name] = command
+
+    def __delitem__(self, name: str) -> None:
+        if name not in self._loaded and name not in self._modules:
+            raise KeyError(name)
+        self._loaded.pop(name, None)
+        self._modules.pop(name, None)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter({**dict.fromkeys(self._modules), **dict.fromkeys(self._loaded)})
+
+    def __len__(self) -> int:
+        return len(self._modules.keys() | self._loaded.keys())
+
+
+cli.commands = LazyCommands(COMMAND_MODULES)

@@ -10,6 +10,37 @@ from enum import Enum
 
 #: The environment variable naming a registry file to use instead of the packaged one.
 REGISTRY_ENV = "SSDTOOL_REGISTRY"
+#: The CPU, as ``--device`` names it: OpenVINO's CPU device, onnxruntime's CPU execution provider.
+CPU_DEVICE = "CPU"
+#: The device an engine runs on unless told otherwise (``--device``).
+DEFAULT_DEVICE = CPU_DEVICE
+
+# Downloads (ssdtool.download.options.FetchOptions): what the command line shows as defaults, without importing it.
+MIRROR_ENV = "SSDTOOL_MIRROR"
+OFFLINE_ENV = "SSDTOOL_OFFLINE"
+DEFAULT_RETRIES = 3
+DEFAULT_TIMEOUT = 30.0
+DEFAULT_BACKOFF = 0.5
+BACKOFF_CAP = 30.0
+#: A waiting process gives up only after this long without any sign of progress from the lock holder.
+DEFAULT_LOCK_TIMEOUT = 600.0
+DEFAULT_PROGRESS_INTERVAL = 0.25
+#: How long an exporter waits for another one writing into the same repository (``export --lock-timeout``).
+EXPORT_LOCK_TIMEOUT = 600.0
+#: The stall rule: in every --timeout window a transfer must receive at least this much (or the rest of the file).
+STALL_MIN_BYTES = 64 << 10
+
+#: Largest image (width x height) accepted, checked from the header before any pixel is decoded. The same number as
+#: Pillow's own decompression-bomb limit (about 9459 x 9459); a PNG or GIF of this size can be a few KB on disk
+#: and hundreds of MB in memory.
+DEFAULT_MAX_PIXELS = 89_478_485
+
+# Evaluation (ssdtool.evaluation): what ``eval --help`` shows as defaults, without importing it.
+#: Agreement AP: the reference's detections at or above this score are its ground truth (detect's default
+#: threshold, and MLPerf's ONNX post-processing's cut).
+DEFAULT_REFERENCE_SCORE = 0.5
+#: The results file of a model run is checkpointed every this many images (``eval --checkpoint-every``).
+DEFAULT_CHECKPOINT_EVERY = 64
 
 
 class Choice(str, Enum):
@@ -23,6 +54,12 @@ class Choice(str, Enum):
         return tuple(member.value for member in cls)
 
     @classmethod
+    def spoken(cls, last: str = "or") -> str:
+        """The values for a sentence: ``FP32, FP16 or INT8``."""
+        values = cls.values()
+        return values[0] if len(values) == 1 else f"{', '.join(values[:-1])} {last} {values[-1]}"
+
+    @classmethod
     def parse(cls, value: str | Choice, what: str) -> Choice:
         """The member named by ``value`` (case-insensitive); ValueError naming ``what`` and the choices otherwise."""
         text = value.value if isinstance(value, Enum) else str(value)
@@ -32,12 +69,54 @@ class Choice(str, Enum):
         raise ValueError(f"unknown {what} {text!r}; expected one of {', '.join(cls.values())}")
 
 
+class CocoScorer(Choice):
+    """Which implementation of COCOeval scores ``ssdtool eval`` (docs/eval.md, *Which COCOeval*).
+
+    ``pycocotools`` is the reference (MLCommons' accuracy-coco.py runs it); ``faster-coco-eval`` is its C++ port,
+    whose twelve stats the tests prove equal to pycocotools' on ssdtool's test datasets; ``auto`` takes the port
+    when it is installed and nothing needs pycocotools' per-detection matches (plots, report).
+    """
+
+    AUTO = "auto"
+    PYCOCOTOOLS = "pycocotools"
+    FASTER = "faster-coco-eval"
+
+
 class IRPrecision(Choice):
     """The weights of an OpenVINO IR (what ``convert`` builds): a file property, fixed when the IR is written."""
 
     FP32 = "FP32"
     FP16 = "FP16"
     INT8 = "INT8"
+
+
+class InputType(Choice):
+    """The element type of an IR's input (``convert --input-type``): floats, or decoded pixels without a float copy."""
+
+    F32 = "f32"
+    U8 = "u8"
+
+
+class InputLayout(Choice):
+    """The layout of an image tensor: channels first (the ONNX model's) or last (``convert --input-layout``)."""
+
+    NCHW = "NCHW"
+    NHWC = "NHWC"
+
+
+class ColorOrder(Choice):
+    """The order of an image tensor's channels (a registry model's input, ``load_image(channel_order=...)``)."""
+
+    RGB = "RGB"
+    BGR = "BGR"
+
+
+class Interpolation(Choice):
+    """How an image is resized to the network's input (a registry model's ``input.interpolation``)."""
+
+    BILINEAR = "bilinear"
+    NEAREST = "nearest"
+    BICUBIC = "bicubic"
 
 
 class InferencePrecision(Choice):
@@ -63,15 +142,6 @@ class Int8Recipe(Choice):
 
     PORTABLE = "portable"
     VNNI = "vnni"
-
-
-#: INT8: how many images NNCF collects activation statistics on unless told. Each costs one float inference of the
-#: model (about 2.6 s at 1200 px on 2 cores, NNCF's reductions included), so this is most of an INT8 conversion's
-#: time. NNCF's own default is 300; on the 1200 px twin 48 images give the same INT8 model within noise (the guard
-#: keeps 1007 of 1037 FP32 detections at 48, 1000 at 300; activation ranges within 4% of 300's, median) in a sixth
-#: of the time (benchmarks/bench_int8_convert.py, docs/convert.md, *Calibration size*). --calibration-size N asks for
-#: more.
-DEFAULT_CALIBRATION_SIZE = 48
 
 
 class Backend(Choice):
@@ -141,11 +211,12 @@ class ModelState(Choice):
 
 
 class ProgressMode(Choice):
-    """``--progress``: a bar on a terminal, log lines elsewhere (auto), JSON lines, or nothing."""
+    """``--progress``: auto (a bar on a terminal, JSON lines elsewhere), a bar, JSON lines, log lines, or nothing."""
 
     AUTO = "auto"
     BAR = "bar"
     JSON = "json"
+    LOG = "log"
     NONE = "none"
 
 
@@ -164,6 +235,8 @@ class ExportFormat(Choice):
     OVMS = "ovms"
     TRITON = "triton"
     KSERVE = "kserve"
+
+
 class LoadGenScenario(Choice):
     """MLPerf LoadGen's four scenarios (``ssdtool bench --scenario``; docs/bench.md)."""
 

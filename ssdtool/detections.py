@@ -11,16 +11,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ssdtool import ssd
 from ssdtool.errors import BackendError, UsageError
 from ssdtool.imaging import check_form
 from ssdtool.labels import check_label_ids, coco_category_map, label_name, label_names, resolve_classes
-from ssdtool.matching import RawDetections
 from ssdtool.registry import ModelEntry
+
+if TYPE_CHECKING:  # imported where used: detection of the full form needs neither (a warm start counts them)
+    from ssdtool import ssd
+    from ssdtool.matching import RawDetections
 
 #: Score threshold of the CLI and of :class:`~ssdtool.detect.Detector` unless told otherwise.
 DEFAULT_THRESHOLD = 0.5
@@ -126,6 +128,8 @@ def network_detections(outputs: Mapping[str, np.ndarray], entry: ModelEntry, for
                 f"check the registry entry {entry.name!r} ('outputs') against the model file")
         raise BackendError(f"the model gave no output {', '.join(missing)}; it gave {', '.join(sorted(outputs))}",
                            hint=hint)
+    from ssdtool.matching import RawDetections
+
     boxes = np.asarray(outputs[spec.boxes], dtype=np.float32).reshape(-1, 4)
     labels = np.asarray(outputs[spec.labels]).reshape(-1).astype(np.int64)
     if form == "onnx":
@@ -151,6 +155,7 @@ def postprocess_heads(heads: Sequence[np.ndarray] | Mapping[str, np.ndarray], en
     form (``outputs: {form: heads}``) its default boxes and selection parameters apply, and a mapping is read by
     the registry's head names or positions (checked against the default boxes).
     """
+    from ssdtool import ssd
     from ssdtool.heads import decode_heads, head_tensors, is_heads
 
     if is_heads(entry) and isinstance(heads, Mapping) and geometry is None:

@@ -161,8 +161,9 @@ class BackendError(SsdtoolError):
 
 
 class ServerError(SsdtoolError):
-    """An Open Inference Protocol server answered a request with an error (4xx, 5xx after the retries), or with
-    something that is not a v2 response. Servers that cannot be reached at all are a :class:`NetworkError`."""
+    """An Open Inference Protocol server answered a request with an error (4xx, 5xx after the retries), a redirect,
+    or something the model cannot return (too large, not a v2 response, non-finite or out-of-range numbers). Servers
+    that cannot be reached at all (or never finish an answer) are a :class:`NetworkError`."""
 
     exit_code = 32
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import secrets
 import shutil
 import stat
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -42,6 +41,13 @@ O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 O_BINARY = getattr(os, "O_BINARY", 0)
+
+
+def _token() -> str:
+    """Eight random hex digits for a temporary name (secrets, and hmac with it, imported when one is made)."""
+    import secrets
+
+    return secrets.token_hex(4)
 
 
 class UnsafePathError(OSError):
@@ -183,7 +189,7 @@ def atomic_write(path: Path, data: bytes | Callable[[BinaryIO], object]) -> None
 
     A reader sees the old content or the new, never half of it; a link at ``path`` is replaced, not followed.
     """
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{_token()}.tmp")
     descriptor = open_regular(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
     try:
         with os.fdopen(descriptor, "wb") as stream:
@@ -216,7 +222,7 @@ def make_temporary_folder(parent: Path, prefix: str) -> Path:
     ``mkdir`` fails on any existing name, a planted link included, so the folder is always a new one.
     """
     for _attempt in range(100):
-        candidate = parent / f"{prefix}{secrets.token_hex(4)}"
+        candidate = parent / f"{prefix}{_token()}"
         try:
             os.mkdir(candidate, 0o777)
         except FileExistsError:
@@ -397,7 +403,7 @@ class OutputFile:
             self.handle = self._open_stream()
             return
         folder = self.path.parent
-        name = f".{self.path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        name = f".{self.path.name}.{os.getpid()}.{_token()}.tmp"
         try:
             descriptor = open_regular(folder / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
         except OSError as exc:

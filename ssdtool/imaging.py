@@ -4,7 +4,7 @@
   grayscale, palette, alpha, CMYK and 16-bit images converted; size limits checked before decoding), with
   :func:`decode_file` for callers that decode a file their own way (detection's bounded-memory path);
 * :func:`preprocess` - RGB pixels -> the network input tensor (``form="onnx"``: the source model's normalized RGB;
-  ``form="ir"``: a converted IR's raw BGR pixels);
+  ``form="ir"``: a converted IR's raw BGR pixels; ``form="image"``: the image-input IR's whole image, BGR);
 * :class:`DecodeBudget` - bounds the memory of concurrent decodes; :func:`generated_images` - test images.
 
 Shared by detection, the conversion parity gate, INT8 calibration and benchmarks, so every path feeds the network
@@ -24,23 +24,20 @@ from typing import TYPE_CHECKING, BinaryIO, TypeVar, Union
 import numpy as np
 
 from ssdtool import fsutil
+from ssdtool.constants import DEFAULT_MAX_PIXELS, ColorOrder, InputLayout, InputType, Interpolation
 from ssdtool.errors import ImageError, UsageError
 from ssdtool.registry import InputSpec, ModelEntry
 
 if TYPE_CHECKING:
     from PIL import Image as PILImage
 
-#: Largest image (width x height) accepted, checked from the header before any pixel is decoded. The same number as
-#: Pillow's own decompression-bomb limit (about 9459 x 9459); a PNG or GIF of this size can be a few KB on disk
-#: and hundreds of MB in memory.
-DEFAULT_MAX_PIXELS = 89_478_485
-CHANNEL_ORDERS = ("RGB", "BGR")
-#: The two network inputs: the source ONNX's (normalized RGB floats) and a converted IR's (raw BGR pixels).
-FORMS = ("onnx", "ir")
+#: The network inputs: the source ONNX's (normalized RGB floats), a converted IR's (raw BGR pixels at the network
+#: size) and the image-input IR's (the whole image as raw 8-bit BGR pixels, resized inside the IR).
+FORMS = ("onnx", "ir", "image")
 ImageSource = Union[str, "os.PathLike[str]", "PILImage.Image", np.ndarray]
 T = TypeVar("T")
 
-PIL_FILTERS = {"bilinear": 2, "nearest": 0, "bicubic": 3}  # PIL.Image.Resampling values
+PIL_FILTERS = {Interpolation.BILINEAR: 2, Interpolation.NEAREST: 0, Interpolation.BICUBIC: 3}  # Image.Resampling
 #: Memory that images being decoded at the same time may take (see :class:`DecodeBudget`).
 DEFAULT_DECODE_MEMORY = 512 << 20
 #: Decodes estimated above this run on one thread of their own: the C allocator keeps memory a thread freed for
@@ -118,6 +115,24 @@ def resized_for_network(image: PILImage.Image, spec: InputSpec) -> np.ndarray | 
     return np.asarray(rgb)
 
 
+def whole_for_network(image: PILImage.Image, color_order: str) -> np.ndarray | None:
+    """The upright ``image`` as the image-input IR's input, u8 ``[1, H, W, 3]`` in ``color_order``, straight from
+    Pillow's buffer in that order.
+
+    The same pixels as ``preprocess(load_image(...), entry, form="image")``, bit for bit (``tests/test_images.py``
+    holds them equal), without numpy's full-size RGB copy and its channel reversal (a strided copy): at 12 MP those
+    two cost more than the decode. None for modes that need numpy's own conversion (16-bit, 32-bit, float).
+    """
+    mode = image.mode
+    if mode.startswith("I") or mode == "F":
+        return None
+    if mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")  # as load_image does: Pillow's route for palette transparency
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    pixels = np.frombuffer(rgb.tobytes("raw", color_order), dtype=np.uint8)
+    return pixels.reshape(1, rgb.height, rgb.width, 3)
+
+
 def resize_rgb(rgb: np.ndarray, spec: InputSpec) -> np.ndarray:
     """Resize an HxWx3 uint8 RGB array to the network size with the registry's Pillow filter (no letterbox)."""
     from PIL import Image
@@ -131,11 +146,11 @@ def resize_rgb(rgb: np.ndarray, spec: InputSpec) -> np.ndarray:
 
 def normalized_input(rgb_resized: np.ndarray, spec: InputSpec) -> np.ndarray:
     """The source model's input: channel order, mean and scale from the registry, float32, spec layout."""
-    return _tensor(rgb_resized, spec.color_order, spec.layout, "f32", spec.mean, spec.scale)
+    return _tensor(rgb_resized, spec.color_order, spec.layout, InputType.F32, spec.mean, spec.scale)
 
 
-def raw_input(rgb_resized: np.ndarray, color_order: str = "BGR", layout: str = "NCHW",
-              dtype: str = "f32") -> np.ndarray:
+def raw_input(rgb_resized: np.ndarray, color_order: str = ColorOrder.BGR.value, layout: str = InputLayout.NCHW.value,
+              dtype: str = InputType.F32.value) -> np.ndarray:
     """A converted IR's input: raw 0-255 pixels in its channel order and layout (normalization is inside)."""
     return _tensor(rgb_resized, color_order, layout, dtype)
 
@@ -154,8 +169,8 @@ def _looks_like_text(stream: BinaryIO) -> bool:
     return False
 
 
-def load_image(source: ImageSource, *, channel_order: str = "RGB", max_pixels: int | None = DEFAULT_MAX_PIXELS
-               ) -> np.ndarray:
+def load_image(source: ImageSource, *, channel_order: str = ColorOrder.RGB.value,
+               max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode ``source`` into an 8-bit RGB ``HxWx3`` array, upright.
 
     ``source`` is a path, a PIL image or a numpy array. Files and PIL images get their EXIF orientation applied;
@@ -167,8 +182,8 @@ def load_image(source: ImageSource, *, channel_order: str = "RGB", max_pixels: i
     or one with more than ``max_pixels`` pixels (checked from the header, before decoding; None: no limit of
     ours, Pillow's own ``Image.MAX_IMAGE_PIXELS`` still applies).
     """
-    if channel_order not in CHANNEL_ORDERS:
-        raise UsageError(f"channel_order must be one of {', '.join(CHANNEL_ORDERS)}, got {channel_order!r}")
+    if channel_order not in ColorOrder.values():
+        raise UsageError(f"channel_order must be one of {', '.join(ColorOrder.values())}, got {channel_order!r}")
     if isinstance(source, np.ndarray):
         return _array_to_rgb(source, channel_order, max_pixels)
     from PIL import Image
@@ -302,14 +317,14 @@ def _array_to_rgb(array: np.ndarray, channel_order: str, max_pixels: int | None)
         gray = array.reshape(array.shape[0], array.shape[1])
         return np.repeat(gray[..., None], 3, axis=2)
     pixels = array[..., :3]
-    if channel_order == "BGR":
+    if channel_order == ColorOrder.BGR:
         pixels = pixels[..., ::-1]
     return np.ascontiguousarray(pixels)
 
 
 # ------------------------------------------------------------------------------------------------ tensors
-def preprocess(rgb: np.ndarray, entry: ModelEntry, *, form: str = "onnx", input_type: str = "f32",
-               input_layout: str = "NCHW") -> np.ndarray:
+def preprocess(rgb: np.ndarray, entry: ModelEntry, *, form: str = "onnx", input_type: str = InputType.F32.value,
+               input_layout: str = InputLayout.NCHW.value) -> np.ndarray:
     """8-bit RGB ``HxWx3`` pixels -> the network input of batch 1, as the registry entry describes it.
 
     The whole image is resized to the network size with the registry's Pillow filter (bilinear for SSD-ResNet34;
@@ -317,14 +332,19 @@ def preprocess(rgb: np.ndarray, entry: ModelEntry, *, form: str = "onnx", input_
     model's input (``input.color_order``, ``(pixel - mean) / scale``, ``input.layout``, float32).
     ``form="ir"``: an ssdtool-converted IR's input, raw 0-255 pixels in ``convert.color_order`` (BGR) with
     ``input_type`` ("f32" or "u8") and ``input_layout`` ("NCHW" or "NHWC"); normalization happens inside the IR.
+    ``form="image"``: the image-input IR's input, the whole image unresized: u8 ``[1, H, W, 3]`` in
+    ``convert.color_order`` (resize and normalization happen inside the IR; ``input_type`` and ``input_layout`` do
+    not apply).
     """
     check_form(form)
+    if form == "image":
+        return raw_input(rgb, entry.convert.color_order, InputLayout.NHWC, InputType.U8)
     resized = resize_rgb(rgb, entry.input)
     if form == "onnx":
         return normalized_input(resized, entry.input)
-    if input_type not in ("f32", "u8") or input_layout not in ("NCHW", "NHWC"):
-        raise UsageError(f"input_type must be f32 or u8 and input_layout NCHW or NHWC, got {input_type!r}, "
-                         f"{input_layout!r}")
+    if input_type not in InputType.values() or input_layout not in InputLayout.values():
+        raise UsageError(f"input_type must be {InputType.spoken()} and input_layout {InputLayout.spoken()}, got "
+                         f"{input_type!r}, {input_layout!r}")
     return raw_input(resized, entry.convert.color_order, input_layout, input_type)
 
 
@@ -338,12 +358,12 @@ def _tensor(resized: np.ndarray, color_order: str, layout: str, dtype: str,
     cache-unfriendly pass over 17 MB at 1200 px), with the same float32 operations in the same order, so the same
     bits (``tests/test_python_api.py`` holds them equal to that formula).
     """
-    channels = resized if color_order == "RGB" else resized[..., ::-1]
-    if dtype == "u8" and mean is None:
-        planar = channels.transpose(2, 0, 1) if layout == "NCHW" else channels
+    channels = resized if color_order == ColorOrder.RGB else resized[..., ::-1]
+    if dtype == InputType.U8 and mean is None:
+        planar = channels.transpose(2, 0, 1) if layout == InputLayout.NCHW else channels
         return np.ascontiguousarray(planar[np.newaxis])
     height, width = resized.shape[:2]
-    if layout == "NCHW":
+    if layout == InputLayout.NCHW:
         out = np.empty((1, 3, height, width), dtype=np.float32)
         for channel in range(3):
             out[0, channel] = channels[..., channel]

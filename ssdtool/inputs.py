@@ -6,7 +6,6 @@ calibration (a folder of representative images), so both find the same files.
 
 from __future__ import annotations
 
-import glob
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -85,6 +84,8 @@ def find_images(sources: Sequence[str | os.PathLike[str]], recursive: bool = Fal
                              + ("" if recursive else " (use --recursive to search its subfolders)"))
         elif _has_glob(text) and not _exists(path):
             before = len(found)
+            import glob  # patterns only: most runs name files and folders
+
             for match in sorted(glob.glob(os.path.expanduser(text), recursive=recursive)):
                 candidate = Path(match)
                 if candidate.is_dir():

@@ -7,13 +7,15 @@ COCO-format results need the real ids, so :data:`COCO_CATEGORY_IDS` maps index -
 
 from __future__ import annotations
 
-import difflib
 import functools
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ssdtool.errors import RegistryError, UsageError
-from ssdtool.registry import ModelEntry
+
+if TYPE_CHECKING:  # the registry's ModelEntry.label_names calls this module: a runtime import would be a cycle
+    from ssdtool.registry import ModelEntry
 
 #: Largest label file read (COCO's is 700 bytes).
 MAX_LABEL_FILE_BYTES = 1 << 20
@@ -147,6 +149,8 @@ def resolve_classes(entry: ModelEntry, classes: Iterable[str | int] | str | None
                 continue
             index = int(text) if text.isdigit() else by_name.get(_normalise(text))
             if index is None:
+                import difflib  # for a mistyped class name only
+
                 close = difflib.get_close_matches(_normalise(text), list(by_name), n=3, cutoff=0.6)
                 suggestion = f"; did you mean {', '.join(close)}?" if close else ""
                 problems.append(f"unknown class {text!r}{suggestion}")

@@ -9,42 +9,37 @@ the file):
 
 * **Explicit** (``f32``, ``bf16``, ``f16``): pinned, and read back from the compiled model. When OpenVINO ran
   something else, that is an error (:class:`BackendError`), never a silent substitution.
-* **auto**: the device's default, but only where this IR has been *checked* at that precision on this device:
-  ``convert`` runs the IR at the default and at f32 on the parity-gate images and records the figure
-  (:class:`RuntimeCheck`) in the IR's provenance. A passing check (at least :data:`RUNTIME_MIN_RECALL` of the f32
+* **auto**: the device's default, but only where this IR has been *checked* at that precision on a device of
+  that kind and model: ``convert`` (``--device D``, CPU by default) runs the IR at D's default and at f32 on the
+  parity-gate images and records the figure (:class:`RuntimeCheck`, with D's kind and ``FULL_DEVICE_NAME``) in the
+  IR's provenance. A passing check (at least :data:`RUNTIME_MIN_RECALL` of the f32
   detections found, same label, IoU >= 0.5) lets ``auto`` run the default. A failed one makes ``auto`` run f32
   (with a warning); a missing one (an IR converted on another CPU, or with ``--no-verify``) too (with a note
   naming the command that records it). A user never gets a worse answer than the IR was proven to give.
 * The parity gate and the INT8 guard pin f32: they prove the IR, not the CPU.
 
-onnxruntime always computes in f32 on the CPU.
+This module holds what every backend shares: the records (a device's facts, a runtime check, a plan) and their
+checks. Deciding what to pin is the OpenVINO backend's (:mod:`ssdtool.backends.openvino_rules`, per device, virtual
+devices included); measuring a check is the converter's (:func:`ssdtool.convert.gate.runtime_check`). onnxruntime
+computes in what its execution provider does (:mod:`ssdtool.backends.onnxruntime`): f32 on the CPU.
 """
 
 from __future__ import annotations
 
 import logging
 import reprlib
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ssdtool.checked import is_finite_number, is_int
 from ssdtool.constants import InferencePrecision
-from ssdtool.errors import BackendError, UsageError
-
-if TYPE_CHECKING:
-    from ssdtool.matching import RawDetections
-
-log = logging.getLogger("ssdtool.precision")
+from ssdtool.errors import UsageError
 
 #: The floor of a runtime check: the share of the IR's f32 detections that must reappear at the device's default
 #: precision (same label, IoU >= 0.5). The same floor as the FP16 parity gate and the INT8 guard.
 RUNTIME_MIN_RECALL = 0.90
 RUNTIME_CHECK_IOU = 0.5
-#: OpenVINO's names for "no precision set" (ACCURACY mode reads back as dynamic).
-_UNSET = ("dynamic", "undefined", "")
 
 
 def parse(value: str | InferencePrecision) -> InferencePrecision:
@@ -53,13 +48,6 @@ def parse(value: str | InferencePrecision) -> InferencePrecision:
         return InferencePrecision.parse(value, "inference precision")  # type: ignore[return-value]
     except ValueError as exc:
         raise UsageError(str(exc), hint="pass --inference-precision auto, f32, bf16 or f16") from None
-
-
-def type_name(value: Any) -> str | None:
-    """OpenVINO's precision property (an ``openvino.Type`` or a string) as ``f32``/``bf16``/``f16``; None if unset."""
-    name = value.get_type_name() if hasattr(value, "get_type_name") else str(value)
-    name = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}.get(name, name)
-    return None if name in _UNSET else name
 
 
 @dataclass(frozen=True)
@@ -243,92 +231,3 @@ class PrecisionPlan:
     def expected(self) -> str | None:
         """The precision that should run (None: whatever the device picks)."""
         return self.pin
-
-
-def plan(requested: str | InferencePrecision, facts: DeviceFacts | None, checks: Sequence[RuntimeCheck],
-         *, model: str = "the model", unusable: Sequence[UnusableCheck] = ()) -> PrecisionPlan:
-    """Decide what to pin for a run of an IR whose provenance holds ``checks`` on the device ``facts`` describes.
-    ``unusable`` are its records that do not hold up: treated as missing, and named in the reason."""
-    wanted = parse(requested)
-    if wanted is not InferencePrecision.AUTO:
-        return PrecisionPlan(wanted, wanted.value, f"{wanted.value} as requested")
-    if facts is None or facts.default_precision is None:
-        device = facts.device if facts else "the device"
-        return PrecisionPlan(wanted, InferencePrecision.F32.value,
-                             f"{device} does not report its default inference precision; running f32, the "
-                             "precision the IR was proven at")
-    default = facts.default_precision
-    if default == InferencePrecision.F32.value:
-        return PrecisionPlan(wanted, None, f"f32, the default of {facts.device} ({facts.name})")
-    check = next((c for c in checks if c.matches(facts)), None)
-    if check is None:
-        rejected = next((u for u in unusable if u.matches(facts)), None)
-        if rejected is None:
-            found, again = f"{model}'s IR has no record of its accuracy at {default} on this device", ""
-        else:
-            found = (f"{model}'s IR's record of its accuracy at {default} on this device does not hold up "
-                     f"({rejected.reason})")
-            again = " again"
-        return PrecisionPlan(
-            wanted, InferencePrecision.F32.value,
-            f"{facts.device} ({facts.name}) runs {default} by default, and {found}; running f32. Run 'ssdtool "
-            f"convert {model}' here to check and record it{again}, or pass --inference-precision {default} to run "
-            "it unchecked", level=logging.INFO if rejected is None else logging.WARNING)
-    if not check.passed:
-        return PrecisionPlan(
-            wanted, InferencePrecision.F32.value,
-            f"{model}'s IR fails its accuracy check at {default}, the default of {facts.device} ({check.summary()});"
-            f" running f32. Pass --inference-precision {default} to run it anyway", level=logging.WARNING,
-            check=check)
-    return PrecisionPlan(wanted, None, f"{default}, the default of {facts.device} ({facts.name}), checked for this "
-                                       f"IR at conversion: recall {check.recall:.3f} (floor {check.min_recall:.2f})",
-                         check=check)
-
-
-def confirm(pin: str | None, read_back: str | None, device: str) -> None:
-    """Raise :class:`BackendError` when a pinned precision is not what the compiled model runs."""
-    if pin is None or read_back is None or read_back == pin:
-        return
-    raise BackendError(
-        f"OpenVINO cannot run inference precision {pin} on {device}: asked for {pin}, the compiled model runs "
-        f"{read_back} (the device has no native {pin} arithmetic, and OpenVINO substitutes another precision)",
-        hint=f"pass --inference-precision auto, f32 or {read_back}")
-
-
-def onnxruntime_precision(requested: str | InferencePrecision) -> str:
-    """onnxruntime's CPU provider computes in f32: accept ``auto`` and ``f32``, refuse the rest."""
-    wanted = parse(requested)
-    if wanted in (InferencePrecision.AUTO, InferencePrecision.F32):
-        return InferencePrecision.F32.value
-    raise UsageError(f"onnxruntime runs the source ONNX in f32 only; got --inference-precision {wanted.value}",
-                     hint="use --backend openvino for bf16 or f16, or pass --inference-precision auto or f32")
-
-
-# ------------------------------------------------------------------------------------------------ the check
-def measure(xml: Path, tensors: Sequence[Any], read: Callable[[dict[str, Any]], RawDetections], facts: DeviceFacts,
-            *, min_recall: float = RUNTIME_MIN_RECALL) -> RuntimeCheck:
-    """Run the IR at ``facts.default_precision`` and at f32 on ``tensors``; match detections order-independently.
-
-    ``read`` turns the IR's outputs into network-level detections (:func:`ssdtool.detections.network_detections`).
-    Recall is the share of f32 detections found at the default precision; differences are over matched pairs
-    (normalized boxes, scores).
-    """
-    from ssdtool.backends.openvino import OpenVinoEngine, openvino_version
-    from ssdtool.matching import match_detections
-
-    if facts.default_precision is None:
-        raise UsageError(f"{facts.device} reports no default inference precision to check")
-    reference = OpenVinoEngine(xml, device=facts.device, inference_precision=InferencePrecision.F32.value)
-    candidate = OpenVinoEngine(xml, device=facts.device, inference_precision=facts.default_precision)
-    reports = [match_detections(read(reference.infer(tensor)), read(candidate.infer(tensor)), RUNTIME_CHECK_IOU)
-               for tensor in tensors]
-    total = sum(r.reference_count for r in reports)
-    matched = sum(r.matched for r in reports)
-    recall = 1.0 if total == 0 else matched / total
-    return RuntimeCheck(
-        device=facts.device, device_name=facts.name, precision=facts.default_precision,
-        passed=recall >= min_recall, images=len(reports), reference_detections=total, matched=matched,
-        recall=round(recall, 6), min_recall=min_recall,
-        max_box_diff=max((r.max_box_diff for r in reports), default=0.0),
-        max_score_diff=max((r.max_score_diff for r in reports), default=0.0),
-        openvino_version=openvino_version(), checked=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))

@@ -55,9 +55,10 @@ from ssdtool.calibration import (
     network_input,
     resolve_calibration,
 )
-from ssdtool.constants import Int8Recipe
+from ssdtool.constants import DEFAULT_DEVICE, InputLayout, InputType, Int8Recipe
 from ssdtool.detections import network_detections
 from ssdtool.errors import ConversionError, DependencyError, SsdtoolError, all_error_classes
+from ssdtool.int8_recipes import quantization_settings
 from ssdtool.matching import MatchReport, match_detections
 from ssdtool.provenance import RT_INFO_ROOT, encode
 from ssdtool.registry import ModelEntry
@@ -72,62 +73,6 @@ GUARD_IOU = 0.5
 # sit closer to it (see docs/convert.md).
 GUARD_MIN_RECALL = 0.90
 INSTALL_HINT = "pip install 'ssdtool[int8]'"
-
-# What determines the INT8 graph besides the FP32 graph and the calibration images; part of the idempotency key.
-# Bump "recipe" when these change. overflow_fix "enable" (the portable recipe) quantizes every layer's weights to 7
-# bits instead of only the first layer's (NNCF's default, the vnni recipe): CPUs without VNNI (AVX2) multiply u8 x i8
-# pairs with pmaddubsw, which saturates at int16, and 7-bit weights cannot saturate it. On the 1200 px twin this
-# halved the worst score difference against FP32 on an AVX2 CPU (0.22 -> 0.10) and raised the share of FP32
-# detections kept; on VNNI CPUs it is not needed and costs one bit of weight precision (docs/convert.md has the
-# figures of both recipes). Activation ranges: NNCF's default (mean of per-image min/max) kept more detections
-# there than histogram-based ranges.
-QUANTIZATION = {"tool": "nncf.quantize", "preset": "performance", "target_device": "ANY",
-                "fast_bias_correction": True, "overflow_fix": "enable", "recipe": 1}
-_OVERFLOW_FIX = {Int8Recipe.PORTABLE: "enable", Int8Recipe.VNNI: "first_layer_only"}
-
-
-def quantization_settings(recipe: str | Int8Recipe = Int8Recipe.PORTABLE) -> dict[str, Any]:
-    """The NNCF settings of ``recipe``, as recorded in provenance and compared for idempotency.
-
-    The portable recipe's settings are exactly those of IRs made before recipes had names, so those stay current.
-    """
-    chosen = Int8Recipe.parse(recipe, "INT8 recipe")
-    return {**QUANTIZATION, "overflow_fix": _OVERFLOW_FIX[chosen]}  # type: ignore[index]
-
-
-def recipe_of(settings: Any) -> str | None:
-    """The recipe whose settings ``settings`` (from provenance) are; None for unknown settings."""
-    return next((r.value for r in Int8Recipe if quantization_settings(r) == settings), None)
-
-
-def default_recipe() -> tuple[Int8Recipe, str]:
-    """The recipe for an INT8 build that names none, and why: chosen by the converting CPU's int8 arithmetic.
-
-    Measured on the 1200 px twin (benchmarks/bench_int8_recipes.py, docs/convert.md#int8-recipes): where int8
-    products accumulate in 32 bits (VNNI, AMX, ARM), NNCF's default keeps more FP32 detections than 7-bit weights
-    (1000 vs 987 of 1037) with a third of the worst score difference (0.08 vs 0.21). Where they may saturate (AVX2)
-    or the CPU is unknown, 7-bit weights are exact by construction.
-    """
-    from ssdtool import cpu
-
-    if cpu.exact_int8_products():
-        return Int8Recipe.VNNI, ("chosen for this CPU: its int8 products accumulate without saturation (VNNI, AMX "
-                                 "or ARM dot products), so 8-bit weights keep more accuracy")
-    return Int8Recipe.PORTABLE, ("chosen for this CPU: it has no VNNI/AMX (or reports no flags), so 8-bit weight "
-                                 "products could saturate; 7-bit weights are exact on every CPU")
-
-
-def recipe_warning(provenance: dict[str, Any] | None, model: str) -> str | None:
-    """A warning when an INT8 IR of the vnni recipe runs on a CPU whose int8 products may saturate, else None."""
-    from ssdtool import cpu
-
-    settings = ((provenance or {}).get("parameters") or {}).get("quantization")
-    if recipe_of(settings) != Int8Recipe.VNNI.value or cpu.exact_int8_products() is not False:
-        return None
-    return (f"{model}'s INT8 IR was quantized with the vnni recipe (8-bit weights, for CPUs with VNNI or AMX); this "
-            "CPU has neither, so its int8 products may saturate and lose accuracy. Reconvert it here with 'ssdtool "
-            f"convert {model} --precision INT8 --int8-recipe portable --force'")
-
 
 @dataclass(frozen=True)
 class QuantizeEvent:
@@ -258,8 +203,8 @@ def advanced_parameters(recipe: str | Int8Recipe) -> Any:
     return AdvancedQuantizationParameters(overflow_fix=OverflowFix(quantization_settings(recipe)["overflow_fix"]))
 
 
-def quantize_model(model: Any, entry: ModelEntry, calibration: CalibrationSet, *, input_type: str = "f32",
-                   input_layout: str = "NCHW", progress: ProgressCallback | None = None,
+def quantize_model(model: Any, entry: ModelEntry, calibration: CalibrationSet, *, input_type: str = InputType.F32.value,
+                   input_layout: str = InputLayout.NCHW.value, progress: ProgressCallback | None = None,
                    recipe: str | Int8Recipe = Int8Recipe.PORTABLE) -> Any:
     """Post-training INT8 quantization of a converted FP32 ``openvino.Model`` (preprocessing inside).
 
@@ -278,7 +223,8 @@ def quantize_model(model: Any, entry: ModelEntry, calibration: CalibrationSet, *
 
 
 def quantize_within_budget(model: Any, entry: ModelEntry, calibration: CalibrationSet, budget: Budget,
-                           reference_xml: Path, *, input_type: str = "f32", input_layout: str = "NCHW",
+                           reference_xml: Path, *, input_type: str = InputType.F32.value,
+                           input_layout: str = InputLayout.NCHW.value,
                            progress: ProgressCallback | None = None, recipe: str | Int8Recipe = Int8Recipe.PORTABLE
                            ) -> tuple[Any, BudgetReport]:
     """:func:`quantize_model` within an AP budget (NNCF's accuracy control, :mod:`ssdtool.accuracy_control`):
@@ -310,7 +256,8 @@ def intermediate_xml(reference_xml: Path) -> Path:
 
 # ------------------------------------------------------------------------------------------------ worker process
 def quantize_file(reference_xml: Path, int8_xml: Path, entry: ModelEntry, calibration: CalibrationSet, *,
-                  provenance: dict[str, Any], input_type: str = "f32", input_layout: str = "NCHW",
+                  provenance: dict[str, Any], input_type: str = InputType.F32.value,
+                  input_layout: str = InputLayout.NCHW.value,
                   recipe: str | Int8Recipe = Int8Recipe.PORTABLE, progress: ProgressCallback | None = None,
                   budget: Budget | None = None) -> BudgetReport | None:
     """Quantize the FP32 IR at ``reference_xml`` into ``int8_xml`` (carrying ``provenance``), in a child process.
@@ -436,7 +383,8 @@ def _with_latency(report: BudgetReport, job: dict[str, Any], int8_xml: Path, pro
 
 
 def accuracy_guard(reference_xml: Path, int8_xml: Path, entry: ModelEntry, calibration: CalibrationSet, *,
-                   input_type: str = "f32", input_layout: str = "NCHW", device: str = "CPU",
+                   input_type: str = InputType.F32.value, input_layout: str = InputLayout.NCHW.value,
+                   device: str = DEFAULT_DEVICE,
                    min_recall: float = GUARD_MIN_RECALL, progress: ProgressCallback | None = None
                    ) -> AccuracyReport:
     """Compare the INT8 IR with the FP32 IR on the held-out images of ``calibration``."""

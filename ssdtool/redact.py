@@ -1,4 +1,6 @@
-"""Credentials never printed or stored: URLs and messages with their secrets replaced by ``***``.
+"""Text that is safe to show: credentials never printed or stored (URLs and messages with their secrets replaced
+by ``***``), and no control character from a file name or a server's answer ever reaches a terminal
+(:func:`printable`).
 
 Sources and mirrors may carry credentials (``https://user:token@host/...``, or a signed URL with
 ``?X-Amz-Signature=...``). ssdtool uses the URL as given to connect, and shows or stores only its redacted form:
@@ -12,6 +14,9 @@ The rule (documented in docs/download.md, "Security model"):
   :data:`SECRET_WORDS` (``token``, ``access_token``, ``X-Amz-Signature``, ``sig``, ``api_key``, ``password``, ...).
 
 Everything else stays as it is, so a redacted URL still says which server and which file.
+
+:func:`printable` lives here, below the commands, so the library can escape what it got from outside (a server's
+strings, say) at the point where it keeps them; commands use it for every name they print.
 """
 
 from __future__ import annotations
@@ -20,6 +25,9 @@ import re
 from urllib.parse import urlsplit, urlunsplit
 
 MASK = "***"
+# Characters that would break a line of human output or drive the terminal: C0/C1 controls (newline, escape),
+# line and paragraph separators, and bidirectional overrides.
+_CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 #: A query parameter whose lower-cased name contains one of these is a secret.
 SECRET_WORDS = ("token", "key", "secret", "password", "passwd", "pwd", "auth", "sig", "credential", "session")
 _SECRET_PARAMETER = re.compile(
@@ -51,3 +59,10 @@ def redact_text(text: str) -> str:
         return text
     text = _USERINFO.sub(lambda m: f"{m['scheme']}{MASK}@", text)
     return _SECRET_PARAMETER.sub(lambda m: f"{m['name']}={MASK}", text)
+
+
+def printable(value: object) -> str:
+    """``value`` as text for people: control characters escaped (a file name with a newline stays on one line
+    and cannot fake another row; escape sequences do not reach the terminal). JSON output escapes by itself."""
+    text = str(value)
+    return _CONTROL_CHARACTERS.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)

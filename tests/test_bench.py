@@ -24,7 +24,7 @@ REPORT_KEYS = {
     "model", "backend", "precision", "device", "hint", "requests", "model_path", "input_shape", "load_seconds",
     "first_inference_ms", "iterations", "duration_seconds", "latency_median_ms", "latency_p90_ms", "latency_min_ms",
     "latency_max_ms", "latency_mean_ms", "throughput_fps", "peak_rss_mb", "streams", "threads", "versions",
-    "inference_precision", "inference_precision_requested", "inference_precision_reason",
+    "inference_precision", "inference_precision_requested", "inference_precision_reason", "image_input",
 }
 
 
@@ -112,13 +112,27 @@ def test_time_budget(env: tuple[Path, Path]) -> None:
 @pytest.mark.parametrize("args, message", [
     (("-n", "2", "--time", "1"), "exclusive"),
     (("--backend", "onnxruntime", "--precision", "FP16"), "source ONNX, which is FP32"),
-    (("--backend", "onnxruntime", "--device", "GPU"), "CPU only"),
     (("-n", "0"), "0 is not in the range"),
 ])
 def test_option_errors_exit_2(env: tuple[Path, Path], args: tuple[str, ...], message: str) -> None:
     result = _bench(env, *args)
     assert result.exit_code == 2, result.output
     assert message in result.output
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("--backend", "onnxruntime", "--device", "CUDA"), "error: onnxruntime has no CUDA execution provider here: it "
+                                                       "comes with onnxruntime-gpu"),
+    (("--backend", "onnxruntime", "--device", "GPU"), "error: onnxruntime has no execution provider 'GPU'; expected "
+                                                      "one of CPU, CUDA[:N], TensorRT[:N], OpenVINO[:DEVICE]"),
+    (("--device", "NPU"), "error: OpenVINO device 'NPU' is not available; found: CPU"),
+])
+def test_devices_that_are_not_here_exit_31(env: tuple[Path, Path], args: tuple[str, ...], message: str) -> None:
+    """Issue 22: bench takes any device (it refused every one but the CPU for onnxruntime, exit 2); one that is
+    not here is exit 31, naming what is or the package that brings it."""
+    result = _bench(env, "-n", "1", *args)
+    assert result.exit_code == 31, result.output
+    assert result.stderr.startswith(message)
 
 
 @pytest.mark.parametrize(("options", "error", "message"), [

@@ -181,6 +181,37 @@ def test_python_dash_m_runs_the_cli(tmp_path: Path) -> None:
     assert json.loads(result.stdout)[0]["name"] == MODEL
 
 
+MAIN = ("import atexit, sys\n"
+        "atexit.register(lambda: print('exit handler ran', file=sys.stderr))\n"
+        "sys.argv = ['ssdtool', *sys.argv[1:]]\n"
+        "from ssdtool.cli import main\nmain()\nprint('never here')")
+
+
+@pytest.mark.parametrize(("arguments", "status"), [(["models", "--json"], 0), (["nosuch"], 2),
+                                                   (["info", "no-such-model"], 4), (["--registry", "/nonexistent.yml",
+                                                                                      "models"], 3)])
+def test_main_ends_the_process_with_the_commands_exit_status(tmp_path: Path, arguments: list[str],
+                                                              status: int) -> None:
+    """main() ends the process without Python's teardown: exit handlers still run, stdout (here a file, block
+    buffered) is complete, and the status is the command's."""
+    out = tmp_path / "out.txt"
+    with open(out, "w") as stdout:
+        result = subprocess.run([sys.executable, "-c", MAIN, "--cache-dir", str(tmp_path / "cache"), *arguments],
+                                stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=60)
+    assert result.returncode == status, result.stderr
+    assert result.stderr.endswith("exit handler ran\n") and "never here" not in out.read_text()
+    if status == 0:
+        assert json.loads(out.read_text())[0]["name"] == MODEL
+
+
+def test_end_process_reads_exit_codes_as_sys_exit_does() -> None:
+    code = "from ssdtool.cli import end_process\nend_process(sys.argv[1] if len(sys.argv) > 1 else None)"
+    assert subprocess.run([sys.executable, "-c", "import sys\n" + code], timeout=60).returncode == 0
+    message = subprocess.run([sys.executable, "-c", "import sys\n" + code, "gone"], capture_output=True, text=True,
+                             timeout=60)
+    assert (message.returncode, message.stderr) == (1, "gone\n")
+
+
 def test_registry_option_selects_a_user_registry(tmp_path: Path) -> None:
     data = yaml.safe_load((ROOT / "models.yml").read_text())
     entry = data["models"][MODEL]

@@ -463,8 +463,8 @@ def test_offline_json_error_reaches_scripts(detect_world: World, tmp_path: Path)
     (["--backend", "tensorflow"], 31, "error: unknown backend 'tensorflow'; expected one of auto, openvino, "
                                       "onnxruntime"),
     (["--backend", "openvino", "--device", "NPU"], 31, "error: OpenVINO device 'NPU' is not available; found: CPU"),
-    (["--backend", "onnxruntime", "--device", "GPU"], 31, "error: the onnxruntime backend runs on the CPU only, got "
-                                                          "--device GPU"),
+    (["--backend", "onnxruntime", "--device", "GPU"], 31, "error: onnxruntime has no execution provider 'GPU'; "
+                                                          "expected one of CPU, CUDA[:N], TensorRT[:N]"),
     (["--backend", "onnxruntime", "--precision", "FP16"], 2, "error: precision selects an OpenVINO IR; onnxruntime "
                                                              "runs the source ONNX as it is"),
     (["--format", "coco", "--model", "nonexistent"], 4, "error: unknown model 'nonexistent'"),
@@ -783,3 +783,67 @@ def test_read_only_prefetched_cache_runs_the_main_job(read_only_copy: tuple[Path
         result = CliRunner().invoke(cli, [*base, *args])
         assert result.exit_code == 0, (args, result.output)
     assert not (mount / "tiny" / ".ssdtool").exists()  # nothing could be written, and nothing needed to be
+
+
+# ------------------------------------------------------------------------------------------------ library writers
+@pytest.mark.parametrize("fmt", ["table", "json", "jsonl", "coco"])
+def test_the_library_writes_what_the_cli_writes(detect_world: World, tmp_path: Path, fmt: str) -> None:
+    """ssdtool.outputs is what detect writes with: for every format, the results file and every drawn copy are the
+    same bytes from Python as from the command (a broken image included: its record, or its absence in table and
+    COCO output), and the summary counts match the command's line."""
+    from ssdtool.detect import Detector
+    from ssdtool.inputs import find_images
+    from ssdtool.outputs import RunSummary, plan_copies, write_detections
+
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG not really")
+    sources = [str(detect_world.images[(640, 480)]), str(broken), str(detect_world.images[(33, 1000)])]
+    cli_result = detect(detect_world, *sources, "--format", fmt, "-o", str(tmp_path / "cli.out"), "--save-dir",
+                        str(tmp_path / "cli-copies"), "--progress", "none")
+    assert cli_result.exit_code == 30, cli_result.output
+
+    files, _ = find_images(sources)
+    copies = plan_copies(tmp_path / "library-copies", files, sources)
+    with Detector("planted", "auto", inference_precision="f32", registry=detect_world.registry,
+                  cache_dir=detect_world.cache, performance="throughput") as detector, \
+            open(tmp_path / "library.out", "w", encoding="utf-8") as out:
+        seen: list[int] = []
+        summary = write_detections(detector, [f.path for f in files], fmt, out, copies=copies,
+                                   on_result=lambda result: seen.append(result.index))
+
+    assert (tmp_path / "library.out").read_bytes() == (tmp_path / "cli.out").read_bytes()
+    drawn = sorted(p.name for p in (tmp_path / "cli-copies").iterdir())
+    assert drawn == sorted(p.name for p in (tmp_path / "library-copies").iterdir()) == ["33x1000.png", "640x480.png"]
+    for name in drawn:
+        assert (tmp_path / "library-copies" / name).read_bytes() == (tmp_path / "cli-copies" / name).read_bytes()
+    assert seen == [0, 1, 2]
+    assert isinstance(summary, RunSummary) and summary.failed == (str(broken),)
+    expected_count = len(expected(640, 480)) + len(expected(33, 1000))
+    assert (summary.images, summary.detections) == (3, expected_count)
+    line = summary.describe(tmp_path / "cli.out")
+    assert line.startswith(f"3 images, {expected_count} detections, 1 failed in ")
+    assert line.endswith(f" (planted, openvino CPU FP32 IR, f32); results in {tmp_path / 'cli.out'}")
+    assert any(printed.startswith(f"3 images, {expected_count} detections, 1 failed in ")
+               and printed.endswith(line[line.index(" ("):]) for printed in cli_result.stderr.splitlines())
+
+
+def test_library_writers_refuse_what_the_command_refuses(detect_world: World, tmp_path: Path) -> None:
+    import dataclasses
+    import io
+
+    from ssdtool.constants import OutputFormat
+    from ssdtool.errors import UsageError
+    from ssdtool.outputs import WRITERS, check_format, make_writer
+
+    assert set(WRITERS) == set(OutputFormat)
+    with pytest.raises(UsageError) as unknown:
+        make_writer("xml", io.StringIO())
+    assert unknown.value.message == "unknown output format 'xml'; expected one of table, json, jsonl, coco"
+    planted = load_registry(detect_world.registry).model("planted")
+    assert check_format("COCO", planted) == OutputFormat.COCO
+    (tmp_path / "two.txt").write_text("__background__\ncat\n")
+    two_classes = dataclasses.replace(planted, labels="two.txt", registry_dir=tmp_path)
+    with pytest.raises(UsageError) as not_coco:
+        check_format("coco", two_classes)
+    assert not_coco.value.message == "planted does not predict the 80 COCO classes, so it has no COCO category ids"
+    assert not_coco.value.hint == "use --format json"

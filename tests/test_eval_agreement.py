@@ -12,25 +12,31 @@ models differ from it in one known way:
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from click.testing import Result
 
 from ssdtool.detect import Detector
 from ssdtool.errors import UsageError
+from ssdtool.evaluation import evaluate
 from ssdtool.evaluation.agreement import (
     AgreementImage,
     detections_agreement,
     pseudo_ground_truth,
     score_against,
 )
+from ssdtool.evaluation.runner import EvalProgress
 from ssdtool.imaging import generated_images
 from ssdtool.synthetic import PlantedDetection, TwinSpec, build_model
+from tests import test_eval
 from tests.modelkit import install_model
 from tests.test_detect import PLANTED
+from tests.test_eval import Dataset, run_eval
 
 SIZES = ((320, 240), (240, 320), (97, 410))
 TOILET = PLANTED[2]
@@ -130,3 +136,136 @@ def test_mismatched_lists_are_refused() -> None:
 def _records(detections: list[Any], image_id: int = 0) -> list[dict[str, Any]]:
     return [{"image_id": image_id, "category_id": d.coco_category_id, "bbox": list(d.coco_bbox), "score": d.score}
             for d in detections]
+
+
+# ---------------------------------------------------------------------------------------- ssdtool eval --reference
+# test_eval's world: ``planted`` and the seeded ``tiny`` twin, five images of four sizes (one rotated by EXIF)
+eval_world = test_eval.eval_world
+dataset = test_eval.dataset
+
+
+def agreement(dataset: Dataset, *args: str, model: str = "planted") -> Result:
+    return run_eval(dataset.world, model, "--images", str(dataset.images), "--results",
+                    str(dataset.folder / "a.jsonl"), *args)
+
+
+def test_a_configuration_agrees_with_itself_and_with_its_twin(dataset: Dataset) -> None:
+    result = agreement(dataset, "--compare", "onnxruntime,FP32:f32", "--reference", "FP32:f32", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["annotations"] is None and data["source"] == "model" and data["references"] is None
+    assert data["agreement"] == {"reference": "openvino:FP32:f32", "min_score": 0.5,
+                                 "ground_truth_boxes": 4 * len(dataset.sizes)}
+    assert data["baseline"] == "openvino:FP32:f32"  # ΔAP is against the reference, wherever it is listed
+    assert [(c["configuration"], c["metrics"]["AP"], c["delta_ap"]) for c in data["compare"]] == [
+        ("onnxruntime", pytest.approx(1.0, abs=1e-12), pytest.approx(0.0, abs=1e-12)),
+        ("openvino:FP32:f32", pytest.approx(1.0, abs=1e-12), pytest.approx(0.0, abs=1e-12))]
+    assert data["images_evaluated"] == len(dataset.sizes) and data["images_listed"] == len(dataset.sizes)
+    text = agreement(dataset, "--compare", "onnxruntime,FP32:f32", "--reference", "FP32:f32")
+    assert text.stdout.splitlines()[0] == (
+        f"planted: {len(dataset.sizes)} images evaluated, 0 skipped, agreement with openvino:FP32:f32 (its "
+        f"{4 * len(dataset.sizes)} detections scored at least 0.5 are the ground truth: fidelity to it, not "
+        "accuracy)")
+
+
+def test_agreement_is_cocoeval_against_the_references_detections(dataset: Dataset) -> None:
+    """The seeded twin at --reference-score 0.1: ssdtool's numbers are pycocotools' run directly, with the
+    reference's saved detections scored at least 0.1 as the annotations and the images' decoded sizes."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from ssdtool.labels import coco_categories
+
+    saved = dataset.folder / "dets.json"
+    result = agreement(dataset, "--compare", "FP32:f32,onnxruntime", "--reference", "FP32:f32",
+                       "--reference-score", "0.1", "--save-detections", str(saved), "--json", model="tiny")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    reference = json.loads(saved.with_name("dets.openvino-FP32-f32.json").read_text())
+    candidate = json.loads(saved.with_name("dets.onnxruntime.json").read_text())
+    kept = [d for d in reference if d["score"] >= 0.1]
+    assert data["agreement"]["ground_truth_boxes"] == len(kept) > 20
+    names = sorted(p.name for p in dataset.images.iterdir())  # 000000000001.png ...: COCO ids from the names
+    document = {"images": [{"id": int(Path(n).stem), "file_name": n} for n in names],
+                "categories": coco_categories(),
+                "annotations": [{"id": k + 1, "image_id": d["image_id"], "category_id": d["category_id"],
+                                 "bbox": d["bbox"], "area": d["bbox"][2] * d["bbox"][3], "iscrowd": 0}
+                                for k, d in enumerate(kept)]}
+    gt = COCO()
+    gt.dataset = document
+    gt.createIndex()
+    evaluator = COCOeval(gt, gt.loadRes(candidate), "bbox")
+    evaluator.evaluate()
+    evaluator.accumulate()
+    evaluator.summarize()
+    ours = [-1.0 if v is None else v for v in data["compare"][1]["metrics"].values()]
+    assert ours == pytest.approx([float(v) for v in evaluator.stats], abs=1e-6)
+
+
+def test_agreement_resumes_like_plain_eval(dataset: Dataset) -> None:
+    """Same progress events, checkpoint and resume: an interrupted agreement run, resumed, gives the same JSON."""
+    args = ["--compare", "FP32:f32,onnxruntime", "--reference", "FP32:f32", "--reference-score", "0.2"]
+    whole = agreement(dataset, *args, "--json", model="tiny")
+    assert whole.exit_code == 0, whole.output
+    events: list[tuple[str, int]] = []
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(event: EvalProgress) -> None:
+        events.append((event.phase, event.done))
+        if event.phase == "evaluate" and event.done == 2:
+            raise Stop
+
+    options = {"compare": "FP32:f32,onnxruntime", "reference": "FP32:f32", "reference_score": 0.2,
+               "results": dataset.folder / "cut.jsonl", "cache_dir": dataset.world.cache,
+               "registry": dataset.world.registry, "checkpoint_every": 1}
+    with pytest.raises(Stop):
+        evaluate(None, dataset.images, "tiny", progress=stop_after_two, **options)
+    assert events == [("evaluate", 0), ("evaluate", 1), ("evaluate", 2)]
+    events.clear()
+    resumed = evaluate(None, dataset.images, "tiny", resume=True, progress=lambda e: events.append((e.phase, e.done)),
+                       **options)
+    assert events == [("evaluate", 2), ("evaluate", 3), ("evaluate", 4), ("evaluate", 5), ("score", 0), ("score", 1),
+                      ("score", 2)]
+    expected = json.loads(whole.stdout)
+    assert [r.metrics.to_dict() for r in resumed.runs] == [c["metrics"] for c in expected["compare"]]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--compare", "FP32:f32,onnxruntime", "--reference", "FP32:f32", "--annotations", "ann.json"],
+     "--reference scores agreement with a configuration's detections, --annotations accuracy"),
+    (["--reference", "FP32:f32"], "--reference needs the reference and at least one other configuration"),
+    (["--compare", "FP32:f32,onnxruntime", "--reference", "INT8"],
+     "--reference 'INT8' (openvino:INT8:auto) is not one of the configurations compared: openvino:FP32:f32, "
+     "onnxruntime"),
+    (["--compare", "FP32:f32,onnxruntime", "--reference", "FP33"], "--reference: cannot read configuration 'FP33'"),
+    (["--compare", "FP32:f32,onnxruntime", "--reference", "FP32:f32", "--reference-score", "0"],
+     "0<x<=1"),
+    ([], "no annotation file: accuracy is scored against annotations"),
+])
+def test_agreement_usage_errors(dataset: Dataset, args: list[str], message: str) -> None:
+    if "ann.json" in args:
+        args[args.index("ann.json")] = str(dataset.write(dataset.document, "ann.json"))
+    result = agreement(dataset, *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr, result.stderr
+    assert not (dataset.folder / "a.jsonl").exists()
+
+
+def test_a_folder_without_images_is_a_usage_error(dataset: Dataset) -> None:
+    empty = dataset.folder / "empty"
+    empty.mkdir()
+    result = run_eval(dataset.world, "planted", "--images", str(empty), "--compare", "FP32:f32,onnxruntime",
+                      "--reference", "FP32:f32")
+    assert result.exit_code == 2 and f"no image files in folder {empty}" in result.stderr
+
+
+def test_agreement_plots_measure_delta_against_the_reference(dataset: Dataset) -> None:
+    plots = dataset.folder / "plots"
+    result = agreement(dataset, "--compare", "onnxruntime,FP32:f32", "--reference", "FP32:f32", "--plots",
+                       str(plots))
+    assert result.exit_code == 0, result.output
+    header, *rows = (plots / "per_class_delta_ap.csv").read_text().splitlines()
+    assert header == "configuration,baseline,category_id,name,AP,baseline_AP,delta_AP"
+    assert {tuple(row.split(",")[:2]) for row in rows} == {("onnxruntime", "openvino:FP32:f32")}

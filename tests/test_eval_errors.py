@@ -249,15 +249,38 @@ def test_a_bad_save_detections_path_fails_before_any_image_runs(dataset: Dataset
     assert not list(dataset.folder.glob("results.jsonl*"))  # no run was started
 
 
-def test_without_pycocotools_the_error_names_the_extra(dataset: Dataset, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("blocked", "option", "missing"), [
+    (("pycocotools", "faster_coco_eval"), "auto", "pycocotools"),  # auto takes either; with neither, exit 23
+    (("pycocotools",), "pycocotools", "pycocotools"),
+    (("faster_coco_eval",), "faster-coco-eval", "faster-coco-eval"),
+])
+def test_without_the_coco_library_the_error_names_the_extra(dataset: Dataset, monkeypatch: pytest.MonkeyPatch,
+                                                            blocked: tuple[str, ...], option: str,
+                                                            missing: str) -> None:
     import sys
 
-    for name in ("pycocotools", "pycocotools.coco", "pycocotools.cocoeval"):
-        monkeypatch.setitem(sys.modules, name, None)  # import of a None entry raises ImportError
+    for package in blocked:
+        for name in [package, *[m for m in sys.modules if m.startswith(package + ".")]]:
+            monkeypatch.setitem(sys.modules, name, None)  # import of a None entry raises ImportError
     result = run_eval(dataset.world, "--annotations", str(dataset.write(dataset.annotate(exact))), "--detections",
-                      str(dataset.write([], "empty.json")))
+                      str(dataset.write([], "empty.json")), "--coco-eval", option)
     assert result.exit_code == 23
-    assert "cannot import pycocotools" in result.stderr and "pip install 'ssdtool[eval]'" in result.stderr
+    assert f"cannot import {missing}" in result.stderr and "pip install 'ssdtool[eval]'" in result.stderr
+
+
+@pytest.mark.parametrize(("blocked", "scorer"), [("pycocotools", "faster-coco-eval"),
+                                                 ("faster_coco_eval", "pycocotools")])
+def test_auto_scores_with_whichever_library_is_installed(dataset: Dataset, monkeypatch: pytest.MonkeyPatch,
+                                                         blocked: str, scorer: str) -> None:
+    import sys
+
+    for name in [blocked, *[m for m in sys.modules if m.startswith(blocked + ".")]]:
+        monkeypatch.setitem(sys.modules, name, None)
+    detections = [{"image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5], "score": 0.5}]
+    result = run_eval(dataset.world, "--annotations", str(dataset.write(dataset.annotate(exact))), "--detections",
+                      str(dataset.write(detections, "one.json")), "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["coco_eval"].startswith(scorer + " ")
 
 
 @settings(max_examples=100, deadline=None)
@@ -283,3 +306,33 @@ def test_mlperf_boxes_are_computed_as_accuracy_coco_does(width: int, height: int
                           "bbox": [float(xmin), float(ymin), float(xmax - xmin), float(ymax - ymin)],
                           "score": float(score)}
     assert found.image_ids == [7]
+
+
+@pytest.mark.parametrize(("rows", "ok"), [
+    ([], True),
+    ([[1, 0.5, 0, 0, 10, 10]], True),
+    ([[90, 1.0, -3.5, 1e9, 0, 0], [1, 0.25, 1, 2, 3, 4]], True),
+    ([[1, 0.5, 0, 0, 10]], False),  # five values
+    ([[1, 0.5, 0, 0, 10, 10, 1]], False),  # seven
+    ([[1, True, 0, 0, 10, 10]], False),  # a bool is no number
+    ([[1, 0.5, "0", 0, 10, 10]], False),
+    ([[1, 0.5, None, 0, 10, 10]], False),
+    ([[1, 0.5, 0, 0, 10, 10], [1, 0.5, [0], 0, 10, 10]], False),
+    ([[1, 0.5, 0, 0, 10, 10], "row"], False),
+    ([[1, 0.5, 0, 0, 10, 10], {"a": 1}], False),
+    ([[1, 0.5, 0, 0, 10 ** 20, 10]], False),  # finite, but no pixel coordinate
+    ([[1, 0.5, 0, -1.5e9, 10, 10]], False),
+])
+def test_results_records_refuse_rows_that_are_no_detections(rows: list[Any], ok: bool) -> None:
+    """Every row of a results record is six numbers within 1e9 (what the runner writes); anything else makes the
+    record unreadable, and so a resume refuses the state it is in."""
+    from ssdtool.evaluation.results import ImageRecord
+
+    line = json.dumps({"image_id": 1, "width": 10, "height": 10, "error": None, "detections": [rows]})
+    if ok:
+        assert ImageRecord.from_json(line).detections == [rows]
+    else:
+        with pytest.raises(ValueError, match=r"detections are not lists of \[category_id, score, x, y, w, h\] rows"):
+            ImageRecord.from_json(line)
+    with pytest.raises(ValueError, match="detections are not lists"):
+        ImageRecord.from_json(line.replace('"detections": [', '"detections": [7, '))

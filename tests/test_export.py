@@ -455,11 +455,11 @@ RECORD = f"{MODEL}/ssdtool-export.json"
                             "levels)); it cannot be updated"),
     ("record not a record", "ovms", f"error: {{out}}/{RECORD} is not an ssdtool export record (expected an object "
                                     "with a versions object)"),
-    ("record with NaN", "ovms", f"error: {{out}}/{RECORD} is not valid JSON (NaN is not a JSON number (non-finite "
-                                "values are refused))"),
+    ("record with NaN", "ovms", f"error: {{out}}/{RECORD} is not valid JSON (versions[\"1\"].x: NaN is not a "
+                                "JSON number (non-finite values are refused))"),
     ("deep config.json", "ovms", "error: {out}/config.json is not valid JSON (nested too deeply"),
-    ("config.json with 1e400", "ovms", "error: {out}/config.json is not valid JSON (the number 1e400 is too large for "
-                                       "a 64-bit float)"),
+    ("config.json with 1e400", "ovms", "error: {out}/config.json is not valid JSON (timeout: the number 1e400 is too "
+                                       "large for a 64-bit float)"),
     ("manifest alias bomb", "kserve", "error: {out}/inferenceservice.yaml cannot be read (the document expands to "
                                       "more than 200,000 values (through YAML aliases, it seems"),
     ("manifest not yaml", "kserve", "error: {out}/inferenceservice.yaml cannot be read (not valid YAML:"),
@@ -633,3 +633,23 @@ def test_python_api_returns_the_result(world: World, tmp_path: Path) -> None:
                                                                                               "THROUGHPUT", "FP32")
     assert result.version_dir == tmp_path / "repo" / MODEL / "1"
     assert result.files[0] == tmp_path / "repo" / "config.json"
+
+
+def test_exporting_loads_neither_the_converter_nor_nncf(world: World, tmp_path: Path) -> None:
+    """An export copies the installed IR: the converter (the flow, the graph rewrite, the parity gate, quantize) and
+    NNCF stay unloaded, in a fresh interpreter (docs/architecture.md, "Layers"). What identifies an installed IR
+    (convert.options) is read."""
+    code = ("import json, sys\n"
+            "from ssdtool.cache import Cache\nfrom ssdtool.export import ExportOptions, export_model\n"
+            "from ssdtool.registry import load_registry\n"
+            f"entry = load_registry({str(world.registry)!r}).model({MODEL!r})\n"
+            f"options = ExportOptions(format='triton', output_dir={str(tmp_path / 'repo')!r})\n"
+            f"result = export_model(entry, Cache.at({str(world.cache)!r}), options, offline=True)\n"
+            "print(json.dumps([result.version, sorted(sys.modules)]))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    version, modules = json.loads(run.stdout)
+    assert version == 1 and "ssdtool.export.repository" in modules and "openvino" in modules  # it did export
+    converter = ("ssdtool.convert.flow", "ssdtool.convert.graph", "ssdtool.convert.gate", "ssdtool.convert.workspace",
+                 "ssdtool.quantize", "nncf", "onnx", "onnxruntime")
+    assert not [m for m in modules if m.startswith(converter)]

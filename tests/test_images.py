@@ -380,6 +380,24 @@ def test_lean_network_resize_gives_the_same_pixels(mode: str, size: tuple[int, i
         assert lean is not None and lean.dtype == np.uint8 and np.array_equal(lean, expected)
 
 
+@pytest.mark.parametrize("mode", ["1", "L", "P", "P+transparency", "RGB", "RGBA", "LA", "CMYK", "YCbCr", "I;16"])
+def test_whole_image_for_the_image_input_ir_gives_the_same_pixels(mode: str) -> None:
+    """The image-input IR's tensor straight from Pillow's buffer (BGR) equals the one built from load_image."""
+    from ssdtool.imaging import pil_to_rgb as _pil_to_rgb
+    from ssdtool.imaging import preprocess, whole_for_network
+    from ssdtool.registry import load_registry
+
+    entry = load_registry().model("ssd-resnet34-300-synthetic-tiny")
+    image = _image_in_mode(mode, (31, 517), seed=7)
+    lean = whole_for_network(image, entry.convert.color_order)
+    expected = preprocess(_pil_to_rgb(image), entry, form="image")
+    assert expected.shape == (1, 517, 31, 3) and expected.dtype == np.uint8
+    if mode == "I;16":
+        assert lean is None  # numpy's own scaling: the caller takes the usual path
+    else:
+        assert lean is not None and lean.dtype == np.uint8 and np.array_equal(lean, expected)
+
+
 def test_decode_budget_runs_an_oversized_decode_alone() -> None:
     import threading
     import time

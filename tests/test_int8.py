@@ -173,7 +173,7 @@ def test_int8_recipes_are_recorded_and_any_installed_one_serves(int8_env: dict[s
                                                                  monkeypatch: pytest.MonkeyPatch,
                                                                  caplog: pytest.LogCaptureFixture) -> None:
     from ssdtool import cpu
-    from ssdtool.quantize import default_recipe, quantization_settings, recipe_of
+    from ssdtool.int8_recipes import default_recipe, quantization_settings, recipe_of
 
     entry = load_registry(int8_env["registry"]).model("tiny")
     cache_dir = tmp_path / "cache"

@@ -288,8 +288,8 @@ BROKEN = {
                                        "counts"),
     "corrupted line": (_corrupt_line, "line 3 is not an image record: line 1, column 1: not JSON: Expecting value"),
     "lines swapped": (_swap_lines, "line 2 is image 2, expected image 1"),
-    "NaN score": (_nan_score, "line 2 is not an image record: NaN is not a JSON number (non-finite values are "
-                              "refused)"),
+    "NaN score": (_nan_score, "line 2 is not an image record: detections[0][0][1]: NaN is not a JSON number "
+                              "(non-finite values are refused)"),
     "symlink": (_linked, "it is a symbolic link (to elsewhere.jsonl), not the regular file ssdtool wrote"),
     "bytes abc": (lambda f: _edit_checkpoint(f, bytes="abc"),
                   "its checkpoint r.jsonl.checkpoint.json does not hold up: 'bytes' is \"abc\", expected a positive "

@@ -20,6 +20,7 @@ from click.testing import CliRunner, Result
 from PIL import Image
 
 from ssdtool import precision
+from ssdtool.backends import openvino, openvino_rules
 from ssdtool.cache import Cache
 from ssdtool.cli import cli
 from ssdtool.convert import convert
@@ -96,7 +97,7 @@ def test_the_f32_pin_takes_effect_and_matches_onnxruntime(world: World) -> None:
     entry = load_registry(world.registry).model("tiny")
     engine = OpenVinoEngine(world.xml, inference_precision="f32")
     assert engine.inference_precision == "f32"
-    assert precision.type_name(engine.compiled.get_property("INFERENCE_PRECISION_HINT")) == "f32"
+    assert openvino.type_name(engine.compiled.get_property("INFERENCE_PRECISION_HINT")) == "f32"
     resized = resize_rgb(generated_images(1, seed=9, size=(640, 480))[0], entry.input)
     ir = engine.infer(raw_input(resized, "BGR"))
     source = OnnxRuntimeEngine(Cache.at(world.cache).file_path(entry, entry.primary_file))
@@ -114,13 +115,14 @@ def test_an_unpinned_engine_reports_the_device_default(world: World) -> None:
     engine = OpenVinoEngine(world.xml)
     assert engine.requested_precision is None
     assert engine.inference_precision == DEFAULT
-    assert engine.inference_precision == precision.type_name(engine.compiled.get_property("INFERENCE_PRECISION_HINT"))
+    assert engine.inference_precision == openvino.type_name(engine.compiled.get_property("INFERENCE_PRECISION_HINT"))
 
 
 def test_detect_reports_what_ran(world: World) -> None:
     run = _run_record(world.run("detect", str(world.image), "--format", "json"))
     assert set(run) == {"model", "backend", "device", "precision", "inference_precision",
-                        "inference_precision_requested", "inference_precision_reason", "model_path", "performance"}
+                        "inference_precision_requested", "inference_precision_reason", "model_path", "performance",
+                        "image_input"}
     assert (run["model"], run["backend"], run["device"], run["precision"]) == ("tiny", "openvino", "CPU", "FP32")
     assert run["inference_precision_requested"] == "auto"
     # The tiny twin passes its runtime check, so auto runs the device's default (f32 on AVX2-only CPUs).
@@ -178,14 +180,23 @@ def test_onnxruntime_accepts_auto_and_f32_only(world: World) -> None:
     assert (run["inference_precision"], run["precision"]) == ("f32", None)
 
 
-def test_a_virtual_device_pins_f32_and_says_it_cannot_read_it_back(world: World) -> None:
+def test_a_virtual_device_runs_each_device_at_its_own_auto_and_says_it_cannot_read_it_back(world: World) -> None:
+    """Issue 22: under AUTO, ``auto`` means what it means on each device AUTO may pick (here the CPU: its default
+    where the IR was checked on it), pinned per device; AUTO reads no precision back, so the report names what the
+    device it chose was set to run. (Before, AUTO always pinned f32 and reported nothing.)"""
     from ssdtool.detect import Detector
 
     with Detector("tiny", "openvino", device="AUTO", registry=world.registry, cache_dir=world.cache) as detector:
         assert detector(generated_images(1, seed=3, size=(64, 48))[0]) is not None
         info = detector.run_info()
-    assert info.device == "AUTO" and info.inference_precision is None
-    assert info.inference_precision_reason.startswith("AUTO does not report its default inference precision")
+    with Detector("tiny", "openvino", registry=world.registry, cache_dir=world.cache) as on_cpu:
+        cpu = on_cpu.run_info("latency")
+    assert info.device == "AUTO" and info.inference_precision == cpu.inference_precision == DEFAULT
+    assert info.inference_precision_reason == (f"AUTO may run on CPU; CPU: {cpu.inference_precision_reason}; AUTO "
+                                                f"reads no precision back: {DEFAULT} is what CPU was set to run")
+    with Detector("tiny", "openvino", device="AUTO", inference_precision="f32", registry=world.registry,
+                  cache_dir=world.cache) as pinned:
+        assert pinned.run_info("latency").inference_precision == "f32"
 
 
 def test_check_pins_f32_by_default(world: World) -> None:
@@ -208,35 +219,35 @@ def _check(passed: bool, name: str = FACTS.name, precision_name: str = "bf16") -
 
 
 def test_auto_uses_the_default_only_where_it_passed_its_check() -> None:
-    passed = precision.plan("auto", FACTS, [_check(True)], model="m")
+    passed = openvino_rules.plan("auto", FACTS, [_check(True)], model="m")
     assert passed.pin is None and passed.level == logging.DEBUG
     assert passed.reason == ("bf16, the default of CPU (Test CPU 9000), checked for this IR at conversion: recall "
                              "0.980 (floor 0.90)")
-    failed = precision.plan("auto", FACTS, [_check(False)], model="m")
+    failed = openvino_rules.plan("auto", FACTS, [_check(False)], model="m")
     assert failed.pin == "f32" and failed.level == logging.WARNING
     assert failed.reason.startswith("m's IR fails its accuracy check at bf16, the default of CPU (bf16 vs f32 on CPU "
                                     "(Test CPU 9000): FAILED, 50/100 f32 detections found (recall 0.500")
     assert failed.reason.endswith("running f32. Pass --inference-precision bf16 to run it anyway")
     for checks in ([], [_check(True, name="Other CPU")], [_check(True, precision_name="f16")]):
-        missing = precision.plan("auto", FACTS, checks, model="m")
+        missing = openvino_rules.plan("auto", FACTS, checks, model="m")
         assert missing.pin == "f32" and missing.level == logging.INFO
         assert missing.reason == (
             "CPU (Test CPU 9000) runs bf16 by default, and m's IR has no record of its accuracy at bf16 on this "
             "device; running f32. Run 'ssdtool convert m' here to check and record it, or pass "
             "--inference-precision bf16 to run it unchecked")
     f32_cpu = DeviceFacts(device="CPU", name="Old CPU", default_precision="f32")
-    assert precision.plan("auto", f32_cpu, [], model="m").pin is None
-    assert precision.plan("auto", DeviceFacts("AUTO", "AUTO", None), []).pin == "f32"
+    assert openvino_rules.plan("auto", f32_cpu, [], model="m").pin is None
+    assert openvino_rules.plan("auto", DeviceFacts("AUTO", "AUTO", None), []).pin == "f32"
     for explicit in ("f32", "BF16", "f16"):
-        assert precision.plan(explicit, FACTS, [_check(False)]).pin == explicit.lower()
+        assert openvino_rules.plan(explicit, FACTS, [_check(False)]).pin == explicit.lower()
 
 
 def test_a_pinned_precision_that_did_not_run_is_an_error() -> None:
-    precision.confirm("f32", "f32", "CPU")
-    precision.confirm(None, "bf16", "CPU")  # the default: whatever runs is reported, not refused
-    precision.confirm("f16", None, "AUTO")  # nothing read back: nothing to compare
+    openvino.confirm("f32", "f32", "CPU")
+    openvino.confirm(None, "bf16", "CPU")  # the default: whatever runs is reported, not refused
+    openvino.confirm("f16", None, "AUTO")  # nothing read back: nothing to compare
     with pytest.raises(BackendError) as info:
-        precision.confirm("f16", "bf16", "CPU")
+        openvino.confirm("f16", "bf16", "CPU")
     assert info.value.exit_code == 31
     assert info.value.message == ("OpenVINO cannot run inference precision f16 on CPU: asked for f16, the compiled "
                                   "model runs bf16 (the device has no native f16 arithmetic, and OpenVINO "

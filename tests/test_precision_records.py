@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from ssdtool import precision
+from ssdtool.backends import openvino_rules
 from ssdtool.cache import Cache
 from ssdtool.cli import cli
 from ssdtool.convert import convert
@@ -71,7 +72,7 @@ def test_a_record_that_does_not_hold_up_is_treated_as_missing(record: dict[str, 
     provenance = {"runtime_checks": [record]}
     assert precision.recorded_checks(provenance) == []
     checks, unusable = precision.read_checks(provenance)
-    chosen = precision.plan("auto", FACTS, checks, model="m", unusable=unusable)
+    chosen = openvino_rules.plan("auto", FACTS, checks, model="m", unusable=unusable)
     assert chosen.pin == "f32" and chosen.level == logging.WARNING and chosen.check is None
     assert chosen.reason == (
         f"CPU (Test CPU 9000) runs bf16 by default, and m's IR's record of its accuracy at bf16 on this device does "
@@ -82,15 +83,15 @@ def test_a_record_that_does_not_hold_up_is_treated_as_missing(record: dict[str, 
 
 def test_the_genuine_record_and_a_failed_one_keep_their_meaning() -> None:
     assert RuntimeCheck.parse(GOOD) == RuntimeCheck(**GOOD)
-    assert precision.plan("auto", FACTS, [RuntimeCheck.parse(GOOD)]).pin is None
+    assert openvino_rules.plan("auto", FACTS, [RuntimeCheck.parse(GOOD)]).pin is None
     failed = _with(passed=False, matched=44, recall=round(44 / 446, 6))
     assert RuntimeCheck.parse(failed).passed is False
-    chosen = precision.plan("auto", FACTS, [RuntimeCheck.parse(failed)], model="m")
+    chosen = openvino_rules.plan("auto", FACTS, [RuntimeCheck.parse(failed)], model="m")
     assert chosen.pin == "f32" and chosen.reason.startswith("m's IR fails its accuracy check at bf16")
     for other in (_with(device_name="Other CPU", passed="yes"), _with(precision="f32")):
         # a bad record for another device or precision: this device simply has none
         nothing = precision.read_checks({"runtime_checks": [other]})
-        chosen = precision.plan("auto", FACTS, nothing[0], model="m", unusable=nothing[1])
+        chosen = openvino_rules.plan("auto", FACTS, nothing[0], model="m", unusable=nothing[1])
         assert chosen.level == logging.INFO and "has no record of its accuracy at bf16 on this device" in chosen.reason
     with pytest.raises(ValueError, match=r"^precision is 'f32', not one of bf16, f16$"):
         RuntimeCheck.parse(_with(precision="f32"))
@@ -115,7 +116,7 @@ def test_auto_runs_the_default_only_on_evidence_that_it_passed(images: Any, tota
     record = _with(images=images, reference_detections=total, matched=matched, recall=recall, min_recall=min_recall,
                    passed=passed)
     checks, unusable = precision.read_checks({"runtime_checks": [record]})
-    chosen = precision.plan("auto", FACTS, checks, model="m", unusable=unusable)
+    chosen = openvino_rules.plan("auto", FACTS, checks, model="m", unusable=unusable)
     if chosen.pin is None:  # bf16 runs: only on a consistent record at or above ssdtool's floor
         assert passed is True and images >= 1 and 0 <= matched <= total
         assert (matched / total if total else 1.0) >= precision.RUNTIME_MIN_RECALL

@@ -6,6 +6,7 @@ Uses the session models of ``tests/test_detect.py`` (planted and seeded tiny twi
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import subprocess
 import sys
@@ -288,6 +289,11 @@ def test_docs_examples_run(world: World, tmp_path: Path, monkeypatch: pytest.Mon
     assert "image 3 of 3" in out and "\nopenvino:FP32:f32 f32 " in out and "\nonnxruntime f32 " in out  # evaluate
     with Image.open(tmp_path / "photo-annotated.jpg") as drawn:
         assert drawn.size == (640, 480)
+    # ssdtool.outputs: what `ssdtool detect photos --format coco --save-dir annotated` writes, from Python
+    assert "3 images, 10 detections, 1 failed in " in out and "; results in detections.json\n" in out
+    assert "table, json, jsonl, coco\n" in out
+    assert len(json.loads((tmp_path / "detections.json").read_text())) == 10
+    assert sorted(p.name for p in (tmp_path / "annotated").iterdir()) == ["a.jpg", "b.jpg"]
 
 
 def build_to_path_planted_heads(path: Path) -> None:

@@ -9,15 +9,9 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,82 +21,26 @@ import requests
 from click.testing import CliRunner
 from PIL import Image
 
-from ssdtool.cache import Cache
 from ssdtool.cli import cli
 from ssdtool.errors import NetworkError, ServerError
 from ssdtool.imaging import generated_images, preprocess
 from ssdtool.registry import load_registry
-from ssdtool.serving.protocol import DETECTION_OUTPUTS, HEADER_LENGTH, IMAGE_INPUT, ServerTarget
-from ssdtool.synthetic import TwinSpec, build_model
-from tests.modelkit import install_model
+from ssdtool.serving.protocol import DETECTION_OUTPUTS, EXTENSIONS, HEADER_LENGTH, IMAGE_INPUT, ServerTarget
+from tests.modelkit import SERVE_MAX_BODY as MAX_BODY
+from tests.modelkit import ServeProcess, ServeWorld, free_port, serve_world
 
 pytest.importorskip("kserve")
 
 TOLERANCE = 1e-5
-MAX_BODY = 4_000_000  # the tiny twin's tensor is 1.08 MB in binary and about 1.6 MB as JSON numbers
+DETECTIONS = "tiny-detections"  # the detections model beside the IR model "tiny"
 
 
-@dataclass(frozen=True)
-class World:
-    registry: Path
-    cache: Path
-    images: tuple[Path, ...]
-
-    def args(self, *extra: str) -> list[str]:
-        return ["--registry", str(self.registry), "--cache-dir", str(self.cache), *extra]
+World = ServeWorld
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> World:
-    from ssdtool.convert import ConvertOptions, convert
-
-    root = tmp_path_factory.mktemp("serve-world")
-    registry, cache = root / "registry.yml", root / "cache"
-    install_model(cache, registry, "tiny", build_model(TwinSpec(variant="tiny")))
-    convert(load_registry(registry).model("tiny"), Cache.at(cache), ConvertOptions(verify=False))
-    images = []
-    for index, size in enumerate(((640, 480), (300, 300), (333, 500))):
-        path = root / f"image-{index}.png"
-        Image.fromarray(generated_images(1, seed=40 + index, size=size)[0]).save(path)
-        images.append(path)
-    return World(registry, cache, tuple(images))
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class ServeProcess:
-    """``ssdtool serve`` in a child process; :attr:`info` is the JSON line it prints when ready."""
-
-    def __init__(self, world: World, port: int = 0, *extra: str) -> None:
-        self.log = open(world.registry.parent / f"serve-{time.monotonic_ns()}.log", "w+")  # noqa: SIM115
-        command = [sys.executable, "-m", "ssdtool", *world.args("serve", "tiny", "--port", str(port),
-                                                                 "--inference-precision", "f32", "--json",
-                                                                 "--max-request-bytes", str(MAX_BODY), *extra)]
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=self.log, text=True,
-                                        env={**os.environ, "SSDTOOL_OFFLINE": "1"})
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline()
-        if not line:
-            self.process.wait(10)
-            self.log.seek(0)
-            raise AssertionError(f"serve did not start: {self.log.read()[-2000:]}")
-        self.info: dict[str, Any] = json.loads(line)
-        self.url: str = self.info["url"]
-
-    def terminate(self, timeout: float = 30) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        code = self.process.wait(timeout)
-        self.log.close()
-        return code
-
-    def stderr(self) -> str:
-        if not self.log.closed:
-            self.log.flush()
-        return Path(self.log.name).read_text()
+    return serve_world(tmp_path_factory.mktemp("serve-world"))
 
 
 @pytest.fixture(scope="module")
@@ -133,22 +71,42 @@ def _remote(url: str, **options: Any) -> Any:
 
 # -- protocol -------------------------------------------------------------------------------------------------
 def test_binds_loopback_and_answers_health_metadata_and_metrics(server: ServeProcess) -> None:
+    from ssdtool import __version__
+    from ssdtool.provenance import read_section
+
     assert server.url.startswith("http://127.0.0.1:")
     assert server.info["inference_precision"] == "f32" and server.info["precision"] == "FP32"
+    assert server.info["detections_model"] == DETECTIONS and server.info["grpc_address"] is None
     assert requests.get(f"{server.url}/v2/health/live", timeout=10).json() == {"live": True}
     assert requests.get(f"{server.url}/v2/health/ready", timeout=10).json() == {"ready": True}
-    metadata = requests.get(f"{server.url}/v2/models/tiny", timeout=10).json()
-    assert metadata["name"] == "tiny"
-    assert metadata["inputs"] == [{"name": "image", "datatype": "FP32", "shape": [1, 3, 300, 300]},
-                                  {"name": IMAGE_INPUT, "datatype": "BYTES", "shape": [1]}]
-    names = [output["name"] for output in metadata["outputs"]]
-    assert names == ["bboxes", "labels", "scores", *DETECTION_OUTPUTS]
+    assert requests.get(f"{server.url}/v2", timeout=10).json() == {
+        "name": "ssdtool", "version": __version__, "extensions": ["binary_tensor_data"]}
+    assert EXTENSIONS == ("binary_tensor_data",)
+    # The IR model lists exactly the IR's tensors, as OVMS and Triton list them for the same IR, and the IR's Model
+    # API section (rt_info/model_info) as OVMS adds it.
+    model_info = read_section(Path(server.info["model_path"]), "model_info")
+    assert model_info is not None and model_info["model_type"] == "SSD"
+    assert requests.get(f"{server.url}/v2/models/tiny", timeout=10).json() == {
+        "name": "tiny", "platform": "", "rt_info": {"model_info": model_info},
+        "inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 3, 300, 300]}],
+        "outputs": [{"name": "bboxes", "datatype": "FP32", "shape": [1, 200, 4]},
+                    {"name": "labels", "datatype": "INT64", "shape": [1, 200]},
+                    {"name": "scores", "datatype": "FP32", "shape": [1, 200]}]}
+    assert requests.get(f"{server.url}/v2/models/{DETECTIONS}", timeout=10).json() == {
+        "name": DETECTIONS, "platform": "", "inputs": [{"name": IMAGE_INPUT, "datatype": "BYTES", "shape": [1]}],
+        "outputs": [{"name": DETECTION_OUTPUTS[0], "datatype": "FP32", "shape": [-1, 4]},
+                    {"name": DETECTION_OUTPUTS[1], "datatype": "INT64", "shape": [-1]},
+                    {"name": DETECTION_OUTPUTS[2], "datatype": "FP32", "shape": [-1]}]}
+    for model in ("tiny", DETECTIONS):
+        assert requests.get(f"{server.url}/v2/models/{model}/ready", timeout=10).json() == {"name": model,
+                                                                                           "ready": True}
     requests.post(f"{server.url}/v2/models/tiny/infer", data=b"{}", timeout=10)
     metrics = requests.get(f"{server.url}/metrics", timeout=10).text
     assert "request_predict_seconds" in metrics
     for path in ("/v2/repository/models/tiny/unload", "/v2/repository/index", "/docs", "/openapi.json"):
         method = requests.post if "repository" in path else requests.get
-        assert method(f"{server.url}{path}", timeout=10).status_code in (404, 405)
+        answer = method(f"{server.url}{path}", timeout=10)
+        assert answer.status_code == 404 and answer.json()["error"].startswith(f"not found: {answer.request.method}")
     assert requests.get(f"{server.url}/v2/health/ready", timeout=10).status_code == 200
 
 
@@ -181,7 +139,7 @@ def test_encoded_image_request_equals_local_detect(world: World, server: ServePr
 
     path = world.images[0]
     body, headers = _image_request(path.read_bytes(), threshold=0.1)
-    answer = requests.post(f"{server.url}/v2/models/tiny/infer", data=body, headers=headers, timeout=30)
+    answer = requests.post(f"{server.url}/v2/models/{DETECTIONS}/infer", data=body, headers=headers, timeout=30)
     assert answer.status_code == 200, answer.text
     outputs = {out["name"]: np.asarray(out["data"]).reshape(out["shape"]) for out in answer.json()["outputs"]}
     with Detector("tiny", "openvino", inference_precision="f32", registry=world.registry, cache_dir=world.cache,
@@ -223,15 +181,23 @@ BAD_REQUESTS = {
     "wrong dtype": (_tensor_json(datatype="INT32"), JSON_TYPE, 400, "datatype"),
     "wrong name": (_tensor_json(name="pixels"), JSON_TYPE, 400, "unknown input 'pixels'"),
     "too little data": (_tensor_json(count=10), JSON_TYPE, 400, "image"),
-    "garbage JSON": (b"{not json", {"Content-Type": "application/json"}, 422, ""),
-    "no inputs": (b'{"inputs": []}', {"Content-Type": "application/json"}, 400, "exactly one input"),
-    "over the size limit": (b"x" * (MAX_BODY + 1), {"Content-Type": "application/json"}, 413, "limit"),
+    "garbage JSON": (b"{not json", JSON_TYPE, 400, "is not valid JSON: line 1, column 2"),
+    "garbage JSON, no Content-Type": (b"{not json", {}, 400, "is not valid JSON: line 1, column 2"),
+    "JSON off the protocol": (b'{"inputs": 5}', JSON_TYPE, 400,
+                              "the request does not follow the protocol: inputs: Input should be a valid list"),
+    "no inputs": (b'{"inputs": []}', JSON_TYPE, 400, "exactly one input"),
+    "over the size limit": (b"x" * (MAX_BODY + 1), JSON_TYPE, 413, "limit"),
     "bad binary header": (b'{"inputs": [}' + b"\0" * 16, {HEADER_LENGTH: "13"}, 400, "binary request"),
     "binary size past the end": (b'{"inputs":[{"name":"image","shape":[1,3,300,300],"datatype":"FP32",'
                                  b'"parameters":{"binary_data_size":1080000}}]}' + b"\0" * 8, {}, 400, "past the end"),
+    "an image to the IR model": (*_image_request(b"x"), 400, "unknown input 'encoded_image'; expected input 'image'"),
     "not an image": (*_image_request(b"this is not a picture"), 400, "decode"),
     "bad threshold": (*_image_request(b"x", threshold=7), 400, "threshold"),
+    "a tensor to the detections model": (_tensor_json(), JSON_TYPE, 400, "unknown input 'image'; expected "
+                                                                         "'encoded_image'"),
 }
+#: The cases sent to the detections model; the others go to the IR model.
+TO_DETECTIONS = ("not an image", "bad threshold", "a tensor to the detections model")
 
 
 @pytest.mark.parametrize("case", list(BAD_REQUESTS))
@@ -240,11 +206,11 @@ def test_bad_request_gets_4xx_json_and_the_server_keeps_serving(world: World, se
     body, headers, status, text = BAD_REQUESTS[case]
     if case == "binary size past the end":
         headers = {HEADER_LENGTH: str(len(body) - 8)}
-    answer = requests.post(f"{server.url}/v2/models/tiny/infer", data=body, headers=headers, timeout=30)
+    model = DETECTIONS if case in TO_DETECTIONS else "tiny"
+    answer = requests.post(f"{server.url}/v2/models/{model}/infer", data=body, headers=headers, timeout=30)
     assert answer.status_code == status, answer.text
     error = answer.json()
-    assert isinstance(error, dict) and ("error" in error or "detail" in error)
-    assert text in json.dumps(error)
+    assert list(error) == ["error"] and text in error["error"]
     assert requests.get(f"{server.url}/v2/health/ready", timeout=10).status_code == 200
     tensor = _tensor(world, 1)
     np.testing.assert_allclose(_remote(server.url).infer(tensor)["scores"], local_engine.infer(tensor)["scores"],
@@ -254,7 +220,7 @@ def test_bad_request_gets_4xx_json_and_the_server_keeps_serving(world: World, se
 def test_client_errors_are_ssdtool_errors_with_exit_codes(world: World, server: ServeProcess) -> None:
     with pytest.raises(ServerError, match="HTTP 404"):
         _remote(server.url, model="no-such-model")
-    port = _free_port()
+    port = free_port()
     with pytest.raises(NetworkError, match="after 2 attempts"):
         _remote(f"http://user:secret@127.0.0.1:{port}", retries=1, backoff=0.01)
     result = CliRunner().invoke(cli, world.args("detect", str(world.images[0]), "-m", "tiny", "--server",
@@ -295,7 +261,7 @@ def test_eight_concurrent_clients_fifty_requests_each(world: World, server: Serv
 
 
 def test_client_retries_through_a_restart_and_sigterm_is_graceful(world: World, local_engine: Any) -> None:
-    port = _free_port()
+    port = free_port()
     first = ServeProcess(world, port)
     remote = _remote(first.url, retries=12, backoff=0.1, concurrency=2)
     tensors = [_tensor(world, i) for i in range(3)]
@@ -341,9 +307,77 @@ def test_encoded_image_json_round_trip_through_pil(server: ServeProcess) -> None
     buffer = io.BytesIO()
     Image.fromarray(generated_images(1, seed=7, size=(200, 120))[0]).save(buffer, format="JPEG")
     body, headers = _image_request(buffer.getvalue(), threshold=0.0)
-    answer = requests.post(f"{server.url}/v2/models/tiny/infer", data=body, headers=headers, timeout=30).json()
+    answer = requests.post(f"{server.url}/v2/models/{DETECTIONS}/infer", data=body, headers=headers,
+                           timeout=30).json()
     boxes = np.asarray(answer["outputs"][0]["data"]).reshape(answer["outputs"][0]["shape"])
     assert len(boxes) > 0 and boxes[:, [0, 2]].max() <= 200 and boxes[:, [1, 3]].max() <= 120
+
+
+class PeakRss:
+    """A process's resident memory while something runs: psutil sampled every 5 ms, and on Linux the kernel's own
+    high-water mark (VmHWM, reset first through /proc/PID/clear_refs), which no sample can miss."""
+
+    def __init__(self, pid: int) -> None:
+        import psutil
+
+        self.process = psutil.Process(pid)
+        self.peak = self.before = self.process.memory_info().rss
+        self._stop = threading.Event()
+        self._status = Path(f"/proc/{pid}/status")
+        self._kernel_peak = self._reset_high_water_mark()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _reset_high_water_mark(self) -> bool:
+        try:
+            Path(f"/proc/{self.process.pid}/clear_refs").write_text("5")
+            return True
+        except OSError:
+            return False
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, self.process.memory_info().rss)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        if self._kernel_peak:
+            for line in self._status.read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    self.peak = max(self.peak, int(line.split()[1]) * 1024)
+
+
+def test_eight_concurrent_88_megapixel_pngs_stay_within_the_decode_budget(server: ServeProcess) -> None:
+    """The reproduction from issue 20: eight 11 KB PNGs of 9381 x 9381 one-bit pixels at once took 2.4 GB and kept
+    1.3 GB. Now they decode within the documented budget (``--decode-memory``, 1 GiB by default) and the memory
+    is given back."""
+    from ssdtool.serving.limits import DEFAULT_DECODE_MEMORY
+
+    buffer = io.BytesIO()
+    Image.new("1", (9381, 9381)).save(buffer, format="PNG")
+    assert len(buffer.getvalue()) < 12_000
+    body, headers = _image_request(buffer.getvalue())
+    statuses: list[int] = []
+
+    def send() -> None:
+        answer = requests.post(f"{server.url}/v2/models/{DETECTIONS}/infer", data=body, headers=headers,
+                               timeout=600)
+        statuses.append(answer.status_code)
+
+    with PeakRss(server.process.pid) as memory:
+        threads = [threading.Thread(target=send) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    after = memory.process.memory_info().rss
+    assert statuses == [200] * 8
+    assert memory.peak - memory.before <= DEFAULT_DECODE_MEMORY
+    assert after - memory.before <= 128 << 20  # given back (measured: a few MB stay)
 
 
 def test_a_chunked_body_over_the_limit_is_refused_while_it_streams(server: ServeProcess) -> None:

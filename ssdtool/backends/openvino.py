@@ -2,7 +2,9 @@
 
 Two ways to run it: :meth:`OpenVinoEngine.infer` (one synchronous request, for one image or a parity check) and
 :meth:`OpenVinoEngine.infer_stream` (the device's optimal number of async requests in flight, results handed back
-in input order), which keeps every stream of a THROUGHPUT-compiled model busy.
+in input order), which keeps every stream of a THROUGHPUT-compiled model busy. What the runtime says about a device
+(:func:`device_facts`) and about a compiled model's precision (:func:`type_name`, :func:`confirm`) is read here;
+which device and precision to ask for is decided by :mod:`ssdtool.backends.openvino_rules`.
 """
 
 from __future__ import annotations
@@ -12,19 +14,24 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 
-from ssdtool import precision
 from ssdtool.backends import import_engine
+from ssdtool.constants import DEFAULT_DEVICE, PerformanceHint
 from ssdtool.errors import BackendError, ModelFormatError
+from ssdtool.precision import DeviceFacts
 
 K = TypeVar("K")
 
-HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
+#: OpenVINO's performance hints: ssdtool's (:class:`~ssdtool.constants.PerformanceHint`) as OpenVINO spells them,
+#: and CUMULATIVE_THROUGHPUT, which only a direct user of :class:`OpenVinoEngine` asks for.
+HINTS = (*(hint.upper() for hint in PerformanceHint.values()), "CUMULATIVE_THROUGHPUT")
+#: OpenVINO's names for "no precision set" (ACCURACY mode reads back as dynamic).
+_UNSET = ("dynamic", "undefined", "")
 
 
 def available_devices() -> list[str]:
@@ -36,9 +43,16 @@ def openvino_version() -> str:
     return str(import_engine("openvino").get_version())
 
 
-@functools.lru_cache(maxsize=8)
-def device_facts(device: str = "CPU") -> precision.DeviceFacts:
-    """The device's name (the CPU model for ``CPU``) and default inference precision, asked without compiling.
+def device_type(device: str) -> str:
+    """The kind of a physical device: ``GPU`` for ``GPU.1``; a runtime check speaks for every device of a kind and
+    model (two identical GPUs share it)."""
+    return device.split(".", 1)[0]
+
+
+@functools.lru_cache(maxsize=16)
+def device_facts(device: str = DEFAULT_DEVICE) -> DeviceFacts:
+    """The device's name (``FULL_DEVICE_NAME``: the CPU or GPU model) and default inference precision, asked without
+    compiling; ``device`` is recorded by its kind (``GPU`` for ``GPU.1``).
 
     Virtual devices (AUTO, MULTI, HETERO, BATCH) report neither: their default precision is None. Cached: the
     answers describe the hardware, which does not change while the process runs.
@@ -49,37 +63,60 @@ def device_facts(device: str = "CPU") -> precision.DeviceFacts:
     except Exception:  # virtual devices have no name of their own
         name = device
     try:
-        default = precision.type_name(core.get_property(device, "INFERENCE_PRECISION_HINT"))
+        default = type_name(core.get_property(device, "INFERENCE_PRECISION_HINT"))
     except Exception:
         default = None
-    return precision.DeviceFacts(device=device, name=name, default_precision=default)
+    return DeviceFacts(device=device_type(device), name=name, default_precision=default)
 
 
-def check_device(device: str, devices: list[str]) -> None:
-    """Raise :class:`BackendError` unless ``device`` names an available device (or a virtual one: AUTO, ...)."""
-    if device.startswith(("AUTO", "MULTI", "HETERO", "BATCH")):
+@functools.lru_cache(maxsize=16)
+def device_capabilities(device: str) -> frozenset[str]:
+    """``OPTIMIZATION_CAPABILITIES`` of a physical device (``FP32``, ``BF16``, ``FP16``, ``INT8``, ...): the
+    arithmetic it has natively; empty when it does not say."""
+    try:
+        return frozenset(str(c) for c in import_engine("openvino").Core().get_property(device,
+                                                                                      "OPTIMIZATION_CAPABILITIES"))
+    except Exception:
+        return frozenset()
+
+
+def type_name(value: Any) -> str | None:
+    """OpenVINO's precision property (an ``openvino.Type`` or a string) as ``f32``/``bf16``/``f16``; None if unset."""
+    name = value.get_type_name() if hasattr(value, "get_type_name") else str(value)
+    name = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}.get(name, name)
+    return None if name in _UNSET else name
+
+
+def confirm(pin: str | None, read_back: str | None, device: str) -> None:
+    """Raise :class:`BackendError` when a pinned precision is not what the compiled model runs."""
+    if pin is None or read_back is None or read_back == pin:
         return
-    if device in devices or device.split(":")[0].split(".")[0] in devices:
-        return
-    raise BackendError(f"OpenVINO device {device!r} is not available; found: {', '.join(devices) or 'none'}",
-                       hint="pass --device with one of those (default CPU)")
+    raise BackendError(
+        f"OpenVINO cannot run inference precision {pin} on {device}: asked for {pin}, the compiled model runs "
+        f"{read_back} (the device has no native {pin} arithmetic, and OpenVINO substitutes another precision)",
+        hint=f"pass --inference-precision auto, f32 or {read_back}")
 
 
 class OpenVinoEngine:
     name = "openvino"
 
-    def __init__(self, model_path: str | os.PathLike[str], device: str = "CPU", cache_dir: str | None = None,
-                 hint: str = "LATENCY", inference_precision: str | None = None) -> None:
-        """Compile ``model_path`` for ``device``.
+    def __init__(self, model_path: str | os.PathLike[str], device: str = DEFAULT_DEVICE, cache_dir: str | None = None,
+                 hint: str = HINTS[0], inference_precision: str | None = None,
+                 device_pins: Mapping[str, str] | None = None,
+                 expected_precisions: Mapping[str, str | None] | None = None) -> None:
+        """Compile ``model_path`` for ``device`` (any device string the runtime accepts; the rules module checks
+        it first).
 
         ``inference_precision`` pins ``INFERENCE_PRECISION_HINT`` (f32, bf16, f16); None leaves the device's
         default. Either way the precision that runs is read back into :attr:`inference_precision`, and a pinned
         one that OpenVINO did not honour raises :class:`BackendError` (see :mod:`ssdtool.precision`).
+
+        A virtual device (AUTO, MULTI, HETERO) reads no precision back. ``device_pins`` pins a precision on each of
+        its devices (``DEVICE_PROPERTIES``); ``expected_precisions`` says what each device was set to run, and
+        :attr:`inference_precision` is then that of the devices it chose (``EXECUTION_DEVICES``) when they agree.
         """
         ov = import_engine("openvino")
         core = ov.Core()
-        if device != "CPU":  # the CPU plugin is always there; listing devices loads every plugin (~40 ms)
-            check_device(device, list(core.available_devices))
         if hint not in HINTS:
             raise BackendError(f"unknown OpenVINO performance hint {hint!r}; expected one of {', '.join(HINTS)}")
         config: dict[str, Any] = {"PERFORMANCE_HINT": hint}
@@ -87,6 +124,8 @@ class OpenVinoEngine:
             config["CACHE_DIR"] = str(cache_dir)
         if inference_precision is not None:
             config["INFERENCE_PRECISION_HINT"] = inference_precision
+        if device_pins:
+            config["DEVICE_PROPERTIES"] = {part: {"INFERENCE_PRECISION_HINT": pin} for part, pin in device_pins.items()}
         if cache_dir:
             # Compiling from the path lets OpenVINO find a cached blob without parsing the model first, which
             # is most of the cost of a warm start (the blob holds the already transformed graph and weights).
@@ -119,7 +158,11 @@ class OpenVinoEngine:
         #: when the device does not report it, as virtual devices such as AUTO do not).
         self.requested_precision = inference_precision
         self.inference_precision: str | None = self._read_back_precision()
-        precision.confirm(inference_precision, self.inference_precision, device)
+        confirm(inference_precision, self.inference_precision, device)
+        if self.inference_precision is None and expected_precisions:
+            chosen = {expected_precisions.get(d, expected_precisions.get(device_type(d)))
+                      for d in self.execution_devices}
+            self.inference_precision = chosen.pop() if len(chosen) == 1 else None
         self._request = self.compiled.create_infer_request()
         self._pool: list[Any] = [self._request]
         # Requests free for infer(), which may be called from several threads (more are made on demand).
@@ -142,9 +185,17 @@ class OpenVinoEngine:
 
     def _read_back_precision(self) -> str | None:
         try:
-            return precision.type_name(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
+            return type_name(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
         except Exception:  # AUTO, MULTI and other virtual devices do not report it
             return None
+
+    @property
+    def execution_devices(self) -> tuple[str, ...]:
+        """The devices the compiled model runs on (AUTO's choice; the device itself otherwise)."""
+        try:
+            return tuple(str(d) for d in self.compiled.get_property("EXECUTION_DEVICES"))
+        except Exception:
+            return (self.device,)
 
     @property
     def optimal_requests(self) -> int:

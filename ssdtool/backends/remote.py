@@ -2,13 +2,24 @@
 
 It talks to any compliant server (``ssdtool serve``, OpenVINO Model Server, Triton, KServe) with the IR's tensor
 input, in JSON or with the binary tensor extension (a JSON header, then the raw tensor bytes; its length in the
-``Inference-Header-Content-Length`` header). Connection errors, timeouts and 503 answers are retried with
-exponential backoff; a server that stays unreachable is a :class:`NetworkError`, a refused request a
-:class:`ServerError`. URLs are redacted wherever they are shown.
+``Inference-Header-Content-Length`` header).
 
-Why ``requests`` and not ``tritonclient[http]``: tritonclient's HTTP client is built on geventhttpclient, which
-brings gevent (and its monkey-patching concerns) next to OpenVINO's and ssdtool's own threads, plus ~25 MB; the
-protocol is a small JSON/bytes format that ~150 lines cover, on the HTTP library ssdtool already depends on.
+The server is not trusted (docs/serve.md, "What the client accepts"):
+
+* every exchange goes through :mod:`ssdtool.backends.bounded_http`: a total deadline per attempt
+  (``ServerTarget.timeout``), answers capped at what the registry model's outputs can take
+  (:attr:`~ssdtool.backends.remote_answers.OutputContract.max_answer_bytes`; 1 MiB for metadata), compressed
+  answers inflated only up to the cap, and no redirects;
+* connection errors, connections cut mid-answer, the deadline, and 502/503/504 answers are retried with
+  exponential backoff; a server that stays unreachable is a :class:`NetworkError`;
+* everything else - a refused request, a redirect, an answer too large, or one that is not what the model can
+  return (:mod:`~ssdtool.backends.remote_answers`) - is a :class:`ServerError` naming what was wrong.
+
+URLs are redacted and server strings escaped wherever they are shown.
+
+Why not ``tritonclient[http]``: its HTTP client is built on geventhttpclient, which brings gevent (and its
+monkey-patching concerns) next to OpenVINO's and ssdtool's own threads, plus ~25 MB; the protocol is a small
+JSON/bytes format that a few hundred lines cover, on the standard library.
 """
 
 from __future__ import annotations
@@ -20,109 +31,172 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import quote
 
 import numpy as np
 
-from ssdtool.constants import WireProtocol
-from ssdtool.errors import NetworkError, ServerError, UsageError
-from ssdtool.redact import redact_text, redact_url
-from ssdtool.serving.protocol import (
-    HEADER_LENGTH,
-    IMAGE_INPUT,
-    PRECISION_PARAMETER,
-    ServerTarget,
-    numpy_dtype,
-    v2_datatype,
+from ssdtool import checked
+from ssdtool.backends.bounded_http import (
+    Answer,
+    AnswerTooLarge,
+    AnswerUnreadable,
+    HttpClient,
+    Redirected,
+    TransportError,
 )
+from ssdtool.backends.remote_answers import (
+    MAX_ANSWER_BYTES,
+    MAX_METADATA_BYTES,
+    OutputContract,
+    read_metadata,
+    read_response,
+    shown,
+    split_binary,
+)
+from ssdtool.backends.spec import REMOTE, EnginePlan, EngineSpec, ModelFile, OpenedEngine, RunInfo
+from ssdtool.constants import DEFAULT_DEVICE, InferencePrecision, PerformanceHint, WireProtocol
+from ssdtool.errors import NetworkError, ServerError, UsageError
+from ssdtool.redact import printable, redact_text, redact_url
+from ssdtool.serving.protocol import HEADER_LENGTH, PRECISION_PARAMETER, ServerTarget, numpy_dtype, v2_datatype
+
+if TYPE_CHECKING:
+    from ssdtool.cache import Cache
+    from ssdtool.registry import ModelEntry
 
 K = TypeVar("K")
 RETRY_STATUSES = (502, 503, 504)
 MAX_BACKOFF = 5.0
+#: A server's precision name longer than this is no precision name.
+MAX_PRECISION_NAME = 32
 
 
 class RemoteEngine:
-    """The model ``target.model`` (default ``model``) on the server at ``target.url``; made from its metadata."""
+    """The model ``target.model`` (default ``model``) on the server at ``target.url``; made from its metadata.
+
+    ``entry``: the registry model the server runs (detect, bench and eval pass it). Its IR's input and outputs are
+    the contract every answer is checked against, and they bound an answer's size; without it, answers are checked
+    only for their form and finite numbers, and capped at :data:`MAX_ANSWER_BYTES`.
+    """
 
     name = "remote"
 
-    def __init__(self, target: ServerTarget, model: str) -> None:
-        import requests
-
-        if not target.url.lower().startswith(("http://", "https://")):
-            raise UsageError(f"--server takes an http:// or https:// URL, got {redact_url(target.url)!r}",
-                             hint="for example --server http://127.0.0.1:8080")
-        self._requests = requests
+    def __init__(self, target: ServerTarget, model: str, entry: ModelEntry | None = None) -> None:
         self.target = target
         self.model = target.model or model
         self.base = target.url.rstrip("/")
         self.device = redact_url(self.base)
+        self.contract = OutputContract.of(entry) if entry is not None else None
+        self.max_answer_bytes = self.contract.max_answer_bytes if self.contract is not None else MAX_ANSWER_BYTES
+        self._path = f"/v2/models/{quote(self.model, safe='')}"
         self._local = threading.local()
         self._lock = threading.Lock()
         self._in_flight, self._busy_since = 0, 0.0
         self.busy_seconds = 0.0
         self.streams: int | None = None
         self.threads: int | None = None
-        #: What the server says its engine computes in (``ssdtool serve`` says; other servers do not: None).
+        #: What the server says its engine computes in (``ssdtool serve`` says; other servers do not: None),
+        #: escaped for people.
         self.inference_precision: str | None = None
-        metadata = self._call("GET", f"/v2/models/{self.model}")
-        tensor_inputs = [spec for spec in metadata.get("inputs", [])
-                         if spec.get("name") != IMAGE_INPUT and spec.get("datatype") != "BYTES"]
-        if not tensor_inputs:
-            raise ServerError(f"model {self.model!r} at {self.device} has no tensor input in its metadata",
-                              hint="check the model name with --server-model")
-        spec = tensor_inputs[0]
-        self.input_name: str = spec["name"]
-        self.input_shape: tuple[int, ...] = tuple(int(d) for d in spec.get("shape", []))
-        self.input_datatype: str = spec["datatype"]
-        self.output_names: list[str] = [out["name"] for out in metadata.get("outputs", [])]
-        self.platform: str = str(metadata.get("platform", ""))
+        answer = self._call("GET", self._path, limit=MAX_METADATA_BYTES, allowance="model metadata may take")
+        metadata = read_metadata(self._json(answer.body, "model metadata"), self._where, self.contract)
+        self.input_name: str = metadata.tensor_input.name
+        self.input_shape: tuple[int, ...] = metadata.tensor_input.shape
+        self.input_datatype: str = metadata.tensor_input.datatype
+        self.output_names: list[str] = [out.name for out in metadata.outputs]
+        self.platform: str = metadata.platform
+
+    @property
+    def _where(self) -> str:
+        return f"the server at {self.device}"
 
     @property
     def optimal_requests(self) -> int:
         return max(1, self.target.concurrency)
 
     # -- HTTP -------------------------------------------------------------------------------------------------
-    def _session(self) -> Any:
-        session = getattr(self._local, "session", None)
-        if session is None:  # one keep-alive session per thread: requests' Session is not thread-safe
-            session = self._local.session = self._requests.Session()
-        return session
+    def _client(self) -> HttpClient:
+        client = getattr(self._local, "client", None)
+        if client is None:  # one keep-alive connection per thread
+            client = self._local.client = HttpClient(self.target.url)
+        return client
 
-    def _call(self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
-              ) -> Any:
-        """One request with retries; returns the decoded JSON, or ``(header, raw bytes)`` for a binary answer."""
-        url = self.base + path
-        attempts = self.target.retries + 1
-        problem = ""
+    def _call(self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None, *,
+              limit: int, allowance: str) -> Answer:
+        """One request with retries; the 200 answer, whole (at most ``limit`` bytes: what ``allowance``, a phrase
+        for the message, may take)."""
+        attempts, made = self.target.retries + 1, 0
+        problem, hint = "", None
         for attempt in range(attempts):
+            made += 1
             if attempt:
                 delay = min(MAX_BACKOFF, self.target.backoff * 2 ** (attempt - 1))
                 time.sleep(delay * (0.5 + random.random() / 2))
             try:
-                response = self._session().request(method, url, data=body, headers=headers,
-                                                   timeout=self.target.timeout)
-            except (self._requests.ConnectionError, self._requests.Timeout) as exc:
-                problem = redact_text(f"{type(exc).__name__}: {exc}")
-                self._local.session = None  # a dead keep-alive connection: start afresh
+                answer = self._client().request(method, path, body, headers, timeout=self.target.timeout,
+                                                max_bytes=limit)
+            except TransportError as exc:
+                problem, hint = exc.message, exc.hint
+                if not exc.retryable:
+                    break
                 continue
-            if response.status_code in RETRY_STATUSES:
-                problem = f"HTTP {response.status_code}: {_error_text(response)}"
+            except AnswerTooLarge as exc:
+                raise ServerError(f"{self._where} answered {method} {path} with more than {limit:,} bytes, more "
+                                  f"than {allowance}: {exc}",
+                                  hint="check that --server points at a server running this model (a compressed "
+                                       "answer counts at its inflated size)") from None
+            except AnswerUnreadable as exc:
+                raise ServerError(f"{self._where} answered {method} {path} with a body that cannot be read: {exc}",
+                                  hint="check that --server points at an Open Inference Protocol (KServe v2) "
+                                       "server") from None
+            except Redirected as exc:
+                raise self._redirect_refused(method, path, exc) from None
+            if answer.status in RETRY_STATUSES:
+                problem = f"HTTP {answer.status}: {_error_text(answer)}"
                 continue
-            if response.status_code >= 400:
+            if answer.status >= 400:
                 raise ServerError(
-                    f"{self.device} refused {method} {path}: HTTP {response.status_code}: {_error_text(response)}",
+                    f"{self.device} refused {method} {path}: HTTP {answer.status}: {_error_text(answer)}",
                     hint="check --server and --server-model (GET /v2/models/<name> shows what the model takes)")
-            return _decode(response, self.device)
+            if answer.status != 200:
+                raise ServerError(f"{self._where} answered {method} {path} with HTTP {answer.status} "
+                                  f"{shown(answer.reason, 40)}; expected 200 and a v2 response",
+                                  hint="check that --server points at an Open Inference Protocol (KServe v2) server")
+            return answer
         error = ServerError if problem.startswith("HTTP") else NetworkError
-        raise error(f"cannot reach a working server at {self.device} after {attempts} attempts: {problem}",
-                    hint="check that the server runs (GET /v2/health/ready), or raise --server-retries / "
-                         "--server-timeout")
+        raise error(f"cannot reach a working server at {self.device} after {made} attempt"
+                    f"{'s' if made != 1 else ''}: {problem}",
+                    hint=hint or "check that the server runs (GET /v2/health/ready), or raise --server-retries / "
+                                 "--server-timeout")
+
+    @property
+    def _outputs_take(self) -> str:
+        if self.contract is None:
+            return "an answer may take without a registry model to size it"
+        return f"{self.contract.model}'s outputs can take ({self.contract.rows} detections)"
+
+    def _redirect_refused(self, method: str, path: str, redirect: Redirected) -> ServerError:
+        target = printable(redact_url(redirect.location))[:300]
+        if redirect.same_origin:
+            return ServerError(f"{self._where} redirected {method} {path} to {target} (HTTP {redirect.status}); the "
+                               "client follows no redirects",
+                               hint="point --server (and --server-model) at where the model is served")
+        return ServerError(f"{self._where} redirected {method} {path} to another host: {target} (HTTP "
+                           f"{redirect.status}); the client follows no redirects, and never to another host (the "
+                           "request and any credentials stay with the server you named)",
+                           hint="if that host is the right server, pass it with --server")
+
+    def _json(self, body: bytes, what: str) -> Any:
+        try:
+            return checked.loads(body)
+        except checked.JsonValueError as exc:
+            raise ServerError(f"{self._where} sent {what} that is not JSON: {printable(exc)}",
+                              hint="check that --server points at an Open Inference Protocol (KServe v2) "
+                                   "server") from None
 
     # -- inference --------------------------------------------------------------------------------------------
     def _encode(self, tensor: np.ndarray) -> tuple[bytes, dict[str, str]]:
-        tensor = np.ascontiguousarray(tensor, dtype=numpy_dtype(self.input_datatype)
-                                      if self.input_datatype in ("FP32", "FP16", "UINT8") else None)
+        tensor = np.ascontiguousarray(tensor, dtype=numpy_dtype(self.input_datatype))  # FP32, FP16 or UINT8
         spec: dict[str, Any] = {"name": self.input_name, "shape": list(tensor.shape),
                                 "datatype": v2_datatype(tensor.dtype)}
         if self.target.protocol == WireProtocol.JSON:
@@ -151,13 +225,24 @@ class RemoteEngine:
         body, headers = self._encode(tensor)
         self._enter()
         try:
-            answer = self._call("POST", f"/v2/models/{self.model}/infer", body, headers)
+            answer = self._call("POST", f"{self._path}/infer", body, headers, limit=self.max_answer_bytes,
+                                allowance=self._outputs_take)
         finally:
             self._leave()
-        outputs, parameters = parse_response(answer, self.device)
-        if isinstance(parameters.get(PRECISION_PARAMETER), str):
-            self.inference_precision = parameters[PRECISION_PARAMETER]
+        header, raw = split_binary(answer.body, answer.headers.get(HEADER_LENGTH), self._where)
+        outputs, parameters = read_response(self._json(header, "an inference response"), raw, self._where,
+                                            self.contract)
+        if PRECISION_PARAMETER in parameters:
+            self.inference_precision = self._precision(parameters[PRECISION_PARAMETER])
         return outputs
+
+    def _precision(self, value: Any) -> str:
+        if not isinstance(value, str) or not 0 < len(value) <= MAX_PRECISION_NAME:
+            raise ServerError(f"{self._where} sent an inference response that cannot be used: parameters."
+                              f"{PRECISION_PARAMETER} is {shown(value)}; expected a precision name such as f32 (at "
+                              f"most {MAX_PRECISION_NAME} characters)",
+                              hint="check that --server points at an Open Inference Protocol (KServe v2) server")
+        return printable(value)  # escaped like file names: it is printed in tables and run records
 
     def infer_stream(self, items: Iterable[tuple[K, np.ndarray]], requests: int | None = None,
                      on_done: Callable[[K, float], None] | None = None
@@ -194,50 +279,57 @@ class RemoteEngine:
         return key, outputs
 
 
-def _error_text(response: Any) -> str:
-    """The server's error message: v2's ``{"error": ...}``, FastAPI's ``{"detail": ...}``, or the start of the body."""
+def _error_text(answer: Answer) -> str:
+    """The server's error message: v2's ``{"error": ...}``, FastAPI's ``{"detail": ...}``, or the start of the
+    body; shortened, credentials redacted, control characters escaped."""
     try:
-        data = response.json()
-    except ValueError:
-        return redact_text(response.text[:300].strip() or response.reason or "no message")
+        data = checked.loads(answer.body)
+    except checked.JsonValueError:
+        text = answer.body[:300].decode("utf-8", "replace").strip() or answer.reason or "no message"
+        return printable(redact_text(text))
     if isinstance(data, dict):
         for key in ("error", "detail", "message"):
             if key in data:
-                return redact_text(str(data[key])[:500])
-    return redact_text(str(data)[:300])
+                return printable(redact_text(str(data[key])[:500]))
+    return printable(redact_text(str(data)[:300]))
 
 
-def _decode(response: Any, where: str) -> Any:
-    length = response.headers.get(HEADER_LENGTH)
-    content = response.content
-    try:
-        if length is not None:
-            size = int(length)
-            return json.loads(content[:size]), content[size:]
-        return json.loads(content)
-    except ValueError as exc:
-        raise ServerError(f"{where} answered with something that is not a v2 response: {exc}",
-                          hint="check that --server points at an Open Inference Protocol (KServe v2) server") from exc
+class RemoteRules:
+    """A server's model in the backend table (``EngineSpec.server``): precisions and device are the server's."""
 
+    name = REMOTE
+    model_form = "served"
+    one_engine = True
+    distribution = None
+    load_step = "server metadata"
 
-def parse_response(answer: Any, where: str = "the server") -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """A v2 inference response (JSON, or ``(header, bytes)`` of the binary extension) -> outputs by name, and the
-    response's parameters."""
-    header, raw = answer if isinstance(answer, tuple) else (answer, b"")
-    outputs: dict[str, np.ndarray] = {}
-    offset = 0
-    try:
-        for spec in header["outputs"]:
-            shape = [int(d) for d in spec["shape"]]
-            dtype = numpy_dtype(spec["datatype"])
-            size = (spec.get("parameters") or {}).get("binary_data_size")
-            if size is not None:
-                array = np.frombuffer(raw[offset:offset + int(size)], dtype=dtype).reshape(shape)
-                offset += int(size)
-            else:
-                array = np.asarray(spec["data"], dtype=dtype).reshape(shape)
-            outputs[spec["name"]] = array
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ServerError(f"{where} sent an inference response that cannot be read: {type(exc).__name__}: {exc}",
-                          hint="check that --server points at an Open Inference Protocol (KServe v2) server") from exc
-    return outputs, dict(header.get("parameters") or {})
+    def weights(self, precision: str, image_input: bool = False) -> str:
+        return "served model"
+
+    def check(self, spec: EngineSpec) -> EngineSpec:
+        """Nothing local to choose; the server's ``concurrency`` is the requests in flight, and more than one
+        makes throughput the default hint."""
+        if (spec.precision is not None or spec.inference_precision != InferencePrecision.AUTO
+                or spec.device != DEFAULT_DEVICE or spec.image_input):
+            raise UsageError("--precision, --inference-precision, --device and --image-input choose how a local engine "
+                             "runs; with --server the server has chosen them",
+                             hint="pass them to 'ssdtool serve' (or the server's own configuration) instead")
+        assert spec.server is not None
+        if spec.hint is None and spec.server.concurrency > 1:
+            return spec.replace(hint=PerformanceHint.THROUGHPUT.value,
+                                requests=spec.requests or spec.server.concurrency)
+        return spec
+
+    def plan(self, model: ModelFile, spec: EngineSpec) -> EnginePlan:
+        return EnginePlan(self.name, "chosen by the server")
+
+    def open(self, model: ModelFile, spec: EngineSpec, plan: EnginePlan, cache: Cache | None) -> OpenedEngine:
+        assert spec.server is not None
+        engine = RemoteEngine(spec.server, model.model, model.entry)  # reads the model's metadata from the server
+        info = RunInfo(model=model.model, backend=self.name, device=engine.device, precision=None,
+                       inference_precision=engine.inference_precision,
+                       inference_precision_requested=InferencePrecision.AUTO.value,
+                       inference_precision_reason=plan.reason,
+                       model_path=f"{engine.device}/v2/models/{model.path}",
+                       performance=spec.hint_or(PerformanceHint.LATENCY.value))
+        return OpenedEngine(engine, info)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -16,6 +16,9 @@ from ssdtool.commands.options import FiniteFloatRange
 from ssdtool.commands.progress import app_download_progress, loadgen_progress
 from ssdtool.constants import LoadGenMode, LoadGenScenario
 from ssdtool.loadgen.limits import BOUNDS, FLAGS
+
+if TYPE_CHECKING:
+    from ssdtool.backends.spec import EngineSpec
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -74,8 +77,8 @@ def loadgen_options(func: F) -> F:
     return func
 
 
-def run_scenario(ctx: click.Context, *, name: str | None, backend: str, precision: str, inference_precision: str,
-                 requests: int | None, device: str, offline: bool, progress_mode: str, as_json: bool,
+def run_scenario(ctx: click.Context, *, name: str | None, engine: EngineSpec, offline: bool, progress_mode: str,
+                 as_json: bool,
                  scenario: str, mode: str | None, output_dir: Path | None, images: Path | None,
                  annotations: Path | None, target_qps: float | None, target_latency_ms: float | None,
                  min_duration: float | None, min_queries: int | None, user_conf: Path | None) -> None:
@@ -94,8 +97,7 @@ def run_scenario(ctx: click.Context, *, name: str | None, backend: str, precisio
     options = LoadGenOptions(
         scenario=parsed_scenario.value, mode=parsed_mode.value,
         output_dir=output_dir or Path(f"mlperf-{parsed_scenario.value}-{parsed_mode.value}"),
-        backend=backend, precision=precision, inference_precision=inference_precision, device=device,
-        requests=requests, offline=offline, images=images, annotations=annotations,
+        engine=engine, offline=offline, images=images, annotations=annotations,
         settings=SettingsOverrides(target_qps=target_qps, target_latency_ms=target_latency_ms,
                                    min_duration=min_duration, min_queries=min_queries, user_conf=user_conf))
     downloads = app_download_progress(app, progress_mode)
@@ -150,6 +152,8 @@ def _setting(key: str, value: Any) -> str:
 
 def format_loadgen_report(data: dict[str, Any]) -> str:
     """The human summary of a LoadGen run: the verdict and why, the metric, latencies, what ran, the files."""
+    from ssdtool.backends import backend_rules
+
     summary, config = data["summary"], data["config"]
     accuracy = summary["mode"] == "AccuracyOnly"
     verdict = {True: "VALID", False: "INVALID"}.get(summary["valid"], "no verdict")
@@ -162,7 +166,7 @@ def format_loadgen_report(data: dict[str, Any]) -> str:
     latency = ", ".join(f"{key} {value:.1f}" for key, value in summary["latency_ms"].items())
     engine = ", ".join(part for part in (_plural(config["requests"], "request"), _plural(config["streams"], "stream"),
                                          _plural(config["threads"], "thread")) if part)
-    weights = f"{config['precision']} IR" if config["backend"] == "openvino" else "source ONNX"
+    weights = backend_rules(config["backend"]).weights(config["precision"])
     settings = ", ".join(_setting(key, value) for key, value in config["settings"].items())
     lines = [
         f"{config['model']}: LoadGen {summary['scenario']}, {summary['mode']}: {verdict}{why}",

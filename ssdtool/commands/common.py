@@ -9,11 +9,12 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from ssdtool.errors import SsdtoolError
+from ssdtool.errors import EXIT_INTERRUPTED, SsdtoolError, all_error_classes
+from ssdtool.redact import printable
 
 if TYPE_CHECKING:  # imported on use: `ssdtool --help` needs neither (nor PyYAML)
     from ssdtool.cache import Cache
@@ -53,6 +54,19 @@ def app_context(ctx: click.Context) -> AppContext:
     return ctx.ensure_object(AppContext)
 
 
+C = TypeVar("C", bound=click.Command)
+_EXIT_PLACEHOLDER = re.compile(r"\{exit:(\w+)\}")
+
+
+def exit_codes(command: C) -> C:
+    """Fill ``{exit:ErrorClass}`` in a command's help (its docstring, which cannot be an f-string) with that class's
+    exit code, so every exit code a help text quotes comes from :mod:`ssdtool.errors`; ``{exit:KeyboardInterrupt}``
+    is Ctrl-C's. Options say theirs with f-strings (``f"(exit {OfflineError.exit_code})"``)."""
+    codes = {cls.__name__: cls.exit_code for cls in all_error_classes()} | {"KeyboardInterrupt": EXIT_INTERRUPTED}
+    command.help = _EXIT_PLACEHOLDER.sub(lambda match: str(codes[match[1]]), command.help or "")
+    return command
+
+
 def want_json(ctx: click.Context, as_json: bool) -> None:
     """Record that the command speaks JSON, so errors are also reported as JSON on stdout."""
     if as_json:
@@ -77,18 +91,6 @@ def human_size(size: int) -> str:
             return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     raise AssertionError("unreachable")
-
-
-# Characters that would break a line of human output or drive the terminal: C0/C1 controls (newline, escape),
-# line and paragraph separators, and bidirectional overrides.
-_CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-
-
-def printable(value: object) -> str:
-    """``value`` as text for people: control characters escaped (a file name with a newline stays on one line
-    and cannot fake another row; escape sequences do not reach the terminal). JSON output escapes by itself."""
-    text = str(value)
-    return _CONTROL_CHARACTERS.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

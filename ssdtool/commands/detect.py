@@ -1,21 +1,27 @@
 """``ssdtool detect`` (alias ``ssdtool run``): a thin command over :class:`ssdtool.detect.Detector`.
 
-stdout carries the results (a table for people, or JSON / JSON lines / COCO results; writers in
-:mod:`ssdtool.commands.detect_output`); stderr carries per-image errors, the progress bar and the summary. Every
-image is attempted; when some could not be processed, the command exits with InputError (30) after all output has
-been written.
+stdout carries the results (a table for people, or JSON / JSON lines / COCO results; the writers are the
+library's, :mod:`ssdtool.outputs`); stderr carries per-image errors, the progress bar and the summary. Every
+image is attempted; when some could not be processed, the command exits with InputError after all output has been
+written.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from ssdtool.commands.common import app_context, printable, want_json
+from ssdtool.commands.common import app_context, exit_codes, printable, want_json
 from ssdtool.commands.options import (
     FiniteFloatRange,
+    backend_option,
+    device_option,
     engine_options,
+    image_input_option,
+    inference_precision_option,
+    ir_precision_option,
     model_option,
     offline_option,
     progress_option,
@@ -23,16 +29,19 @@ from ssdtool.commands.options import (
     server_target,
 )
 from ssdtool.commands.progress import app_download_progress
-from ssdtool.constants import OutputFormat
+from ssdtool.constants import DEFAULT_MAX_PIXELS, OutputFormat, PerformanceHint
 from ssdtool.errors import InputError, UsageError
 
-DEFAULT_MAX_PIXELS = 89_478_485  # = ssdtool.imaging.DEFAULT_MAX_PIXELS (not imported: keeps --help light)
+if TYPE_CHECKING:
+    from ssdtool.backends.spec import EngineSpec
 
 
+@exit_codes
 @click.command("detect")
 @click.argument("sources", nargs=-1, required=True, metavar="SOURCES...")
 @model_option
-@engine_options
+@engine_options(backend_option(), ir_precision_option(), inference_precision_option(), device_option(),
+                image_input_option())
 @click.option("-t", "--threshold", type=FiniteFloatRange(0.0, 1.0), default=0.5, show_default=True,
               help="Minimum score of a detection.")
 @click.option("-c", "--classes", metavar="NAMES",
@@ -56,8 +65,8 @@ DEFAULT_MAX_PIXELS = 89_478_485  # = ssdtool.imaging.DEFAULT_MAX_PIXELS (not imp
 @server_options
 @progress_option
 @click.pass_context
-def detect_command(ctx: click.Context, sources: tuple[str, ...], model_name: str | None, backend: str,
-                   precision: str | None, inference_precision: str, device: str, threshold: float,
+def detect_command(ctx: click.Context, sources: tuple[str, ...], model_name: str | None, engine: EngineSpec,
+                   threshold: float,
                    classes: str | None, max_detections: int | None, output_format: str | None, as_json: bool,
                    output: str | None, save_dir: str | None, recursive: bool, max_pixels: int, workers: int | None,
                    offline: bool, server_url: str | None, server_model: str | None, concurrency: int | None,
@@ -67,7 +76,7 @@ def detect_command(ctx: click.Context, sources: tuple[str, ...], model_name: str
     Prints one line per detection (class, score, box [x_min, y_min, x_max, y_max] in pixels of the original
     image), or JSON with --format. The first run downloads and converts the model (unless --offline).
     An image that cannot be read is reported on stderr (and as an "error" record in JSON formats) and the
-    others are still processed; the exit code is then 30.
+    others are still processed; the exit code is then {exit:InputError}.
 
     \b
     Examples:
@@ -78,11 +87,11 @@ def detect_command(ctx: click.Context, sources: tuple[str, ...], model_name: str
       ssdtool detect photos/ --server http://127.0.0.1:8080 --concurrency 8
     """
     from ssdtool.artifacts import model_inputs, registry_inputs
-    from ssdtool.commands.detect_output import Output, make_writer, plan_copies, write_results
+    from ssdtool.commands.detect_output import Output, write_results
     from ssdtool.detect import Detector
     from ssdtool.fsutil import InputPath
     from ssdtool.inputs import find_images
-    from ssdtool.labels import is_coco_labels, label_names
+    from ssdtool.outputs import check_format, plan_copies
 
     if as_json and output_format not in (None, "json"):
         raise UsageError(f"--json and --format {output_format} disagree", hint="pass one of them")
@@ -99,26 +108,23 @@ def detect_command(ctx: click.Context, sources: tuple[str, ...], model_name: str
                          hint="pass image files, folders (with --recursive for subfolders) or patterns like "
                               "'photos/*.jpg'")
     entry = app.registry().model(model_name)
-    if fmt == "coco" and not is_coco_labels(label_names(entry)):
-        raise UsageError(f"{entry.name} does not predict the 80 COCO classes, so it has no COCO category ids",
-                         hint="use --format json")
+    check_format(fmt, entry)  # before the model is made ready
     allow_pixels(max_pixels)
     inputs = [InputPath(Path(f.path), "an input image") for f in files] + registry_inputs(app.registry().source)
     out = Output(output, inputs)  # a bad --output fails now, before the model is loaded
     try:
-        with Detector(entry, backend, precision=precision, inference_precision=inference_precision, device=device,
-                      threshold=threshold, classes=classes, max_detections=max_detections, cache_dir=app.cache(),
-                      registry=app.registry(), offline=offline,
-                      performance="latency" if len(files) == 1 else "throughput", workers=workers,
-                      max_pixels=max_pixels, progress=app_download_progress(app, progress_mode),
-                      server=server_target(server_url, server_model, concurrency, wire_protocol, server_timeout,
-                                           server_retries, 1 if len(files) == 1 else 4)) as detector:
+        server = server_target(server_url, server_model, concurrency, wire_protocol, server_timeout, server_retries,
+                               1 if len(files) == 1 else 4)
+        with Detector(entry, engine.replace(server=server), threshold=threshold, classes=classes,
+                      max_detections=max_detections, cache_dir=app.cache(), registry=app.registry(), offline=offline,
+                      performance=(PerformanceHint.LATENCY if len(files) == 1 else PerformanceHint.THROUGHPUT).value,
+                      workers=workers, max_pixels=max_pixels,
+                      progress=app_download_progress(app, progress_mode)) as detector:
             model = model_inputs([detector.model_file])
             out.open(model)  # checked again with the model files, before the first image runs
             copies = plan_copies(Path(save_dir), files, [i.path for i in (*inputs, *model)] + (
                 [out.path] if out.path else [])) if save_dir else None
-            failed = write_results(detector, files, make_writer(fmt, out, [f.path for f in files]), out, copies,
-                                   app.quiet, progress_mode)
+            failed = write_results(detector, files, fmt, out, copies, app.quiet, progress_mode)
     except BaseException:
         out.abort()  # no partial output file; an earlier complete one stays as it was
         raise

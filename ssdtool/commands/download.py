@@ -16,12 +16,17 @@ from ssdtool.commands.common import (
     app_context,
     complete_model_names,
     echo_json,
+    exit_codes,
     format_table,
     human_size,
     want_json,
 )
 from ssdtool.commands.options import fetch_options, json_option
 from ssdtool.commands.progress import download_progress, resolve_mode
+from ssdtool.constants import DEFAULT_PROGRESS_INTERVAL, ProgressMode
+
+#: A bar redraws more often than JSON or log lines are worth writing.
+BAR_PROGRESS_INTERVAL = 0.1
 
 if TYPE_CHECKING:
     from ssdtool.download import FetchOptions, InstalledFile
@@ -51,6 +56,7 @@ def _fetch_options(mirror: str | None, offline: bool, retries: int, backoff: flo
                         lock_timeout=lock_timeout, **more)
 
 
+@exit_codes
 @click.command("download")
 @click.argument("names", nargs=-1, metavar="[NAME]...", shell_complete=complete_model_names)
 @click.option("--all", "all_models", is_flag=True, help="Download every model in the registry.")
@@ -68,15 +74,16 @@ def download_command(ctx: click.Context, names: tuple[str, ...], all_models: boo
 
     Files already present and verified are not downloaded again. Interrupted downloads resume. Sources are tried
     in order: --mirror, then the registry's; each file's size and checksums are verified before it is moved
-    into place. Exit codes: 10 network failure on every source, 11 wrong bytes from every source that
-    delivered, 12 missing while --offline, 13 lock wait timed out, 130 interrupted (the partial file is kept).
+    into place. Exit codes: {exit:NetworkError} network failure on every source, {exit:ChecksumError} wrong bytes
+    from every source that delivered, {exit:OfflineError} missing while --offline, {exit:LockTimeoutError} lock
+    wait timed out, {exit:KeyboardInterrupt} interrupted (the partial file is kept).
     """
     from ssdtool.download import fetch_models
 
     want_json(ctx, as_json)
     app, models = _selection(ctx, names, all_models, cache_dir)
     progress = download_progress(progress_mode)
-    interval = 0.1 if resolve_mode(progress_mode) == "bar" else 0.25
+    interval = BAR_PROGRESS_INTERVAL if resolve_mode(progress_mode) == ProgressMode.BAR else DEFAULT_PROGRESS_INTERVAL
     try:
         installed = fetch_models(models, app.cache(), _fetch_options(
             mirror, offline, retries, backoff, timeout, lock_timeout, force=force, jobs=jobs,
@@ -98,6 +105,7 @@ def _status_text(item: InstalledFile) -> str:
     return f"{how} ({human_size(item.bytes_transferred)} in {item.seconds:.1f} s)"
 
 
+@exit_codes
 @click.command("verify")
 @click.argument("names", nargs=-1, metavar="[NAME]...", shell_complete=complete_model_names)
 @click.option("--all", "all_models", is_flag=True, help="Verify every model in the registry.")
@@ -110,8 +118,8 @@ def verify_command(ctx: click.Context, names: tuple[str, ...], all_models: bool,
                    timeout: float, lock_timeout: float, progress_mode: str, as_json: bool) -> None:
     """Re-hash cached model files against the registry and report each (NAME: default model; --all: every model).
 
-    Exits 14 when a file is missing or bad and was not repaired. Without --repair the cache is not changed,
-    except that the verification record of a bad file is removed so no later run trusts it.
+    Exits {exit:VerifyError} when a file is missing or bad and was not repaired. Without --repair the cache is not
+    changed, except that the verification record of a bad file is removed so no later run trusts it.
     """
     from ssdtool.download import verify
     from ssdtool.errors import VerifyError

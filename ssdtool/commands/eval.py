@@ -5,7 +5,8 @@ stdout carries the metrics table (or ``--json``); stderr the progress, the image
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -21,7 +22,11 @@ from ssdtool.commands.options import (
     server_target,
 )
 from ssdtool.commands.progress import app_download_progress, phase_progress
+from ssdtool.constants import DEFAULT_CHECKPOINT_EVERY, DEFAULT_REFERENCE_SCORE, CocoScorer
 from ssdtool.errors import InputError
+
+if TYPE_CHECKING:
+    from ssdtool.backends.spec import EngineSpec
 
 LISTED = 10
 
@@ -34,10 +39,21 @@ def _rate(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+def _threshold(best: dict[str, float]) -> str:
+    low, high = best["threshold"], best["threshold_max"]
+    return f"{low:.2f}" if low == high else f"{low:.2f} (to {high:.2f})"
+
+
 def format_report(data: dict[str, Any], stat_meanings: dict[str, str]) -> str:
     """The tables for people: configuration line, the twelve stats (or the comparison), references, per class."""
     lines = []
-    if data["source"] == "model":
+    agreement = data.get("agreement")
+    if agreement:
+        lines.append(f"{data['model']}: {data['images_evaluated']} images evaluated, {data['images_skipped']} "
+                     f"skipped, agreement with {agreement['reference']} (its {agreement['ground_truth_boxes']} "
+                     f"detections scored at least {agreement['min_score']} are the ground truth: fidelity to it, not "
+                     "accuracy)")
+    elif data["source"] == "model":
         lines.append(f"{data['model']}: {data['images_evaluated']} images evaluated, {data['images_skipped']} "
                      f"skipped, annotations {data['annotations']}")
     else:
@@ -67,6 +83,14 @@ def format_report(data: dict[str, Any], stat_meanings: dict[str, str]) -> str:
         lines += ["", format_table(["reference", "value", "compare with", "meaning"], rows),
                   f"MLPerf: AP {_fraction(data['metrics']['AP'])} against {verdict['threshold']} (99% of "
                   f"{verdict['target']}): {status}"]
+    if any(r.get("threshold") for r in runs):
+        lines += ["", "score threshold of the best F1 (IoU 0.50, all classes pooled): the --threshold for detect",
+                  format_table(["configuration", "--threshold", "F1", "precision", "recall"],
+                               [[r["configuration"], _threshold(r["threshold"]), *[_fraction(r["threshold"][k])
+                                                                                   for k in ("f1", "precision",
+                                                                                             "recall")]]
+                                if r.get("threshold") else [r["configuration"], "-", "-", "-", "-"]
+                                for r in runs])]
     for run in runs:
         if "per_class" in run:
             rows = [[c["category_id"], c["name"], _fraction(c["AP"])] for c in run["per_class"]]
@@ -76,11 +100,11 @@ def format_report(data: dict[str, Any], stat_meanings: dict[str, str]) -> str:
 
 @click.command("eval")
 @model_argument
-@click.option("--annotations", required=True, type=click.Path(dir_okay=False), metavar="FILE",
-              help="COCO annotation file (instances_val2017.json or any COCO instances file).")
+@click.option("--annotations", type=click.Path(dir_okay=False), metavar="FILE",
+              help="COCO annotation file (instances_val2017.json or any COCO instances file); not with --reference.")
 @click.option("--images", "images_dir", type=click.Path(file_okay=False), metavar="DIR",
               help="Folder holding the images the annotation file lists (file_name below DIR).")
-@engine_options
+@engine_options()
 @click.option("--compare", metavar="CONFIGS",
               help="Several configurations side by side, images decoded once: comma-separated, each onnxruntime, "
                    "openvino[:ARITH] or [openvino:]FP32|FP16|INT8[:auto|f32|bf16|f16], e.g. "
@@ -89,6 +113,21 @@ def format_report(data: dict[str, Any], stat_meanings: dict[str, str]) -> str:
               help="Evaluate an existing COCO results file (e.g. 'detect --format coco' output) without a model.")
 @click.option("--mlperf-log", type=click.Path(dir_okay=False), metavar="FILE",
               help="Evaluate an MLPerf LoadGen mlperf_log_accuracy.json as accuracy-coco.py --use-inv-map does.")
+@click.option("--reference", metavar="CONFIG",
+              help="Agreement AP without annotations: score every --compare configuration against this one's "
+                   "detections (those at or above --reference-score) over the images of --images DIR.")
+@click.option("--reference-score", type=click.FloatRange(0.0, 1.0, min_open=True), default=DEFAULT_REFERENCE_SCORE,
+              show_default=True, metavar="S",
+              help="With --reference: the reference's detections scored at least S are the ground truth.")
+@click.option("--plots", "plots_dir", type=click.Path(dir_okay=True, file_okay=False), metavar="DIR",
+              help="Write the plots (PR curves, per-class AP and ΔAP, precision/recall/F1 against the score "
+                   "threshold) as PNG, each with its data as CSV (pip install 'ssdtool[plots]').")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Write one self-contained HTML report: the run, its tables and plots (opens offline).")
+@click.option("--coco-eval", type=click.Choice(CocoScorer.values(), case_sensitive=False),
+              default=CocoScorer.AUTO.value, show_default=True,
+              help=f"The COCOeval implementation: {CocoScorer.FASTER} when installed ({CocoScorer.AUTO}), or "
+                   f"{CocoScorer.PYCOCOTOOLS} (always with --plots/--report).")
 @click.option("--per-class", is_flag=True, help="Also print AP per category.")
 @click.option("--limit", type=click.IntRange(min=1), metavar="N", help="Only the first N images of the file.")
 @click.option("--sample", type=click.IntRange(min=1), metavar="N",
@@ -100,10 +139,11 @@ def format_report(data: dict[str, Any], stat_meanings: dict[str, str]) -> str:
               help="The per-image results file that --resume continues [default: one per run in the cache's "
                    "eval/ folder].")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last checkpoint.")
-@click.option("--checkpoint-every", type=click.IntRange(min=1), default=64, show_default=True, metavar="N",
-              help="Checkpoint the results file every N images.")
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=DEFAULT_CHECKPOINT_EVERY, show_default=True,
+              metavar="N", help="Checkpoint the results file every N images.")
 @click.option("--strict", is_flag=True,
-              help="Exit 30 when images listed in the annotation file are missing [default: skip them, warn].")
+              help=f"Exit {InputError.exit_code} when images listed in the annotation file are missing [default: "
+                   "skip them, warn].")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True,
               help="Reject images larger than this (width x height) before decoding them.")
 @click.option("--workers", type=click.IntRange(1, 64), metavar="N",
@@ -113,9 +153,10 @@ def format_report(data: dict[str, Any], stat_meanings: dict[str, str]) -> str:
 @progress_option
 @json_option("Print the report as JSON on stdout.")
 @click.pass_context
-def eval_command(ctx: click.Context, name: str | None, annotations: str, images_dir: str | None, backend: str,
-                 precision: str | None, inference_precision: str, device: str, compare: str | None,
-                 detections: str | None, mlperf_log: str | None, per_class: bool, limit: int | None,
+def eval_command(ctx: click.Context, name: str | None, annotations: str | None, images_dir: str | None,
+                 engine: EngineSpec, compare: str | None, detections: str | None, mlperf_log: str | None,
+                 reference: str | None, reference_score: float, plots_dir: str | None, report_path: str | None,
+                 coco_eval: str, per_class: bool, limit: int | None,
                  sample: int | None, seed: int, save_detections: str | None, results_path: str | None, resume: bool,
                  checkpoint_every: int, strict: bool, max_pixels: int, workers: int | None, offline: bool,
                  server_url: str | None, server_model: str | None, concurrency: int | None, wire_protocol: str,
@@ -124,6 +165,7 @@ def eval_command(ctx: click.Context, name: str | None, annotations: str, images_
 
     Every detection the model outputs is kept (no score threshold; padded rows dropped). Prints the twelve
     COCOeval stats, or one row per configuration with --compare. Missing images are skipped and listed.
+    Without annotations, --reference scores agreement with one configuration (fidelity, not accuracy).
 
     \b
     Examples:
@@ -132,6 +174,8 @@ def eval_command(ctx: click.Context, name: str | None, annotations: str, images_
       ssdtool eval --annotations ann.json --detections detections.json
       ssdtool eval --annotations ann.json --images val2017/ --resume
       ssdtool eval --annotations ann.json --images val2017/ --server http://fleet:8080 --concurrency 16
+      ssdtool eval --annotations ann.json --images val2017/ --compare FP32:f32,INT8 --plots out/ --report out/r.html
+      ssdtool eval --images photos/ --compare FP32:f32,INT8 --reference FP32:f32
     """
     from ssdtool.evaluation import evaluate
     from ssdtool.evaluation.metrics import STAT_MEANINGS
@@ -139,18 +183,24 @@ def eval_command(ctx: click.Context, name: str | None, annotations: str, images_
     want_json(ctx, as_json)
     app = app_context(ctx)
     allow_pixels(max_pixels)
+    if plots_dir is not None or report_path is not None:
+        _keep_matplotlib_in_cache(app)
     progress = phase_progress({"evaluate": "evaluating", "score": "COCOeval"},
                               unit={"evaluate": "img", "score": "configuration"}, mode=progress_mode, quiet=app.quiet)
-    report = evaluate(annotations, images_dir, name, compare=compare, backend=backend, precision=precision,
-                      inference_precision=inference_precision, device=device, detections=detections,
-                      mlperf_log=mlperf_log, limit=limit, sample=sample, seed=seed, resume=resume,
-                      results=results_path, checkpoint_every=checkpoint_every, workers=workers,
+    server = server_target(server_url, server_model, concurrency, wire_protocol, server_timeout, server_retries)
+    report = evaluate(annotations, images_dir, name, engine=engine.replace(server=server), compare=compare,
+                      detections=detections, mlperf_log=mlperf_log, limit=limit, sample=sample, seed=seed,
+                      resume=resume, results=results_path, checkpoint_every=checkpoint_every, workers=workers,
                       max_pixels=max_pixels, cache_dir=app.cache(), registry=app.registry(), offline=offline,
                       progress=progress, download_progress=app_download_progress(app, progress_mode),
-                      server=server_target(server_url, server_model, concurrency, wire_protocol, server_timeout,
-                                           server_retries), save_detections=save_detections)
+                      save_detections=save_detections, reference=reference, reference_score=reference_score,
+                      plots=plots_dir, report=report_path, coco_eval=coco_eval)
     for path, count in report.saved_detections:
         click.echo(f"wrote {count} detections to {printable(path)}", err=True)
+    if report.plots:
+        click.echo(f"wrote {len(report.plots)} plot files (PNG and CSV) to {printable(plots_dir or '')}", err=True)
+    if report.report_file:
+        click.echo(f"wrote the report to {printable(report.report_file)}", err=True)
     data = report.to_dict(per_class=per_class)
     _warn(report)
     if as_json:
@@ -166,6 +216,15 @@ def eval_command(ctx: click.Context, name: str | None, annotations: str, images_
         app.json_errors = False  # the report already went out; a trailing JSON error would break it
         raise InputError("; ".join(problems) + "; the metrics above leave them out",
                          hint="see the messages above for each file")
+
+
+def _keep_matplotlib_in_cache(app: Any) -> None:
+    """matplotlib keeps a font cache in ``MPLCONFIGDIR`` (else ``~/.cache/matplotlib`` or ``~/.config/matplotlib``);
+    this process is ssdtool's, so it goes into ssdtool's cache unless the user chose a folder (README, "Where files
+    go"). The library never sets it: a process-wide setting is the command's to make."""
+    if "MPLCONFIGDIR" not in os.environ:
+        cache = app.cache()
+        os.environ["MPLCONFIGDIR"] = str(cache.make_folder(cache.root / "matplotlib"))
 
 
 def _listed(names: list[str]) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -10,7 +10,9 @@ from ssdtool.commands.common import app_context, echo_json, printable, want_json
 from ssdtool.commands.options import (
     FiniteFloatRange,
     device_option,
+    engine_options,
     hint_option,
+    image_input_option,
     inference_precision_option,
     ir_precision_option,
     json_option,
@@ -19,7 +21,11 @@ from ssdtool.commands.options import (
     progress_option,
 )
 from ssdtool.commands.progress import app_download_progress
-from ssdtool.constants import ExportFormat
+from ssdtool.constants import EXPORT_LOCK_TIMEOUT, ExportFormat
+from ssdtool.errors import LockTimeoutError
+
+if TYPE_CHECKING:
+    from ssdtool.backends.spec import EngineSpec
 
 #: What to run next, per format (docs/serve.md has the full deployment steps).
 NEXT_STEP = {
@@ -56,16 +62,20 @@ def format_result(data: dict[str, Any]) -> str:
                    "OVMS layout plus DIR/inferenceservice.yaml).")
 @click.option("--output-dir", required=True, metavar="DIR",
               help="The model repository (created when missing; a link or file there is refused).")
-@ir_precision_option("Which IR to export (FP32, FP16 or INT8; converted on first use) [default: the registry's, "
-                     "FP32].")
-@inference_precision_option(help_text=(
-    "The precision the server runs: f32, bf16 or f16 are pinned; auto is written as f32, because the server's "
-    "device is not known here and f32 is what the IR was proven at. Triton pins only bf16: with triton, auto "
-    "leaves the server's default and f32/f16 are refused."))
-@device_option("The device the server runs the model on, pinned in the configuration (OVMS picks a GPU first "
-               "when it is not named).")
-@hint_option("The server's performance hint: latency (one request at a time, fastest answer) or throughput "
-             "(parallel requests, most images per second).")
+@engine_options(
+    ir_precision_option("Which IR to export (FP32, FP16 or INT8; converted on first use) [default: the registry's, "
+                        "FP32]."),
+    image_input_option("Export the image-input IR: u8 [1,?,?,3] NHWC BGR images of any size, resized inside, so "
+                       "OVMS can feed it JPEG/PNG inputs and Model API's OVMS adapter can drive it."),
+    inference_precision_option(help_text=(
+        "The precision the server runs: f32, bf16 or f16 are pinned; auto is written as f32, because the server's "
+        "device is not known here and f32 is what the IR was proven at. Triton pins only bf16: with triton, auto "
+        "leaves the server's default and f32/f16 are refused.")),
+    device_option("The OpenVINO device the server runs the model on (CPU, GPU, GPU.1, AUTO:GPU,CPU, ...), pinned in "
+                  "the configuration (OVMS picks a GPU first when it is not named)."),
+    hint_option("The server's performance hint: latency (one request at a time, fastest answer) or throughput "
+                "(parallel requests, most images per second) [default: latency]."),
+    backend="openvino")
 @click.option("--version", "version", type=click.IntRange(min=1), metavar="N",
               help="The version to write [default: the one after the latest; with --force, the latest].")
 @click.option("--force", is_flag=True, help="Replace an existing version instead of refusing.")
@@ -74,14 +84,15 @@ def format_result(data: dict[str, Any]) -> str:
                    "credentials). Required for kserve.")
 @click.option("--served-name", metavar="NAME",
               help="The model's name on the server (a DNS-1035 label) [default: the registry name].")
-@click.option("--lock-timeout", type=FiniteFloatRange(0, 86_400), default=600.0, show_default=True, metavar="SECONDS",
-              help="How long to wait for another export into the same DIR (exit 13 after that).")
+@click.option("--lock-timeout", type=FiniteFloatRange(0, 86_400), default=EXPORT_LOCK_TIMEOUT, show_default=True,
+              metavar="SECONDS", help="How long to wait for another export into the same DIR (exit "
+                                      f"{LockTimeoutError.exit_code} after that).")
 @offline_option("Never touch the network: the model must already be downloaded (or converted).")
 @progress_option
 @json_option("Print a JSON summary on stdout.")
 @click.pass_context
-def export_command(ctx: click.Context, name: str | None, export_format: str, output_dir: str, precision: str | None,
-                   inference_precision: str, device: str, hint: str, version: int | None, force: bool,
+def export_command(ctx: click.Context, name: str | None, export_format: str, output_dir: str, engine: EngineSpec,
+                   version: int | None, force: bool,
                    storage_uri: str | None, served_name: str | None, lock_timeout: float, offline: bool,
                    progress_mode: str, as_json: bool) -> None:
     """Export NAME (default model) as a versioned repository for OVMS, Triton or KServe.
@@ -96,8 +107,7 @@ def export_command(ctx: click.Context, name: str | None, export_format: str, out
 
     want_json(ctx, as_json)
     app = app_context(ctx)
-    options = ExportOptions(format=export_format, output_dir=Path(output_dir), precision=precision,
-                            inference_precision=inference_precision, device=device, hint=hint, version=version,
+    options = ExportOptions(format=export_format, output_dir=Path(output_dir), engine=engine, version=version,
                             force=force, storage_uri=storage_uri, served_name=served_name, lock_timeout=lock_timeout)
     result = export_model(app.registry().model(name), app.cache(), options, offline=offline,
                           progress=app_download_progress(app, progress_mode))

@@ -16,16 +16,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ssdtool.commands.common import AppContext, human_size, printable
+from ssdtool.constants import ProgressMode
 
 if TYPE_CHECKING:
     from ssdtool.download import DownloadEvent
     from ssdtool.quantize import QuantizeEvent
 
 log = logging.getLogger("ssdtool")
-
-#: ``--progress`` choices; ``log`` is what ``auto`` gave before JSON lines, for people reading a log file.
-PROGRESS_MODES = ("auto", "bar", "json", "log", "none")
-
 
 def stderr_is_terminal() -> bool:
     """Progress bars are for people watching a terminal, never for logs or pipes."""
@@ -35,9 +32,9 @@ def stderr_is_terminal() -> bool:
 def resolve_mode(mode: str, quiet: bool = False) -> str:
     """``auto`` as ``bar`` or ``json``; ``none`` when ``quiet``."""
     if quiet:
-        return "none"
-    if mode == "auto":
-        return "bar" if stderr_is_terminal() else "json"
+        return ProgressMode.NONE.value
+    if mode == ProgressMode.AUTO:
+        return (ProgressMode.BAR if stderr_is_terminal() else ProgressMode.JSON).value
     return mode
 
 

@@ -1,5 +1,6 @@
 """The IR's graph: the source ONNX read by OpenVINO, its outputs made static, padded and normalized, the BGR
-raw-pixel input with normalization inside (``PrePostProcessor``), and the saved file checked after reloading it."""
+raw-pixel input with normalization inside (``PrePostProcessor``; the image-input IR also resizes inside), and the
+saved file checked after reloading it."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from typing import Any
 import numpy as np
 
 from ssdtool.backends import import_engine
-from ssdtool.convert.options import ConvertOptions
+from ssdtool.constants import ColorOrder, InputLayout, InputType
+from ssdtool.convert.options import IMAGE_RESIZE, ConvertOptions
 from ssdtool.errors import CacheError, ConversionError, ModelFormatError
 from ssdtool.registry import ModelEntry
 
@@ -95,19 +97,49 @@ def _apply_input_preprocessing(ov: Any, model: Any, entry: ModelEntry, options: 
         raise ModelFormatError(
             f"input {spec.name!r} has shape {port.get_partial_shape()}, the registry expects {list(spec.shape)}",
             hint="check models.yml 'input.shape'")
-    colors = {"RGB": ColorFormat.RGB, "BGR": ColorFormat.BGR}
+    colors = {ColorOrder.RGB: ColorFormat.RGB, ColorOrder.BGR: ColorFormat.BGR}
     ppp = PrePostProcessor(model)
     step = ppp.input(spec.name)
-    step.tensor().set_element_type(ov.Type.u8 if options.input_type == "u8" else ov.Type.f32) \
+    tensor = step.tensor().set_element_type(ov.Type.u8 if options.input_type == InputType.U8 else ov.Type.f32) \
         .set_layout(ov.Layout(options.input_layout)).set_color_format(colors[entry.convert.color_order])
     step.model().set_layout(ov.Layout(spec.layout))
     pre = step.preprocess()
-    if options.input_type == "u8":
+    if options.image_input:
+        # Any height and width, resized to the network size on the 8-bit pixels (as Pillow's resize on the host
+        # gives 8-bit pixels); the difference from Pillow's bilinear is measured in docs/convert.md.
+        tensor.set_spatial_dynamic_shape()
+        image_resize(pre)
+    if options.input_type == InputType.U8:
         pre.convert_element_type(ov.Type.f32)
     if entry.convert.color_order != spec.color_order:
         pre.convert_color(colors[spec.color_order])
     # mean and scale are in the source model's channel order, so they apply after the channel reversal.
     pre.mean(list(spec.mean)).scale(list(spec.scale))
+    return ppp.build()
+
+def image_resize(pre: Any) -> None:
+    """The image-input IR's resize, as a PrePostProcessor step (to the model's own height and width): one place,
+    so what the resize measurement (``tests/test_image_input.py``, ``benchmarks/bench_image_input.py``) builds is
+    what the IR runs."""
+    from openvino.preprocess import ResizeAlgorithm
+
+    pre.resize(getattr(ResizeAlgorithm, IMAGE_RESIZE))
+
+def image_resize_model(width: int, height: int) -> Any:
+    """The image-input IR's resize on its own: u8 ``[1, ?, ?, 3]`` NHWC in, u8 ``[1, height, width, 3]`` out, built
+    with :func:`image_resize`, for measuring it against Pillow (``tests/test_image_input.py``,
+    ``benchmarks/bench_image_input.py``)."""
+    ov = import_engine("openvino")
+    from openvino.preprocess import PrePostProcessor
+
+    ops = import_engine("openvino.opset13")
+    pixels = ops.parameter([1, height, width, 3], ov.Type.u8, name="image")
+    model = ov.Model([ops.result(pixels)], [pixels], "image_resize")
+    ppp = PrePostProcessor(model)
+    step = ppp.input()
+    step.tensor().set_element_type(ov.Type.u8).set_layout(ov.Layout(InputLayout.NHWC.value)).set_spatial_dynamic_shape()
+    step.model().set_layout(ov.Layout(InputLayout.NHWC.value))
+    image_resize(step.preprocess())
     return ppp.build()
 
 def build_ir_model(source: Path, entry: ModelEntry, options: ConvertOptions) -> Any:
@@ -127,16 +159,16 @@ def check_saved(ov: Any, xml: Path, entry: ModelEntry, options: ConvertOptions) 
     """Reload the written IR and confirm names, shapes and element types survived serialization."""
     model = ov.Core().read_model(str(xml))
     count = entry.convert.output_count
-    width, height = entry.input.resize
-    expected_input = [1, 3, height, width] if options.input_layout == "NCHW" else [1, height, width, 3]
+    expected_input = list(input_shape(entry, options))
     problems = []
     port = _find_port(model.inputs, entry.input.name)
     if port is None:
         problems.append(f"input {entry.input.name!r} missing (found {_tensor_names(model.inputs)})")
     else:
-        if list(port.get_shape()) != expected_input:
-            problems.append(f"input shape {list(port.get_shape())}, expected {expected_input}")
-        wanted_type = "u8" if options.input_type == "u8" else "f32"
+        shape = [int(d.get_length()) if d.is_static else -1 for d in port.get_partial_shape()]
+        if shape != expected_input:
+            problems.append(f"input shape {shape}, expected {expected_input}")
+        wanted_type = (InputType.U8 if options.input_type == InputType.U8 else InputType.F32).value  # OpenVINO's names
         if port.get_element_type().get_type_name() != wanted_type:
             problems.append(f"input type {port.get_element_type().get_type_name()}, expected {wanted_type}")
     for name, shape in ((entry.outputs.boxes, [1, count, 4]), (entry.outputs.labels, [1, count]),
@@ -150,6 +182,13 @@ def check_saved(ov: Any, xml: Path, entry: ModelEntry, options: ConvertOptions) 
         raise ConversionError(f"the saved IR {xml} is not what was built: {'; '.join(problems)}",
                               hint="report this with 'ssdtool --version'")
     return model
+
+def input_shape(entry: ModelEntry, options: ConvertOptions) -> tuple[int, ...]:
+    """The IR's input shape for ``options`` (-1: any size, the image-input IR's height and width)."""
+    width, height = entry.input.resize
+    if options.image_input:
+        return (1, -1, -1, 3)
+    return (1, 3, height, width) if options.input_layout == InputLayout.NCHW else (1, height, width, 3)
 
 def write_failure(folder: Path, exc: BaseException) -> CacheError:
     """A failure to write IR files (OpenVINO says ``basic_ios::clear`` for a full disk) as a CacheError."""

@@ -5,25 +5,32 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ssdtool.accuracy_budget import Budget, check_max_ap_drop
-from ssdtool.cache import Cache
-from ssdtool.calibration import DEFAULT_CALIBRATION_SIZE, GUARD_IMAGES, CalibrationSet
-from ssdtool.constants import Int8Recipe, IRPrecision
+from ssdtool.constants import DEFAULT_DEVICE, InputLayout, InputType, Int8Recipe, IRPrecision
+from ssdtool.convert.model_info import model_info, model_info_digest
 from ssdtool.errors import UsageError
-from ssdtool.quantize import quantization_settings
-from ssdtool.registry import ModelEntry
+from ssdtool.int8_recipes import DEFAULT_CALIBRATION_SIZE, GUARD_IMAGES, quantization_settings
 
-PRECISIONS = IRPrecision.values()
-INPUT_TYPES = ("f32", "u8")
-INPUT_LAYOUTS = ("NCHW", "NHWC")
+if TYPE_CHECKING:  # what identifies an IR is read on every warm start: no calibration code (numpy, images) for it
+    from ssdtool.cache import Cache
+    from ssdtool.calibration import CalibrationSet
+    from ssdtool.registry import ModelEntry
+
 # Bump when the graph rewrite changes, so existing IRs are rebuilt instead of reported as up to date.
 RECIPE_VERSION = 1
 PARITY_IMAGES = 3
 # INT8 parameters a request may leave open: without a calibration choice any calibration will do, without a
 # recipe any recipe, without an AP budget any budget or none (see same_parameters).
 OPEN_INT8_KEYS = ("calibration", "calibration_count", "quantization", "accuracy_control")
+#: The image-input IR: its folder suffix, its input element type and layout, and the resize inside it (OpenVINO's
+#: PrePostProcessor algorithm; docs/convert.md measures it against Pillow's bilinear, which ssdtool's host uses).
+IMAGE_VARIANT = "image"
+IMAGE_INPUT = (InputType.U8.value, InputLayout.NHWC.value)
+IMAGE_RESIZE = "RESIZE_LINEAR"
+#: The parameter that records the Model API metadata (a digest); an IR that differs only there is amended.
+MODEL_INFO_KEY = "model_info"
 
 
 @dataclass(frozen=True)
@@ -36,16 +43,23 @@ class ConvertOptions:
     ``calibration_size`` images calibrate; ``guard_images`` held-out images feed the accuracy guard;
     ``accept_accuracy_drop`` installs an INT8 IR that fails the guard. ``int8_recipe``: "portable" or "vnni"
     (:class:`ssdtool.constants.Int8Recipe`); None builds portable and accepts any installed recipe.
-    ``verify=False`` skips the parity gate (FP32/FP16) or the guard (INT8).
+    ``verify=False`` skips the parity gate (FP32/FP16) or the guard (INT8). ``check_devices``: the OpenVINO
+    devices the runtime check measures on (a virtual device: each device it may pick), recorded per device kind and
+    model so ``--inference-precision auto`` may use each one's default; not part of what identifies the IR.
 
     ``max_ap_drop`` (INT8) replaces the guard with an AP budget: NNCF's accuracy control keeps the drop in COCO AP
     within it, measured on ``guard_images`` held-out images - annotated ones (``annotations`` and ``images``), or
     agreement with FP32 on the guard's held-out images (:mod:`ssdtool.accuracy_budget`).
+
+    ``image_input``: the image-input IR, which takes whole images (u8 ``[1, ?, ?, 3]`` NHWC, BGR, any height and
+    width) and resizes them inside (OpenVINO's linear resize, :data:`IMAGE_RESIZE`); ``input_type`` and
+    ``input_layout`` are then ``u8`` and ``NHWC`` (left at their defaults, they are set so). It lives in its own
+    folder (``<precision>-image``) beside the standard IR.
     """
 
-    precision: str = "FP32"
-    input_type: str = "f32"
-    input_layout: str = "NCHW"
+    precision: str = IRPrecision.FP32.value
+    input_type: str = InputType.F32.value
+    input_layout: str = InputLayout.NCHW.value
     verify: bool = True
     force: bool = False
     output_dir: Path | None = None
@@ -58,23 +72,39 @@ class ConvertOptions:
     max_ap_drop: float | None = None
     annotations: Path | None = None
     images: Path | None = None
+    image_input: bool = False
+    check_devices: tuple[str, ...] = (DEFAULT_DEVICE,)
+
+    def __post_init__(self) -> None:
+        if self.image_input and (self.input_type, self.input_layout) == (InputType.F32, InputLayout.NCHW):  # defaults
+            object.__setattr__(self, "input_type", IMAGE_INPUT[0])
+            object.__setattr__(self, "input_layout", IMAGE_INPUT[1])
 
     @property
     def variant(self) -> str:
-        """Folder suffix for non-default inputs, so an f32 NCHW IR and a u8 NHWC IR can live side by side."""
-        if (self.input_type, self.input_layout) == ("f32", "NCHW"):
+        """Folder suffix for non-default inputs, so an f32 NCHW IR, a u8 NHWC IR and the image-input IR can live
+        side by side."""
+        if self.image_input:
+            return IMAGE_VARIANT
+        if (self.input_type, self.input_layout) == (InputType.F32, InputLayout.NCHW):
             return ""
         return f"{self.input_type}-{self.input_layout.lower()}"
 
 def check_options(options: ConvertOptions) -> None:
-    if options.precision not in PRECISIONS:
-        raise UsageError(f"precision {options.precision!r} is not supported; expected one of {', '.join(PRECISIONS)}")
-    if options.input_type not in INPUT_TYPES:
-        raise UsageError(f"input type {options.input_type!r}: expected one of {', '.join(INPUT_TYPES)}")
-    if options.input_layout not in INPUT_LAYOUTS:
-        raise UsageError(f"input layout {options.input_layout!r}: expected one of {', '.join(INPUT_LAYOUTS)}")
-    if options.precision != "INT8" and (options.calibration is not None or options.accept_accuracy_drop
-                                        or options.int8_recipe is not None or options.max_ap_drop is not None):
+    if options.precision not in IRPrecision.values():
+        raise UsageError(f"precision {options.precision!r} is not supported; expected one of "
+                         f"{', '.join(IRPrecision.values())}")
+    if options.input_type not in InputType.values():
+        raise UsageError(f"input type {options.input_type!r}: expected one of {', '.join(InputType.values())}")
+    if options.input_layout not in InputLayout.values():
+        raise UsageError(f"input layout {options.input_layout!r}: expected one of {', '.join(InputLayout.values())}")
+    if options.image_input and (options.input_type, options.input_layout) != IMAGE_INPUT:
+        raise UsageError(f"the image-input IR takes u8 NHWC images; input type {options.input_type} and layout "
+                         f"{options.input_layout} do not apply to it",
+                         hint="drop --input-type and --input-layout with --image-input")
+    if options.precision != IRPrecision.INT8 and (options.calibration is not None or options.accept_accuracy_drop
+                                                  or options.int8_recipe is not None
+                                                  or options.max_ap_drop is not None):
         raise UsageError(f"calibration, the INT8 recipe and the accuracy guard apply to INT8 only, got precision "
                          f"{options.precision}",
                          hint="add --precision INT8, or drop --calibration / --int8-recipe / --accept-accuracy-drop / "
@@ -139,16 +169,19 @@ def conversion_parameters(entry: ModelEntry, options: ConvertOptions,
         "box_units": entry.outputs.box_units,
         "label_offset": entry.outputs.label_offset,
     }
+    if options.image_input:  # only for the image-input IR, so the standard IRs' key stays as it was
+        parameters["image_input"] = {"resize": IMAGE_RESIZE, "to": list(entry.input.resize)}
     if entry.outputs.heads is not None:  # only for heads models, so the full form's key (and its IRs) stay valid
         # as JSON gives it back from the provenance: lists, not tuples
         parameters["heads"] = json.loads(json.dumps(asdict(entry.outputs.heads)))
-    if options.precision == "INT8":
+    if options.precision == IRPrecision.INT8:
         if options.int8_recipe is not None:  # None: only to compare with an installed IR (see same_parameters)
             parameters["quantization"] = quantization_settings(options.int8_recipe)
         if calibration is not None:  # None: only to compare with an installed IR (see same_parameters)
             parameters.update({"calibration": calibration.identity, "calibration_count": calibration.count})
         if budget is not None:
             parameters["accuracy_control"] = budget.parameters()
+    parameters[MODEL_INFO_KEY] = model_info_digest(model_info(entry, options))
     return parameters
 
 def same_parameters(existing: Any, wanted: dict[str, Any]) -> bool:
@@ -160,7 +193,26 @@ def same_parameters(existing: Any, wanted: dict[str, Any]) -> bool:
     """
     if not isinstance(existing, dict):
         return False
-    if wanted.get("precision") == "INT8":
+    if wanted.get("precision") == IRPrecision.INT8:
         open_keys = [key for key in OPEN_INT8_KEYS if key not in wanted]
         return {k: v for k, v in existing.items() if k not in open_keys} == wanted
     return existing == wanted
+
+
+def same_but_model_info(existing: Any, wanted: dict[str, Any]) -> bool:
+    """Whether an installed IR's ``parameters`` match ``wanted`` apart from the Model API metadata (missing, as in
+    IRs of ssdtool before it wrote them, or other values): such an IR needs at most an amendment, because the
+    metadata is not part of the graph or the weights."""
+    return isinstance(existing, dict) and same_parameters(
+        {k: v for k, v in existing.items() if k != MODEL_INFO_KEY},
+        {k: v for k, v in wanted.items() if k != MODEL_INFO_KEY})
+
+
+def model_info_intact(xml: Path, wanted: dict[str, Any]) -> bool:
+    """Whether the IR at ``xml`` carries the Model API metadata ``wanted`` records (its section as written, not
+    only the parameter that records it: a section removed or edited by hand is found and amended)."""
+    from ssdtool.convert.model_info import MODEL_INFO_SECTION
+    from ssdtool.provenance import read_section
+
+    section = read_section(xml, MODEL_INFO_SECTION)
+    return section is not None and model_info_digest(section) == wanted.get(MODEL_INFO_KEY)

@@ -7,8 +7,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import re
-import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,56 +17,11 @@ from ssdtool.convert.graph import write_failure
 from ssdtool.convert.options import ConvertOptions
 from ssdtool.errors import CacheError, LockTimeoutError, UsageError
 from ssdtool.registry import ModelEntry
+from ssdtool.staging import install_folder, remove_leftovers, temporary_prefix
 
 log = logging.getLogger("ssdtool.convert")
 
 LOCK_TIMEOUT_SECONDS = 600.0
-
-# Temporary and replaced IR folders beside the target: ``.tmp-<target>@<host>.<pid>.<random>`` (and ``.old-``).
-# Every converter into a target holds its lock while such a folder exists, so under the lock they are all left by
-# a process that died (a SIGKILL, a power cut), except one of a live process on this host (kept, to be safe).
-_LEFTOVER = re.compile(r"\.(tmp|old)-(?P<target>.+)@(?P<host>[^@/]*)\.(?P<pid>\d+)\.[0-9a-f]+")
-# What ssdtool 0.x left: ``.tmp-<target>-<mkdtemp suffix>``, ``.tmp-<target>-fp32-<suffix>``, ``.old-<target>-<pid>``.
-_OLD_LEFTOVER = r"\.tmp-{target}-(fp32-)?[a-z0-9_]{{8}}|\.old-{target}-\d+"
-
-
-def temporary_prefix(target: str, kind: str = "tmp") -> str:
-    """The name prefix of a temporary (or replaced, ``kind="old"``) folder of ``target`` made by this process."""
-    return f".{kind}-{target}@{socket.gethostname()}.{os.getpid()}."
-
-
-def remove_leftovers(parent: Path, target: str) -> None:
-    """Remove the temporary and replaced folders of ``target`` that a dead conversion (or export) left in
-    ``parent``; the caller holds the lock of ``parent``'s writers."""
-    old_format = re.compile(_OLD_LEFTOVER.format(target=re.escape(target)))
-    host = socket.gethostname()
-    try:
-        names = os.listdir(parent)
-    except OSError:
-        return
-    for name in names:
-        match = _LEFTOVER.fullmatch(name)
-        if match is not None:
-            if match["target"] != target or (match["host"] == host and _process_alive(int(match["pid"]))):
-                continue
-        elif not old_format.fullmatch(name):
-            continue
-        log.info("removing %s, left by a conversion that did not finish", parent / name)
-        with contextlib.suppress(OSError):
-            fsutil.remove_tree(parent / name)
-
-
-def _process_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # it exists, under another user
-    return True
-
 
 def staging_folder(xml: Path, options: ConvertOptions) -> tuple[Path, str]:
     """Where a conversion's temporary folders go, and the target name in their names.
@@ -92,22 +45,6 @@ def _prepare_target(cache: Cache, options: ConvertOptions, xml: Path) -> None:
     except OSError as exc:
         raise UsageError(f"cannot use --output-dir {xml.parent}: {exc.strerror or exc}",
                          hint="pass a folder you can write (it is created when missing)") from None
-
-
-def install_folder(temporary: Path, destination: Path) -> None:
-    """Swap the verified temporary folder into place; the old IR (if any) is removed only afterwards.
-
-    Whatever is at ``destination`` (an IR folder, or a link or file planted there) is renamed away, never
-    written through.
-    """
-    old = None
-    if os.path.lexists(destination):
-        old = destination.with_name(temporary_prefix(destination.name, "old") + "0")
-        os.replace(destination, old)
-    os.replace(temporary, destination)
-    if old is not None:
-        with contextlib.suppress(OSError):
-            fsutil.remove_tree(old)
 
 
 def _install_files(temporary: Path, xml: Path) -> None:

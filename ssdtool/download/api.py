@@ -19,7 +19,7 @@ from ssdtool.download.locks import file_lock
 from ssdtool.download.options import FetchOptions
 from ssdtool.download.sources import Cancelled
 from ssdtool.download.transfer import describe_mismatch, hash_file
-from ssdtool.errors import DownloadError, SsdtoolError, UsageError
+from ssdtool.errors import DownloadError, OfflineError, SsdtoolError, UsageError
 from ssdtool.registry import FileEntry, ModelEntry
 
 
@@ -120,6 +120,18 @@ def ensure_downloaded(model: ModelEntry, cache: Cache | None = None, options: Fe
     cache = cache or Cache.at()
     fetch(model, cache, options, progress=progress)
     return cache.file_path(model, model.primary_file)
+
+
+def source_model(entry: ModelEntry, cache: Cache, *, offline: bool | None = None,
+                 progress: Callable[[DownloadEvent], None] | None = None) -> Path:
+    """The verified source ONNX of ``entry``, downloaded first when needed (``offline``: None reads
+    ``$SSDTOOL_OFFLINE``), for the commands that need it on the way (convert, and detect on onnxruntime): an
+    offline miss says how to bring the file here."""
+    try:
+        return ensure_downloaded(entry, cache, FetchOptions(offline=offline), progress=progress)
+    except OfflineError as exc:
+        raise OfflineError(exc.message, hint=f"run 'ssdtool download {entry.name}' on a machine with network access "
+                                             "and copy the cache here, or drop --offline") from exc
 
 
 def verify(model: ModelEntry, cache: Cache | None = None, options: FetchOptions | None = None, *,

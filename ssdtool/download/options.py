@@ -5,20 +5,26 @@ from __future__ import annotations
 import os
 import random
 from dataclasses import dataclass, replace
+from pathlib import Path
+from urllib.parse import urlsplit
 
+from ssdtool.constants import (  # the defaults live with the other shared ones: the command line shows them
+    BACKOFF_CAP,
+    DEFAULT_BACKOFF,
+    DEFAULT_LOCK_TIMEOUT,
+    DEFAULT_PROGRESS_INTERVAL,
+    DEFAULT_RETRIES,
+    DEFAULT_TIMEOUT,
+    MIRROR_ENV,
+    OFFLINE_ENV,
+    STALL_MIN_BYTES,
+)
 from ssdtool.errors import UsageError
+from ssdtool.redact import redact_url
 
-MIRROR_ENV = "SSDTOOL_MIRROR"
-OFFLINE_ENV = "SSDTOOL_OFFLINE"
-DEFAULT_RETRIES = 3
-DEFAULT_TIMEOUT = 30.0
-DEFAULT_BACKOFF = 0.5
-BACKOFF_CAP = 30.0
-# A waiting process gives up only after this long without any sign of progress from the lock holder.
-DEFAULT_LOCK_TIMEOUT = 600.0
-DEFAULT_PROGRESS_INTERVAL = 0.25
-# The stall rule: in every --timeout window a transfer must receive at least this much (or the rest of the file).
-STALL_MIN_BYTES = 64 << 10
+__all__ = ["BACKOFF_CAP", "DEFAULT_BACKOFF", "DEFAULT_LOCK_TIMEOUT", "DEFAULT_PROGRESS_INTERVAL", "DEFAULT_RETRIES",
+           "DEFAULT_TIMEOUT", "MIRROR_ENV", "OFFLINE_ENV", "STALL_MIN_BYTES", "FetchOptions", "RetryPolicy",
+           "mirror_from_env", "normalize_mirror", "offline_from_env"]
 
 
 def mirror_from_env() -> str | None:
@@ -27,6 +33,27 @@ def mirror_from_env() -> str | None:
 
 def offline_from_env() -> bool:
     return os.environ.get(OFFLINE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def normalize_mirror(mirror: str) -> str:
+    """A mirror as a base URL: http(s)://host/path or file:///dir; a plain directory path becomes a file URL."""
+    mirror = mirror.strip()
+    example = "for example --mirror https://mirror.example/models or --mirror /mnt/models"
+    try:
+        parts = urlsplit(mirror)
+        parts.port  # noqa: B018 - parses the port: a bad one raises here, not mid-download
+    except ValueError as exc:
+        raise UsageError(f"invalid mirror {redact_url(mirror)!r}: {exc}", hint=example) from None
+    scheme = parts.scheme.lower()
+    if scheme in ("http", "https", "file"):
+        if scheme != "file" and not parts.hostname:
+            raise UsageError(f"invalid mirror {redact_url(mirror)!r}: expected a host, as in "
+                             "https://mirror.example/models", hint=example)
+        return mirror.rstrip("/")
+    if not scheme or len(scheme) == 1:  # no scheme, or a Windows drive letter: a local directory
+        return Path(mirror).expanduser().absolute().as_uri()
+    raise UsageError(f"invalid mirror {redact_url(mirror)!r}: expected an http://, https:// or file:// URL or a "
+                     "directory", hint=example)
 
 
 @dataclass(frozen=True)
@@ -83,8 +110,6 @@ class FetchOptions:
     def resolved(self) -> FetchOptions:
         """These options checked, with the environment's mirror and offline setting filled in and the mirror in its
         URL form. Raises :class:`UsageError` for impossible values."""
-        from ssdtool.download.sources import normalize_mirror
-
         if self.retries < 0:
             raise UsageError(f"retries must be 0 or more, got {self.retries}")
         if self.timeout <= 0:

@@ -28,7 +28,7 @@ from urllib.parse import quote, unquote, urljoin, urlsplit
 
 from ssdtool import __version__, fsutil
 from ssdtool.constants import FailureKind
-from ssdtool.download.options import FetchOptions
+from ssdtool.download.options import FetchOptions, normalize_mirror
 from ssdtool.errors import UsageError
 from ssdtool.redact import redact_text, redact_url
 from ssdtool.registry import FileEntry, ModelEntry
@@ -123,27 +123,6 @@ def is_local(url: str) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------ URLs
-def normalize_mirror(mirror: str) -> str:
-    """A mirror as a base URL: http(s)://host/path or file:///dir; a plain directory path becomes a file URL."""
-    mirror = mirror.strip()
-    example = "for example --mirror https://mirror.example/models or --mirror /mnt/models"
-    try:
-        parts = urlsplit(mirror)
-        parts.port  # noqa: B018 - parses the port: a bad one raises here, not mid-download
-    except ValueError as exc:
-        raise UsageError(f"invalid mirror {redact_url(mirror)!r}: {exc}", hint=example) from None
-    scheme = parts.scheme.lower()
-    if scheme in ("http", "https", "file"):
-        if scheme != "file" and not parts.hostname:
-            raise UsageError(f"invalid mirror {redact_url(mirror)!r}: expected a host, as in "
-                             "https://mirror.example/models", hint=example)
-        return mirror.rstrip("/")
-    if not scheme or len(scheme) == 1:  # no scheme, or a Windows drive letter: a local directory
-        return Path(mirror).expanduser().absolute().as_uri()
-    raise UsageError(f"invalid mirror {redact_url(mirror)!r}: expected an http://, https:// or file:// URL or a "
-                     "directory", hint=example)
-
-
 def mirror_url(mirror: str, model: str, file: str) -> str:
     """Where a mirror keeps a file: ``{mirror}/{model}/{file}`` (the cache's own layout, so a copied cache serves)."""
     return f"{normalize_mirror(mirror)}/{quote(model)}/{quote(file)}"

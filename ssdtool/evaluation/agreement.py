@@ -12,6 +12,8 @@ Three calls, smallest first:
 * :func:`pseudo_ground_truth` - the reference's COCO results records + the images' sizes -> a checked
   :class:`~ssdtool.evaluation.dataset.CocoDataset`;
 * :func:`score_against` - a candidate's COCO results records scored against that dataset -> :class:`CocoMetrics`;
+* :func:`folder_dataset` - the images of a folder as a COCO document without annotations (what ``ssdtool eval
+  --reference`` runs over, in place of an annotation file);
 * :func:`detections_agreement` - both steps from per-image :class:`~ssdtool.detections.Detection` lists (what
   :meth:`ssdtool.detect.Detector.detections_from_outputs` returns), e.g. as NNCF's validation function without
   annotations: ``detections_agreement(fp32, int8, sizes).stats["AP"]``.
@@ -22,18 +24,22 @@ A COCO results record is ``{"image_id", "category_id", "bbox": [x, y, w, h] in p
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from ssdtool import checked
+from ssdtool.constants import DEFAULT_REFERENCE_SCORE
 from ssdtool.errors import UsageError
 from ssdtool.evaluation.dataset import CocoDataset, check_annotations
 from ssdtool.evaluation.metrics import CocoMetrics, evaluate_detections
 from ssdtool.labels import coco_categories
 
-#: The reference's detections at or above this score are its ground truth: detect's default threshold, and
-#: MLPerf's ONNX post-processing's cut.
-DEFAULT_REFERENCE_SCORE = 0.5
+__all__ = ["DEFAULT_REFERENCE_SCORE", "AgreementImage", "check_reference_score", "detections_agreement",
+           "folder_dataset", "pseudo_ground_truth", "score_against"]
 
 
 class AgreementImage(NamedTuple):
@@ -51,7 +57,7 @@ def check_reference_score(min_score: float) -> float:
     faint box would become ground truth)."""
     if not (checked.is_finite_number(min_score) and 0.0 < min_score <= 1.0):
         raise UsageError(f"the reference score must be a number above 0 and at most 1, got {min_score!r}",
-                         hint="pass --reference-score S with 0 < S <= 1 (default 0.5)")
+                         hint=f"pass --reference-score S with 0 < S <= 1 (default {DEFAULT_REFERENCE_SCORE})")
     return float(min_score)
 
 
@@ -111,3 +117,26 @@ def detections_agreement(reference: Sequence[Sequence[Any]], candidate: Sequence
 def _records(per_image: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
     return [{"image_id": index, "category_id": d.coco_category_id, "bbox": list(d.coco_bbox), "score": d.score}
             for index, detections in enumerate(per_image) for d in detections if d.coco_category_id is not None]
+
+
+def folder_dataset(images_dir: str | os.PathLike[str]) -> CocoDataset:
+    """The image files of ``images_dir`` (by extension, sorted, hidden ones skipped; not its subfolders) as a COCO
+    document without annotations or sizes: ids from numeric file names when they are distinct (as COCO names
+    them), else positions (:func:`ssdtool.coco.coco_image_ids`). Its ``sha256`` is that of the file list, so a
+    results file resumes only over the same files. :class:`UsageError` when there is no image file."""
+    from ssdtool.coco import coco_image_ids
+    from ssdtool.inputs import walk_images
+
+    folder = Path(images_dir)
+    if not folder.is_dir():
+        raise UsageError(f"images folder {os.fspath(folder)} does not exist or is not a folder",
+                         hint="pass --images DIR, the folder of images to compare the configurations on")
+    names = [path.relative_to(folder).as_posix() for path in walk_images(folder, recursive=False)]
+    if not names:
+        raise UsageError(f"no image files in folder {os.fspath(folder)}",
+                         hint="pass --images DIR, a folder holding the images (.jpg, .png, ...) themselves")
+    entries = [{"id": image_id, "file_name": name} for image_id, name in zip(coco_image_ids(names), names,
+                                                                               strict=True)]
+    document = {"images": entries, "annotations": [], "categories": coco_categories()}
+    digest = hashlib.sha256(json.dumps(names).encode()).hexdigest()
+    return check_annotations(document, os.fspath(folder), digest)

@@ -15,9 +15,13 @@ auto); ``openvino`` the registry's IR; ``onnxruntime`` the source ONNX (f32 only
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ssdtool.constants import Backend, InferencePrecision, IRPrecision
 from ssdtool.errors import UsageError
+
+if TYPE_CHECKING:
+    from ssdtool.backends.spec import EngineSpec
 
 GRAMMAR = ("comma-separated configurations, each onnxruntime, openvino[:ARITHMETIC] or [openvino:]WEIGHTS[:ARITHMETIC] "
            "with WEIGHTS FP32, FP16 or INT8 and ARITHMETIC auto, f32, bf16 or f16, e.g. FP32:f32,FP32:bf16,INT8,"
@@ -40,6 +44,12 @@ class Configuration:
             return Backend.ONNXRUNTIME.value
         parts = [Backend.OPENVINO.value, *([self.precision] if self.precision else []), self.inference_precision]
         return ":".join(parts)
+
+    def engine(self, base: EngineSpec) -> EngineSpec:
+        """The engine this configuration runs: ``base`` (the run's device, cache, ...) with this backend, IR and
+        arithmetic."""
+        return base.replace(backend=self.backend, precision=self.precision,
+                            inference_precision=self.inference_precision)
 
 
 def _choice(value: str, kind: type[IRPrecision] | type[InferencePrecision]) -> str | None:
@@ -87,3 +97,20 @@ def parse_configurations(text: str, default_inference: str = InferencePrecision.
     if repeated:
         raise UsageError(f"--compare names {', '.join(repeated)} more than once", hint="list each configuration once")
     return configurations
+
+
+def find_configuration(text: str, configurations: list[Configuration],
+                       default_inference: str = InferencePrecision.AUTO.value, option: str = "--reference") -> int:
+    """The position in ``configurations`` of the one ``text`` names (the ``--compare`` grammar, same default
+    arithmetic); :class:`UsageError` naming ``option`` when it is unreadable or not among them."""
+    try:
+        wanted = parse_item(text, default_inference)
+    except UsageError:
+        raise UsageError(f"{option}: cannot read configuration {text.strip()!r}",
+                         hint=f"{option} takes one of the --compare configurations ({GRAMMAR})") from None
+    for index, configuration in enumerate(configurations):
+        if configuration == wanted:
+            return index
+    raise UsageError(f"{option} {text.strip()!r} ({wanted.label}) is not one of the configurations compared: "
+                     f"{', '.join(c.label for c in configurations)}", hint=f"name one of them in {option}, or add "
+                     "it to --compare")

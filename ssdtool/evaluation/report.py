@@ -31,13 +31,22 @@ class RunResult:
     def detections(self) -> list[dict[str, Any]]:
         return self.load_detections()
 
+    @property
+    def best_threshold(self) -> dict[str, float] | None:
+        """The F1-best score threshold (:class:`~ssdtool.evaluation.curves.BestThreshold`) when curves were
+        computed (plots or report) and anything was found; else None."""
+        curves = self.metrics.curves
+        if curves is None or curves.thresholds.best is None:
+            return None
+        return curves.thresholds.best.to_dict()
+
     def to_dict(self, per_class: bool = False, names: Mapping[int, str] | None = None) -> dict[str, Any]:
         data: dict[str, Any] = {"configuration": self.configuration, "model": self.model, "backend": self.backend,
                 "precision": self.precision, "inference_precision": self.inference_precision,
                 "inference_precision_requested": self.inference_precision_requested, "device": self.device,
                 "metrics": self.metrics.to_dict(), "images_per_second": self.images_per_second,
                 "engine_seconds": self.seconds, "coco_eval_seconds": self.metrics.seconds,
-                "delta_ap": self.delta_ap}
+                "coco_eval": self.metrics.scorer, "delta_ap": self.delta_ap, "threshold": self.best_threshold}
         if per_class:
             data["per_class"] = [{"category_id": k, "name": (names or {}).get(k, ""), "AP": v}
                                  for k, v in self.metrics.per_class.items()]
@@ -47,9 +56,13 @@ class RunResult:
 @dataclass(frozen=True)
 class EvalReport:
     """What ``ssdtool eval --json`` prints: the first configuration's fields at the top, every configuration
-    under ``compare`` when there were several, and what happened to the images."""
+    under ``compare`` when there were several, and what happened to the images.
 
-    annotations: str
+    ``annotations`` is None for agreement AP (``agreement``: the reference configuration, its minimum score and
+    the boxes it made); ``baseline`` is the index of the run ΔAP is measured against (the first, or the
+    reference)."""
+
+    annotations: str | None
     images_dir: str | None
     source: str
     runs: list[RunResult]
@@ -66,6 +79,11 @@ class EvalReport:
     categories: Mapping[int, str] = field(default_factory=dict)
     #: The ``save_detections`` files written: (path, records).
     saved_detections: list[tuple[str, int]] = field(default_factory=list)
+    agreement: dict[str, Any] | None = None
+    baseline: int = 0
+    #: The plot files (PNG and CSV) written, and the report file.
+    plots: list[str] = field(default_factory=list)
+    report_file: str | None = None
 
     @property
     def images_skipped(self) -> int:
@@ -81,7 +99,9 @@ class EvalReport:
                                 "size_mismatches": self.size_mismatches,
                                 "unknown_categories": self.unknown_categories,
                                 "dropped_detections": self.dropped_detections, "references": self.references,
-                                "results_file": self.results_file}
+                                "results_file": self.results_file, "agreement": self.agreement,
+                                "baseline": self.runs[self.baseline].configuration, "plots": self.plots,
+                                "report": self.report_file}
         if len(self.runs) > 1:
             data["compare"] = [run.to_dict(per_class, self.categories) for run in self.runs]
         return data

@@ -6,8 +6,8 @@
 * Several: each image is decoded and resized once (network-sized RGB), a chunk of images at a time; every
   configuration builds its own tensors from those pixels and streams the chunk through its engine. Memory holds one
   chunk of network-sized images, whatever the number of images.
-* Every engine comes from :class:`~ssdtool.detect.Detector` (``artifacts.model_file`` -> ``precision_plan`` ->
-  ``backends.make_engine``), and outputs become detections through ``Detector.detections_from_outputs``
+* Every engine comes from :class:`~ssdtool.detect.Detector` (``backends.prepare`` -> ``artifacts.model_file`` ->
+  ``backends.open_engine``), and outputs become detections through ``Detector.detections_from_outputs``
   (:mod:`ssdtool.detections`) at threshold 0: every row the model outputs except padding (score 0).
 * Results stream to a JSON-lines file (:mod:`ssdtool.evaluation.results`); a checkpoint written atomically every
   ``checkpoint_every`` images (and when the run stops on an exception) records how much of it is complete, so a
@@ -23,7 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ssdtool.detect import Detector, RunInfo
+from ssdtool.backends.spec import RunInfo
+from ssdtool.constants import PerformanceHint
+from ssdtool.detect import Detector
 from ssdtool.errors import ImageError
 from ssdtool.evaluation.configurations import Configuration
 from ssdtool.evaluation.dataset import EvalImage, image_path
@@ -33,6 +35,8 @@ from ssdtool.pipeline import ImagePreparer, Prefetch, ordered_outputs
 
 log = logging.getLogger("ssdtool.evaluation")
 
+#: The hint every configuration's engine runs with: eval streams images, as detect does for many.
+THROUGHPUT = PerformanceHint.THROUGHPUT.value
 #: Images decoded at a time when several configurations share them (1200 px RGB: 4.3 MB each).
 CHUNK_IMAGES = 16
 
@@ -102,7 +106,7 @@ class Runner:
 
     def _single(self, images: Sequence[EvalImage]) -> Iterator[ImageRecord]:
         run = self.runs[0]
-        engine = run.detector.engine("throughput")
+        engine = run.detector.engine(THROUGHPUT)
         prepare = ImagePreparer(run.detector.entry, run.detector.form, max_pixels=self.max_pixels)
         prefetch = Prefetch(prepare, self._paths(images), workers=self.workers)
         try:
@@ -127,7 +131,7 @@ class Runner:
         entry = self.runs[0].detector.entry
         prepare = ImagePreparer(entry, None, max_pixels=self.max_pixels)
         prefetch = Prefetch(prepare, self._paths(images), workers=self.workers)
-        engines = [run.detector.engine("throughput") for run in self.runs]
+        engines = [run.detector.engine(THROUGHPUT) for run in self.runs]
         try:
             chunk: list[tuple[int, Any]] = []
             for index, _source, prepared in prefetch:

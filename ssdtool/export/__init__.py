@@ -8,10 +8,26 @@ IR's tensors.
 
 from __future__ import annotations
 
-from ssdtool.export.api import MANIFEST, ExportResult, export_model
-from ssdtool.export.layouts import LAYOUTS, Layout
-from ssdtool.export.options import ExportOptions, ServingSettings
-from ssdtool.export.signature import Signature, TensorSpec
+from typing import TYPE_CHECKING
+
+from ssdtool.lazy import lazy_attributes
+
+if TYPE_CHECKING:
+    from ssdtool.export.api import MANIFEST, ExportResult, export_model
+    from ssdtool.export.layouts import LAYOUTS, Layout
+    from ssdtool.export.options import ExportOptions, ServingSettings
+    from ssdtool.export.signature import Signature, TensorSpec
+
+# Names resolve on first use: the command line reads export.options' defaults for its help, nothing more.
+_LAZY = {
+    **dict.fromkeys(("MANIFEST", "ExportResult", "export_model"), "ssdtool.export.api"),
+    **dict.fromkeys(("LAYOUTS", "Layout"), "ssdtool.export.layouts"),
+    **dict.fromkeys(("ExportOptions", "ServingSettings"), "ssdtool.export.options"),
+    **dict.fromkeys(("Signature", "TensorSpec"), "ssdtool.export.signature"),
+}
 
 __all__ = ["LAYOUTS", "MANIFEST", "ExportOptions", "ExportResult", "Layout", "ServingSettings", "Signature",
            "TensorSpec", "export_model"]
+
+
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)

@@ -85,7 +85,7 @@ class _Plan:
 
 def export_model(entry: ModelEntry, cache: Cache, options: ExportOptions, *, offline: bool | None = None,
                  progress: Callable[[Any], None] | None = None) -> ExportResult:
-    """Export ``entry``'s IR (``options.precision``, default the registry's) into ``options.output_dir`` as the
+    """Export ``entry``'s IR (``options.engine.precision``, default the registry's) into ``options.output_dir`` as the
     next version (or the one ``options.version``/``force`` name) in ``options.format``'s layout.
 
     Everything is checked before anything is written: the options, then the repository (its folder, the model
@@ -107,7 +107,8 @@ def export_model(entry: ModelEntry, cache: Cache, options: ExportOptions, *, off
     repository = Repository.open(options.output_dir)
     _plan(repository, layout, name, options)
 
-    model = model_file(entry, cache, Backend.OPENVINO, options.precision, offline=offline, progress=progress)
+    model = model_file(entry, cache, Backend.OPENVINO, options.engine.precision, offline=offline, progress=progress,
+                       image_input=options.engine.image_input)
     provenance = read_provenance(model.path) or {}
     weights = provenance.get(WEIGHTS_KEY) if isinstance(provenance.get(WEIGHTS_KEY), dict) else {}
     signature = read_signature(model.path)
@@ -123,6 +124,7 @@ def export_model(entry: ModelEntry, cache: Cache, options: ExportOptions, *, off
         record = {"format": export_format.value, "model": entry.name, "ir_precision": model.precision,
                   "device": settings.device, "hint": settings.hint, "inference_precision": precision,
                   "precision_reason": reason, "storage_uri": storage_uri, "sha256": installed.sha256,
+                  "image_input": options.engine.image_input,
                   "source_sha256": provenance.get("source_sha256"), "ssdtool": __version__, "exported": utc_now()}
         files.append(_record_version(repository, name, version, plan.records, record))
     verb = "replaced" if installed.replaced else "added"

@@ -20,12 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from ssdtool.constants import ExportFormat, InferencePrecision, PerformanceHint
+from ssdtool.backends.spec import EngineSpec, takes_engine
+from ssdtool.constants import EXPORT_LOCK_TIMEOUT, Backend, ExportFormat, InferencePrecision, PerformanceHint
 from ssdtool.errors import UsageError
 from ssdtool.redact import redact_url
 
-#: How long an exporter waits for another one writing into the same repository.
-DEFAULT_LOCK_TIMEOUT = 600.0
+#: How long an exporter waits for another one writing into the same repository (its value is in constants.py, which
+#: the command line reads without importing this module's engine records).
+DEFAULT_LOCK_TIMEOUT = EXPORT_LOCK_TIMEOUT
 #: Schemes KServe's storage initializer downloads from (``pvc://`` mounts a volume claim instead).
 STORAGE_SCHEMES = ("s3", "gs", "pvc", "https", "http", "hdfs", "webhdfs", "oci")
 #: A served model name: a DNS-1035 label, which KServe needs for the InferenceService and which is a safe folder
@@ -37,22 +39,28 @@ FIRST_VERSION = 1
 MAX_VERSION = 2**63 - 1
 
 
+#: What an export writes unless told otherwise: the registry's IR, for OpenVINO on the CPU, latency hint.
+EXPORT_ENGINE = EngineSpec(backend=Backend.OPENVINO.value)
+
+
+@takes_engine
 @dataclass(frozen=True)
 class ExportOptions:
     """One export: ``format`` into the repository ``output_dir``.
 
-    ``version``: the version folder to write (None: the next one; with ``force`` and no version, the latest is
-    replaced; from 1 to :data:`MAX_VERSION`). ``served_name``: the model's name on the server (None: the registry
-    name; an empty name is refused). ``storage_uri``: where a KServe user uploads the model folder (required for
-    kserve, refused for the others; see :func:`check_storage_uri`).
+    ``engine``: what the server is told to run: the IR's ``precision`` (None: the registry's), ``image_input``
+    (the image-input IR: u8 ``[1, ?, ?, 3]`` NHWC images of any size, resized inside; docs/convert.md), the
+    ``device`` (any OpenVINO device name; checked for its form only, the server's devices are not known here), the
+    ``hint`` (default latency) and the ``inference_precision`` (see the module docstring for ``auto``); its fields
+    may be given as keywords. ``version``: the version folder to write (None: the next one; with ``force`` and no
+    version, the latest is replaced; from 1 to :data:`MAX_VERSION`). ``served_name``: the model's name on the
+    server (None: the registry name; an empty name is refused). ``storage_uri``: where a KServe user uploads the
+    model folder (required for kserve, refused for the others; see :func:`check_storage_uri`).
     """
 
     format: ExportFormat | str
     output_dir: Path
-    precision: str | None = None
-    inference_precision: InferencePrecision | str = InferencePrecision.AUTO
-    device: str = "CPU"
-    hint: PerformanceHint | str = PerformanceHint.LATENCY
+    engine: EngineSpec = EXPORT_ENGINE
     version: int | None = None
     force: bool = False
     storage_uri: str | None = None
@@ -82,16 +90,15 @@ def parse_format(value: ExportFormat | str) -> ExportFormat:
 def serving_settings(options: ExportOptions) -> ServingSettings:
     """The device, hint and precision every layout writes (see the module docstring for ``auto``)."""
     from ssdtool import precision as inference_precisions
+    from ssdtool.backends.openvino_rules import check_device_name
 
-    device = options.device.strip()
-    if not device or not re.fullmatch(r"[A-Za-z0-9_.:,()-]+", device):
-        raise UsageError(f"--device {options.device!r} is not an OpenVINO device name",
-                         hint="pass --device CPU, GPU, GPU.1, AUTO:GPU,CPU, ...")
+    engine = options.engine
+    device = check_device_name(engine.device)
     try:
-        hint = PerformanceHint.parse(options.hint, "performance hint")
+        hint = PerformanceHint.parse(engine.hint_or(PerformanceHint.LATENCY.value), "performance hint")
     except ValueError as exc:
         raise UsageError(str(exc), hint="pass --hint latency or throughput") from None
-    requested = inference_precisions.parse(options.inference_precision)
+    requested = inference_precisions.parse(engine.inference_precision)
     if requested is InferencePrecision.AUTO:
         pin = InferencePrecision.F32.value
         reason = ("auto written as f32: the server's device is not known at export time, and f32 is what the IR was "

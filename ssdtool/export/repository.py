@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ssdtool import fsutil
-from ssdtool.convert.workspace import install_folder, remove_leftovers, temporary_prefix
 from ssdtool.errors import CacheError, LockTimeoutError, UsageError
 from ssdtool.export.options import FIRST_VERSION, MAX_VERSION
+from ssdtool.staging import install_folder, remove_leftovers, temporary_prefix
 
 LOCK_NAME = ".ssdtool-export.lock"
 #: A version folder's name: ASCII digits, no leading zero (str.isdigit would take "²" and "٣" too).

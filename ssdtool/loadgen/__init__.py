@@ -15,8 +15,9 @@ Names are imported on first use, so the command line can read :mod:`~ssdtool.loa
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ssdtool.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from ssdtool.loadgen.run import LoadGenOptions, LoadGenProgress, run_loadgen
@@ -36,11 +37,4 @@ __all__ = ["LoadGenOptions", "LoadGenProgress", "LoadGenReport", "LoadGenSummary
            "parse_summary", "read_summary", "run_loadgen"]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'ssdtool.loadgen' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_LAZY])
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)

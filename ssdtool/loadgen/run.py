@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ssdtool import artifacts, fsutil
-from ssdtool import precision as inference_precisions
-from ssdtool.bench import BenchOptions, check_options
+from ssdtool.backends import open_engine, prepare
+from ssdtool.backends.spec import EngineSpec, ModelFile, RunInfo, takes_engine
+from ssdtool.bench import BACKENDS as BENCH_BACKENDS
 from ssdtool.cache import Cache
-from ssdtool.constants import Backend, LoadGenMode, LoadGenScenario
+from ssdtool.constants import Backend, LoadGenMode, LoadGenScenario, PerformanceHint
 from ssdtool.errors import BackendError, DependencyError, SsdtoolError, UsageError
 from ssdtool.loadgen.qsl import SampleLibrary, image_files, library_size
 from ssdtool.loadgen.settings import SettingsOverrides, build_settings, describe_settings
@@ -43,19 +44,22 @@ PROGRESS_INTERVAL = 0.5
 INTERRUPT_GRACE = 3.0
 
 
+#: LoadGen's engine unless told otherwise: OpenVINO, as ``bench``.
+LOADGEN_ENGINE = EngineSpec(backend=Backend.OPENVINO.value)
+
+
+@takes_engine
 @dataclass(frozen=True)
 class LoadGenOptions:
-    """A LoadGen run: the scenario and mode, where the logs go, the engine (as ``bench``), the samples and the
-    settings (:class:`~ssdtool.loadgen.settings.SettingsOverrides`)."""
+    """A LoadGen run: the scenario and mode, where the logs go, the engine (as ``bench``'s, but with the
+    compiled-model cache: LoadGen times no load; its fields may be given as keywords), the samples and the settings
+    (:class:`~ssdtool.loadgen.settings.SettingsOverrides`). The hint follows the scenario: latency for
+    SingleStream, throughput for the others."""
 
     scenario: str
     output_dir: Path
     mode: str = LoadGenMode.PERFORMANCE.value
-    backend: str = "openvino"
-    precision: str = "FP32"
-    inference_precision: str = "auto"
-    device: str = "CPU"
-    requests: int | None = None
+    engine: EngineSpec = LOADGEN_ENGINE
     offline: bool = False
     images: Path | None = None
     annotations: Path | None = None
@@ -114,21 +118,11 @@ def _scratch_folder(output_dir: Path) -> Path:
                          hint="give --output-dir a folder you can write (it is created when missing)") from exc
 
 
-def _engine(model: artifacts.ModelFile, options: LoadGenOptions, scenario: LoadGenScenario
-            ) -> tuple[Engine, int, str]:
-    from ssdtool.backends import make_engine
-
-    latency = scenario == LoadGenScenario.SINGLE_STREAM
-    if model.backend == Backend.OPENVINO:
-        plan = artifacts.precision_plan(model, options.inference_precision, options.device)
-        engine = make_engine(model, device=options.device, hint="latency" if latency else "throughput",
-                             inference_precision=plan.pin)
-        reason = plan.reason
-    else:
-        engine = make_engine(model, requests=1 if latency else (options.requests or os.cpu_count() or 1))
-        reason = "onnxruntime computes in f32 on the CPU"
-    requests = 1 if latency else (options.requests or engine.optimal_requests)
-    return engine, requests, reason
+def _engine(model: ModelFile, spec: EngineSpec, cache: Cache) -> tuple[Engine, int, RunInfo]:
+    """The engine for the scenario's hint, the requests to keep in flight, and what runs."""
+    engine, info = open_engine(model, spec, cache)
+    requests = 1 if spec.hint == PerformanceHint.LATENCY else (spec.requests or engine.optimal_requests)
+    return engine, requests, info
 
 
 def _run_test(lg: Any, sut: EngineSut, library: SampleLibrary, settings: Any, scratch: Path, failure: Failure,
@@ -254,9 +248,8 @@ def run_loadgen(entry: ModelEntry, cache: Cache, options: LoadGenOptions, *,
     :class:`~ssdtool.errors.DependencyError` without LoadGen, and the first error met during the test.
     """
     scenario, mode = parse_scenario(options.scenario), parse_mode(options.mode)
-    check_options(BenchOptions(backend=options.backend, precision=options.precision,
-                               inference_precision=options.inference_precision, device=options.device,
-                               requests=options.requests))
+    hint = PerformanceHint.LATENCY if scenario == LoadGenScenario.SINGLE_STREAM else PerformanceHint.THROUGHPUT
+    spec = prepare(options.engine.replace(hint=hint.value), backends=BENCH_BACKENDS)
     options.settings.check(scenario)
     if options.annotations is not None and options.images is None:
         raise UsageError("--annotations needs --images (the folder holding the annotated images)",
@@ -269,11 +262,9 @@ def run_loadgen(entry: ModelEntry, cache: Cache, options: LoadGenOptions, *,
     settings = build_settings(lg, scenario, mode, options.settings, library_size(entry, files))
     scratch = _scratch_folder(output_dir)
     try:
-        model = artifacts.model_file(entry, cache, options.backend,
-                                     options.precision if options.backend == Backend.OPENVINO else None,
-                                     offline=options.offline, progress=download_progress)
+        model = artifacts.model_file(entry, cache, spec, offline=options.offline, progress=download_progress)
         library = SampleLibrary(entry, model.form, files)
-        engine, requests, reason = _engine(model, options, scenario)
+        engine, requests, info = _engine(model, spec, cache)
         failure = Failure()
         sut = EngineSut(lg, engine, library, requests, failure)
         duration = _run_test(lg, sut, library, settings, scratch, failure, progress)
@@ -290,11 +281,11 @@ def run_loadgen(entry: ModelEntry, cache: Cache, options: LoadGenOptions, *,
     finally:
         fsutil.remove_tree(scratch)
     config = RunConfig(
-        model=entry.name, backend=model.backend.value, precision=model.precision or "FP32", device=options.device,
-        model_path=str(model.path), requests=requests, streams=engine.streams, threads=engine.threads,
+        model=entry.name, backend=info.backend, precision=info.weights, device=info.device,
+        model_path=info.model_path, requests=requests, streams=engine.streams, threads=engine.threads,
         inference_precision=engine.inference_precision,
-        inference_precision_requested=inference_precisions.parse(options.inference_precision).value,
-        inference_precision_reason=reason, samples=library.total_count,
+        inference_precision_requested=info.inference_precision_requested,
+        inference_precision_reason=info.inference_precision_reason, samples=library.total_count,
         sample_source=str(options.annotations or options.images or "generated images"),
         settings=describe_settings(settings, scenario))
     return read_results(output_dir, config, duration, [str(p) for p in published], scenario.value, mode.value)

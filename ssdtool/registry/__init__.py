@@ -14,7 +14,6 @@ to take minutes and gigabytes, nearly all of it in the pure-Python YAML parser's
 from __future__ import annotations
 
 import os
-from importlib import resources
 from pathlib import Path
 
 from ssdtool.constants import REGISTRY_ENV
@@ -30,6 +29,7 @@ from ssdtool.registry.entries import (
     OutputSpec,
     Registry,
     SelectionSpec,
+    package_file,
 )
 from ssdtool.registry.schema import (
     CACHE_LAYOUT_NAMES,
@@ -72,9 +72,9 @@ PACKAGED_REGISTRY_NAME = "models.yml"
 
 def packaged_registry_path() -> Path:
     """The registry shipped with ssdtool: inside the wheel, or at the repository root in a source checkout."""
-    packaged = resources.files("ssdtool") / PACKAGED_REGISTRY_NAME
-    if packaged.is_file():
-        return Path(str(packaged))
+    packaged = package_file(PACKAGED_REGISTRY_NAME)
+    if packaged is not None:
+        return packaged
     # Editable/source checkouts: the one copy lives at the repository root next to the package.
     checkout = Path(__file__).resolve().parents[2] / PACKAGED_REGISTRY_NAME
     if checkout.is_file():

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 from ssdtool.errors import RegistryError, UnknownModelError
+
+
+def package_file(*parts: str) -> Path | None:
+    """A file shipped inside the ssdtool package, or None. Looked up beside the modules when the package is a folder
+    (every pip install, editable or not; importlib.resources' readers cost a warm start several milliseconds),
+    through importlib.resources otherwise."""
+    folder = Path(__file__).resolve().parent.parent
+    if folder.is_dir():
+        path = folder.joinpath(*parts)
+        return path if path.is_file() else None
+    from importlib import resources
+
+    packaged = resources.files("ssdtool").joinpath(*parts)
+    return Path(str(packaged)) if packaged.is_file() else None
 
 
 @dataclass(frozen=True)
@@ -128,9 +140,9 @@ class ModelEntry:
 
     def label_path(self) -> Path:
         """The label file: shipped in the package, or else relative to the registry that names it."""
-        packaged = resources.files("ssdtool") / "data" / self.labels
-        if packaged.is_file():
-            return Path(str(packaged))
+        packaged = package_file("data", self.labels)
+        if packaged is not None:
+            return packaged
         if self.registry_dir is not None and (self.registry_dir / self.labels).is_file():
             return self.registry_dir / self.labels
         raise RegistryError(
@@ -159,6 +171,8 @@ class Registry:
         try:
             return self.models[wanted]
         except KeyError:
+            import difflib  # for a mistyped model name only
+
             close = difflib.get_close_matches(wanted, list(self.models), n=3, cutoff=0.5)
             if not close:
                 close = [known for known in self.models if wanted.lower() in known.lower()][:3]

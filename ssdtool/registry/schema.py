@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from ssdtool import safe_yaml
 from ssdtool.checked import is_int
+from ssdtool.constants import ColorOrder, InputLayout, Interpolation, IRPrecision
 from ssdtool.errors import RegistryError
 from ssdtool.redact import redact_url
 from ssdtool.registry.checker import Checker, describe
@@ -42,12 +43,8 @@ MAX_OUTPUT_COUNT = 10_000
 
 ALLOWED_SCHEMES = ("http", "https", "file", "synthetic")
 TASKS = ("detection",)
-LAYOUTS = ("NCHW", "NHWC")
-COLOR_ORDERS = ("RGB", "BGR")
-INTERPOLATIONS = ("bilinear", "nearest", "bicubic")
 BOX_FORMATS = ("xyxy",)
 BOX_UNITS = ("normalized", "pixels")
-PRECISIONS = ("FP32", "FP16", "INT8")
 _HASH_LENGTHS = {"sha256": 64, "sha384": 96}
 _HEX = re.compile(r"[0-9a-f]*")
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -171,8 +168,8 @@ def _check_input(check: Checker, raw: Any, where: str) -> InputSpec | None:
     name = check.string(data.get("name"), f"{where}.name") if "name" in data else None
     shape = (check.int_list(data.get("shape"), f"{where}.shape", length=4, maximum=MAX_INPUT_SIDE)
              if "shape" in data else None)
-    layout = check.string(data.get("layout"), f"{where}.layout", LAYOUTS) if "layout" in data else None
-    color = (check.string(data.get("color_order"), f"{where}.color_order", COLOR_ORDERS)
+    layout = check.string(data.get("layout"), f"{where}.layout", InputLayout.values()) if "layout" in data else None
+    color = (check.string(data.get("color_order"), f"{where}.color_order", ColorOrder.values())
              if "color_order" in data else None)
     mean = (check.number_list(data.get("mean"), f"{where}.mean", length=3, low=MEAN_RANGE[0], high=MEAN_RANGE[1])
             if "mean" in data else None)
@@ -180,11 +177,11 @@ def _check_input(check: Checker, raw: Any, where: str) -> InputSpec | None:
                                high=SCALE_RANGE[1]) if "scale" in data else None)
     resize = (check.int_list(data.get("resize"), f"{where}.resize", length=2, maximum=MAX_INPUT_SIDE)
               if "resize" in data else None)
-    interpolation = (check.string(data.get("interpolation"), f"{where}.interpolation", INTERPOLATIONS)
+    interpolation = (check.string(data.get("interpolation"), f"{where}.interpolation", Interpolation.values())
                      if "interpolation" in data else None)
     if shape is not None and layout is not None and resize is not None:
-        height, width = (shape[2], shape[3]) if layout == "NCHW" else (shape[1], shape[2])
-        channels = shape[1] if layout == "NCHW" else shape[3]
+        height, width = (shape[2], shape[3]) if layout == InputLayout.NCHW else (shape[1], shape[2])
+        channels = shape[1] if layout == InputLayout.NCHW else shape[3]
         if channels != 3:
             check.problem(f"{where}.shape", f"expected 3 colour channels for layout {layout}, got {channels}")
         if (width, height) != tuple(resize):
@@ -233,11 +230,11 @@ def _check_convert(check: Checker, raw: Any, where: str) -> ConvertSpec | None:
     data = check.mapping(raw, where, ("color_order", "output_count", "precision"))
     if data is None:
         return None
-    color = (check.string(data.get("color_order"), f"{where}.color_order", COLOR_ORDERS)
+    color = (check.string(data.get("color_order"), f"{where}.color_order", ColorOrder.values())
              if "color_order" in data else None)
     count = check.integer(data.get("output_count"), f"{where}.output_count", minimum=1, maximum=MAX_OUTPUT_COUNT) \
         if "output_count" in data else None
-    precision = (check.string(data.get("precision"), f"{where}.precision", PRECISIONS)
+    precision = (check.string(data.get("precision"), f"{where}.precision", IRPrecision.values())
                  if "precision" in data else None)
     if color is None or count is None or precision is None:
         return None

@@ -8,18 +8,12 @@ Prometheus metrics on uvicorn). The client is :class:`ssdtool.backends.remote.Re
 
 from __future__ import annotations
 
-from typing import Any
+from ssdtool.lazy import lazy_attributes
+
+#: kserve (3 s to import) only when a server is made.
+_LAZY = {"ServeOptions": "ssdtool.serving.server", "Server": "ssdtool.serving.server",
+         "start_server": "ssdtool.serving.server", "ServerTarget": "ssdtool.serving.protocol"}
 
 __all__ = ["ServeOptions", "Server", "ServerTarget", "start_server"]
 
-
-def __getattr__(name: str) -> Any:  # kserve (3 s to import) only when a server is made
-    if name in ("ServeOptions", "Server", "start_server"):
-        from ssdtool.serving import server
-
-        return getattr(server, name)
-    if name == "ServerTarget":
-        from ssdtool.serving.protocol import ServerTarget
-
-        return ServerTarget
-    raise AttributeError(name)
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)

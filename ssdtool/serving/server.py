@@ -1,55 +1,121 @@
-"""``ssdtool serve`` as a library: an Open Inference Protocol (KServe v2) REST server on kserve's data plane.
+"""``ssdtool serve`` as a library: an Open Inference Protocol (KServe v2) server on kserve's data plane, REST and,
+when asked, gRPC.
 
-kserve provides the protocol: its v2 endpoints (``/v2/health/live``, ``/v2/health/ready``, ``/v2/models/<name>``,
-``/v2/models/<name>/infer``, ``/v2``), request decoding (JSON and the binary tensor extension), error handlers
-(JSON ``{"error": ...}``) and Prometheus metrics (``/metrics``). Not kserve's ``ModelServer`` itself: it binds
-0.0.0.0 with no way to choose, parses the process's command line, installs signal handlers and keeps one global
-app per process. Here the same parts are put on a fresh FastAPI app per server, on uvicorn, on a socket bound to
-the host asked (127.0.0.1 by default), with a request size limit, in a thread: the caller owns signals and
-decides when to :meth:`Server.stop`.
+kserve provides the protocol: its v2 endpoint handlers (``/v2/health/live``, ``/v2/health/ready``,
+``/v2/models/<name>``, ``/v2/models/<name>/infer``, ``/v2``), its data plane, its gRPC servicer and messages, and
+Prometheus metrics (``/metrics``). Not kserve's ``ModelServer`` itself: it binds 0.0.0.0 with no way to choose,
+parses the process's command line, installs signal handlers and keeps one global app per process. Here the same
+parts are put on a fresh FastAPI app per server, on uvicorn, on a socket bound to the host asked (127.0.0.1 by
+default), behind the limits of :mod:`ssdtool.serving.limits` (connections, header and body deadlines, body size),
+with the gRPC service (:mod:`ssdtool.serving.grpc_server`) on the same host in the same event loop, in a thread:
+the caller owns signals and decides when to :meth:`Server.stop`.
+
+Two models are served on one engine: the IR under its name, with exactly the IR's tensors, and the detections
+model (``NAME-detections``: an encoded image in, detections in pixels out).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import re
 import socket
 import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from ssdtool import artifacts
+from ssdtool.backends.spec import EngineSpec, RunInfo, takes_engine
 from ssdtool.cache import Cache
-from ssdtool.constants import Backend
+from ssdtool.checked import is_finite_number, is_int
+from ssdtool.constants import Backend, PerformanceHint
 from ssdtool.errors import BackendError, DependencyError, UsageError
 from ssdtool.imaging import DEFAULT_MAX_PIXELS
 from ssdtool.registry import ModelEntry
-from ssdtool.serving.protocol import DEFAULT_MAX_REQUEST_BYTES
+from ssdtool.serving.limits import DEFAULT_DECODE_MEMORY, ConnectionLimits, guarded_protocol
+from ssdtool.serving.protocol import DEFAULT_MAX_REQUEST_BYTES, detections_model
+
+if TYPE_CHECKING:
+    from ssdtool.backends import Engine
 
 log = logging.getLogger("ssdtool.serving")
 START_TIMEOUT = 120.0
 
 
+#: A served model's name: one URL path segment (``/v2/models/NAME/infer``), as registry names are.
+SERVED_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+#: What serve runs unless told otherwise: the IR with OpenVINO, throughput hint (requests arrive in parallel).
+SERVE_ENGINE = EngineSpec(backend=Backend.OPENVINO.value, hint=PerformanceHint.THROUGHPUT.value)
+
+
+@takes_engine
 @dataclass(frozen=True)
 class ServeOptions:
-    """How to serve: ``host`` and ``port`` to bind (port 0: any free one, see :attr:`Server.port`), the IR's
-    ``precision`` (None: the registry's), ``inference_precision`` and ``device`` as for detection, the served
-    ``model_name`` (None: the registry name), ``max_request_bytes`` (larger bodies get 413), ``max_pixels`` for
-    encoded images, ``offline``, and ``grace_seconds`` for requests in flight at shutdown."""
+    """How to serve: ``host`` and ``port`` to bind (port 0: any free one, see :attr:`Server.port`), the
+    ``engine`` (OpenVINO on the IR; its ``precision``, None: the registry's, ``inference_precision`` and ``device``
+    as for detection, and ``image_input``: serve the image-input IR, u8 ``[1, H, W, 3]`` images of any size, resized
+    inside, converted on first use, instead of the standard IR; the spec's fields may be given as keywords), the
+    served ``model_name`` (None: the registry name; else :data:`SERVED_NAME`), ``max_request_bytes`` (larger bodies
+    get 413), ``max_pixels`` per encoded image and ``decode_memory`` for all decoding at once (larger images get
+    413), ``limits`` on connections and on how long headers and bodies may take, ``offline``, ``grace_seconds`` for
+    requests in flight at shutdown, and ``grpc_port`` (None: no gRPC; 0: any free port) for the protocol's gRPC
+    service on ``host``."""
 
     host: str = "127.0.0.1"
     port: int = 8080
-    precision: str | None = None
-    inference_precision: str = "auto"
-    device: str = "CPU"
+    engine: EngineSpec = SERVE_ENGINE
     model_name: str | None = None
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     max_pixels: int | None = DEFAULT_MAX_PIXELS
+    decode_memory: int = DEFAULT_DECODE_MEMORY
+    limits: ConnectionLimits = field(default_factory=ConnectionLimits)
     offline: bool | None = None
     grace_seconds: float = 10.0
+    grpc_port: int | None = None
+
+
+def check_options(options: ServeOptions) -> EngineSpec:
+    """Refuse what cannot be served (UsageError; an engine that cannot run: 31), before anything is loaded; the
+    engine spec, checked (:func:`ssdtool.backends.prepare`)."""
+    from ssdtool.backends import backend_rules, prepare
+
+    spec = prepare(options.engine.replace(hint=options.engine.hint_or(PerformanceHint.THROUGHPUT.value)))
+    if backend_rules(spec).model_form != "ir":
+        raise UsageError(f"serve runs ssdtool's IR with OpenVINO; the engine asked for runs the "
+                         f"{backend_rules(spec).model_form} model", hint="serve with the openvino backend")
+    served = options.model_name
+    grpc_port = options.grpc_port
+    if grpc_port is not None and (not is_int(grpc_port) or not 0 <= grpc_port <= 65535):
+        raise UsageError(f"grpc_port must be None or a port number from 0 to 65535, got {grpc_port!r}")
+    if grpc_port is not None and grpc_port == options.port != 0:
+        raise UsageError(f"REST and gRPC cannot share port {grpc_port}",
+                         hint="pass --grpc-port another port (0: any free one)")
+    if served is not None and not SERVED_NAME.fullmatch(served):
+        raise UsageError(f"served model name {served!r:.80} is not one URL path segment (the NAME in "
+                         f"/v2/models/NAME/infer)",
+                         hint="pass --model-name 1 to 128 letters, digits, '.', '_' and '-', starting with a letter "
+                              "or digit")
+    limits = options.limits
+    numbers = {"max_request_bytes": (options.max_request_bytes, 1), "decode_memory": (options.decode_memory, 1),
+               "max_connections": (limits.max_connections, 1)}
+    for name, (value, least) in numbers.items():
+        if not is_int(value) or value < least:
+            raise UsageError(f"{name} must be a whole number of at least {least}, got {value!r}")
+    if options.max_pixels is not None and (not is_int(options.max_pixels) or options.max_pixels < 1):
+        raise UsageError(f"max_pixels must be None or a whole number of at least 1, got {options.max_pixels!r}")
+    seconds = {"header_timeout": (limits.header_timeout, False), "body_timeout": (limits.body_timeout, False),
+               "grace_seconds": (options.grace_seconds, True)}
+    for name, (value, zero) in seconds.items():
+        if not is_finite_number(value) or value < 0 or (value == 0 and not zero):
+            raise UsageError(f"{name} must be a finite number of seconds {'>= 0' if zero else 'above 0'}, got "
+                             f"{value!r}")
+    return spec
 
 
 def _import_kserve() -> Any:
@@ -68,117 +134,22 @@ def _import_kserve() -> Any:
     return kserve
 
 
-#: kserve's model repository extension (load/unload over HTTP): one unauthenticated POST would take the model away,
-#: or load whatever kserve finds in its default model directory.
-BLOCKED_PREFIXES = ("/v2/repository/",)
-
-
-class _BodyLimit:
-    """ASGI middleware: a request body over ``limit`` bytes gets ``413 {"error": ...}`` before it is read whole
-    (by its Content-Length, or while it streams in when it has none); paths under :data:`BLOCKED_PREFIXES` get
-    404 (checked here, before routing: FastAPI's router internals differ between versions)."""
-
-    def __init__(self, app: Any, limit: int) -> None:
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        if str(scope.get("path", "")).startswith(BLOCKED_PREFIXES):
-            await _json_response(send, 404, {"error": "not found"})
-            return
-        length = dict(scope.get("headers") or []).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.limit):
-            await self._refuse(send)
-            return
-        received = 0
-        refused = False
-
-        async def limited() -> dict[str, Any]:
-            nonlocal received, refused
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.limit:
-                    refused = True
-                    raise _TooLarge
-            return message
-
-        async def guarded_send(message: dict[str, Any]) -> None:
-            if not refused:  # after a refusal, whatever the app answers (FastAPI: 400 "error parsing the body")
-                await send(message)
-
-        with contextlib.suppress(_TooLarge):
-            await self.app(scope, limited, guarded_send)
-        if refused:
-            await self._refuse(send)
-
-    async def _refuse(self, send: Callable[..., Any]) -> None:
-        await _json_response(send, 413, {"error": f"request body larger than the server's limit of {self.limit} "
-                                                  f"bytes (ssdtool serve --max-request-bytes)"})
-
-
-async def _json_response(send: Callable[..., Any], status: int, content: dict[str, str]) -> None:
-    import json
-
-    body = json.dumps(content).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
-
-
-class _TooLarge(Exception):
-    pass
-
-
-def _application(kserve: Any, model: Any, limit: int) -> Any:
-    """A FastAPI app with kserve's v2 endpoints, error handlers and metrics for ``model``."""
-    from fastapi import FastAPI
-    from kserve import errors
-    from kserve.model_repository import ModelRepository
-    from kserve.protocol.model_repository_extension import ModelRepositoryExtension
-    from kserve.protocol.rest.server import metrics_handler
-    from kserve.protocol.rest.v2_endpoints import register_v2_endpoints
-
-    repository = ModelRepository()
-    repository.update(model)
-    app = FastAPI(title="ssdtool serve", docs_url=None, redoc_url=None, openapi_url=None)
-    app.add_api_route("/metrics", metrics_handler, methods=["GET"])
-    from ssdtool.serving.binary import BinaryDataPlane
-
-    register_v2_endpoints(app, BinaryDataPlane(model_registry=repository), ModelRepositoryExtension(repository))
-    for error, handler in ((errors.InvalidInput, _invalid_input),
-                           (errors.InferenceError, errors.inference_error_handler),
-                           (errors.ModelNotFound, errors.model_not_found_handler),
-                           (errors.ModelNotReady, errors.model_not_ready_handler),
-                           (NotImplementedError, errors.not_implemented_error_handler),
-                           (errors.ServerNotLive, errors.server_not_live_handler),
-                           (errors.ServerNotReady, errors.server_not_ready_handler),
-                           (Exception, errors.generic_exception_handler)):
-        app.add_exception_handler(error, handler)
-    app.add_middleware(_BodyLimit, limit=limit)
-    return app
-
-
-async def _invalid_input(_request: Any, exc: Exception) -> Any:
-    """400 with the reason, logged on one line (kserve's own handler logs a traceback per bad request)."""
-    from fastapi.responses import JSONResponse
-
-    log.info("bad request: %s", exc)
-    return JSONResponse(status_code=400, content={"error": str(exc)})
-
-
 class Server:
-    """A running server (from :func:`start_server`): :attr:`url`, :meth:`stop`, :meth:`wait`; a context manager."""
+    """A running server (from :func:`start_server`): :attr:`url`, :attr:`grpc_address`, :meth:`stop`,
+    :meth:`wait`; a context manager."""
 
-    def __init__(self, uvicorn_server: Any, sock: socket.socket, model: Any, model_name: str, info: dict[str, Any]
-                 ) -> None:
-        self._server, self._socket, self._model = uvicorn_server, sock, model
+    def __init__(self, uvicorn_server: Any, sock: socket.socket, app: Any, plane: Any, served: Any,
+                 model_name: str, info: dict[str, Any], grpc: Callable[[], tuple[Any, int]] | None = None) -> None:
+        self._server, self._socket, self._app, self._plane, self._served = uvicorn_server, sock, app, plane, served
         host, port = sock.getsockname()[:2]
         self.host, self.port, self.model_name = host, int(port), model_name
+        #: The detections model's name (``NAME-detections``).
+        self.detections_model = detections_model(model_name)
+        #: The gRPC port (None: no gRPC service).
+        self.grpc_port: int | None = None
         #: What runs: model, IR precision, device, inference precision read back from the engine.
         self.info = info
+        self._make_grpc = grpc
         self._thread = threading.Thread(target=self._run, name="ssdtool-serve", daemon=True)
         self._error: BaseException | None = None
 
@@ -187,11 +158,38 @@ class Server:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
 
+    @property
+    def grpc_address(self) -> str | None:
+        """``host:port`` of the gRPC service (a gRPC target has no scheme), None without one."""
+        if self.grpc_port is None:
+            return None
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.grpc_port}"
+
     def _run(self) -> None:
         try:
-            self._server.run(sockets=[self._socket])
-        except BaseException as exc:  # reported by wait()
+            asyncio.run(self._serve())
+        except BaseException as exc:  # reported by _start() or wait()
             self._error = exc
+
+    async def _serve(self) -> None:
+        """uvicorn and, when asked, the gRPC server in this thread's event loop; both stop together (each lets its
+        requests in flight finish, up to the grace period)."""
+        grpc = None
+        if self._make_grpc is not None:
+            grpc, self.grpc_port = self._make_grpc()
+            await grpc.start()
+        try:
+            rest = asyncio.ensure_future(self._server.serve(sockets=[self._socket]))
+            while not rest.done() and not self._server.should_exit:
+                await asyncio.sleep(0.05)
+            if grpc is not None:
+                stopping, grpc = grpc, None
+                await stopping.stop(self._server.config.timeout_graceful_shutdown)
+            await rest
+        finally:
+            if grpc is not None:
+                await grpc.stop(0)
 
     def _start(self) -> None:
         self._thread.start()
@@ -200,7 +198,18 @@ class Server:
             time.sleep(0.02)
         if not self._server.started:
             self.stop()
+            if isinstance(self._error, UsageError):
+                raise self._error
             raise BackendError(f"the server did not start: {self._error or 'timed out'}")
+
+    def openapi(self) -> dict[str, Any]:
+        """The OpenAPI document of this server's routes (:func:`ssdtool.serving.app.openapi_document`); not served
+        over HTTP."""
+        from ssdtool.serving.app import openapi_document
+        from ssdtool.serving.detections import DetectionModel
+
+        inputs = [*self._served.inputs, *DetectionModel(self.detections_model, self._served).get_input_types()]
+        return openapi_document(self._app, [self.model_name, self.detections_model], inputs)
 
     def stop(self) -> None:
         """Stop accepting connections, let requests in flight finish (up to ``grace_seconds``), release the
@@ -209,7 +218,7 @@ class Server:
         self._thread.join()
         with contextlib.suppress(OSError):
             self._socket.close()
-        self._model.stop()
+        self._served.stop()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait for the server to end (after :meth:`stop` from another thread); True when it has."""
@@ -221,6 +230,13 @@ class Server:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _http_protocol() -> type[Any]:
+    """uvicorn's own choice of HTTP protocol class (httptools when installed, else h11)."""
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    return AutoHTTPProtocol
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -246,39 +262,66 @@ def start_server(entry: ModelEntry, cache: Cache, options: ServeOptions | None =
                  progress: Callable[[Any], None] | None = None) -> Server:
     """Serve ``entry``'s IR (converted first when needed) and return once the server answers; stop it with
     :meth:`Server.stop`. ``progress`` receives download events when the model is fetched."""
-    from ssdtool.backends import make_engine
-    from ssdtool.precision import parse
+    from ssdtool.backends import open_engine, plan_engine
 
     options = options or ServeOptions()
-    if options.max_request_bytes < 1:
-        raise UsageError(f"max_request_bytes must be at least 1, got {options.max_request_bytes}")
-    kserve = _import_kserve()
+    spec = check_options(options)
+    _import_kserve()
     import uvicorn
 
-    from ssdtool.serving.model import EngineModel
+    from ssdtool.serving.app import AnsweredOnce, application, data_plane
+    from ssdtool.serving.detections import DetectionModel
+    from ssdtool.serving.model import IRModel, ServedEngine
 
-    requested = parse(options.inference_precision)
-    model_file = artifacts.model_file(entry, cache, Backend.OPENVINO, options.precision, offline=options.offline,
-                                      progress=progress)
-    plan = artifacts.precision_plan(model_file, requested, options.device)
+    model_file = artifacts.model_file(entry, cache, spec, offline=options.offline, progress=progress)
+    decided = plan_engine(model_file, spec)
     name = options.model_name or entry.name
+    opened: list[RunInfo] = []
 
-    def engine() -> Any:
-        return make_engine(model_file, device=options.device, hint="throughput", inference_precision=plan.pin,
-                           cache_dir=cache.usable_compiled_model_dir(model_file.model))
+    def engine() -> Engine:
+        made, what = open_engine(model_file, spec, cache, plan=decided)
+        opened.append(what)
+        return made
 
-    model = EngineModel(name, entry, engine, max_pixels=options.max_pixels)
-    model.load()
-    assert model.engine is not None
-    info = {"model": entry.name, "served_as": name, "precision": model_file.precision, "device": options.device,
-            "inference_precision": model.engine.inference_precision,
-            "inference_precision_requested": requested.value, "inference_precision_reason": plan.reason,
-            "model_path": str(model_file.path)}
-    sock = _bind(options.host, options.port)
-    config = uvicorn.Config(_application(kserve, model, options.max_request_bytes), log_config=None,
-                            timeout_graceful_shutdown=int(max(1, options.grace_seconds)), loop="asyncio",
-                            access_log=False, lifespan="off")
-    server = Server(uvicorn.Server(config), sock, model, name, info)
+    served = ServedEngine(entry, engine, form=model_file.form, max_pixels=options.max_pixels,
+                          decode_memory=options.decode_memory)
+    served.load(model_file.path)
+    assert served.engine is not None
+    models = [IRModel(name, served), DetectionModel(detections_model(name), served)]
+    for model in models:
+        model.load()
+    ran = opened[-1]
+    info = {"model": entry.name, "served_as": name, "detections_model": detections_model(name),
+            "precision": model_file.precision, "image_input": spec.image_input, "device": ran.device,
+            "inference_precision": served.engine.inference_precision,
+            "inference_precision_requested": ran.inference_precision_requested,
+            "inference_precision_reason": ran.inference_precision_reason,
+            "model_path": str(model_file.path),
+            "limits": {"max_request_bytes": options.max_request_bytes, "max_pixels": options.max_pixels,
+                       "decode_memory": options.decode_memory, "header_timeout": options.limits.header_timeout,
+                       "body_timeout": options.limits.body_timeout,
+                       "max_connections": options.limits.max_connections}}
+    try:
+        sock = _bind(options.host, options.port)
+    except BaseException:
+        served.stop()
+        raise
+    plane = data_plane(models)
+    app = application(plane, options.max_request_bytes, options.limits.body_timeout)
+    config = uvicorn.Config(AnsweredOnce(app), log_config=None, loop="asyncio", access_log=False,
+                            timeout_graceful_shutdown=int(max(1, options.grace_seconds)), lifespan="off",
+                            http=guarded_protocol(_http_protocol(), options.limits))
+    make_grpc = None
+    if options.grpc_port is not None:
+        from ssdtool.serving.grpc_server import start_grpc
+
+        grpc_port = int(options.grpc_port)
+
+        def make_grpc() -> tuple[Any, int]:
+            return start_grpc(plane, options.host, grpc_port, options.max_request_bytes, options.limits)
+
+    server = Server(uvicorn.Server(config), sock, app, plane, served, name, info, make_grpc)
     server._start()
-    log.debug("serving %s at %s", name, server.url)
+    server.info["grpc_address"] = server.grpc_address
+    log.debug("serving %s at %s (gRPC: %s)", name, server.url, server.grpc_address or "off")
     return server
