@@ -30,6 +30,7 @@ import numpy as np
 
 from ssdtool.accuracy_budget import ANNOTATIONS, DIGITS, Budget, BudgetReport, Latency
 from ssdtool.calibration import CalibrationSet, held_out_images, load_rgb, network_input
+from ssdtool.constants import CPU_DEVICE, Int8Phase
 from ssdtool.detections import detections_from_arrays, network_detections
 from ssdtool.errors import ConversionError, UsageError
 from ssdtool.registry import ModelEntry
@@ -143,7 +144,7 @@ class Validator:
 
     def _report(self, done: int, total: int, value: float | None) -> None:
         if self.progress is not None:
-            self.progress("validate", done, total, self.runs, value)
+            self.progress(Int8Phase.VALIDATE.value, done, total, self.runs, value)
 
 
 # ------------------------------------------------------------------------------------------------ images, truth
@@ -176,7 +177,7 @@ def ground_truth(entry: ModelEntry, budget: Budget, images: Sequence[ValidationI
     for done, image in enumerate(images, start=1):
         records += coco_records(engine.infer(image.tensor), entry, image)
         if progress is not None:
-            progress("reference", done, len(images), None, None)
+            progress(Int8Phase.REFERENCE.value, done, len(images), None, None)
     dataset = pseudo_ground_truth([AgreementImage(image.image_id, image.width, image.height) for image in images],
                                   records, DEFAULT_REFERENCE_SCORE, name="the FP32 IR")
     if not dataset.annotation_count:
@@ -214,9 +215,9 @@ def quantize_within_budget(nncf: Any, model: Any, calibration_dataset: Any, subs
         advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
             ranking_subset_size=len(images), num_ranking_workers=1, intermediate_model_dir=str(intermediate_dir)))
     core = ov.Core()
-    compiled = core.compile_model(quantized, "CPU", F32)  # as NNCF compiles what it validates: same signatures
+    compiled = core.compile_model(quantized, CPU_DEVICE, F32)  # as NNCF compiles what it validates: same signatures
     installed = runtime_layers(compiled)
-    all_int8 = runtime_layers(core.compile_model(str(intermediate_dir / "intermediate_model.xml"), "CPU", F32))
+    all_int8 = runtime_layers(core.compile_model(str(intermediate_dir / "intermediate_model.xml"), CPU_DEVICE, F32))
     value = validator.value_of(installed)
     if value is None:
         value = validator(compiled, range(len(images)))
@@ -260,7 +261,7 @@ def measure_latency(installed_xml: Path, all_int8_xml: Path, tensor: np.ndarray,
             engine.infer(tensor)
             times[index].append(time.perf_counter() - started)
         if progress is not None:
-            progress("latency", run, runs, None, None)
+            progress(Int8Phase.LATENCY.value, run, runs, None, None)
     return Latency(all_int8_ms=round(statistics.median(times[0]) * 1000, 2),
                    installed_ms=round(statistics.median(times[1]) * 1000, 2), runs=runs,
                    inference_precision=engines[1].inference_precision)

@@ -144,6 +144,24 @@ class Int8Recipe(Choice):
     VNNI = "vnni"
 
 
+class Int8Phase(Choice):
+    """The phases of an INT8 conversion its progress events name (:class:`ssdtool.quantize.QuantizeEvent`).
+
+    ``calibrate``: statistics collection, one image at a time; ``quantize``: NNCF's work after it (bias correction,
+    the quantized graph); ``guard``: the held-out comparison with FP32; ``check``: the runtime check. With an AP
+    budget also ``reference`` (FP32 on the held-out images), ``validate`` (one of NNCF's validation runs) and
+    ``latency`` (the short speed measurement of the layers kept in floating point).
+    """
+
+    CALIBRATE = "calibrate"
+    QUANTIZE = "quantize"
+    GUARD = "guard"
+    CHECK = "check"
+    REFERENCE = "reference"
+    VALIDATE = "validate"
+    LATENCY = "latency"
+
+
 class Backend(Choice):
     """An inference engine."""
 

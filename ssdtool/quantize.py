@@ -55,7 +55,7 @@ from ssdtool.calibration import (
     network_input,
     resolve_calibration,
 )
-from ssdtool.constants import DEFAULT_DEVICE, InputLayout, InputType, Int8Recipe
+from ssdtool.constants import DEFAULT_DEVICE, InputLayout, InputType, Int8Phase, Int8Recipe
 from ssdtool.detections import network_detections
 from ssdtool.errors import ConversionError, DependencyError, SsdtoolError, all_error_classes
 from ssdtool.int8_recipes import quantization_settings
@@ -181,14 +181,14 @@ def calibration_dataset(nncf: ModuleType, entry: ModelEntry, calibration: Calibr
     def transform(item: Any) -> np.ndarray:
         nonlocal done
         if done == 0 and progress is not None:  # statistics collection starts now (NNCF may have work before it)
-            progress(QuantizeEvent("calibrate", 0, total))
+            progress(QuantizeEvent(Int8Phase.CALIBRATE.value, 0, total))
         rgb = item if isinstance(item, np.ndarray) else load_rgb(item)
         tensor = network_input(rgb, entry, input_type, input_layout)
         done = min(done + 1, total)
         if progress is not None:
-            progress(QuantizeEvent("calibrate", done, total))
+            progress(QuantizeEvent(Int8Phase.CALIBRATE.value, done, total))
             if done == total:
-                progress(QuantizeEvent("quantize", 0, 1))
+                progress(QuantizeEvent(Int8Phase.QUANTIZE.value, 0, 1))
         return tensor
 
     source = "generated images" if calibration.kind == GENERATED else f"images from {calibration.folder}"
@@ -218,7 +218,7 @@ def quantize_model(model: Any, entry: ModelEntry, calibration: CalibrationSet, *
                               target_device=nncf.TargetDevice.ANY, fast_bias_correction=True,
                               advanced_parameters=advanced_parameters(recipe))
     if progress is not None:
-        progress(QuantizeEvent("quantize", 1, 1))
+        progress(QuantizeEvent(Int8Phase.QUANTIZE.value, 1, 1))
     return quantized
 
 
@@ -244,7 +244,7 @@ def quantize_within_budget(model: Any, entry: ModelEntry, calibration: Calibrati
         nncf, model, dataset, total, advanced_parameters(recipe), entry, calibration, budget, reference_xml,
         intermediate_xml(reference_xml).parent, input_type=input_type, input_layout=input_layout, progress=forward)
     if progress is not None:
-        progress(QuantizeEvent("quantize", 1, 1))
+        progress(QuantizeEvent(Int8Phase.QUANTIZE.value, 1, 1))
     return quantized, report
 
 
@@ -397,7 +397,7 @@ def accuracy_guard(reference_xml: Path, int8_xml: Path, entry: ModelEntry, calib
     per_image: list[dict[str, Any]] = []
     total = len(calibration.held_out) if calibration.kind != GENERATED else calibration.guard_images
     if progress is not None:
-        progress(QuantizeEvent("guard", 0, total))
+        progress(QuantizeEvent(Int8Phase.GUARD.value, 0, total))
     for name, rgb in held_out_images(calibration):
         tensor = network_input(rgb, entry, input_type, input_layout)
         reference = network_detections(reference_engine.infer(tensor), entry, "ir")
@@ -406,7 +406,7 @@ def accuracy_guard(reference_xml: Path, int8_xml: Path, entry: ModelEntry, calib
         reports.append(report)
         per_image.append({"image": name, **report.to_dict()})
         if progress is not None:
-            progress(QuantizeEvent("guard", len(reports), total))
+            progress(QuantizeEvent(Int8Phase.GUARD.value, len(reports), total))
     reference_count = sum(r.reference_count for r in reports)
     matched = sum(r.matched for r in reports)
     if reference_count == 0:

@@ -47,6 +47,10 @@ OTHER_SETS = {
     # of onnxruntime's OpenVINO execution provider.
     "ssdtool/export/signature.py": {"u8"}, "ssdtool/backends/openvino_rules.py": {"FP16"},
     "ssdtool/backends/onnxruntime.py": {"FP32"},
+    # OpenVINO's runtime element types (a compiled layer's precision: which layers run in INT8).
+    "ssdtool/accuracy_control.py": {"u8"},
+    # A budget record's field (the latency cost of the layers kept in floating point), not a performance hint.
+    "ssdtool/accuracy_budget.py": {"latency"},
 }
 #: Code another branch in flight rewrites; struck off when it merges. Every entry must still hold its literal.
 PENDING: dict[str, set[str]] = {}

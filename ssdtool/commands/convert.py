@@ -137,8 +137,8 @@ def format_runtime_checks(result: Any) -> list[str]:
               help="INT8: folder of representative images (searched recursively), or 'generated' for "
                    "deterministic generated images [default for synthetic models: generated].")
 @click.option("--calibration-size", type=click.IntRange(min=1), metavar="N",
-              help=f"INT8: how many calibration images NNCF collects statistics on [default: "
-                   f"{DEFAULT_CALIBRATION_SIZE}; each costs one float inference].")
+              help="INT8: how many calibration images NNCF collects statistics on; each costs one float inference "
+                   f"[default: {DEFAULT_CALIBRATION_SIZE}].")
 @click.option("--int8-recipe", type=click.Choice(Int8Recipe.values()), default=None,
               help="INT8: portable (7-bit weights, exact on CPUs without VNNI) or vnni (8-bit weights but the first "
                    "layer's, for CPUs with VNNI/AMX) [default: portable; an installed IR of either is kept].")

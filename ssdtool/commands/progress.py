@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ssdtool.commands.common import AppContext, human_size, printable
-from ssdtool.constants import ProgressMode
+from ssdtool.constants import Int8Phase, ProgressMode
 
 if TYPE_CHECKING:
     from ssdtool.download import DownloadEvent
@@ -208,10 +208,12 @@ def phase_progress(labels: dict[str, str], unit: str | dict[str, str] = "img", m
 def quantize_progress(app: AppContext, mode: str = "auto") -> Callable[[Any], None] | None:
     """The INT8 phases: calibration, NNCF's quantization, the accuracy guard, the runtime check; with an AP budget
     also the FP32 reference, NNCF's validation runs and the latency measurement."""
-    return phase_progress({"calibrate": "INT8 calibration", "quantize": "NNCF quantization", "guard": "accuracy guard",
-                           "reference": "FP32 reference", "validate": "accuracy control", "latency": "latency",
-                           "check": "runtime check"},
-                          unit={"quantize": "step", "latency": "run", "check": "step"}, mode=mode, quiet=app.quiet)
+    labels = {Int8Phase.CALIBRATE: "INT8 calibration", Int8Phase.QUANTIZE: "NNCF quantization",
+              Int8Phase.GUARD: "accuracy guard", Int8Phase.REFERENCE: "FP32 reference",
+              Int8Phase.VALIDATE: "accuracy control", Int8Phase.LATENCY: "latency cost", Int8Phase.CHECK: "runtime check"}
+    units = {Int8Phase.QUANTIZE: "step", Int8Phase.LATENCY: "run", Int8Phase.CHECK: "step"}
+    return phase_progress({phase.value: label for phase, label in labels.items()},
+                          unit={phase.value: unit for phase, unit in units.items()}, mode=mode, quiet=app.quiet)
 
 
 

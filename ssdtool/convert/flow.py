@@ -30,7 +30,7 @@ from ssdtool.backends import import_engine
 from ssdtool.backends.openvino_rules import plan_devices
 from ssdtool.backends.spec import ModelFile
 from ssdtool.cache import Cache
-from ssdtool.constants import DEFAULT_DEVICE, Backend, InferencePrecision, Int8Recipe, IRPrecision
+from ssdtool.constants import DEFAULT_DEVICE, Backend, InferencePrecision, Int8Phase, Int8Recipe, IRPrecision
 from ssdtool.convert.gate import (
     ParityReport,
     check_device_parts,
@@ -332,11 +332,11 @@ class _Build:
             self.parity = parity
         progress = self.quantize_progress if options.precision == IRPrecision.INT8 else None
         if progress is not None:
-            progress(QuantizeEvent("check", 0, 1))
+            progress(QuantizeEvent(Int8Phase.CHECK.value, 0, 1))
         self.checks = tuple(check for device in options.check_devices
                             if (check := runtime_check(temp_xml, entry, options, device)) is not None)
         if progress is not None:
-            progress(QuantizeEvent("check", 1, 1))
+            progress(QuantizeEvent(Int8Phase.CHECK.value, 1, 1))
 
     def _provenance(self) -> dict[str, Any]:
         """What travels with the IR: source, versions, every parameter, labels, the proofs (as far as they ran)."""
