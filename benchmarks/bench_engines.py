@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import QUIET_CORES, ROOT, WORK, measure, median, ssdtool_command, wait_for_quiet, write_section
 
 sys.path.insert(0, str(ROOT))
-from ssdtool.constants import DEFAULT_CALIBRATION_SIZE
+from ssdtool.int8_recipes import DEFAULT_CALIBRATION_SIZE
 
 MODEL = "ssd-resnet34-1200-synthetic"  # the packaged registry's full twin (built locally, like a download)
 GFLOP = 433.411  # Open Model Zoo's figure for ssd-resnet34-1200-onnx; the twin has the same graph

@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, WORK, busy_cores, load_average, machine_description, write_section
 
 sys.path.insert(0, str(ROOT))
-from ssdtool.constants import DEFAULT_CALIBRATION_SIZE as DEFAULT_SIZE
+from ssdtool.int8_recipes import DEFAULT_CALIBRATION_SIZE as DEFAULT_SIZE
 
 FULL = "ssd-resnet34-1200-synthetic"
 TINY = "ssd-resnet34-300-synthetic-tiny"
@@ -201,7 +201,7 @@ def run(sizes: list[int], budget: float | None, tiny: bool, repeats: int = 3, he
         figures["runs"].append(run_convert(model, size, None))
         print(f"{size} images: {figures['runs'][-1]['wall_s']} s", file=sys.stderr)
     if budget is not None:
-        figures["runs"].append(run_convert(model, sizes[-1], budget, held_out))
+        figures["runs"].append(run_convert(model, sizes[0], budget, held_out))
         print(f"budget {budget}: {figures['runs'][-1]['wall_s']} s", file=sys.stderr)
     figures["after"] = {"load_average": load_average()}
     return figures
@@ -212,13 +212,18 @@ def targets(f: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
     rows: list[tuple[str, str, str, bool | None]] = []
     for r in f["runs"]:
         if r["budget"] is None:
-            rows.append((f"`convert --precision INT8`, full twin, {r['calibration_size']} calibration images, within "
+            rows.append((f"`convert --precision INT8`, {_twin(f)}, {r['calibration_size']} calibration images, within "
                          f"{TARGET_SECONDS:.0f} s on 2 cores", f"{r['wall_s']:.0f} s ({_accuracy(r)})",
                          f"{r['wall_s'] / TARGET_SECONDS:.2f}x of target", r["wall_s"] <= TARGET_SECONDS))
         else:
-            rows.append((f"`convert --precision INT8 --max-ap-drop {r['budget']}` cost, {r['calibration_size']} "
-                         "calibration images", f"{r['wall_s']:.0f} s ({_accuracy(r)})", "", None))
+            rows.append((f"`convert --precision INT8 --max-ap-drop {r['budget']}` cost, {_twin(f)}, "
+                         f"{r['calibration_size']} calibration images", f"{r['wall_s']:.0f} s ({_accuracy(r)})", "",
+                         None))
     return rows
+
+
+def _twin(f: dict[str, Any]) -> str:
+    return "tiny twin" if f["model"] == TINY else "full twin"
 
 
 def markdown(f: dict[str, Any]) -> str:
@@ -264,7 +269,7 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=None, help="also one run with --max-ap-drop X")
     parser.add_argument("--tiny", action="store_true", help="the 300 px twin instead of the full one")
     parser.add_argument("--held-out", type=int, default=None, help="the budget run's held-out images [default: 8]")
-    parser.add_argument("--budget-only", action="store_true", help="only the --budget run (at the last size)")
+    parser.add_argument("--budget-only", action="store_true", help="only the --budget run (at the first size)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--no-write", action="store_true", help="do not update docs/performance.md")
     args = parser.parse_args()

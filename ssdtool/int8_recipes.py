@@ -13,7 +13,7 @@ from typing import Any
 from ssdtool.constants import Int8Recipe
 
 #: INT8: how many images NNCF collects activation statistics on unless told. Each costs one float inference of the
-#: model (about 2.6 s at 1200 px on 2 cores, NNCF's reductions included), so this is most of an INT8 conversion's
+#: model (about 2.4 s at 1200 px on 2 cores, NNCF's reductions included), so this is most of an INT8 conversion's
 #: time. NNCF's own default is 300; on the 1200 px twin 48 images give the same INT8 model within noise (the guard
 #: keeps 1007 of 1037 FP32 detections at 48, 1000 at 300; activation ranges within 4% of 300's, median) in a sixth
 #: of the time (benchmarks/bench_int8_convert.py, docs/convert.md, *Calibration size*). --calibration-size N asks for
