@@ -204,12 +204,7 @@ class OnnxRuntimeRules:
 
 
 class OnnxRuntimeEngine:
-    name = "onnxruntime"
-    distribution = "onnxruntime"
-    load_step = "session creation"
-
-    def weights(self, precision: str, image_input: bool = False) -> str:
-        return "source ONNX"
+    name = OnnxRuntimeRules.name
 
     def __init__(self, model_path: str | os.PathLike[str], requests: int | None = None,
                  decode: Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]] | None = None,
