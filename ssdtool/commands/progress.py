@@ -210,7 +210,8 @@ def quantize_progress(app: AppContext, mode: str = "auto") -> Callable[[Any], No
     also the FP32 reference, NNCF's validation runs and the latency measurement."""
     labels = {Int8Phase.CALIBRATE: "INT8 calibration", Int8Phase.QUANTIZE: "NNCF quantization",
               Int8Phase.GUARD: "accuracy guard", Int8Phase.REFERENCE: "FP32 reference",
-              Int8Phase.VALIDATE: "accuracy control", Int8Phase.LATENCY: "latency cost", Int8Phase.CHECK: "runtime check"}
+              Int8Phase.VALIDATE: "accuracy control", Int8Phase.LATENCY: "latency cost",
+              Int8Phase.CHECK: "runtime check"}
     units = {Int8Phase.QUANTIZE: "step", Int8Phase.LATENCY: "run", Int8Phase.CHECK: "step"}
     return phase_progress({phase.value: label for phase, label in labels.items()},
                           unit={phase.value: unit for phase, unit in units.items()}, mode=mode, quiet=app.quiet)
