@@ -43,7 +43,9 @@ def _ssdtool(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def _bench(model: str, *args: str) -> dict[str, Any]:
-    return json.loads(_ssdtool("bench", model, "--inference-precision", "f32", "--json", *args).stdout)
+    """``ssdtool bench`` at f32: pinned here for a local engine; a served one runs as the server was started (f32)."""
+    precision = () if "--server" in args else ("--inference-precision", "f32")
+    return json.loads(_ssdtool("bench", model, *precision, "--json", *args).stdout)
 
 
 class _Server:
