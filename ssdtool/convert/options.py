@@ -7,13 +7,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ssdtool.accuracy_budget import Budget, check_max_ap_drop
 from ssdtool.constants import DEFAULT_DEVICE, InputLayout, InputType, Int8Recipe, IRPrecision
 from ssdtool.convert.model_info import model_info, model_info_digest
 from ssdtool.errors import UsageError
 from ssdtool.int8_recipes import DEFAULT_CALIBRATION_SIZE, GUARD_IMAGES, quantization_settings
 
-if TYPE_CHECKING:  # what identifies an IR is read on every warm start: no calibration code (numpy, images) for it
+if TYPE_CHECKING:  # what identifies an IR is read on every warm start: no calibration or budget code for it
+    from ssdtool.accuracy_budget import Budget
     from ssdtool.cache import Cache
     from ssdtool.calibration import CalibrationSet
     from ssdtool.registry import ModelEntry
@@ -130,6 +130,8 @@ def check_budget_options(options: ConvertOptions) -> None:
             raise UsageError("--annotations and --images measure an AP budget, and no --max-ap-drop was given",
                              hint="add --max-ap-drop X (e.g. 0.01, one AP point)")
         return
+    from ssdtool.accuracy_budget import check_max_ap_drop
+
     drop = check_max_ap_drop(options.max_ap_drop)
     if options.accept_accuracy_drop or not options.verify:
         raise UsageError("--max-ap-drop replaces the accuracy guard, so --accept-accuracy-drop and --no-verify do not "
