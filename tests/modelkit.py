@@ -153,3 +153,18 @@ def watched_tracebacks() -> Iterator[Tracebacks]:
     finally:
         for logger in loggers:
             logger.removeHandler(handler)
+
+
+def hide_openvino(monkeypatch: Any) -> None:
+    """Make OpenVINO fail to import for ssdtool's engine layer (as on a machine without it), for this test only."""
+    from ssdtool import backends
+    from ssdtool.errors import DependencyError
+
+    real = backends.import_engine
+
+    def without_openvino(module: str, package: str | None = None) -> Any:
+        if module.startswith("openvino"):
+            raise DependencyError(f"cannot import {module}: No module named 'openvino'")
+        return real(module, package)
+
+    monkeypatch.setattr(backends, "import_engine", without_openvino)

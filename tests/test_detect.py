@@ -29,7 +29,7 @@ from ssdtool.matching import RawDetections, match_detections
 from ssdtool.registry import load_registry
 from ssdtool.ssd import SsdGeometry
 from ssdtool.synthetic import PlantedDetection, TwinSpec, build_model, planted_expected
-from tests.modelkit import install_model, tiny_entry_template
+from tests.modelkit import hide_openvino, install_model, tiny_entry_template
 
 TINY = SsdGeometry.for_input(300)
 # Five planted detections: distinct classes, one box reaching past the image (-0.005: must be clipped), one class
@@ -477,19 +477,11 @@ def test_setup_errors(detect_world: World, options: list[str], code: int, messag
 
 
 def test_auto_backend(detect_world: World, monkeypatch: pytest.MonkeyPatch) -> None:
-    from ssdtool import backends
     from ssdtool.detect import Detector
     from ssdtool.errors import DependencyError
 
     assert Detector("planted", registry=detect_world.registry, cache_dir=detect_world.cache).backend == "openvino"
-    real = backends.import_engine
-
-    def without_openvino(module: str, package: str | None = None) -> Any:
-        if module.startswith("openvino"):
-            raise DependencyError(f"cannot import {module}: No module named 'openvino'")
-        return real(module, package)
-
-    monkeypatch.setattr(backends, "import_engine", without_openvino)
+    hide_openvino(monkeypatch)
     detector = Detector("planted", registry=detect_world.registry, cache_dir=detect_world.cache)
     assert detector.backend == "onnxruntime" and detector.model_path.suffix == ".onnx"
     with pytest.raises(DependencyError):

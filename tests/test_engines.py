@@ -32,7 +32,7 @@ from ssdtool.cache import Cache
 from ssdtool.cli import cli
 from ssdtool.constants import Backend
 from ssdtool.convert import ConvertOptions, convert
-from ssdtool.errors import BackendError, DependencyError, UsageError
+from ssdtool.errors import BackendError, UsageError
 from ssdtool.export import ExportOptions
 from ssdtool.imaging import generated_images, preprocess
 from ssdtool.loadgen import LoadGenOptions
@@ -41,6 +41,7 @@ from ssdtool.provenance import read_provenance
 from ssdtool.registry import load_registry
 from ssdtool.serving.protocol import ServerTarget
 from ssdtool.serving.server import ServeOptions
+from tests.modelkit import hide_openvino
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = "ssd-resnet34-300-synthetic-tiny"
@@ -107,7 +108,6 @@ def test_options_records_take_the_spec_or_its_fields_as_keywords() -> None:
 
 def test_prepare_resolves_auto_and_checks_before_anything_is_fetched(monkeypatch: pytest.MonkeyPatch,
                                                                      caplog: pytest.LogCaptureFixture) -> None:
-    from ssdtool import backends
 
     assert prepare(EngineSpec()).backend == "openvino"
     assert prepare(EngineSpec(precision="fp16", inference_precision="F32")) == EngineSpec(
@@ -119,14 +119,7 @@ def test_prepare_resolves_auto_and_checks_before_anything_is_fetched(monkeypatch
     with pytest.raises(UsageError, match="requests must be at least 1, got 0"):
         prepare(EngineSpec(requests=0))
 
-    real = backends.import_engine
-
-    def without_openvino(module: str, package: str | None = None) -> Any:
-        if module.startswith("openvino"):
-            raise DependencyError(f"cannot import {module}: No module named 'openvino'")
-        return real(module, package)
-
-    monkeypatch.setattr(backends, "import_engine", without_openvino)
+    hide_openvino(monkeypatch)
     caplog.set_level(logging.WARNING, logger="ssdtool")
     fallen = prepare(EngineSpec(precision="INT8"))
     assert (fallen.backend, fallen.precision) == ("onnxruntime", None)

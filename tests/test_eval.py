@@ -107,8 +107,8 @@ def api(dataset: Dataset, annotations: Path, **options: Any) -> Any:
                     registry=dataset.world.registry, **options)
 
 
-def pycocotools_stats(annotations: Path, detections: list[dict[str, Any]], image_ids: list[int]) -> list[float]:
-    """COCOeval run directly, as MLCommons' accuracy-coco.py does."""
+def cocoeval(annotations: Path, detections: list[dict[str, Any]], image_ids: list[int]) -> Any:
+    """pycocotools' COCOeval run directly, as MLCommons' accuracy-coco.py does (summarized)."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
@@ -118,7 +118,12 @@ def pycocotools_stats(annotations: Path, detections: list[dict[str, Any]], image
     evaluator.evaluate()
     evaluator.accumulate()
     evaluator.summarize()
-    return [float(v) for v in evaluator.stats]
+    return evaluator
+
+
+def pycocotools_stats(annotations: Path, detections: list[dict[str, Any]], image_ids: list[int]) -> list[float]:
+    """COCOeval's twelve statistics, run directly."""
+    return [float(v) for v in cocoeval(annotations, detections, image_ids).stats]
 
 
 # ------------------------------------------------------------------------------------------------ known answers

@@ -22,7 +22,7 @@ from hypothesis import given, settings
 
 from ssdtool import fsutil
 from tests import test_eval
-from tests.test_eval import Dataset, exact, planted_boxes, run_eval
+from tests.test_eval import Dataset, cocoeval, exact, planted_boxes, run_eval
 from tests.test_eval_scorers import documents
 
 eval_world = test_eval.eval_world
@@ -68,20 +68,6 @@ def read_csv(path: Path) -> list[dict[str, Any]]:
                 return text
     with open(path, newline="") as stream:
         return [{k: value(k, v) for k, v in row.items()} for row in csv.DictReader(stream)]
-
-
-def cocoeval(annotations: Path, detections: list[dict[str, Any]], image_ids: list[int]) -> Any:
-    """pycocotools' COCOeval run directly, as MLCommons' accuracy-coco.py does."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    gt = COCO(str(annotations))
-    evaluator = COCOeval(gt, gt.loadRes(copy.deepcopy(detections)), "bbox")
-    evaluator.params.imgIds = image_ids
-    evaluator.evaluate()
-    evaluator.accumulate()
-    evaluator.summarize()
-    return evaluator
 
 
 # ------------------------------------------------------------------------------------------------ the data
